@@ -1,0 +1,267 @@
+"""Settings from a YAML file plus PUSHSVC_* environment overrides, validated at start.
+
+Every problem is reported with the dotted key that caused it (``apps.demo.apns.key_id: required``)
+so an operator can fix the file without reading code. Credentials are never defaulted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ENV_PREFIX = "PUSHSVC_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    group_id: str = "pushsvc"
+    requests_topic: str = "push.requests"
+    dlq_topic: str = "push.requests.dlq"
+    outcomes_topic: str = "push.outcomes"
+    # Upper bound of messages taken per poll; each batch is recorded in MongoDB in one round trip.
+    max_poll_records: int = 500
+    max_message_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    uri: str
+    database: str = "pushsvc"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    chunk_size: int = 500
+    concurrency_per_provider: int = 200
+    send_timeout_seconds: float = 10.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    lease_seconds: float = 30.0
+    poll_interval_seconds: float = 0.2
+    # How many notifications one replica works on at once.
+    max_active_notifications: int = 8
+
+
+@dataclass(frozen=True)
+class ApnsSettings:
+    topic: str
+    environment: Literal["production", "sandbox"] = "production"
+    # Token auth (preferred): a .p8 signing key with its key id and team id.
+    key_file: str | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    # Certificate auth: a PEM file holding certificate and private key.
+    cert_file: str | None = None
+    # "host:port" to reach instead of Apple's host (simulators, tests).
+    endpoint: str | None = None
+    # Extra CA bundle to trust (a private test CA); verification itself can never be turned off.
+    ca_file: str | None = None
+    max_connections: int = 10
+
+
+@dataclass(frozen=True)
+class FcmSettings:
+    service_account_file: str
+    # Base URL to reach instead of Google's FCM host (simulators, tests), e.g. https://127.0.0.1:8443
+    endpoint: str | None = None
+    ca_file: str | None = None
+    max_connections: int = 10
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    apns: ApnsSettings | None = None
+    fcm: FcmSettings | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeySettings:
+    name: str
+    # "sha256:<hex>" of the key; the plain key is never stored.
+    hash: str
+    scopes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    mongodb: MongoSettings
+    apps: dict[str, AppSettings]
+    http: HttpSettings = field(default_factory=HttpSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    api_keys: list[ApiKeySettings] = field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Free-form name shown in logs and used as lease owner prefix.
+    instance_name: str | None = None
+
+
+API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
+
+
+def load_settings(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (YAML), apply ``PUSHSVC_A__B=value`` overrides, validate and return Settings."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at top level")
+        raw = loaded
+    _apply_env_overrides(raw, environ)
+    settings = _build(Settings, raw, "")
+    _check_semantics(settings)
+    return settings
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+    # PUSHSVC_KAFKA__BOOTSTRAP_SERVERS=host:9092 -> raw["kafka"]["bootstrap_servers"]; values parsed as YAML
+    # scalars so numbers and booleans keep their types.
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "PUSHSVC_CONFIG":
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: {'.'.join(keys)} crosses a non-mapping value")
+            node = child
+        node[keys[-1]] = yaml.safe_load(value) if value else value
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown setting (known: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in data or data[name] is None:
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if not has_default:
+                raise ConfigError(f"{key}: required")
+            continue
+        values[name] = _convert(hints[name], data[name], key)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(options[0], value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping")
+        _, value_type = typing.get_args(tp)
+        return {str(k): _convert(value_type, v if v is not None else {}, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (tp is int and not isinstance(value, int)):
+            raise ConfigError(f"{key}: expected a {tp.__name__}, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str | int) or isinstance(value, bool) or str(value).strip() == "":
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # pragma: no cover - programming error
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check_semantics(settings: Settings) -> None:
+    if not settings.apps:
+        raise ConfigError("apps: at least one app must be configured")
+    for app_id, app in settings.apps.items():
+        base = f"apps.{app_id}"
+        if app.apns is None and app.fcm is None:
+            raise ConfigError(f"{base}: configure apns, fcm or both")
+        if app.apns is not None:
+            _check_apns(app.apns, f"{base}.apns")
+        if app.fcm is not None:
+            _require_file(app.fcm.service_account_file, f"{base}.fcm.service_account_file")
+            if app.fcm.ca_file:
+                _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
+    for i, key in enumerate(settings.api_keys):
+        if not key.hash.startswith("sha256:") or len(key.hash) != len("sha256:") + 64:
+            raise ConfigError(f"api_keys[{i}].hash: must be 'sha256:' followed by 64 hex digits")
+        bad = sorted(set(key.scopes) - API_SCOPES)
+        if bad:
+            raise ConfigError(f"api_keys[{i}].scopes: unknown scope {bad[0]!r} (known: {', '.join(sorted(API_SCOPES))})")
+    d = settings.dispatch
+    for name in ("chunk_size", "concurrency_per_provider", "max_attempts", "max_active_notifications"):
+        if getattr(d, name) < 1:
+            raise ConfigError(f"dispatch.{name}: must be at least 1")
+    if d.send_timeout_seconds <= 0 or d.lease_seconds <= d.send_timeout_seconds:
+        raise ConfigError("dispatch.lease_seconds: must be greater than dispatch.send_timeout_seconds")
+
+
+def _check_apns(apns: ApnsSettings, base: str) -> None:
+    token_auth = [apns.key_file, apns.key_id, apns.team_id]
+    if apns.cert_file and any(token_auth):
+        raise ConfigError(f"{base}: use either key_file/key_id/team_id (token auth) or cert_file, not both")
+    if apns.cert_file:
+        _require_file(apns.cert_file, f"{base}.cert_file")
+    else:
+        for name, value in zip(("key_file", "key_id", "team_id"), token_auth, strict=True):
+            if not value:
+                raise ConfigError(f"{base}.{name}: required for token auth (or set {base}.cert_file)")
+        _require_file(apns.key_file or "", f"{base}.key_file")
+    if apns.ca_file:
+        _require_file(apns.ca_file, f"{base}.ca_file")
+    if apns.endpoint and ":" not in apns.endpoint:
+        raise ConfigError(f"{base}.endpoint: expected host:port, got {apns.endpoint!r}")
+
+
+def _require_file(path: str, key: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: file not found: {path}")

@@ -1,0 +1,117 @@
+"""Every Prometheus metric of pushsvc, in one place.
+
+Label values are kept to small, closed sets (app ids from config, provider names, outcome classes,
+provider reason codes) so that cardinality stays bounded; device tokens and request ids are never labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Provider round trips are usually 20-300 ms; the buckets also resolve slow tails up to the send timeout.
+_PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# End-to-end spans queueing and scheduling too, so it reaches into minutes.
+_E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+BUILD_INFO = Info("pushsvc_build", "Version of the running pushsvc", registry=REGISTRY)
+
+REQUESTS_INGESTED = Counter(
+    "pushsvc_requests_ingested_total",
+    "Notification requests taken in, by source (kafka|api) and outcome (accepted|duplicate|invalid)",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+DLQ_MESSAGES = Counter(
+    "pushsvc_dlq_messages_total",
+    "Messages sent to the dead-letter topic, by reason (invalid_json|invalid_request|too_large)",
+    ["reason"],
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "pushsvc_deliveries_total",
+    "Final delivery outcomes per device (delivered|invalid_token|rejected|failed|auth_error|unknown_token)",
+    ["app", "provider", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_ERRORS = Counter(
+    "pushsvc_delivery_errors_total",
+    "Provider error answers by provider reason code (BadDeviceToken, UNREGISTERED, timeout, ...)",
+    ["app", "provider", "reason"],
+    registry=REGISTRY,
+)
+PROVIDER_LATENCY = Histogram(
+    "pushsvc_provider_request_duration_seconds",
+    "Time from sending one request to a provider to its answer",
+    ["provider", "outcome"],
+    buckets=_PROVIDER_BUCKETS,
+    registry=REGISTRY,
+)
+END_TO_END_LATENCY = Histogram(
+    "pushsvc_end_to_end_latency_seconds",
+    "Time from the request being due (received, or send_at) to the provider's acknowledgement",
+    ["provider"],
+    buckets=_E2E_BUCKETS,
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "pushsvc_retries_total",
+    "Delivery attempts retried after a transient error, by reason",
+    ["app", "provider", "reason"],
+    registry=REGISTRY,
+)
+INVALID_TOKENS = Counter(
+    "pushsvc_invalid_tokens_total",
+    "Device tokens deactivated because the provider said they are no longer valid",
+    ["app", "provider"],
+    registry=REGISTRY,
+)
+INFLIGHT = Gauge(
+    "pushsvc_provider_inflight_requests",
+    "Requests sent to a provider and not yet answered",
+    ["provider"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "pushsvc_dispatch_queue_depth",
+    "Deliveries waiting for a free provider slot",
+    ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_PAUSED = Gauge(
+    "pushsvc_provider_paused",
+    "1 while an app's provider is paused after an authentication error",
+    ["app", "provider"],
+    registry=REGISTRY,
+)
+KAFKA_CONSUMER_LAG = Gauge(
+    "pushsvc_kafka_consumer_lag",
+    "Messages in the partition not yet consumed by this replica",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+SCHEDULED_BACKLOG = Gauge(
+    "pushsvc_scheduled_backlog",
+    "Notifications waiting in MongoDB, by whether they are already due (due|future)",
+    ["due"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_FINISHED = Counter(
+    "pushsvc_notifications_finished_total",
+    "Notifications that reached a final state (done|failed|cancelled)",
+    ["app", "state"],
+    registry=REGISTRY,
+)
+DEVICES_TARGETED = Counter(
+    "pushsvc_devices_targeted_total",
+    "Devices resolved for notifications (fan-out size)",
+    ["app"],
+    registry=REGISTRY,
+)
+CAMPAIGN_PROGRESS = Gauge(
+    "pushsvc_campaign_progress_ratio",
+    "Share of a running campaign's targeted devices that reached a final outcome",
+    ["campaign"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,334 @@
+"""Request, message, device and outcome types, and validation of the request contract.
+
+The contract (README "Request contract") is shared by Kafka and the HTTP API. Validation is strict:
+unknown keys are rejected so that a producer's typo ("ttl_second") fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+MAX_ID_LENGTH = 128
+MAX_TOKENS_PER_REQUEST = 1000
+MAX_USERS_PER_REQUEST = 10_000
+MAX_TAGS = 50
+MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's upper bound; APNs stores for a limited time anyway
+MAX_COLLAPSE_KEY_BYTES = 64  # APNs apns-collapse-id limit
+# FCM rejects these data keys; checked up front so the error names the key instead of a provider 400.
+RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type"})
+RESERVED_DATA_PREFIXES = ("google", "gcm")
+
+Platform = Literal["ios", "android"]
+PLATFORMS: tuple[str, ...] = ("ios", "android")
+
+
+class RequestError(ValueError):
+    """The request breaks the contract; ``field`` is the dotted path of the offending value."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotificationState(enum.StrEnum):
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    DISPATCHING = "dispatching"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outcome(enum.StrEnum):
+    """Final classification of one delivery attempt (see providers/base.py)."""
+
+    DELIVERED = "delivered"
+    INVALID_TOKEN = "invalid_token"
+    REJECTED = "rejected"
+    RETRYABLE = "retryable"
+    AUTH_ERROR = "auth_error"
+
+
+@dataclass(frozen=True)
+class Segment:
+    tags_any: tuple[str, ...] = ()
+    tags_all: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    tokens: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    segment: Segment | None = None
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.tokens else "users" if self.users else "segment"
+
+
+@dataclass(frozen=True)
+class LocalizedText:
+    title: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    title: str | None = None
+    body: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    badge: int | None = None
+    sound: str | None = None
+    category: str | None = None
+    thread_id: str | None = None
+    mutable_content: bool = False
+    localized: Mapping[str, LocalizedText] = field(default_factory=dict)
+
+    def text_for(self, locale: str | None) -> LocalizedText:
+        """Title and body for a device locale: exact match ("pt-BR"), then language ("pt"), then default."""
+        if locale and self.localized:
+            normalized = locale.replace("_", "-")
+            for candidate in (normalized, normalized.split("-")[0]):
+                for key, text in self.localized.items():
+                    if key.lower() == candidate.lower():
+                        return LocalizedText(text.title or self.title, text.body or self.body)
+        return LocalizedText(self.title, self.body)
+
+    def data_as_strings(self) -> dict[str, str]:
+        """FCM data values must be strings: numbers and booleans are converted, JSON-style."""
+        return {key: _data_value_as_string(value) for key, value in self.data.items()}
+
+
+@dataclass(frozen=True)
+class Options:
+    priority: Literal["high", "normal"] = "high"
+    ttl_seconds: int | None = None
+    collapse_key: str | None = None
+    push_type: Literal["alert", "background"] = "alert"
+    send_at: datetime | None = None
+    local_time: bool = False
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    id: str
+    app: str
+    target: Target
+    message: Message
+    options: Options
+
+
+@dataclass(frozen=True)
+class Device:
+    """A registered device as the dispatcher needs it."""
+
+    app: str
+    token: str
+    platform: str
+    locale: str | None = None
+    timezone: str | None = None
+    user_id: str | None = None
+
+
+def _data_value_as_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse_request(obj: Any, known_apps: frozenset[str] | None = None) -> PushRequest:
+    """Validate a decoded JSON request and build a PushRequest; raises RequestError naming the field."""
+    root = _mapping(obj, "request")
+    _no_unknown(root, "", {"id", "app", "target", "message", "options"})
+    request_id = _string(root.get("id"), "id", max_length=MAX_ID_LENGTH)
+    app = _string(root.get("app"), "app", max_length=128)
+    if known_apps is not None and app not in known_apps:
+        raise RequestError("app", f"unknown app {app!r}")
+    options = _parse_options(root.get("options", {}))
+    message = _parse_message(root.get("message"), options)
+    target = _parse_target(root.get("target"))
+    return PushRequest(id=request_id, app=app, target=target, message=message, options=options)
+
+
+def _parse_target(obj: Any) -> Target:
+    target = _mapping(obj, "target")
+    kinds = [k for k in ("tokens", "users", "segment") if k in target]
+    _no_unknown(target, "target", {"tokens", "users", "segment"})
+    if len(kinds) != 1:
+        raise RequestError("target", "must hold exactly one of tokens, users, segment")
+    kind = kinds[0]
+    if kind == "tokens":
+        return Target(tokens=_string_list(target["tokens"], "target.tokens", MAX_TOKENS_PER_REQUEST, 4096))
+    if kind == "users":
+        return Target(users=_string_list(target["users"], "target.users", MAX_USERS_PER_REQUEST, 256))
+    segment = _mapping(target["segment"], "target.segment")
+    _no_unknown(segment, "target.segment", {"tags_any", "tags_all"})
+    tags_any = _string_list(segment.get("tags_any", []), "target.segment.tags_any", MAX_TAGS, 128, allow_empty=True)
+    tags_all = _string_list(segment.get("tags_all", []), "target.segment.tags_all", MAX_TAGS, 128, allow_empty=True)
+    if not tags_any and not tags_all:
+        raise RequestError("target.segment", "needs tags_any or tags_all (an empty segment would target everyone)")
+    return Target(segment=Segment(tags_any=tags_any, tags_all=tags_all))
+
+
+def _parse_message(obj: Any, options: Options) -> Message:
+    msg = _mapping(obj, "message")
+    _no_unknown(
+        msg,
+        "message",
+        {"title", "body", "data", "badge", "sound", "category", "thread_id", "mutable_content", "localized"},
+    )
+    title = _opt_string(msg.get("title"), "message.title", 1024)
+    body = _opt_string(msg.get("body"), "message.body", 4096)
+    data = _parse_data(msg.get("data", {}))
+    badge = msg.get("badge")
+    if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or badge < 0):
+        raise RequestError("message.badge", "must be a non-negative integer")
+    mutable = msg.get("mutable_content", False)
+    if not isinstance(mutable, bool):
+        raise RequestError("message.mutable_content", "must be true or false")
+    localized: dict[str, LocalizedText] = {}
+    for locale, text in _mapping(msg.get("localized", {}), "message.localized").items():
+        path = f"message.localized.{locale}"
+        if not locale or len(locale) > 35:
+            raise RequestError(path, "locale must be a BCP 47 tag such as 'en' or 'pt-BR'")
+        entry = _mapping(text, path)
+        _no_unknown(entry, path, {"title", "body"})
+        localized[locale] = LocalizedText(
+            _opt_string(entry.get("title"), f"{path}.title", 1024), _opt_string(entry.get("body"), f"{path}.body", 4096)
+        )
+    message = Message(
+        title=title,
+        body=body,
+        data=data,
+        badge=badge,
+        sound=_opt_string(msg.get("sound"), "message.sound", 256),
+        category=_opt_string(msg.get("category"), "message.category", 256),
+        thread_id=_opt_string(msg.get("thread_id"), "message.thread_id", 256),
+        mutable_content=mutable,
+        localized=localized,
+    )
+    has_text = bool(title or body or any(t.title or t.body for t in localized.values()))
+    if options.push_type == "alert" and not has_text:
+        raise RequestError("message", "an alert needs a title or body (use push_type background for data only)")
+    if options.push_type == "background" and (has_text or message.sound or message.badge is not None) and not data:
+        raise RequestError("message.data", "a background push carries data, not title/body/sound/badge")
+    return message
+
+
+def _parse_data(obj: Any) -> dict[str, Any]:
+    data = _mapping(obj, "message.data")
+    for key, value in data.items():
+        path = f"message.data.{key}"
+        if not key:
+            raise RequestError("message.data", "keys must be non-empty")
+        if key in RESERVED_DATA_KEYS or key.lower().startswith(RESERVED_DATA_PREFIXES):
+            raise RequestError(path, "reserved key (FCM forbids from, notification, message_type, google*, gcm*)")
+        if value is None or not isinstance(value, str | int | float | bool):
+            raise RequestError(path, "values must be strings, numbers or booleans (FCM data is a string map)")
+    return dict(data)
+
+
+def _parse_options(obj: Any) -> Options:
+    opts = _mapping(obj, "options")
+    _no_unknown(opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"})
+    push_type = opts.get("push_type", "alert")
+    if push_type not in ("alert", "background"):
+        raise RequestError("options.push_type", "must be 'alert' or 'background'")
+    # Apple requires priority 5 for background pushes; the default follows the push type.
+    priority = opts.get("priority", "high" if push_type == "alert" else "normal")
+    if priority not in ("high", "normal"):
+        raise RequestError("options.priority", "must be 'high' or 'normal'")
+    if push_type == "background" and priority == "high":
+        raise RequestError("options.priority", "background pushes must use priority 'normal' (APNs rule)")
+    ttl = opts.get("ttl_seconds")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_SECONDS):
+        raise RequestError("options.ttl_seconds", f"must be an integer between 0 and {MAX_TTL_SECONDS}")
+    collapse_key = _opt_string(opts.get("collapse_key"), "options.collapse_key", None)
+    if collapse_key is not None and len(collapse_key.encode()) > MAX_COLLAPSE_KEY_BYTES:
+        raise RequestError("options.collapse_key", f"must be at most {MAX_COLLAPSE_KEY_BYTES} bytes")
+    local_time = opts.get("local_time", False)
+    if not isinstance(local_time, bool):
+        raise RequestError("options.local_time", "must be true or false")
+    send_at = _parse_send_at(opts.get("send_at"), local_time)
+    if local_time and send_at is None:
+        raise RequestError("options.send_at", "required when local_time is true")
+    return Options(
+        priority=priority,
+        ttl_seconds=ttl,
+        collapse_key=collapse_key,
+        push_type=push_type,
+        send_at=send_at,
+        local_time=local_time,
+    )
+
+
+def _parse_send_at(value: Any, local_time: bool) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError("options.send_at", "must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RequestError("options.send_at", f"not ISO 8601: {value!r}") from exc
+    if local_time:
+        # A wall-clock time applied in each device's timezone: any offset given is meaningless, drop it.
+        return parsed.replace(tzinfo=None)
+    if parsed.tzinfo is None:
+        raise RequestError("options.send_at", "needs a timezone offset (e.g. 'Z') unless local_time is true")
+    return parsed.astimezone(UTC)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _mapping(obj: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise RequestError(path, f"must be an object, got {_json_type(obj)}")
+    return obj
+
+
+def _no_unknown(obj: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    for key in obj:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise RequestError(where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _string(value: Any, path: str, max_length: int | None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(path, "required non-empty string" if value is None else f"must be a string, got {_json_type(value)}")
+    if max_length is not None and len(value) > max_length:
+        raise RequestError(path, f"longer than {max_length} characters")
+    return value
+
+
+def _opt_string(value: Any, path: str, max_length: int | None) -> str | None:
+    return None if value is None else _string(value, path, max_length)
+
+
+def _string_list(value: Any, path: str, max_items: int, max_length: int, allow_empty: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise RequestError(path, f"must be a list, got {_json_type(value)}")
+    if not value and not allow_empty:
+        raise RequestError(path, "must not be empty")
+    if len(value) > max_items:
+        raise RequestError(path, f"at most {max_items} items")
+    items = tuple(_string(v, f"{path}[{i}]", max_length) for i, v in enumerate(value))
+    return tuple(dict.fromkeys(items))  # drop duplicates, keep order: one device is sent one copy
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
