@@ -60,6 +60,10 @@ class DispatchSettings:
     poll_interval_seconds: float = 0.2
     # How many notifications one replica works on at once.
     max_active_notifications: int = 8
+    # After an authentication error the app's provider is paused this long (no request reaches it).
+    auth_pause_seconds: float = 60.0
+    # On SIGTERM: stop taking work, let in-flight chunks finish for at most this long, then exit.
+    drain_timeout_seconds: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ class Settings:
 API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
 
 
-def load_settings(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] | None = None
+) -> Settings:
     """Read ``path`` (YAML), apply ``PUSHSVC_A__B=value`` overrides, validate and return Settings."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
@@ -145,7 +151,7 @@ def _apply_env_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str])
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "PUSHSVC_CONFIG":
             continue
-        keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = raw
         for key in keys[:-1]:
             child = node.setdefault(key, {})
@@ -189,7 +195,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping")
         _, value_type = typing.get_args(tp)
-        return {str(k): _convert(value_type, v if v is not None else {}, f"{key}.{k}") for k, v in value.items()}
+        return {
+            str(k): _convert(value_type, v if v is not None else {}, f"{key}.{k}") for k, v in value.items()
+        }
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list")
@@ -202,7 +210,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or (tp is int and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (tp is int and not isinstance(value, int))
+        ):
             raise ConfigError(f"{key}: expected a {tp.__name__}, got {value!r}")
         if value < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
@@ -236,7 +248,9 @@ def _check_semantics(settings: Settings) -> None:
             raise ConfigError(f"api_keys[{i}].hash: must be 'sha256:' followed by 64 hex digits")
         bad = sorted(set(key.scopes) - API_SCOPES)
         if bad:
-            raise ConfigError(f"api_keys[{i}].scopes: unknown scope {bad[0]!r} (known: {', '.join(sorted(API_SCOPES))})")
+            raise ConfigError(
+                f"api_keys[{i}].scopes: unknown scope {bad[0]!r} (known: {', '.join(sorted(API_SCOPES))})"
+            )
     d = settings.dispatch
     for name in ("chunk_size", "concurrency_per_provider", "max_attempts", "max_active_notifications"):
         if getattr(d, name) < 1:

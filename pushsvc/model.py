@@ -171,10 +171,16 @@ def _parse_target(obj: Any) -> Target:
         return Target(users=_string_list(target["users"], "target.users", MAX_USERS_PER_REQUEST, 256))
     segment = _mapping(target["segment"], "target.segment")
     _no_unknown(segment, "target.segment", {"tags_any", "tags_all"})
-    tags_any = _string_list(segment.get("tags_any", []), "target.segment.tags_any", MAX_TAGS, 128, allow_empty=True)
-    tags_all = _string_list(segment.get("tags_all", []), "target.segment.tags_all", MAX_TAGS, 128, allow_empty=True)
+    tags_any = _string_list(
+        segment.get("tags_any", []), "target.segment.tags_any", MAX_TAGS, 128, allow_empty=True
+    )
+    tags_all = _string_list(
+        segment.get("tags_all", []), "target.segment.tags_all", MAX_TAGS, 128, allow_empty=True
+    )
     if not tags_any and not tags_all:
-        raise RequestError("target.segment", "needs tags_any or tags_all (an empty segment would target everyone)")
+        raise RequestError(
+            "target.segment", "needs tags_any or tags_all (an empty segment would target everyone)"
+        )
     return Target(segment=Segment(tags_any=tags_any, tags_all=tags_all))
 
 
@@ -202,7 +208,8 @@ def _parse_message(obj: Any, options: Options) -> Message:
         entry = _mapping(text, path)
         _no_unknown(entry, path, {"title", "body"})
         localized[locale] = LocalizedText(
-            _opt_string(entry.get("title"), f"{path}.title", 1024), _opt_string(entry.get("body"), f"{path}.body", 4096)
+            _opt_string(entry.get("title"), f"{path}.title", 1024),
+            _opt_string(entry.get("body"), f"{path}.body", 4096),
         )
     message = Message(
         title=title,
@@ -217,8 +224,14 @@ def _parse_message(obj: Any, options: Options) -> Message:
     )
     has_text = bool(title or body or any(t.title or t.body for t in localized.values()))
     if options.push_type == "alert" and not has_text:
-        raise RequestError("message", "an alert needs a title or body (use push_type background for data only)")
-    if options.push_type == "background" and (has_text or message.sound or message.badge is not None) and not data:
+        raise RequestError(
+            "message", "an alert needs a title or body (use push_type background for data only)"
+        )
+    if (
+        options.push_type == "background"
+        and (has_text or message.sound or message.badge is not None)
+        and not data
+    ):
         raise RequestError("message.data", "a background push carries data, not title/body/sound/badge")
     return message
 
@@ -230,7 +243,9 @@ def _parse_data(obj: Any) -> dict[str, Any]:
         if not key:
             raise RequestError("message.data", "keys must be non-empty")
         if key in RESERVED_DATA_KEYS or key.lower().startswith(RESERVED_DATA_PREFIXES):
-            raise RequestError(path, "reserved key (FCM forbids from, notification, message_type, google*, gcm*)")
+            raise RequestError(
+                path, "reserved key (FCM forbids from, notification, message_type, google*, gcm*)"
+            )
         if value is None or not isinstance(value, str | int | float | bool):
             raise RequestError(path, "values must be strings, numbers or booleans (FCM data is a string map)")
     return dict(data)
@@ -238,7 +253,9 @@ def _parse_data(obj: Any) -> dict[str, Any]:
 
 def _parse_options(obj: Any) -> Options:
     opts = _mapping(obj, "options")
-    _no_unknown(opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"})
+    _no_unknown(
+        opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"}
+    )
     push_type = opts.get("push_type", "alert")
     if push_type not in ("alert", "background"):
         raise RequestError("options.push_type", "must be 'alert' or 'background'")
@@ -249,7 +266,9 @@ def _parse_options(obj: Any) -> Options:
     if push_type == "background" and priority == "high":
         raise RequestError("options.priority", "background pushes must use priority 'normal' (APNs rule)")
     ttl = opts.get("ttl_seconds")
-    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_SECONDS):
+    if ttl is not None and (
+        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_SECONDS
+    ):
         raise RequestError("options.ttl_seconds", f"must be an integer between 0 and {MAX_TTL_SECONDS}")
     collapse_key = _opt_string(opts.get("collapse_key"), "options.collapse_key", None)
     if collapse_key is not None and len(collapse_key.encode()) > MAX_COLLAPSE_KEY_BYTES:
@@ -305,7 +324,10 @@ def _no_unknown(obj: Mapping[str, Any], path: str, allowed: set[str]) -> None:
 
 def _string(value: Any, path: str, max_length: int | None) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise RequestError(path, "required non-empty string" if value is None else f"must be a string, got {_json_type(value)}")
+        raise RequestError(
+            path,
+            "required non-empty string" if value is None else f"must be a string, got {_json_type(value)}",
+        )
     if max_length is not None and len(value) > max_length:
         raise RequestError(path, f"longer than {max_length} characters")
     return value
@@ -315,7 +337,9 @@ def _opt_string(value: Any, path: str, max_length: int | None) -> str | None:
     return None if value is None else _string(value, path, max_length)
 
 
-def _string_list(value: Any, path: str, max_items: int, max_length: int, allow_empty: bool = False) -> tuple[str, ...]:
+def _string_list(
+    value: Any, path: str, max_items: int, max_length: int, allow_empty: bool = False
+) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise RequestError(path, f"must be a list, got {_json_type(value)}")
     if not value and not allow_empty:
@@ -329,6 +353,11 @@ def _string_list(value: Any, path: str, max_items: int, max_length: int, allow_e
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)

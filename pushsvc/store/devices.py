@@ -1,0 +1,136 @@
+"""The `devices` collection: registration, targeting queries in chunks, deactivation of dead tokens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from pushsvc.model import Device, Target
+from pushsvc.store.database import Database
+
+# Only what the dispatcher needs travels back from MongoDB.
+DISPATCH_PROJECTION = {
+    "app": 1,
+    "token": 1,
+    "platform": 1,
+    "locale": 1,
+    "timezone": 1,
+    "user_id": 1,
+    "opt_out": 1,
+}
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    app: str
+    token: str
+    platform: str
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+    locale: str | None = None
+    timezone: str | None = None
+    app_version: str | None = None
+    opt_out: tuple[str, ...] = ()
+
+
+def to_device(doc: dict) -> Device:
+    return Device(
+        app=doc["app"],
+        token=doc["token"],
+        platform=doc["platform"],
+        locale=doc.get("locale"),
+        timezone=doc.get("timezone"),
+        user_id=doc.get("user_id"),
+    )
+
+
+def audience_filter(
+    app: str, target: Target, category: str | None, timezones: Sequence[str | None] | None
+) -> dict:
+    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly)."""
+    clauses: list[dict[str, Any]] = [{"app": app}, {"active": True}]
+    if target.users:
+        clauses.append({"user_id": {"$in": list(target.users)}})
+    elif target.segment is not None:
+        if target.segment.tags_any:
+            clauses.append({"tags": {"$in": list(target.segment.tags_any)}})
+        if target.segment.tags_all:
+            clauses.append({"tags": {"$all": list(target.segment.tags_all)}})
+    if category:
+        clauses.append({"opt_out": {"$ne": category}})
+    if timezones is not None:
+        clauses.append({"timezone": {"$in": list(timezones)}})
+    return {"$and": clauses}
+
+
+class DeviceStore:
+    def __init__(self, database: Database) -> None:
+        self._collection = database.devices
+
+    async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[dict, bool]:
+        """Register or refresh a device; re-registering a deactivated token reactivates it. Returns (doc, created)."""
+        now = time.time() if now is None else now
+        fields = {
+            "platform": device.platform,
+            "user_id": device.user_id,
+            "tags": list(device.tags),
+            "locale": device.locale,
+            "timezone": device.timezone,
+            "app_version": device.app_version,
+            "opt_out": list(device.opt_out),
+            "active": True,
+            "deactivated_reason": None,
+            "deactivated_at": None,
+            "updated_at": now,
+        }
+        result = await self._collection.update_one(
+            {"app": device.app, "token": device.token},
+            {"$set": fields, "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now}},
+            upsert=True,
+        )
+        doc = await self._collection.find_one({"app": device.app, "token": device.token})
+        assert doc is not None
+        return doc, result.upserted_id is not None
+
+    async def find_by_tokens(self, app: str, tokens: Sequence[str]) -> list[dict]:
+        query: dict[str, Any] = {"app": app, "token": {"$in": list(tokens)}, "active": True}
+        return [doc async for doc in self._collection.find(query, DISPATCH_PROJECTION)]
+
+    async def find_chunk(self, query: dict, after_id: ObjectId | None, limit: int) -> list[dict]:
+        """Next `limit` devices by _id after the cursor: stable paging that a restart can resume."""
+        if after_id is not None:
+            query = {"$and": [query, {"_id": {"$gt": after_id}}]}
+        cursor = self._collection.find(query, DISPATCH_PROJECTION).sort("_id", 1).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def deactivate(
+        self, app: str, tokens_with_reasons: Iterable[tuple[str, str]], now: float | None = None
+    ) -> int:
+        """Mark tokens the provider called invalid; they are never targeted again until re-registered."""
+        now = time.time() if now is None else now
+        operations = [
+            UpdateOne(
+                {"app": app, "token": token, "active": True},
+                {
+                    "$set": {
+                        "active": False,
+                        "deactivated_reason": reason,
+                        "deactivated_at": now,
+                        "updated_at": now,
+                    }
+                },
+            )
+            for token, reason in tokens_with_reasons
+        ]
+        if not operations:
+            return 0
+        result = await self._collection.bulk_write(operations, ordered=False)
+        return result.modified_count
+
+    async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[dict]:
+        return [doc async for doc in self._collection.find({"app": app, "user_id": user_id}).limit(limit)]
