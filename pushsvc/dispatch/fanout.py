@@ -1,0 +1,201 @@
+"""Work one claimed notification: resolve its devices chunk by chunk, deliver, record progress.
+
+Progress (cursor + counters) is saved atomically after each chunk while the lease is held, so a crash
+or a lost lease repeats at most the chunk that was in flight; a lease heartbeat keeps long chunks owned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pushsvc import metrics
+from pushsvc.config import DispatchSettings
+from pushsvc.dispatch.sender import PROVIDER_FOR_PLATFORM, DeliverySender
+from pushsvc.logging import get_logger
+from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
+from pushsvc.outcomes import OutcomePublisher
+from pushsvc.providers.base import Delivery
+from pushsvc.scheduling.due import DEFAULT_TIMEZONE, next_wave_at, zones_due
+from pushsvc.store.devices import DeviceStore, audience_filter, to_device
+from pushsvc.store.notifications import NotificationStore
+
+log = get_logger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another replica owns the notification now; stop without touching it."""
+
+
+@dataclass
+class _Chunk:
+    devices: list[dict]
+    unknown_tokens: int
+    next_cursor: Any
+    exhausted: bool
+
+
+class NotificationRunner:
+    def __init__(
+        self,
+        notifications: NotificationStore,
+        devices: DeviceStore,
+        sender: DeliverySender,
+        outcomes: OutcomePublisher,
+        settings: DispatchSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._notifications = notifications
+        self._devices = devices
+        self._sender = sender
+        self._outcomes = outcomes
+        self._settings = settings
+        self._clock = clock
+
+    async def run(self, doc: dict, owner: str) -> None:
+        notification_id = doc["_id"]
+        try:
+            request = parse_request(orjson.loads(doc["request"]))
+        except (RequestError, orjson.JSONDecodeError) as exc:
+            # Recorded requests were validated at ingest; this only happens after an incompatible upgrade.
+            await self._finish(doc, owner, NotificationState.FAILED, f"stored request unreadable: {exc}")
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(notification_id, owner))
+        work = asyncio.create_task(self._work(doc, request, owner))
+        try:
+            done, _ = await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat in done:
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                    await work
+                log.warning("lease_lost", notification_id=notification_id)
+            else:
+                work.result()
+        except LeaseLost:
+            log.warning("lease_lost", notification_id=notification_id)
+        finally:
+            heartbeat.cancel()
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await heartbeat
+
+    async def _heartbeat(self, notification_id: str, owner: str) -> None:
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            renewed = await self._notifications.renew_lease(
+                notification_id, owner, self._clock() + self._settings.lease_seconds
+            )
+            if not renewed:
+                return
+
+    async def _work(self, doc: dict, request: PushRequest, owner: str) -> None:
+        wave: list[str] | None = None
+        if request.options.local_time:
+            wave = doc.get("wave_zones")
+            if wave is None:
+                assert request.options.send_at is not None
+                wave = zones_due(request.options.send_at, self._clock(), set(doc.get("zones_done") or []))
+                ok = await self._notifications.advance(doc["_id"], owner, None, {}, {"wave_zones": wave})
+                if not ok:
+                    raise LeaseLost
+                doc = {**doc, "cursor": None}
+        cursor = doc.get("cursor")
+        first_wave = not doc.get("zones_done")
+        due_at = float(doc["due_at"])
+        while True:
+            chunk = await self._next_chunk(request, cursor, wave, count_unknown=first_wave)
+            counts = await self._deliver(request, chunk, due_at)
+            if not await self._notifications.advance(doc["_id"], owner, chunk.next_cursor, counts):
+                raise LeaseLost
+            cursor = chunk.next_cursor
+            if chunk.exhausted:
+                break
+        if wave is not None:
+            assert request.options.send_at is not None
+            done = set(doc.get("zones_done") or []) | set(wave)
+            next_at = next_wave_at(request.options.send_at, done)
+            if next_at is not None:
+                extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
+                if not await self._notifications.reschedule(doc["_id"], owner, next_at, extra):
+                    raise LeaseLost
+                return
+        await self._finish(doc, owner, NotificationState.DONE, None)
+
+    async def _next_chunk(
+        self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool
+    ) -> _Chunk:
+        size = self._settings.chunk_size
+        if request.target.tokens:
+            # Explicit tokens are paged by position in the request.
+            start = int(cursor or 0)
+            tokens = request.target.tokens[start : start + size]
+            found = await self._devices.find_by_tokens(request.app, tokens) if tokens else []
+            known = {d["token"] for d in found}
+            unknown = sum(1 for t in tokens if t not in known) if count_unknown else 0
+            if wave is not None:
+                zones = set(wave)
+                found = [d for d in found if (d.get("timezone") or DEFAULT_TIMEZONE) in zones]
+            end = start + len(tokens)
+            return _Chunk(found, unknown, end, end >= len(request.target.tokens))
+        timezones: list[str | None] | None = None
+        if wave is not None:
+            timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
+        query = audience_filter(request.app, request.target, request.message.category, timezones)
+        found = await self._devices.find_chunk(query, cursor, size)
+        next_cursor = found[-1]["_id"] if found else cursor
+        return _Chunk(found, 0, next_cursor, len(found) < size)
+
+    async def _deliver(self, request: PushRequest, chunk: _Chunk, due_at: float) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        counts["targeted"] = len(chunk.devices) + chunk.unknown_tokens
+        counts["unknown_token"] = chunk.unknown_tokens
+        if chunk.unknown_tokens:
+            metrics.DELIVERIES.labels(request.app, "none", "unknown_token").inc(chunk.unknown_tokens)
+        expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
+        deliveries = []
+        category = request.message.category
+        for doc in chunk.devices:
+            if category and category in (doc.get("opt_out") or ()):
+                counts["opted_out"] += 1
+                continue
+            deliveries.append(
+                Delivery(request.id, to_device(doc), request.message, request.options, expires_at)
+            )
+        if counts["targeted"]:
+            metrics.DEVICES_TARGETED.labels(request.app).inc(counts["targeted"])
+        results = await asyncio.gather(*(self._sender.deliver(d, due_at) for d in deliveries))
+        invalid: list[tuple[str, str]] = []
+        for result in results:
+            counts[result.outcome] += 1
+            provider = PROVIDER_FOR_PLATFORM.get(result.delivery.device.platform, "none")
+            metrics.DELIVERIES.labels(request.app, provider, result.outcome).inc()
+            if result.outcome == "invalid_token":
+                invalid.append((result.delivery.device.token, result.reason))
+                metrics.INVALID_TOKENS.labels(request.app, provider).inc()
+        if invalid:
+            # Deactivate before saving progress: if we crash in between, the retried chunk skips these.
+            await self._devices.deactivate(request.app, invalid)
+        return counts
+
+    async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
+        if not await self._notifications.finish(doc["_id"], owner, state, error):
+            raise LeaseLost
+        metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
+        final = await self._notifications.get(doc["_id"])
+        counts = (final or {}).get("counts", {})
+        log.info(
+            "notification_finished",
+            notification_id=doc["_id"],
+            app=doc["app"],
+            state=str(state),
+            counts=counts,
+        )
+        await self._outcomes.publish(doc["_id"], doc["app"], str(state), counts, error)
