@@ -12,7 +12,9 @@ import orjson
 import structlog
 
 # Keys whose values are secrets or device tokens wherever they appear in an event.
-_SECRET_KEYS = frozenset({"token", "device_token", "api_key", "authorization", "password", "private_key", "secret"})
+_SECRET_KEYS = frozenset(
+    {"token", "device_token", "api_key", "authorization", "password", "private_key", "secret"}
+)
 # A bearer credential or JWT inside free text (exception messages from HTTP libraries can carry them).
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")
@@ -65,7 +67,11 @@ def configure_logging(level: str = "info") -> None:
                 _mask_secrets,
                 structlog.processors.JSONRenderer(serializer=_orjson_dumps),
             ],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.processors.format_exc_info],
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.format_exc_info,
+            ],
         )
     )
     root = logging.getLogger()

@@ -1,0 +1,97 @@
+"""Device registration by mobile apps (via their backend) and per-user listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pushsvc.api.auth import require
+from pushsvc.api.context import DEVICES, KNOWN_APPS
+from pushsvc.api.validation import LOCALE_PATTERN, TOKEN_PATTERN, json_body, opt_str, str_list
+from pushsvc.model import PLATFORMS, RequestError
+from pushsvc.scheduling.due import is_known_timezone
+from pushsvc.store.devices import DeviceRecord
+
+routes = web.RouteTableDef()
+
+DEVICE_FIELDS = {
+    "app",
+    "token",
+    "platform",
+    "user_id",
+    "tags",
+    "locale",
+    "timezone",
+    "app_version",
+    "opt_out",
+}
+
+
+def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
+    if not isinstance(body, dict):
+        raise RequestError("body", "must be a JSON object")
+    unknown = sorted(set(body) - DEVICE_FIELDS)
+    if unknown:
+        raise RequestError(unknown[0], f"unknown field (allowed: {', '.join(sorted(DEVICE_FIELDS))})")
+    app = opt_str(body, "app", 128)
+    if app is None:
+        raise RequestError("app", "required")
+    if app not in known_apps:
+        raise RequestError("app", f"unknown app {app!r}")
+    token = opt_str(body, "token", 4096, TOKEN_PATTERN)
+    if token is None:
+        raise RequestError("token", "required")
+    platform = body.get("platform")
+    if platform not in PLATFORMS:
+        raise RequestError("platform", f"must be one of {', '.join(PLATFORMS)}")
+    timezone = opt_str(body, "timezone", 64)
+    if timezone is not None and not is_known_timezone(timezone):
+        raise RequestError("timezone", f"not an IANA timezone name: {timezone!r}")
+    return DeviceRecord(
+        app=app,
+        token=token,
+        platform=platform,
+        user_id=opt_str(body, "user_id", 256),
+        tags=str_list(body, "tags"),
+        locale=opt_str(body, "locale", 35, LOCALE_PATTERN),
+        timezone=timezone,
+        app_version=opt_str(body, "app_version", 64),
+        opt_out=str_list(body, "opt_out"),
+    )
+
+
+def device_view(doc: dict) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "app": doc["app"],
+        "token": doc["token"],
+        "platform": doc["platform"],
+        "user_id": doc.get("user_id"),
+        "tags": doc.get("tags", []),
+        "locale": doc.get("locale"),
+        "timezone": doc.get("timezone"),
+        "app_version": doc.get("app_version"),
+        "opt_out": doc.get("opt_out", []),
+        "active": doc.get("active", True),
+        "deactivated_reason": doc.get("deactivated_reason"),
+    }
+
+
+@routes.post("/v1/devices")
+@require("devices:write")
+async def register_device(request: web.Request) -> web.Response:
+    """Register or refresh a device token (idempotent: 201 when new, 200 when it existed)."""
+    device = parse_device(await json_body(request), request.app[KNOWN_APPS])
+    doc, created = await request.app[DEVICES].upsert(device)
+    return web.json_response(device_view(doc), status=201 if created else 200)
+
+
+@routes.get("/v1/users/{user_id}/devices")
+@require("read")
+async def list_user_devices(request: web.Request) -> web.Response:
+    app = request.query.get("app")
+    if not app:
+        raise RequestError("app", "query parameter required")
+    docs = await request.app[DEVICES].for_user(app, request.match_info["user_id"])
+    return web.json_response({"devices": [device_view(d) for d in docs]})

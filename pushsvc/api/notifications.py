@@ -1,0 +1,55 @@
+"""Notifications over HTTP: the same contract as Kafka, idempotent by request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pushsvc.api.auth import require
+from pushsvc.api.context import INTAKE, KNOWN_APPS, NOTIFICATIONS
+from pushsvc.api.errors import json_error
+from pushsvc.api.validation import json_body
+from pushsvc.ingest.intake import Rejection, validate
+from pushsvc.scheduling.due import epoch_to_iso
+from pushsvc.store.notifications import FINAL_KEYS
+
+routes = web.RouteTableDef()
+
+
+def notification_view(doc: dict) -> dict[str, Any]:
+    counts = dict(doc.get("counts", {}))
+    counts["pending"] = max(0, counts.get("targeted", 0) - sum(counts.get(k, 0) for k in FINAL_KEYS))
+    return {
+        "id": doc["_id"],
+        "app": doc["app"],
+        "state": doc["state"],
+        "source": doc.get("source"),
+        "created_at": epoch_to_iso(doc["created_at"]),
+        "due_at": epoch_to_iso(doc["due_at"]),
+        "finished_at": epoch_to_iso(doc["finished_at"]) if doc.get("finished_at") else None,
+        "error": doc.get("error"),
+        "counts": counts,
+    }
+
+
+@routes.post("/v1/notifications")
+@require("notify")
+async def create_notification(request: web.Request) -> web.Response:
+    """Record a request; repeating the same id returns the existing record with 200 instead of 201."""
+    outcome = validate(await json_body(request), request.app[KNOWN_APPS])
+    if isinstance(outcome, Rejection):
+        return json_error(400, outcome.reason, outcome.detail, outcome.field)
+    result = await request.app[INTAKE].record([outcome], source="api")
+    doc = await request.app[NOTIFICATIONS].get(outcome.request.id)
+    assert doc is not None
+    return web.json_response(notification_view(doc), status=201 if result.inserted else 200)
+
+
+@routes.get("/v1/notifications/{notification_id}")
+@require("read")
+async def get_notification(request: web.Request) -> web.Response:
+    doc = await request.app[NOTIFICATIONS].get(request.match_info["notification_id"])
+    if doc is None:
+        return json_error(404, "not_found", "no notification with that id")
+    return web.json_response(notification_view(doc))

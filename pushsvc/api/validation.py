@@ -1,0 +1,53 @@
+"""Small validators for API bodies; each failure names the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from pushsvc.model import RequestError
+
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9:_\-.]{8,4096}$")
+LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+
+async def json_body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise RequestError("body", "Content-Type must be application/json")
+    try:
+        return await request.json(loads=_loads)
+    except ValueError as exc:
+        raise RequestError("body", f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RequestError("body", "nesting too deep") from exc
+
+
+def _loads(text: str) -> Any:
+    import orjson
+
+    return orjson.loads(text)
+
+
+def opt_str(obj: dict, key: str, max_length: int = 256, pattern: re.Pattern[str] | None = None) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+        raise RequestError(key, f"must be a non-empty string of at most {max_length} characters")
+    if pattern is not None and not pattern.match(value):
+        raise RequestError(key, "has an invalid format")
+    return value
+
+
+def str_list(obj: dict, key: str, max_items: int = 50, max_length: int = 128) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or len(value) > max_items:
+        raise RequestError(key, f"must be a list of at most {max_items} strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item or len(item) > max_length:
+            raise RequestError(
+                f"{key}[{i}]", f"must be a non-empty string of at most {max_length} characters"
+            )
+    return tuple(dict.fromkeys(value))

@@ -1,0 +1,194 @@
+"""Wiring and lifecycle: start every component in order, stop them in reverse, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from pushsvc import __version__, metrics
+from pushsvc.api.auth import ApiKeyAuth
+from pushsvc.api.server import build_app
+from pushsvc.config import Settings
+from pushsvc.dispatch.fanout import NotificationRunner
+from pushsvc.dispatch.sender import DeliverySender
+from pushsvc.ingest.intake import Intake
+from pushsvc.ingest.kafka import KafkaIngest
+from pushsvc.logging import get_logger
+from pushsvc.outcomes import OutcomePublisher
+from pushsvc.providers.base import Provider
+from pushsvc.providers.registry import build_providers
+from pushsvc.scheduling.scheduler import Scheduler
+from pushsvc.store.database import Database
+from pushsvc.store.devices import DeviceStore
+from pushsvc.store.notifications import NotificationStore
+
+log = get_logger(__name__)
+
+STARTUP_RETRY_SECONDS = 60.0
+BACKLOG_REFRESH_SECONDS = 5.0
+
+
+async def retry_until(what: str, attempt: Callable[[], Awaitable[None]], deadline_seconds: float) -> None:
+    """Dependencies may come up after us (a rollout, a restarted broker): wait for them, but not forever."""
+    deadline = time.monotonic() + deadline_seconds
+    delay = 0.25
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} unreachable after {deadline_seconds:.0f}s: {exc}") from exc
+            log.warning("dependency_waiting", dependency=what, error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class PushService:
+    def __init__(self, settings: Settings, providers: dict[tuple[str, str], Provider] | None = None) -> None:
+        self.settings = settings
+        self.owner = f"{settings.instance_name or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.database = Database.connect(settings.mongodb)
+        self.devices = DeviceStore(self.database)
+        self.notifications = NotificationStore(self.database)
+        self.providers = providers if providers is not None else build_providers(settings)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            acks="all",
+            linger_ms=5,
+            max_request_size=max(1_048_576, settings.kafka.max_message_bytes + 16_384),
+        )
+        self.sender = DeliverySender(self.providers, settings.dispatch)
+        self.runner = NotificationRunner(
+            self.notifications,
+            self.devices,
+            self.sender,
+            OutcomePublisher(self.producer, settings.kafka.outcomes_topic),
+            settings.dispatch,
+        )
+        self.scheduler = Scheduler(self.notifications, self.runner, settings.dispatch, self.owner)
+        self.intake = Intake(self.notifications, on_due=self.scheduler.wake)
+        known_apps = frozenset(settings.apps)
+        self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)
+        self.http_app = build_app(
+            auth=ApiKeyAuth(settings.api_keys),
+            device_store=self.devices,
+            notification_store=self.notifications,
+            intake=self.intake,
+            known_apps=known_apps,
+            readiness={
+                "mongodb": self.database.ping,
+                "kafka": self._kafka_ready,
+                "scheduler": self._scheduler_ready,
+            },
+            max_body_bytes=settings.http.max_body_bytes,
+        )
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self.port: int | None = None
+
+    async def _kafka_ready(self) -> None:
+        if not self._started:
+            raise RuntimeError("starting")
+        await self.ingest.check()
+
+    async def _scheduler_ready(self) -> None:
+        if not self.scheduler.healthy:
+            raise RuntimeError("claiming work from MongoDB fails")
+
+    async def start(self) -> None:
+        metrics.BUILD_INFO.info({"version": __version__})
+        # HTTP first so liveness answers while dependencies are awaited; readiness stays 503 until started.
+        self._runner = web.AppRunner(self.http_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        await retry_until("mongodb", self.database.ensure_indexes, STARTUP_RETRY_SECONDS)
+        await retry_until("kafka producer", self.producer.start, STARTUP_RETRY_SECONDS)
+        await retry_until("kafka consumer", self.ingest.start, STARTUP_RETRY_SECONDS)
+        for provider in self.providers.values():
+            await provider.start()
+        self._tasks = [
+            asyncio.create_task(self._supervise("ingest", self.ingest.run), name="ingest"),
+            asyncio.create_task(self._supervise("scheduler", self.scheduler.run), name="scheduler"),
+            asyncio.create_task(self._refresh_backlog(), name="backlog"),
+        ]
+        self._started = True
+        log.info(
+            "pushsvc_started",
+            owner=self.owner,
+            http_port=self.port,
+            apps=sorted(self.settings.apps),
+            version=__version__,
+        )
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """A crashed loop is restarted (after a pause) instead of leaving a zombie replica that looks alive."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("loop_crashed", loop=name, error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _refresh_backlog(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                due, future = await self.notifications.backlog(time.time())
+                metrics.SCHEDULED_BACKLOG.labels("due").set(due)
+                metrics.SCHEDULED_BACKLOG.labels("future").set(future)
+            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+
+    async def stop(self) -> None:
+        """Graceful: stop consuming (the current batch is recorded and committed), drain sends, close."""
+        log.info("pushsvc_stopping", owner=self.owner)
+        self._started = False
+        await self.ingest.stop()
+        ingest_task = next((t for t in self._tasks if t.get_name() == "ingest"), None)
+        if ingest_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(ingest_task), 10.0)
+        await self.scheduler.drain(self.settings.dispatch.drain_timeout_seconds)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.ingest.close()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.database.close()
+        log.info("pushsvc_stopped", owner=self.owner)
+
+
+async def serve(settings: Settings) -> None:
+    service = PushService(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        await stop.wait()
+    finally:
+        await service.stop()

@@ -1,0 +1,91 @@
+"""Command line: `pushsvc serve | dev | hash-key | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+
+from pushsvc.config import ConfigError, Settings, load_settings
+
+
+def _load(path: str | None) -> Settings:
+    path = path or os.environ.get("PUSHSVC_CONFIG")
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"pushsvc: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop  # faster event loop where available; asyncio's own otherwise
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from pushsvc.app import serve
+    from pushsvc.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    _run(serve(settings))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(f"ok: {len(settings.apps)} app(s): {', '.join(sorted(settings.apps))}")
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from pushsvc.api.auth import hash_api_key
+
+    key = args.key or secrets.token_urlsafe(32)
+    if not args.key:
+        print(f"api key (give this to the client, it is not stored): {key}")
+    print(f"hash (put this in config api_keys[].hash): {hash_api_key(key)}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from pushsvc.dev.stack import run_dev_stack
+
+    return run_dev_stack(args.dir, args.http_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushsvc", description="Push-notification delivery service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service (Kafka consumer, scheduler, dispatch, HTTP API)")
+    serve.add_argument("--config", help="YAML config file (default: $PUSHSVC_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", help="YAML config file (default: $PUSHSVC_CONFIG)")
+    check.set_defaults(func=cmd_check_config)
+    hash_key = sub.add_parser("hash-key", help="make an API key and the hash to put in config")
+    hash_key.add_argument("--key", help="hash this key instead of generating one")
+    hash_key.set_defaults(func=cmd_hash_key)
+    dev = sub.add_parser(
+        "dev", help="run a local stack: broker, MongoDB wire server, provider simulators, pushsvc"
+    )
+    dev.add_argument("--dir", default=".dev", help="where the stack keeps its files")
+    dev.add_argument("--http-port", type=int, default=8080)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

