@@ -1,0 +1,85 @@
+"""Session fixtures: the real protocol servers (Tansu, nx-27017, TLS provider peers) and a pushsvc factory.
+
+Nothing is mocked: pushsvc talks to the broker through aiokafka, to the MongoDB wire server through
+motor, and to the APNs/FCM peers over TLS + HTTP/2 with certificate verification on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pushsvc.dev.servers import ServerProcess, create_topics, nx27017, tansu
+from tests.peers.tls import TestPki, make_test_pki
+
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    """Per-test names for topics, groups and databases, so tests share servers without sharing data."""
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def pki(work_dir: Path) -> Iterator[TestPki]:
+    pki = make_test_pki(work_dir / "pki")
+    # firebase-admin's HTTP clients (requests, httpx) read these; the bundle is system CAs + the test CA.
+    saved = {name: os.environ.get(name) for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
+    os.environ["SSL_CERT_FILE"] = str(pki.bundle_file)
+    os.environ["REQUESTS_CA_BUNDLE"] = str(pki.bundle_file)
+    yield pki
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def kafka_server(work_dir: Path) -> Iterator[ServerProcess]:
+    server = tansu(work_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(work_dir: Path) -> Iterator[ServerProcess]:
+    server = nx27017(work_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_server: ServerProcess) -> str:
+    return f"127.0.0.1:{kafka_server.port}"
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(mongo_server: ServerProcess) -> str:
+    return f"mongodb://127.0.0.1:{mongo_server.port}"
+
+
+@pytest.fixture
+def topics(bootstrap: str) -> Callable[..., object]:
+    """Make a fresh set of pushsvc topics for one test: returns the KafkaSettings overrides."""
+
+    async def make(partitions: int = 3) -> dict[str, str]:
+        names = {
+            "requests_topic": unique("push.requests"),
+            "dlq_topic": unique("push.requests.dlq"),
+            "outcomes_topic": unique("push.outcomes"),
+        }
+        await create_topics(bootstrap, {names["requests_topic"]: partitions, names["dlq_topic"]: 1,
+                                        names["outcomes_topic"]: 1})
+        return {**names, "group_id": unique("pushsvc")}
+
+    return make

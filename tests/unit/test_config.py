@@ -1,0 +1,79 @@
+"""Configuration errors name the key; credentials are never defaulted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pushsvc.config import ConfigError, load_settings
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    key = tmp_path / "k.p8"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    sa = tmp_path / "sa.json"
+    sa.write_text("{}")
+    return {"key": key, "sa": sa, "dir": tmp_path}
+
+
+def base(files: dict[str, Path]) -> dict:
+    return {
+        "kafka": {"bootstrap_servers": "k:9092"},
+        "mongodb": {"uri": "mongodb://m"},
+        "apps": {
+            "demo": {
+                "apns": {"topic": "com.x", "key_file": str(files["key"]), "key_id": "K", "team_id": "T"},
+                "fcm": {"service_account_file": str(files["sa"])},
+            }
+        },
+    }
+
+
+def load(files: dict[str, Path], config: dict, env: dict[str, str] | None = None):
+    path = files["dir"] / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_settings(path, env or {})
+
+
+def test_valid_config_and_defaults(files: dict[str, Path]) -> None:
+    settings = load(files, base(files))
+    assert settings.kafka.requests_topic == "push.requests"
+    assert settings.apps["demo"].apns is not None
+    assert settings.apps["demo"].apns.environment == "production"
+
+
+def test_env_overrides_with_types(files: dict[str, Path]) -> None:
+    settings = load(files, base(files), {"PUSHSVC_HTTP__PORT": "9000", "PUSHSVC_MONGODB__URI": "mongodb://other"})
+    assert settings.http.port == 9000
+    assert settings.mongodb.uri == "mongodb://other"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["kafka"].pop("bootstrap_servers"), "kafka.bootstrap_servers: required"),
+        (lambda c: c["apps"]["demo"]["apns"].pop("key_id"), "apps.demo.apns.key_id: required"),
+        (lambda c: c["apps"]["demo"]["apns"].update(key_file="/nope.p8"), "apps.demo.apns.key_file: file not found"),
+        (lambda c: c["apps"]["demo"]["fcm"].pop("service_account_file"), "apps.demo.fcm.service_account_file"),
+        (lambda c: c["apps"]["demo"]["apns"].update(environment="prod"), "apps.demo.apns.environment"),
+        (lambda c: c["kafka"].update(bootstrap="x"), "kafka.bootstrap: unknown setting"),
+        (lambda c: c.update(http={"port": "eighty"}), "http.port: expected a int"),
+        (lambda c: c.update(apps={}), "apps: at least one app"),
+        (lambda c: c.update(api_keys=[{"name": "a", "hash": "plain"}]), "api_keys[0].hash"),
+        (lambda c: c.update(api_keys=[{"name": "a", "hash": "sha256:" + "0" * 64, "scopes": ["admin"]}]),
+         "api_keys[0].scopes"),
+    ],
+)
+def test_errors_name_the_key(files: dict[str, Path], mutate, message: str) -> None:
+    config = base(files)
+    mutate(config)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(files, config)
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "absent.yaml", {})

@@ -1,0 +1,99 @@
+"""The request contract: what is accepted, and that every rejection names the offending field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from pushsvc.model import RequestError, parse_request
+
+
+def request(**overrides: object) -> dict:
+    base: dict = {
+        "id": "r-1",
+        "app": "demo",
+        "target": {"tokens": ["a" * 64]},
+        "message": {"title": "Hi", "body": "There"},
+    }
+    base.update(overrides)
+    return base
+
+
+def test_full_request_parses_with_defaults() -> None:
+    parsed = parse_request(
+        request(
+            message={"title": "T", "body": "B", "data": {"n": 1, "ok": True}, "badge": 2, "sound": "default",
+                     "category": "promo", "localized": {"pt-BR": {"title": "Olá"}}},
+            options={"ttl_seconds": 60, "collapse_key": "c", "send_at": "2026-01-01T10:00:00Z"},
+        ),
+        frozenset({"demo"}),
+    )
+    assert parsed.options.priority == "high"
+    assert parsed.options.push_type == "alert"
+    assert parsed.options.send_at == datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    assert parsed.message.data_as_strings() == {"n": "1", "ok": "true"}
+    assert parsed.message.text_for("pt_BR").title == "Olá"
+    assert parsed.message.text_for("pt_BR").body == "B"  # falls back to the default body
+    assert parsed.message.text_for("pt").title == "T"  # "pt" alone does not match "pt-BR"
+    assert parsed.message.text_for(None).title == "T"
+
+
+def test_language_fallback_for_regional_locale() -> None:
+    parsed = parse_request(request(message={"title": "T", "localized": {"de": {"title": "Hallo"}}}))
+    assert parsed.message.text_for("de-AT").title == "Hallo"
+
+
+def test_background_defaults_to_normal_priority() -> None:
+    parsed = parse_request(request(message={"data": {"k": "v"}}, options={"push_type": "background"}))
+    assert parsed.options.priority == "normal"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": ""}, "id"),
+        ({"id": 5}, "id"),
+        ({"app": "other"}, "app"),
+        ({"target": {}}, "target"),
+        ({"target": {"tokens": [], "users": ["u"]}}, "target"),
+        ({"target": {"tokens": []}}, "target.tokens"),
+        ({"target": {"tokens": [1]}}, "target.tokens[0]"),
+        ({"target": {"segment": {}}}, "target.segment"),
+        ({"target": {"segment": {"tags": ["x"]}}}, "target.segment.tags"),
+        ({"message": {}}, "message"),
+        ({"message": {"title": "t", "badge": -1}}, "message.badge"),
+        ({"message": {"title": "t", "data": {"nested": {"a": 1}}}}, "message.data.nested"),
+        ({"message": {"title": "t", "data": {"google.x": "1"}}}, "message.data.google.x"),
+        ({"message": {"title": "t", "colour": "red"}}, "message.colour"),
+        ({"options": {"priority": "urgent"}}, "options.priority"),
+        ({"options": {"ttl_seconds": -1}}, "options.ttl_seconds"),
+        ({"options": {"ttl_seconds": True}}, "options.ttl_seconds"),
+        ({"options": {"collapse_key": "x" * 65}}, "options.collapse_key"),
+        ({"options": {"send_at": "tomorrow"}}, "options.send_at"),
+        ({"options": {"send_at": "2026-01-01T10:00:00"}}, "options.send_at"),
+        ({"options": {"local_time": True}}, "options.send_at"),
+        ({"options": {"push_type": "background", "priority": "high"}}, "options.priority"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_rejections_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(request(**change), frozenset({"demo"}))
+    assert info.value.field == field
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request([1, 2])
+    assert info.value.field == "request"
+
+
+def test_duplicate_tokens_are_sent_once() -> None:
+    parsed = parse_request(request(target={"tokens": ["t" * 10, "t" * 10, "u" * 10]}))
+    assert parsed.target.tokens == ("t" * 10, "u" * 10)
+
+
+def test_local_time_drops_offset() -> None:
+    parsed = parse_request(request(options={"send_at": "2026-03-01T09:00:00+05:00", "local_time": True}))
+    assert parsed.options.send_at == datetime(2026, 3, 1, 9, 0)
