@@ -1,0 +1,471 @@
+"""FCM HTTP v1 adapter: firebase-admin credentials and message encoding, our own HTTP/2 transport.
+
+What comes from firebase-admin (7.7)
+    * the service-account credential (``credentials.Certificate``) in a named firebase app per pushsvc app,
+      which yields the project id and the google-auth credential that mints OAuth2 access tokens from the
+      service account's ``token_uri``;
+    * the message model and its v1 JSON encoding (``messaging.Message`` / ``AndroidConfig`` /
+      ``APNSConfig`` / ``WebpushConfig`` / ``Notification`` -> ``_MessagingService.encode_message``);
+    * the endpoint (``_MessagingService.FCM_URL``, read once at construction) and the mapping of FCM
+      error answers to firebase-admin exceptions (``_utils.handle_platform_error_from_httpx`` with
+      ``_MessagingService._build_fcm_error_httpx``), which ``classify_error`` turns into an Outcome.
+
+What we do not take from firebase-admin, and why
+    * ``send_each_async``'s HTTP stack. Its httpx auth flow refreshes the OAuth token with a *blocking*
+      ``requests`` call on the event loop (and builds a new ``requests.Session`` for every message), it
+      trusts CAs only through the process environment, and its transport retries 500/503 up to four
+      times with backoff inside one call. We keep the one-attempt contract of providers/base.py instead:
+      the dispatcher is the only retrier, because it owns the attempt budget, the backoff, the
+      Retry-After pause and the retry metrics; hidden retries would multiply attempts (4 x max_attempts),
+      hide 5xx answers from the metrics and run past ``send_timeout`` (turning UNAVAILABLE into "timeout").
+    * Instead the access token is refreshed off the loop (one shared refresh in a worker thread) and the
+      HTTP call goes through ``FcmTransport`` — the seam a faster HTTP/2 client can replace later. The
+      default ``HttpxTransport`` uses httpx with HTTP/2, like firebase-admin.
+
+TLS: both the FCM client and the OAuth token client trust the system CAs (honouring SSL_CERT_FILE /
+SSL_CERT_DIR through OpenSSL's default paths) plus ``settings.ca_file``, through SSL contexts of their own;
+the process environment and other TLS users are left untouched.
+
+Errors: ``send`` makes one attempt bounded by ``send_timeout`` and never raises for provider, transport
+or credential problems. The one exception to "one request per send" is an OAuth token that FCM rejects
+with 401 UNAUTHENTICATED: the token is refreshed and the message sent once more, as firebase-admin does;
+FCM refused the first request before accepting the message, so nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import firebase_admin
+import google.auth.exceptions
+import httpx
+import orjson
+import requests
+import requests.adapters
+from firebase_admin import _utils, credentials, exceptions, messaging
+from google.auth.credentials import TokenState
+from google.auth.transport import requests as google_auth_requests
+
+from pushsvc.config import FcmSettings
+from pushsvc.logging import get_logger, mask_token
+from pushsvc.model import Outcome
+from pushsvc.providers.base import Delivery, Provider, SendResult
+
+log = get_logger(__name__)
+
+_FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+_app_names = itertools.count(1)
+
+
+# --------------------------------------------------------------------------------------------- transport
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive lookups expected (httpx.Headers or lower-case keys)
+    body: bytes
+
+
+class TransportFailure(Exception):
+    """The request got no HTTP answer; ``reason`` is "timeout" or "connection_error"."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class FcmTransport(Protocol):
+    """The one place where an FCM HTTP request is made (replaceable by a faster HTTP/2 client)."""
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HttpReply:
+        """POST and return the answer; raise TransportFailure when no answer arrived."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxTransport:
+    """httpx over HTTP/2 (as firebase-admin's ``send_each_async``), without hidden retries."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, max_connections: int, timeout: float) -> None:
+        self._client = httpx.AsyncClient(
+            http2=True,
+            verify=ssl_context,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HttpReply:
+        try:
+            response = await self._client.post(url, headers=headers, content=body)
+        except httpx.TimeoutException as exc:
+            raise TransportFailure("timeout", type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
+        return HttpReply(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# -------------------------------------------------------------------------------------------- encoding
+
+
+def build_message(delivery: Delivery, now: float | None = None) -> messaging.Message:
+    """The firebase-admin Message for one delivery (notification block for alerts only)."""
+    msg, opts, device = delivery.message, delivery.options, delivery.device
+    background = opts.push_type == "background"
+    high = opts.priority == "high"
+    ttl: int | None = None
+    if delivery.expires_at is not None:
+        ttl = max(0, int(delivery.expires_at - (time.time() if now is None else now)))
+
+    notification = None
+    if not background:
+        text = msg.text_for(device.locale)
+        notification = messaging.Notification(title=text.title, body=text.body)
+
+    apns_headers = {"apns-priority": "10" if high else "5", "apns-push-type": opts.push_type}
+    if ttl is not None:
+        # APNs: 0 means "deliver now or never"; otherwise the absolute expiry in epoch seconds.
+        apns_headers["apns-expiration"] = "0" if ttl == 0 else str(int(delivery.expires_at or 0))
+    if opts.collapse_key:
+        apns_headers["apns-collapse-id"] = opts.collapse_key
+    if background:
+        aps = messaging.Aps(content_available=True)
+    else:
+        aps = messaging.Aps(
+            badge=msg.badge,
+            sound=msg.sound,
+            category=msg.category,
+            thread_id=msg.thread_id,
+            mutable_content=True if msg.mutable_content else None,
+        )
+
+    webpush_headers = {"Urgency": "high" if high else "normal"}
+    if ttl is not None:
+        webpush_headers["TTL"] = str(ttl)
+
+    message = messaging.Message(
+        notification=notification,
+        data=msg.data_as_strings() or None,
+        android=messaging.AndroidConfig(priority="high" if high else "normal", ttl=ttl, collapse_key=opts.collapse_key),
+        apns=messaging.APNSConfig(headers=apns_headers, payload=messaging.APNSPayload(aps=aps)),
+        webpush=messaging.WebpushConfig(headers=webpush_headers),
+    )
+    # Our devices hold FCM registration tokens, which v1 takes in "token". firebase-admin 7.7 marks the
+    # constructor's token= as deprecated in favour of fid= (Firebase installation IDs, a different
+    # identifier) and warns on every message; setting the attribute encodes the same without the warning.
+    message.token = device.token
+    return message
+
+
+def encode_body(message: messaging.Message) -> bytes:
+    """The v1 request body, encoded by firebase-admin (validates the message; raises ValueError)."""
+    return orjson.dumps({"message": messaging._MessagingService.encode_message(message)})
+
+
+# ------------------------------------------------------------------------------------- classification
+
+
+def firebase_error(reply: HttpReply, url: str) -> exceptions.FirebaseError:
+    """firebase-admin's own exception for an FCM error answer (UnregisteredError, QuotaExceededError, ...)."""
+    request = httpx.Request("POST", url)
+    response = httpx.Response(reply.status, headers=dict(reply.headers), content=reply.body, request=request)
+    error = httpx.HTTPStatusError(f"HTTP {reply.status}", request=request, response=response)
+    return _utils.handle_platform_error_from_httpx(error, messaging._MessagingService._build_fcm_error_httpx)
+
+
+def classify_error(error: exceptions.FirebaseError) -> SendResult:
+    """Outcome for a firebase-admin exception raised for an FCM answer."""
+    response = error.http_response
+    status = response.status_code if response is not None else None
+    details = _error_details(response)
+    fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == _FCM_ERROR_TYPE), None)
+    reason = fcm_code or error.code
+
+    def result(outcome: Outcome, retry_after: float | None = None) -> SendResult:
+        return SendResult(outcome, reason=str(reason), status=status, retry_after=retry_after)
+
+    # Order matters: the FCM-specific types subclass the generic ones (SenderIdMismatch is a PermissionDenied).
+    if isinstance(error, messaging.UnregisteredError | messaging.SenderIdMismatchError):
+        return result(Outcome.INVALID_TOKEN)
+    if isinstance(error, messaging.ThirdPartyAuthError):
+        return result(Outcome.AUTH_ERROR)
+    if isinstance(error, exceptions.InvalidArgumentError):
+        token_problem = _is_token_problem(str(error), details)
+        return result(Outcome.INVALID_TOKEN if token_problem else Outcome.REJECTED)
+    if isinstance(error, exceptions.UnauthenticatedError | exceptions.PermissionDeniedError):
+        return result(Outcome.AUTH_ERROR)
+    retryable = (
+        exceptions.ResourceExhaustedError,  # includes messaging.QuotaExceededError
+        exceptions.UnavailableError,
+        exceptions.InternalError,
+        exceptions.DeadlineExceededError,
+    )
+    if isinstance(error, retryable) or (status is not None and (status >= 500 or status == 408)):
+        return result(Outcome.RETRYABLE, _retry_after(response))
+    return result(Outcome.REJECTED)
+
+
+def _is_token_problem(message: str, details: list[dict[str, Any]]) -> bool:
+    """Whether an INVALID_ARGUMENT is about the registration token rather than the payload.
+
+    FCM uses INVALID_ARGUMENT for both. For a malformed or foreign token it says so: the message is
+    "The registration token is not a valid FCM registration token" and, when present, a BadRequest
+    field violation names ``message.token``. Payload errors name other fields ("Invalid value at
+    'message.data[0].value'", "Android message is too big", ...). Only a token problem may deactivate
+    the device; anything unclear stays REJECTED, which fails that delivery but keeps the token.
+    """
+    for detail in details:
+        if detail.get("@type") == _BAD_REQUEST_TYPE:
+            fields = [str(v.get("field", "")) for v in detail.get("fieldViolations", []) if isinstance(v, dict)]
+            if fields:
+                return all(f == "message.token" for f in fields)
+    return "registration token" in message.lower()
+
+
+def _error_details(response: Any) -> list[dict[str, Any]]:
+    if response is None:
+        return []
+    try:
+        details = response.json().get("error", {}).get("details", [])
+    except (ValueError, AttributeError):
+        return []
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _retry_after(response: Any) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP date)."""
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """System CAs (OpenSSL default paths, which honour SSL_CERT_FILE/SSL_CERT_DIR) plus ``ca_file``."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
+class _SslContextAdapter(requests.adapters.HTTPAdapter):
+    """requests adapter verifying with our SSL context (requests alone only takes a CA bundle path)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl_context = ssl_context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._ssl_context
+        return super().proxy_manager_for(*args, **kwargs)
+
+
+class _TokenRequest(google_auth_requests.Request):
+    """google-auth transport for the token endpoint, with our TLS trust and a bounded timeout."""
+
+    def __init__(self, session: requests.Session, timeout: float) -> None:
+        super().__init__(session)
+        self._timeout = timeout
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Any = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
+
+
+def _endpoint_url(fcm_url: str, endpoint: str | None) -> str:
+    """FCM_URL with its scheme and host replaced by ``endpoint`` (a base URL such as https://host:port)."""
+    if not endpoint:
+        return fcm_url
+    base = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    url = urlsplit(fcm_url)
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + url.path, url.query, ""))
+
+
+# -------------------------------------------------------------------------------------------- provider
+
+
+class FcmProvider(Provider):
+    """FCM HTTP v1 for one pushsvc app."""
+
+    name = "fcm"
+
+    def __init__(
+        self,
+        app_id: str,
+        settings: FcmSettings,
+        send_timeout: float,
+        transport: FcmTransport | None = None,
+    ) -> None:
+        super().__init__(app_id)
+        self._settings = settings
+        self._send_timeout = send_timeout
+        certificate = credentials.Certificate(settings.service_account_file)
+        self._app: firebase_admin.App | None = firebase_admin.initialize_app(
+            certificate, name=self._free_app_name(app_id)
+        )
+        self.project_id: str = self._app.project_id
+        self._credential = certificate.get_credential()
+        self.url = _endpoint_url(messaging._MessagingService.FCM_URL.format(self.project_id), settings.endpoint)
+        self._token_session = requests.Session()
+        self._token_session.mount("https://", _SslContextAdapter(_ssl_context(settings.ca_file)))
+        self._token_request = _TokenRequest(self._token_session, timeout=send_timeout)
+        self._refresh: asyncio.Future[None] | None = None
+        self._transport: FcmTransport = transport or HttpxTransport(
+            _ssl_context(settings.ca_file), settings.max_connections, send_timeout
+        )
+        self._static_headers = {
+            "content-type": "application/json; charset=UTF-8",
+            "x-goog-api-format-version": "2",
+            "x-firebase-client": f"fire-admin-python/{firebase_admin.__version__}",
+        }
+
+    @staticmethod
+    def _free_app_name(app_id: str) -> str:
+        name = f"pushsvc-{app_id}"
+        while name in firebase_admin._apps:
+            name = f"pushsvc-{app_id}-{next(_app_names)}"
+        return name
+
+    @property
+    def firebase_app(self) -> firebase_admin.App | None:
+        return self._app
+
+    async def start(self) -> None:
+        """Fetch the first access token ahead of the first send (failures surface on send)."""
+        try:
+            await asyncio.wait_for(self._access_token(), self._send_timeout)
+        except Exception as exc:
+            log.warning("fcm_token_prefetch_failed", app=self.app_id, error=_short(exc))
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        try:
+            body = encode_body(build_message(delivery))
+        except (ValueError, TypeError) as exc:
+            log.warning(
+                "fcm_message_invalid", app=self.app_id, device=mask_token(delivery.device.token), error=str(exc)
+            )
+            return SendResult(Outcome.REJECTED, reason="invalid_message")
+        try:
+            return await asyncio.wait_for(self._attempt(body), self._send_timeout)
+        except TimeoutError:
+            return SendResult(Outcome.RETRYABLE, reason="timeout")
+        except Exception as exc:  # a bug or an unforeseen library error must not kill the dispatcher
+            log.error(
+                "fcm_send_failed",
+                app=self.app_id,
+                device=mask_token(delivery.device.token),
+                error=_short(exc),
+                exc_info=True,
+            )
+            return SendResult(Outcome.RETRYABLE, reason="client_error")
+
+    async def _attempt(self, body: bytes) -> SendResult:
+        try:
+            token = await self._access_token()
+        except google.auth.exceptions.RefreshError as exc:
+            # invalid_grant (key deleted, wrong account, clock skew) needs an operator; 5xx/429 is transient.
+            outcome = Outcome.RETRYABLE if getattr(exc, "retryable", False) else Outcome.AUTH_ERROR
+            log.warning("fcm_token_refresh_failed", app=self.app_id, error=_short(exc), outcome=str(outcome))
+            return SendResult(outcome, reason="token_refresh_failed")
+        except google.auth.exceptions.TransportError as exc:
+            log.warning("fcm_token_endpoint_unreachable", app=self.app_id, error=_short(exc))
+            return SendResult(Outcome.RETRYABLE, reason="token_connection_error")
+        try:
+            reply = await self._post(token, body)
+            if reply.status == 401 and not self._is_third_party_auth(reply):
+                # Our access token was rejected (revoked, or expired early): refresh it once and resend.
+                self._invalidate(token)
+                reply = await self._post(await self._access_token(), body)
+        except TransportFailure as exc:
+            return SendResult(Outcome.RETRYABLE, reason=exc.reason)
+        if 200 <= reply.status < 300:
+            return SendResult(Outcome.DELIVERED, status=reply.status, provider_id=_message_name(reply.body))
+        result = classify_error(firebase_error(reply, self.url))
+        if result.outcome is Outcome.AUTH_ERROR:
+            log.warning("fcm_auth_error", app=self.app_id, status=reply.status, reason=result.reason)
+        return result
+
+    async def _post(self, token: str, body: bytes) -> HttpReply:
+        headers = {**self._static_headers, "authorization": f"Bearer {token}"}
+        return await self._transport.post(self.url, headers, body)
+
+    @staticmethod
+    def _is_third_party_auth(reply: HttpReply) -> bool:
+        return b"THIRD_PARTY_AUTH_ERROR" in reply.body or b"APNS_AUTH_ERROR" in reply.body
+
+    # ------------------------------------------------------------------------------------ credentials
+
+    async def _access_token(self) -> str:
+        """A fresh OAuth2 access token; one shared refresh runs in a worker thread (google-auth blocks)."""
+        cred = self._credential
+        while cred.token_state is not TokenState.FRESH:
+            if self._refresh is None or self._refresh.done():
+                loop = asyncio.get_running_loop()
+                self._refresh = loop.run_in_executor(None, cred.refresh, self._token_request)
+                # Retrieve the outcome even if every waiting send timed out (no "never retrieved" noise).
+                self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())
+            refresh = self._refresh
+            # Shielded: a send timing out must not abandon the refresh that other sends wait for.
+            await asyncio.shield(refresh)
+            if refresh.done() and refresh.exception() is None and cred.token_state is not TokenState.FRESH:
+                break  # the token endpoint granted a token that is already stale (tiny expires_in): use it
+        return cred.token
+
+    def _invalidate(self, rejected: str) -> None:
+        # Only if it is still the current token: a concurrent send may have refreshed it already.
+        if self._credential.token == rejected:
+            self._credential.token = None
+
+    async def close(self) -> None:
+        await self._transport.aclose()
+        self._token_session.close()
+        if self._app is not None:
+            firebase_admin.delete_app(self._app)
+            self._app = None
+
+
+def _message_name(body: bytes) -> str | None:
+    try:
+        name = orjson.loads(body).get("name")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
