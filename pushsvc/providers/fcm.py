@@ -395,22 +395,18 @@ class FcmProvider(Provider):
             return SendResult(Outcome.RETRYABLE, reason="client_error")
 
     async def _attempt(self, body: bytes) -> SendResult:
-        try:
-            token = await self._access_token()
-        except google.auth.exceptions.RefreshError as exc:
-            # invalid_grant (key deleted, wrong account, clock skew) needs an operator; 5xx/429 is transient.
-            outcome = Outcome.RETRYABLE if getattr(exc, "retryable", False) else Outcome.AUTH_ERROR
-            log.warning("fcm_token_refresh_failed", app=self.app_id, error=_short(exc), outcome=str(outcome))
-            return SendResult(outcome, reason="token_refresh_failed")
-        except google.auth.exceptions.TransportError as exc:
-            log.warning("fcm_token_endpoint_unreachable", app=self.app_id, error=_short(exc))
-            return SendResult(Outcome.RETRYABLE, reason="token_connection_error")
+        token = await self._token_or_failure()
+        if isinstance(token, SendResult):
+            return token
         try:
             reply = await self._post(token, body)
             if reply.status == 401 and not self._is_third_party_auth(reply):
                 # Our access token was rejected (revoked, or expired early): refresh it once and resend.
                 self._invalidate(token)
-                reply = await self._post(await self._access_token(), body)
+                token = await self._token_or_failure()
+                if isinstance(token, SendResult):
+                    return token
+                reply = await self._post(token, body)
         except TransportFailure as exc:
             return SendResult(Outcome.RETRYABLE, reason=exc.reason)
         if 200 <= reply.status < 300:
@@ -419,6 +415,18 @@ class FcmProvider(Provider):
         if result.outcome is Outcome.AUTH_ERROR:
             log.warning("fcm_auth_error", app=self.app_id, status=reply.status, reason=result.reason)
         return result
+
+    async def _token_or_failure(self) -> str | SendResult:
+        try:
+            return await self._access_token()
+        except google.auth.exceptions.RefreshError as exc:
+            # invalid_grant (key deleted, wrong account, clock skew) needs an operator; 5xx/429 is transient.
+            outcome = Outcome.RETRYABLE if getattr(exc, "retryable", False) else Outcome.AUTH_ERROR
+            log.warning("fcm_token_refresh_failed", app=self.app_id, error=_short(exc), outcome=str(outcome))
+            return SendResult(outcome, reason="token_refresh_failed")
+        except google.auth.exceptions.TransportError as exc:
+            log.warning("fcm_token_endpoint_unreachable", app=self.app_id, error=_short(exc))
+            return SendResult(Outcome.RETRYABLE, reason="token_connection_error")
 
     async def _post(self, token: str, body: bytes) -> HttpReply:
         headers = {**self._static_headers, "authorization": f"Bearer {token}"}
