@@ -1,0 +1,477 @@
+"""APNs adapter: one HTTP/2 request per delivery on aioapns 4.0, classified into a SendResult.
+
+aioapns provides the connection pool, TLS (client certificate) and provider-token (JWT) handling. Its
+request/response handling on a connection falls short in ways that bite in production, so ``_ApnsProtocol``
+replaces that part and keeps the rest:
+
+* it never acknowledges received DATA, so after 64 KiB of error bodies the connection window is spent and
+  every later answer on that connection stalls;
+* it matches answers by the echoed apns-id and parses each DATA frame as JSON on its own; a success leaks
+  an entry per stream and an error without a JSON body never resolves;
+* response headers (Retry-After) are not exposed;
+* apns-expiration is computed as now + ttl, so neither Apple's "0" nor our absolute expiry can be sent;
+* after a GOAWAY the connection stays in the pool (the next send fails with an h2 ProtocolError) and
+  streams the server did not process wait forever;
+* there is no per-request timeout, and an abandoned stream is never reset, holding a stream slot forever;
+* ``pool.send_notification`` silently re-sends on another connection after a connection loss (a possible
+  duplicate push), while our contract is exactly one attempt per ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from aioapns import APNs
+from aioapns.connection import APNsBaseConnectionPool, APNsTLSClientProtocol
+from aioapns.exceptions import ConnectionClosed
+from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error
+
+from pushsvc.config import ApnsSettings
+from pushsvc.logging import get_logger, mask_token
+from pushsvc.model import Outcome
+from pushsvc.providers.base import Delivery, Provider, SendResult
+
+log = get_logger(__name__)
+
+MAX_PAYLOAD_BYTES = 4096  # alert and background pushes; Apple answers 413 above it
+APNS_HOSTS = {"production": "api.push.apple.com", "sandbox": "api.sandbox.push.apple.com"}
+APNS_PORT = 443
+
+# Reasons that mean "this device token will never work again": the dispatcher deactivates the token.
+_INVALID_TOKEN_REASONS = frozenset(
+    {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
+)
+# 400s that are about the connection, not the notification.
+_RETRYABLE_REASONS = frozenset({"IdleTimeout"})
+
+
+def classify(status: int, reason: str) -> Outcome:
+    """Map an APNs answer to an outcome class (Apple's status/reason table)."""
+    if status == 200:
+        return Outcome.DELIVERED
+    if status == 410 or reason in _INVALID_TOKEN_REASONS:
+        return Outcome.INVALID_TOKEN
+    if status == 403:  # Expired/Invalid/MissingProviderToken, BadCertificate(Environment), Forbidden
+        return Outcome.AUTH_ERROR
+    if status == 429 or status >= 500 or reason in _RETRYABLE_REASONS:
+        return Outcome.RETRYABLE
+    return Outcome.REJECTED  # 413 and every other 4xx: resending the same request cannot succeed
+
+
+def build_payload(delivery: Delivery) -> bytes:
+    """The JSON body: ``aps`` plus message.data as custom top-level keys (original JSON types kept)."""
+    message = delivery.message
+    aps: dict[str, Any]
+    if delivery.options.push_type == "background":
+        # A background push must not alert, badge or play a sound, or Apple treats it as an alert.
+        aps = {"content-available": 1}
+    else:
+        text = message.text_for(delivery.device.locale)
+        alert = {
+            key: value for key, value in (("title", text.title), ("body", text.body)) if value is not None
+        }
+        aps = {}
+        if alert:
+            aps["alert"] = alert
+        if message.badge is not None:
+            aps["badge"] = message.badge
+        if message.sound:
+            aps["sound"] = message.sound
+        if message.category:
+            aps["category"] = message.category
+        if message.thread_id:
+            aps["thread-id"] = message.thread_id
+        if message.mutable_content:
+            aps["mutable-content"] = 1
+    body: dict[str, Any] = {"aps": aps}
+    body.update((key, value) for key, value in message.data.items() if key != "aps")  # never overwrite aps
+    # Compact separators: every byte counts against the 4096-byte limit.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def expiration_header(delivery: Delivery) -> str | None:
+    """apns-expiration: "0" = try once, store nothing; epoch seconds; None = omit (Apple's default)."""
+    ttl = delivery.options.ttl_seconds
+    if ttl == 0:
+        return "0"
+    if delivery.expires_at is not None:
+        return str(int(delivery.expires_at))
+    if ttl is not None:  # no request time known: count from now
+        return str(int(time.time()) + ttl)
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as delta-seconds or HTTP-date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_reason(status: int, body: bytes) -> str:
+    try:
+        reason = json.loads(body).get("reason") if body else None
+    except (ValueError, AttributeError):
+        reason = None
+    return reason if isinstance(reason, str) and reason else f"http_{status}"
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Stream:
+    future: asyncio.Future[_Response]
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+
+
+class _ApnsProtocol(APNsTLSClientProtocol):
+    """One HTTP/2 connection. Subclassed per provider to set APNS_SERVER/APNS_PORT (aioapns reads them)."""
+
+    APNS_SERVER: ClassVar[str] = APNS_HOSTS["production"]
+    APNS_PORT: ClassVar[int] = APNS_PORT
+    # Every open connection of the provider, including retired ones still finishing streams (for close()).
+    live: ClassVar[set[_ApnsProtocol]] = set()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams: dict[int, _Stream] = {}
+        self._window_changed = asyncio.Event()
+        self.retired = False  # out of the pool: no new streams
+        self.last_received = 0.0  # loop time of the last bytes from the server
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+
+    @property
+    def is_busy(self) -> bool:
+        # The pool hands out any connection that is not busy; a retired one must never be picked again.
+        return self.retired or super().is_busy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.live.add(self)
+
+    async def send_push(self, token: str, headers: list[tuple[str, str]], payload: bytes) -> _Response:
+        """One request, awaiting its answer; raises ConnectionClosed or H2Error on transport trouble."""
+        if self.retired:
+            raise ConnectionClosed("connection retired")
+        stream_id = await self.free_channels.acquire()
+        request_headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", f"/3/device/{quote(token, safe='')}"),
+            ("host", self.APNS_SERVER),
+            *headers,
+        ]
+        if self.auth_provider is not None:
+            request_headers.append(("authorization", self.auth_provider.get_header()))
+        try:
+            self.conn.send_headers(stream_id, request_headers)
+        except H2Error:
+            self.free_channels.release()
+            raise
+        stream = _Stream(self.loop.create_future())
+        self._streams[stream_id] = stream
+        try:
+            # Headers went out at once (stream ids must be used in order); the body may have to wait for
+            # the server to open its flow-control window, which aioapns answered with FlowControlError.
+            await self._wait_for_window(stream_id, len(payload), stream.future)
+            if not stream.future.done():
+                self.conn.send_data(stream_id, payload, end_stream=True)
+                self.flush()
+            return await stream.future
+        finally:
+            if stream_id in self._streams:
+                # Cancelled (timeout) or failed while sending: cancel the stream at the server too, so
+                # it stops holding one of the connection's concurrent-stream slots.
+                self._abandon(stream_id)
+
+    async def _wait_for_window(self, stream_id: int, size: int, answered: asyncio.Future[_Response]) -> None:
+        while not answered.done() and self.conn.local_flow_control_window(stream_id) < size:
+            self._window_changed.clear()
+            waiter = asyncio.ensure_future(self._window_changed.wait())
+            try:
+                await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        try:
+            events = self.conn.receive_data(data)
+        except H2Error as exc:  # the server broke the protocol (or spoke after GOAWAY): connection unusable
+            log.warning("apns_protocol_error", app_host=self.APNS_SERVER, error=str(exc))
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
+                if stream is not None:
+                    stream.headers = {k.decode(): v.decode() for k, v in event.headers}  # type: ignore[union-attr]
+            elif isinstance(event, DataReceived):
+                stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
+                if stream is not None:
+                    stream.body += event.data  # type: ignore[operator]
+                # The fix for the stall: hand the bytes back to the server's send window.
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[arg-type]
+            elif isinstance(event, StreamEnded):
+                self._finish(event.stream_id)  # type: ignore[arg-type]
+            elif isinstance(event, StreamReset):
+                self._fail(
+                    event.stream_id, ConnectionClosed(f"stream reset by server ({event.error_code!r})")
+                )  # type: ignore[arg-type]
+            elif isinstance(event, WindowUpdated):
+                self._window_changed.set()
+            elif isinstance(event, RemoteSettingsChanged):
+                self.on_remote_settings_changed(event.changed_settings)  # MAX_CONCURRENT_STREAMS
+                self._window_changed.set()  # INITIAL_WINDOW_SIZE may have grown
+            elif isinstance(event, ConnectionTerminated):
+                self._on_goaway(event)
+                return
+        self.flush()
+
+    def _on_goaway(self, event: ConnectionTerminated) -> None:
+        # h2 accepts no frame after GOAWAY, so nothing still open can be answered: fail it all now (the
+        # caller gets connection_error and the dispatcher retries) instead of waiting for the timeout.
+        log.info(
+            "apns_goaway",
+            host=self.APNS_SERVER,
+            error_code=str(event.error_code),
+            last_stream_id=event.last_stream_id,
+            debug=(event.additional_data or b"")[:200].decode(errors="replace"),
+        )
+        self._fail_all(ConnectionClosed("GOAWAY"))
+        self.close()
+
+    def _finish(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self.free_channels.release()
+        if not stream.future.done():
+            status = int(stream.headers.get(":status", "0"))
+            stream.future.set_result(_Response(status, stream.headers, bytes(stream.body)))
+        if self.retired and not self._streams:
+            self.close()
+
+    def _fail(self, stream_id: int, exc: Exception) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self.free_channels.release()
+        if not stream.future.done():
+            stream.future.set_exception(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for stream_id in list(self._streams):
+            self._fail(stream_id, exc)
+
+    def _abandon(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self.free_channels.release()
+        with contextlib.suppress(H2Error):
+            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self.flush()
+        if self.retired and not self._streams:
+            self.close()
+
+    def retire(self) -> None:
+        """Graceful: out of the pool now, so no new send picks it; streams already open may finish first."""
+        self._leave_pool()
+        if not self._streams:
+            self.close()
+
+    def close(self) -> None:
+        self._leave_pool()
+        super().close()
+
+    def _leave_pool(self) -> None:
+        # Done at once rather than when the socket finally closes, which is what aioapns waits for.
+        self.retired = True
+        discard, self.on_connection_lost = self.on_connection_lost, None
+        if discard is not None:
+            with contextlib.suppress(ValueError):  # already gone from the pool
+                discard(self)
+
+    def flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # nothing can go out any more; don't re-arm aioapns's inactivity timer either
+        data = self.conn.data_to_send()
+        self.refresh_inactivity_timer()
+        if data:
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_pool()
+        super().connection_lost(exc)  # cancels the inactivity timer, fails waiters for a stream slot
+        self._fail_all(ConnectionClosed(str(exc) if exc else "connection closed"))
+        self.live.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+# ---------------------------------------------------------------------------------------------- provider
+
+
+class ApnsProvider(Provider):
+    name = "apns"
+
+    def __init__(self, app_id: str, settings: ApnsSettings, send_timeout: float) -> None:
+        super().__init__(app_id)
+        self._settings = settings
+        self._send_timeout = send_timeout
+        if settings.endpoint:
+            host, _, port = settings.endpoint.rpartition(":")
+            host, port_number = host.strip("[]"), int(port)
+        else:
+            host, port_number = APNS_HOSTS[settings.environment], APNS_PORT
+        # aioapns takes host and port from class constants of the pool's protocol class.
+        self._protocol_class: type[_ApnsProtocol] = type(
+            f"ApnsProtocol[{app_id}]",
+            (_ApnsProtocol,),
+            {"APNS_SERVER": host, "APNS_PORT": port_number, "live": set()},
+        )
+        # Read the signing key now so a bad path fails at start-up, not at the first push.
+        self._signing_key = Path(settings.key_file).read_text() if settings.key_file else None
+        self._client: APNs | None = None
+
+    async def start(self) -> None:
+        self._pool()
+
+    def _pool(self) -> APNsBaseConnectionPool:
+        # Built lazily: aioapns's pool captures the event loop in its constructor.
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client.pool
+
+    def _build_client(self) -> APNs:
+        s = self._settings
+        context = ssl.create_default_context()  # system CAs, hostname check, verification always on
+        if s.ca_file:
+            context.load_verify_locations(s.ca_file)
+        context.set_alpn_protocols(["h2"])  # aioapns doesn't, and APNs speaks HTTP/2 only
+        if s.cert_file:
+            client = APNs(
+                client_cert=s.cert_file, topic=s.topic, max_connections=s.max_connections, ssl_context=context
+            )
+        else:
+            client = APNs(
+                key=self._signing_key,
+                key_id=s.key_id,
+                team_id=s.team_id,
+                topic=s.topic,
+                max_connections=s.max_connections,
+                ssl_context=context,
+            )
+        client.pool.protocol_class = self._protocol_class
+        return client
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        try:
+            payload = build_payload(delivery)
+        except (TypeError, ValueError):  # NaN/unserialisable data values: the request can never succeed
+            return SendResult(Outcome.REJECTED, "InvalidPayload")
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return SendResult(Outcome.REJECTED, "PayloadTooLarge")
+        apns_id = str(uuid.uuid4())
+        headers = self._headers(delivery, apns_id)
+        token = delivery.device.token
+        loop = asyncio.get_running_loop()
+        connection: _ApnsProtocol | None = None
+        sent_at = loop.time()
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                connection = await self._pool().acquire()  # type: ignore[assignment]
+                assert connection is not None
+                sent_at = loop.time()
+                response = await connection.send_push(token, headers, payload)
+        except TimeoutError:
+            if connection is not None and connection.last_received < sent_at:
+                # Not a byte back since we sent: the connection is likely dead (e.g. silently dropped by a
+                # NAT); retire it rather than let every later send wait out the timeout on it too.
+                connection.retire()
+            log.info(
+                "apns_send_timeout", app=self.app_id, token=mask_token(token), timeout=self._send_timeout
+            )
+            return SendResult(Outcome.RETRYABLE, "timeout")
+        except (ApnsConnectionError, ConnectionClosed, H2Error, OSError) as exc:
+            if connection is not None:
+                connection.close()
+            log.info(
+                "apns_connection_error", app=self.app_id, token=mask_token(token), error=type(exc).__name__
+            )
+            return SendResult(Outcome.RETRYABLE, "connection_error")
+        return self._result(response, apns_id, connection)
+
+    def _headers(self, delivery: Delivery, apns_id: str) -> list[tuple[str, str]]:
+        options = delivery.options
+        headers = [
+            ("apns-id", apns_id),
+            ("apns-topic", self._settings.topic),
+            ("apns-push-type", options.push_type),
+            ("apns-priority", "10" if options.priority == "high" else "5"),
+        ]
+        expiration = expiration_header(delivery)
+        if expiration is not None:
+            headers.append(("apns-expiration", expiration))
+        if options.collapse_key:
+            headers.append(("apns-collapse-id", options.collapse_key))
+        return headers
+
+    def _result(self, response: _Response, apns_id: str, connection: _ApnsProtocol) -> SendResult:
+        provider_id = response.headers.get("apns-id") or apns_id
+        if response.status == 200:
+            return SendResult(Outcome.DELIVERED, status=200, provider_id=provider_id)
+        reason = _error_reason(response.status, response.body)
+        outcome = classify(response.status, reason)
+        if reason == "ExpiredProviderToken":
+            # aioapns caches the JWT per connection; only a new connection signs a fresh one.
+            connection.retire()
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return SendResult(outcome, reason, response.status, retry_after, provider_id)
+
+    async def close(self) -> None:
+        if self._client is None:
+            return
+        connections = list(self._protocol_class.live)
+        for connection in connections:
+            connection.close()
+        if connections:
+            await asyncio.wait([c.closed for c in connections], timeout=2.0)
+        self._client = None
