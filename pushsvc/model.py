@@ -310,6 +310,8 @@ def _parse_send_at(value: Any, local_time: bool) -> datetime | None:
 
 
 def _mapping(obj: Any, path: str) -> Mapping[str, Any]:
+    if obj is None:
+        raise RequestError(path, "required")
     if not isinstance(obj, Mapping):
         raise RequestError(path, f"must be an object, got {_json_type(obj)}")
     return obj

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pushsvc.dev.servers import ServerProcess, create_topics, nx27017, tansu
+from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
+from tests.peers.apns_peer import ApnsPeer
+from tests.peers.fcm_peer import FcmPeer
 from tests.peers.tls import TestPki, make_test_pki
 
 _counter = itertools.count()
@@ -83,3 +87,35 @@ def topics(bootstrap: str) -> Callable[..., object]:
         return {**names, "group_id": unique("pushsvc")}
 
     return make
+
+
+@pytest.fixture(scope="session")
+async def apns_peer(pki: TestPki) -> AsyncIterator[ApnsPeer]:
+    async with ApnsPeer(pki, auth="token", key_id=APNS_KEY_ID, team_id=APNS_TEAM_ID) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="session")
+async def fcm_peer(pki: TestPki) -> AsyncIterator[FcmPeer]:
+    async with FcmPeer(pki) as peer:
+        yield peer
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path,
+    bootstrap: str,
+    mongo_uri: str,
+    pki: TestPki,
+    apns_peer: ApnsPeer,
+    fcm_peer: FcmPeer,
+    topics: Callable[..., Any],
+) -> AsyncIterator[Stack]:
+    """A pushsvc wired to the test servers; each test gets its own topics, group and database."""
+    apns_peer.reset()
+    fcm_peer.reset()
+    kafka = await topics()
+    service_account = fcm_peer.write_service_account(tmp_path / "fcm-sa.json")
+    stack = Stack(tmp_path, bootstrap, mongo_uri, unique("pushsvc"), kafka, pki, apns_peer, fcm_peer, service_account)
+    yield stack
+    await stack.close()

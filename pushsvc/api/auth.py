@@ -54,7 +54,7 @@ def require(scope: str) -> Callable[[Handler], Handler]:
                 )
             if scope not in key.scopes:
                 return json_error(403, "forbidden", f"API key {key.name!r} lacks scope {scope!r}")
-            request["api_key_name"] = key.name
+            request[API_KEY_NAME] = key.name
             return await handler(request)
 
         guarded.__name__ = handler.__name__
@@ -65,3 +65,4 @@ def require(scope: str) -> Callable[[Handler], Handler]:
 
 
 AUTH_KEY = web.AppKey("auth", ApiKeyAuth)
+API_KEY_NAME = web.RequestKey("api_key_name", str)

@@ -150,7 +150,8 @@ class NotificationRunner:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
         query = audience_filter(request.app, request.target, request.message.category, timezones)
         found = await self._devices.find_chunk(query, cursor, size)
-        next_cursor = found[-1]["_id"] if found else cursor
+        # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
+        next_cursor = str(found[-1]["_id"]) if found else cursor
         return _Chunk(found, 0, next_cursor, len(found) < size)
 
     async def _deliver(self, request: PushRequest, chunk: _Chunk, due_at: float) -> Counter[str]:

@@ -62,7 +62,7 @@ def audience_filter(
         if target.segment.tags_all:
             clauses.append({"tags": {"$all": list(target.segment.tags_all)}})
     if category:
-        clauses.append({"opt_out": {"$ne": category}})
+        clauses.append({"opt_out": {"$nin": [category]}})
     if timezones is not None:
         clauses.append({"timezone": {"$in": list(timezones)}})
     return {"$and": clauses}
@@ -101,10 +101,10 @@ class DeviceStore:
         query: dict[str, Any] = {"app": app, "token": {"$in": list(tokens)}, "active": True}
         return [doc async for doc in self._collection.find(query, DISPATCH_PROJECTION)]
 
-    async def find_chunk(self, query: dict, after_id: ObjectId | None, limit: int) -> list[dict]:
-        """Next `limit` devices by _id after the cursor: stable paging that a restart can resume."""
+    async def find_chunk(self, query: dict, after_id: str | None, limit: int) -> list[dict]:
+        """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume."""
         if after_id is not None:
-            query = {"$and": [query, {"_id": {"$gt": after_id}}]}
+            query = {"$and": [query, {"_id": {"$gt": ObjectId(after_id)}}]}
         cursor = self._collection.find(query, DISPATCH_PROJECTION).sort("_id", 1).limit(limit)
         return [doc async for doc in cursor]
 

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from motor.motor_asyncio import AsyncIOMotorClient
 
 from pushsvc.api.auth import hash_api_key
 from pushsvc.app import PushService
 from pushsvc.config import Settings, load_settings
+from tests.peers.apns_peer import ApnsPeer
+from tests.peers.fcm_peer import FcmPeer
+from tests.peers.tls import TestPki
 
 API_KEY = "test-key-with-every-scope"
 APNS_TOPIC = "com.example.demo"
+APNS_KEY_ID = "KEYID12345"
+APNS_TEAM_ID = "TEAMID1234"
 
 
 def write_apns_key(path: Path) -> Path:
@@ -56,8 +62,8 @@ def write_config(
                     "topic": APNS_TOPIC,
                     "environment": "sandbox",
                     "key_file": str(write_apns_key(path.parent / "apns-key.p8")),
-                    "key_id": "KEYID12345",
-                    "team_id": "TEAMID1234",
+                    "key_id": APNS_KEY_ID,
+                    "team_id": APNS_TEAM_ID,
                     "endpoint": f"127.0.0.1:{apns_port}",
                     "ca_file": str(ca_file),
                 },
@@ -74,18 +80,109 @@ def write_config(
     return path
 
 
-def settings_from(path: Path) -> Settings:
-    return load_settings(path)
+class Stack:
+    """One test's pushsvc instances plus handles on the servers and peers they talk to."""
 
+    def __init__(
+        self,
+        tmp_path: Path,
+        bootstrap: str,
+        mongo_uri: str,
+        database: str,
+        kafka: dict[str, str],
+        pki: TestPki,
+        apns: ApnsPeer,
+        fcm: FcmPeer,
+        service_account: Path,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.bootstrap = bootstrap
+        self.mongo_uri = mongo_uri
+        self.database = database
+        self.kafka = kafka
+        self.pki = pki
+        self.apns = apns
+        self.fcm = fcm
+        self.service_account = service_account
+        self.services: list[PushService] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._mongo = AsyncIOMotorClient(mongo_uri, tz_aware=True)
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[PushService]:
-    service = PushService(settings)
-    await service.start()
-    try:
-        yield service
-    finally:
+    def use_mongo(self, uri: str) -> None:
+        """Point this stack (services started later, and the test's own reads) at another MongoDB."""
+        self._mongo.close()
+        self.mongo_uri = uri
+        self._mongo = AsyncIOMotorClient(uri, tz_aware=True)
+
+    @property
+    def requests_topic(self) -> str:
+        return self.kafka["requests_topic"]
+
+    @property
+    def db(self) -> Any:
+        return self._mongo[self.database]
+
+    def settings(self, dispatch: dict[str, Any] | None = None, mongo_uri: str | None = None) -> Settings:
+        path = write_config(
+            self.tmp_path / f"config-{len(self.services)}.yaml",
+            bootstrap=self.bootstrap,
+            mongo_uri=mongo_uri or self.mongo_uri,
+            database=self.database,
+            kafka=self.kafka,
+            apns_port=self.apns.port,
+            fcm_base_url=self.fcm.base_url,
+            ca_file=self.pki.ca_file,
+            service_account=self.service_account,
+            dispatch=dispatch,
+        )
+        return load_settings(path, {})
+
+    async def start(self, dispatch: dict[str, Any] | None = None, mongo_uri: str | None = None) -> PushService:
+        service = PushService(self.settings(dispatch, mongo_uri))
+        self.services.append(service)
+        await service.start()
+        return service
+
+    async def stop(self, service: PushService) -> None:
+        self.services.remove(service)
         await service.stop()
+
+    async def close(self) -> None:
+        for service in reversed(self.services):
+            await service.stop()
+        self.services.clear()
+        if self._http is not None:
+            await self._http.close()
+        self._mongo.close()
+
+    def url(self, path: str, service: PushService | None = None) -> str:
+        service = service or self.services[0]
+        return f"http://127.0.0.1:{service.port}{path}"
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def register(self, token: str, platform: str, **fields: Any) -> dict:
+        body = {"app": "demo", "token": token, "platform": platform, **fields}
+        async with self.http.post(self.url("/v1/devices"), json=body, headers=auth_headers()) as response:
+            assert response.status in (200, 201), await response.text()
+            return await response.json()
+
+    async def publish(self, *values: dict | bytes, key: bytes | None = None) -> None:
+        await publish(self.bootstrap, self.requests_topic, values, key=key)
+
+    async def notification(self, notification_id: str) -> dict | None:
+        return await self.db.notifications.find_one({"_id": notification_id})
+
+    async def wait_finished(self, notification_id: str, timeout: float = 20.0) -> dict:
+        async def finished() -> dict | None:
+            doc = await self.notification(notification_id)
+            return doc if doc and doc["state"] in ("done", "failed", "cancelled") else None
+
+        return await wait_until(finished, timeout)
 
 
 async def publish(bootstrap: str, topic: str, values: Iterable[dict | bytes], key: bytes | None = None) -> None:
