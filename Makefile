@@ -1,0 +1,33 @@
+# pushsvc: `make test` installs everything into .venv and runs the suite; `make dev` runs a local stack.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test lint unit dev bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+lint: install
+	$(VENV)/bin/ruff check pushsvc tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q -ra
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+dev: install
+	$(VENV)/bin/pushsvc dev --dir .dev
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache .ruff_cache
