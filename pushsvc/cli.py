@@ -55,6 +55,46 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    """Publish one test request to the requests topic, exactly as a producing service would."""
+    import json
+    import uuid
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from pushsvc.model import RequestError, parse_request
+
+    settings = _load(args.config)
+    target = {"tokens": args.token} if args.token else {"users": args.user} if args.user else None
+    if target is None and args.tag:
+        target = {"segment": {"tags_any": args.tag}}
+    request = {
+        "id": args.id or f"cli-{uuid.uuid4()}",
+        "app": args.app,
+        "target": target,
+        "message": {"title": args.title, "body": args.body},
+    }
+    try:
+        parse_request(request, frozenset(settings.apps))
+    except RequestError as exc:
+        print(f"pushsvc send: {exc}", file=sys.stderr)
+        return 2
+
+    async def publish() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.kafka.requests_topic, orjson.dumps(request),
+                                         key=request["id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    print(json.dumps({"published": request["id"], "topic": settings.kafka.requests_topic}))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pushsvc.dev.stack import run_dev_stack
 
