@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
 from aioapns import APNs
@@ -148,6 +148,10 @@ def _error_reason(status: int, body: bytes) -> str:
 # ---------------------------------------------------------------------------------------------- protocol
 
 
+class _StreamReset(ConnectionClosed):
+    """The server reset one stream (e.g. REFUSED_STREAM); the connection itself is fine."""
+
+
 @dataclass
 class _Response:
     status: int
@@ -241,21 +245,20 @@ class _ApnsProtocol(APNsTLSClientProtocol):
             return
         for event in events:
             if isinstance(event, ResponseReceived):
-                stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
+                stream = self._streams.get(event.stream_id or 0)
                 if stream is not None:
-                    stream.headers = {k.decode(): v.decode() for k, v in event.headers}  # type: ignore[union-attr]
+                    stream.headers = {bytes(k).decode(): bytes(v).decode() for k, v in event.headers or ()}
             elif isinstance(event, DataReceived):
-                stream = self._streams.get(event.stream_id)  # type: ignore[arg-type]
+                stream = self._streams.get(event.stream_id or 0)
                 if stream is not None:
-                    stream.body += event.data  # type: ignore[operator]
+                    stream.body += event.data or b""
                 # The fix for the stall: hand the bytes back to the server's send window.
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[arg-type]
+                self.conn.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id or 0)
             elif isinstance(event, StreamEnded):
-                self._finish(event.stream_id)  # type: ignore[arg-type]
+                self._finish(event.stream_id or 0)
             elif isinstance(event, StreamReset):
-                self._fail(
-                    event.stream_id, ConnectionClosed(f"stream reset by server ({event.error_code!r})")
-                )  # type: ignore[arg-type]
+                reset = _StreamReset(f"stream reset by server ({event.error_code!r})")
+                self._fail(event.stream_id or 0, reset)
             elif isinstance(event, WindowUpdated):
                 self._window_changed.set()
             elif isinstance(event, RemoteSettingsChanged):
@@ -417,8 +420,8 @@ class ApnsProvider(Provider):
         sent_at = loop.time()
         try:
             async with asyncio.timeout(self._send_timeout):
-                connection = await self._pool().acquire()  # type: ignore[assignment]
-                assert connection is not None
+                # Always our protocol class: _build_client sets it on the pool.
+                connection = cast(_ApnsProtocol, await self._pool().acquire())
                 sent_at = loop.time()
                 response = await connection.send_push(token, headers, payload)
         except TimeoutError:
@@ -431,8 +434,8 @@ class ApnsProvider(Provider):
             )
             return SendResult(Outcome.RETRYABLE, "timeout")
         except (ApnsConnectionError, ConnectionClosed, H2Error, OSError) as exc:
-            if connection is not None:
-                connection.close()
+            if connection is not None and not isinstance(exc, _StreamReset):
+                connection.close()  # drop it from the pool: the next send opens a fresh connection
             log.info(
                 "apns_connection_error", app=self.app_id, token=mask_token(token), error=type(exc).__name__
             )
