@@ -72,13 +72,25 @@ async def test_tokens_target_sends_exact_apns_and_fcm_requests(stack: Stack) -> 
     assert fcm.project == "demo-project"
     assert fcm.headers["authorization"] == f"Bearer {next(iter(stack.fcm.issued_tokens))}"
     message = fcm.message
-    assert message["token"] == ANDROID
-    assert message["notification"] == {"title": "Hello", "body": "Ihre Bestellung ist unterwegs"}
-    assert message["data"] == {"order": "42", "vip": "true", "kind": "shipping"}
-    assert message["android"]["priority"] == "high"
-    assert message["android"]["collapse_key"] == "order-42"
-    ttl = int(message["android"]["ttl"].rstrip("s").split(".")[0])
-    assert 3590 <= ttl <= 3600
+    ttl = message["android"].pop("ttl")
+    assert ttl in ("3600s", "3599s")  # remaining lifetime at send time, whole seconds
+    assert message["webpush"]["headers"].pop("TTL") == ttl.rstrip("s")
+    assert message == {
+        "token": ANDROID,
+        "notification": {"title": "Hello", "body": "Ihre Bestellung ist unterwegs"},
+        "data": {"order": "42", "vip": "true", "kind": "shipping"},
+        "android": {"priority": "high", "collapse_key": "order-42"},
+        "apns": {
+            "headers": {
+                "apns-priority": "10",
+                "apns-push-type": "alert",
+                "apns-expiration": str(expiration),
+                "apns-collapse-id": "order-42",
+            },
+            "payload": {"aps": {"badge": 3, "sound": "default", "category": "orders", "thread-id": "order-42"}},
+        },
+        "webpush": {"headers": {"Urgency": "high"}},
+    }
 
 
 async def test_background_push_headers(stack: Stack) -> None:
