@@ -33,6 +33,9 @@ class KafkaSettings:
     # Upper bound of messages taken per poll; each batch is recorded in MongoDB in one round trip.
     max_poll_records: int = 500
     max_message_bytes: int = 1_000_000
+    # Group membership timing; a crashed replica's partitions move after session_timeout_ms.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
 
 
 @dataclass(frozen=True)

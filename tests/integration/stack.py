@@ -51,7 +51,8 @@ def write_config(
     dispatch: dict[str, Any] | None = None,
 ) -> Path:
     config = {
-        "kafka": {"bootstrap_servers": bootstrap, **kafka},
+        # Short group timings: the broker holds a join for half the session timeout.
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, **kafka},
         "mongodb": {"uri": mongo_uri, "database": database},
         "http": {"host": "127.0.0.1", "port": 0},
         "dispatch": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5, "send_timeout_seconds": 5.0,
