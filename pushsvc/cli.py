@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     hash_key = sub.add_parser("hash-key", help="make an API key and the hash to put in config")
     hash_key.add_argument("--key", help="hash this key instead of generating one")
     hash_key.set_defaults(func=cmd_hash_key)
+    send = sub.add_parser("send", help="publish a test notification request to Kafka")
+    send.add_argument("--config", help="YAML config file (default: $PUSHSVC_CONFIG)")
+    send.add_argument("--app", required=True)
+    send.add_argument("--token", action="append", help="device token (repeatable)")
+    send.add_argument("--user", action="append", help="user id (repeatable)")
+    send.add_argument("--tag", action="append", help="segment tag, any of (repeatable)")
+    send.add_argument("--title", default="Hello from pushsvc")
+    send.add_argument("--body", default="It works.")
+    send.add_argument("--id", help="request id (default: a new UUID)")
+    send.set_defaults(func=cmd_send)
     dev = sub.add_parser(
         "dev", help="run a local stack: broker, MongoDB wire server, provider simulators, pushsvc"
     )
