@@ -23,15 +23,44 @@ from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
 from pushsvc.outcomes import OutcomePublisher
 from pushsvc.providers.base import Delivery
-from pushsvc.scheduling.due import DEFAULT_TIMEZONE, next_wave_at, zones_due
+from pushsvc.scheduling.due import DEFAULT_TIMEZONE, next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.store.devices import DeviceStore, audience_filter, to_device
-from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.notifications import FINAL_KEYS, PAUSED, NotificationStore
 
 log = get_logger(__name__)
 
 
 class LeaseLost(Exception):
     """Another replica owns the notification now; stop without touching it."""
+
+
+class _Throttle:
+    """At most `rate` deliveries per second for one run (only the lease holder sends, so per-run is enough)."""
+
+    def __init__(self, rate: float | None, stopping: asyncio.Event) -> None:
+        self._rate = rate
+        self._stopping = stopping
+        self._start = time.monotonic()
+        self._sent = 0
+
+    async def wait(self) -> None:
+        if not self._rate or not self._sent:
+            return
+        delay = self._start + self._sent / self._rate - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def sent(self, count: int) -> None:
+        self._sent += count
+
+
+def progress_ratio(doc: dict) -> float:
+    """Share of the audience with a final outcome (the audience estimate is counted at campaign creation)."""
+    counts = doc.get("counts") or {}
+    finished = sum(int(counts.get(k, 0)) for k in FINAL_KEYS)
+    total = max(int(doc.get("audience_estimate") or 0), int(counts.get("targeted", 0)), 1)
+    return min(1.0, finished / total)
 
 
 @dataclass
@@ -58,6 +87,11 @@ class NotificationRunner:
         self._outcomes = outcomes
         self._settings = settings
         self._clock = clock
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Draining: every run stops after its current chunk, saving its cursor and releasing the lease."""
+        self._stopping.set()
 
     async def run(self, doc: dict, owner: str) -> None:
         notification_id = doc["_id"]
@@ -97,42 +131,73 @@ class NotificationRunner:
                 return
 
     async def _work(self, doc: dict, request: PushRequest, owner: str) -> None:
+        notification_id = doc["_id"]
+        quiet = quiet_from_doc(doc.get("quiet_hours"))
+        waves = request.options.local_time or quiet is not None
         wave: list[str] | None = None
-        if request.options.local_time:
+        if waves:
             wave = doc.get("wave_zones")
             if wave is None:
-                assert request.options.send_at is not None
-                wave = zones_due(request.options.send_at, self._clock(), set(doc.get("zones_done") or []))
-                ok = await self._notifications.advance(doc["_id"], owner, None, {}, {"wave_zones": wave})
-                if not ok:
+                done_zones = set(doc.get("zones_done") or [])
+                send_at = request.options.send_at
+                wave = ready_zones(send_at, request.options.local_time, quiet, self._clock(), done_zones)
+                if await self._notifications.advance(notification_id, owner, None, {}, {"wave_zones": wave}) is None:
                     raise LeaseLost
                 doc = {**doc, "cursor": None}
         cursor = doc.get("cursor")
         first_wave = not doc.get("zones_done")
         due_at = float(doc["due_at"])
-        while True:
-            chunk = await self._next_chunk(request, cursor, wave, count_unknown=first_wave)
+        rate = doc.get("throttle_per_second")
+        throttle = _Throttle(rate, self._stopping)
+        size = max(1, min(self._settings.chunk_size, int(rate))) if rate else self._settings.chunk_size
+        while wave is None or wave:
+            await throttle.wait()
+            if self._stopping.is_set():
+                await self._notifications.release(notification_id, owner)
+                return
+            chunk = await self._next_chunk(request, cursor, wave, count_unknown=first_wave, size=size)
             counts = await self._deliver(request, chunk, due_at)
-            if not await self._notifications.advance(doc["_id"], owner, chunk.next_cursor, counts):
+            throttle.sent(len(chunk.devices))
+            after = await self._notifications.advance(notification_id, owner, chunk.next_cursor, counts)
+            if after is None:
                 raise LeaseLost
+            if "audience_estimate" in after:
+                metrics.CAMPAIGN_PROGRESS.labels(str(notification_id).removeprefix("campaign:")).set(
+                    progress_ratio(after)
+                )
             cursor = chunk.next_cursor
+            if after["state"] != str(NotificationState.DISPATCHING):
+                await self._interrupted(doc, owner, after["state"])
+                return
             if chunk.exhausted:
                 break
+            if self._stopping.is_set():
+                await self._notifications.release(notification_id, owner)
+                return
         if wave is not None:
-            assert request.options.send_at is not None
             done = set(doc.get("zones_done") or []) | set(wave)
-            next_at = next_wave_at(request.options.send_at, done)
+            next_at = next_ready_at(request.options.send_at, request.options.local_time, quiet, self._clock(), done)
             if next_at is not None:
                 extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
-                if not await self._notifications.reschedule(doc["_id"], owner, next_at, extra):
+                if not await self._notifications.reschedule(notification_id, owner, next_at, extra):
                     raise LeaseLost
                 return
         await self._finish(doc, owner, NotificationState.DONE, None)
 
+    async def _interrupted(self, doc: dict, owner: str, state: str) -> None:
+        """Paused or cancelled between chunks (by the API): stop here, keep the cursor, drop the lease."""
+        await self._notifications.release(doc["_id"], owner)
+        log.info("notification_interrupted", notification_id=doc["_id"], state=state)
+        if state == str(NotificationState.CANCELLED):
+            metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
+            final = await self._notifications.get(doc["_id"])
+            await self._outcomes.publish(doc["_id"], doc["app"], state, (final or {}).get("counts", {}), None)
+        elif state != PAUSED:
+            log.warning("notification_state_changed", notification_id=doc["_id"], state=state)
+
     async def _next_chunk(
-        self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool
+        self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool, size: int
     ) -> _Chunk:
-        size = self._settings.chunk_size
         if request.target.tokens:
             # Explicit tokens are paged by position in the request.
             start = int(cursor or 0)
@@ -189,6 +254,8 @@ class NotificationRunner:
     async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
         if not await self._notifications.finish(doc["_id"], owner, state, error):
             raise LeaseLost
+        if doc.get("kind") == "campaign":
+            metrics.CAMPAIGN_PROGRESS.labels(str(doc["_id"]).removeprefix("campaign:")).set(1.0)
         metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
         final = await self._notifications.get(doc["_id"])
         counts = (final or {}).get("counts", {})

@@ -8,7 +8,7 @@ next zone. Devices without a known timezone are treated as UTC.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 from pushsvc.model import Options
@@ -51,3 +51,81 @@ def next_wave_at(wall_time: datetime, done: set[str]) -> float | None:
 
 def epoch_to_iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+# --- quiet hours and timezone waves -----------------------------------------------------------------------
+#
+# A notification sent in waves (local time and/or quiet hours) goes to the zones that are "ready" now; the
+# rest wait for the next wave. A zone is ready when its start time has passed (the wall-clock time there for
+# local-time delivery, otherwise the notification's due time) and it is not inside quiet hours right now.
+
+QuietHours = tuple[int, int]  # (start, end) in minutes after local midnight; start != end
+
+
+def parse_hhmm(value: str) -> int:
+    """'22:30' -> 1350; raises ValueError."""
+    if not isinstance(value, str) or len(value) != 5 or value[2] != ":":
+        raise ValueError("must be HH:MM")
+    hours, minutes = int(value[:2]), int(value[3:])
+    if not (0 <= hours < 24 and 0 <= minutes < 60):
+        raise ValueError("must be HH:MM between 00:00 and 23:59")
+    return hours * 60 + minutes
+
+
+def quiet_from_doc(value: dict | None) -> QuietHours | None:
+    if not value:
+        return None
+    return parse_hhmm(value["start"]), parse_hhmm(value["end"])
+
+
+def in_quiet_hours(zone: str, now: float, quiet: QuietHours) -> bool:
+    local = datetime.fromtimestamp(now, ZoneInfo(zone))
+    minute = local.hour * 60 + local.minute
+    start, end = quiet
+    if start < end:
+        return start <= minute < end
+    return minute >= start or minute < end  # spans midnight, e.g. 22:00-08:00
+
+
+def quiet_end_after(zone: str, now: float, quiet: QuietHours) -> float:
+    """Epoch seconds at which the quiet period that `now` falls in ends in `zone`."""
+    local = datetime.fromtimestamp(now, ZoneInfo(zone))
+    end = quiet[1]
+    candidate = local.replace(tzinfo=None, hour=end // 60, minute=end % 60, second=0, microsecond=0)
+    if candidate <= local.replace(tzinfo=None):
+        candidate += timedelta(days=1)
+    return max(zone_due_at(candidate, zone), now + 1.0)
+
+
+def _zone_start(zone: str, wall_time: datetime | None, local_time: bool) -> float:
+    if local_time and wall_time is not None:
+        return zone_due_at(wall_time, zone)
+    return float("-inf")  # not local time: the notification is only claimed once it is due
+
+
+def ready_zones(
+    wall_time: datetime | None, local_time: bool, quiet: QuietHours | None, now: float, done: set[str]
+) -> list[str]:
+    return [
+        z
+        for z in all_timezones()
+        if z not in done
+        and _zone_start(z, wall_time, local_time) <= now
+        and (quiet is None or not in_quiet_hours(z, now, quiet))
+    ]
+
+
+def next_ready_at(
+    wall_time: datetime | None, local_time: bool, quiet: QuietHours | None, now: float, done: set[str]
+) -> float | None:
+    """When the next not-yet-done zone becomes ready (None when every zone is done)."""
+    best: float | None = None
+    for zone in all_timezones():
+        if zone in done:
+            continue
+        at = max(_zone_start(zone, wall_time, local_time), now)
+        if quiet is not None and in_quiet_hours(zone, at, quiet):
+            at = quiet_end_after(zone, at, quiet)
+        if best is None or at < best:
+            best = at
+    return best

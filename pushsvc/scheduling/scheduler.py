@@ -90,6 +90,7 @@ class Scheduler:
     async def drain(self, timeout: float) -> None:
         """Stop claiming; give in-flight work `timeout` seconds, then cancel it (its lease lapses for others)."""
         self._stopping = True
+        self._runner.stop()  # runs stop after their current chunk, saving the cursor and releasing the lease
         self._wakeup.set()
         if self._active:
             _, pending = await asyncio.wait(set(self._active), timeout=timeout)

@@ -33,6 +33,8 @@ COUNT_KEYS = (
 # The counters that are final outcomes for a targeted device.
 FINAL_KEYS = COUNT_KEYS[1:]
 ACTIVE_STATES = [NotificationState.ACCEPTED, NotificationState.SCHEDULED, NotificationState.DISPATCHING]
+# A paused notification (a campaign) keeps its cursor and is not claimed until resumed.
+PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -119,17 +121,40 @@ class NotificationStore:
         cursor: Any,
         counts: Mapping[str, int],
         extra: Mapping[str, Any] | None = None,
-    ) -> bool:
+    ) -> dict | None:
         """Save a finished chunk: move the cursor and add its counts, only while we still hold the lease.
 
-        One atomic update per chunk means a crash repeats at most the chunk that was in flight.
+        One atomic update per chunk means a crash repeats at most the chunk that was in flight. Returns
+        the notification's state, counts and audience estimate after the update (the runner stops when
+        the state is no longer dispatching: paused or cancelled meanwhile), or None if the lease is lost.
         """
         update: dict[str, Any] = {"$set": {"cursor": cursor, **(extra or {})}}
         increments = {f"counts.{k}": v for k, v in counts.items() if v}
         if increments:
             update["$inc"] = increments
-        result = await self._collection.update_one({"_id": notification_id, "lease_owner": owner}, update)
+        return await self._collection.find_one_and_update(
+            {"_id": notification_id, "lease_owner": owner},
+            update,
+            projection={"state": 1, "counts": 1, "audience_estimate": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def release(self, notification_id: str, owner: str) -> bool:
+        """Give up the lease, keeping state and cursor: whoever claims it next resumes where we stopped."""
+        result = await self._collection.update_one(
+            {"_id": notification_id, "lease_owner": owner}, {"$set": {"lease_owner": None, "lease_until": 0.0}}
+        )
         return result.matched_count == 1
+
+    async def transition(
+        self, notification_id: str, from_states: Sequence[str], update: Mapping[str, Any]
+    ) -> dict | None:
+        """Move a notification between states if it is in one of `from_states`; returns the new document."""
+        return await self._collection.find_one_and_update(
+            {"_id": notification_id, "state": {"$in": list(from_states)}},
+            {"$set": dict(update)},
+            return_document=ReturnDocument.AFTER,
+        )
 
     async def reschedule(
         self, notification_id: str, owner: str, due_at: float, extra: Mapping[str, Any]
@@ -152,8 +177,9 @@ class NotificationStore:
     async def finish(
         self, notification_id: str, owner: str, state: NotificationState, error: str | None = None
     ) -> bool:
+        # Only from dispatching: a cancel that landed meanwhile is not overwritten.
         result = await self._collection.update_one(
-            {"_id": notification_id, "lease_owner": owner},
+            {"_id": notification_id, "lease_owner": owner, "state": str(NotificationState.DISPATCHING)},
             {
                 "$set": {
                     "state": str(state),
