@@ -108,6 +108,7 @@ class PushService:
 
     async def start(self) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
+        metrics.init_series(self.providers.keys())
         # HTTP first so liveness answers while dependencies are awaited; readiness stays 503 until started.
         self._runner = web.AppRunner(self.http_app, access_log=None)
         await self._runner.setup()

@@ -6,7 +6,11 @@ provider reason codes) so that cardinality stays bounded; device tokens and requ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from pushsvc.model import Outcome
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -115,3 +119,64 @@ CAMPAIGN_PROGRESS = Gauge(
     ["campaign"],
     registry=REGISTRY,
 )
+
+# Closed label sets, used to create every known series at start.
+DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
+FINISHED_STATES = ("done", "failed", "cancelled")
+DLQ_REASONS = ("invalid_json", "invalid_request", "too_large")
+INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
+# Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error
+# tables) plus the adapters' own network reasons: those retry/error series start at 0 so that the first
+# incident's first increment shows in rate() instead of appearing as a flat new series.
+TRANSIENT_REASONS = {
+    "apns": (
+        "TooManyRequests",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "Shutdown",
+        "IdleTimeout",
+        "timeout",
+        "connection_error",
+    ),
+    "fcm": ("UNAVAILABLE", "INTERNAL", "QUOTA_EXCEEDED", "timeout", "connection_error"),
+}
+INVALID_TOKEN_REASONS = {"apns": ("BadDeviceToken", "Unregistered"), "fcm": ("UNREGISTERED",)}
+
+
+def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
+    """Create every series of a closed label set at zero for the configured (app, provider) pairs.
+
+    A counter that first appears on its first increment hides that increment from rate() and makes
+    panels and alerts show "no data" instead of 0 on a healthy replica. Open label sets (rarer provider
+    reason codes, Kafka partitions, campaigns) appear when they occur;
+    so does the scheduled backlog, which stays absent rather than a false 0 until MongoDB answered.
+    """
+    pairs = sorted(set(app_providers))
+    for app, provider in pairs:
+        for outcome in DELIVERY_OUTCOMES:
+            DELIVERIES.labels(app, provider, outcome)
+        INVALID_TOKENS.labels(app, provider)
+        PROVIDER_PAUSED.labels(app, provider).set(0)
+        for reason in TRANSIENT_REASONS.get(provider, ()):
+            RETRIES.labels(app, provider, reason)
+            DELIVERY_ERRORS.labels(app, provider, reason)
+        for reason in INVALID_TOKEN_REASONS.get(provider, ()):
+            DELIVERY_ERRORS.labels(app, provider, reason)
+    for provider in sorted({provider for _, provider in pairs}):
+        INFLIGHT.labels(provider)
+        QUEUE_DEPTH.labels(provider)
+        # Histograms too: a first observation that creates its series is invisible to rate(), and
+        # histogram_quantile over a series without a visible increase gives NaN.
+        for attempt_outcome in Outcome:
+            PROVIDER_LATENCY.labels(provider, str(attempt_outcome))
+        END_TO_END_LATENCY.labels(provider)
+    for app in sorted({app for app, _ in pairs}):
+        DELIVERIES.labels(app, "none", "unknown_token")
+        DEVICES_TARGETED.labels(app)
+        for state in FINISHED_STATES:
+            NOTIFICATIONS_FINISHED.labels(app, state)
+    for source, outcomes in INGEST_OUTCOMES.items():
+        for outcome in outcomes:
+            REQUESTS_INGESTED.labels(source, outcome)
+    for reason in DLQ_REASONS:
+        DLQ_MESSAGES.labels(reason)
