@@ -30,7 +30,7 @@ from pushsvc.dev.servers import free_port
 from tests.integration.stack import API_KEY, Stack, write_config
 
 # The code the subprocesses run (the benchmarks can point this at a snapshot of a commit).
-ROOT = Path(os.environ.get("PUSHSVC_CHAOS_ROOT") or Path(__file__).resolve().parents[2])
+ROOT = Path(os.environ.get("CHAOS_CODE_ROOT") or Path(__file__).resolve().parents[2])
 FINISHED = ("done", "failed", "cancelled")
 
 
