@@ -27,6 +27,7 @@ from pushsvc.outcomes import OutcomePublisher
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.scheduler import Scheduler
+from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.database import Database
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
@@ -54,12 +55,18 @@ async def retry_until(what: str, attempt: Callable[[], Awaitable[None]], deadlin
 
 
 class PushService:
-    def __init__(self, settings: Settings, providers: dict[tuple[str, str], Provider] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[tuple[str, str], Provider] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.owner = f"{settings.instance_name or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.database = Database.connect(settings.mongodb)
         self.devices = DeviceStore(self.database)
         self.notifications = NotificationStore(self.database)
+        self.campaigns = CampaignStore(self.notifications)
         self.providers = providers if providers is not None else build_providers(settings)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -74,9 +81,10 @@ class PushService:
             self.sender,
             OutcomePublisher(self.producer, settings.kafka.outcomes_topic),
             settings.dispatch,
+            clock=clock,
         )
-        self.scheduler = Scheduler(self.notifications, self.runner, settings.dispatch, self.owner)
-        self.intake = Intake(self.notifications, on_due=self.scheduler.wake)
+        self.scheduler = Scheduler(self.notifications, self.runner, settings.dispatch, self.owner, clock=clock)
+        self.intake = Intake(self.notifications, on_due=self.scheduler.wake, clock=clock)
         known_apps = frozenset(settings.apps)
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)
         self.http_app = build_app(
@@ -91,6 +99,9 @@ class PushService:
                 "scheduler": self._scheduler_ready,
             },
             max_body_bytes=settings.http.max_body_bytes,
+            campaign_store=self.campaigns,
+            clock=clock,
+            wake=self.scheduler.wake,
         )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,6 +129,7 @@ class PushService:
         if server is not None and getattr(server, "sockets", None):
             self.port = server.sockets[0].getsockname()[1]
         await retry_until("mongodb", self.database.ensure_indexes, STARTUP_RETRY_SECONDS)
+        await retry_until("mongodb", self.campaigns.ensure_indexes, STARTUP_RETRY_SECONDS)
         await retry_until("kafka producer", self.producer.start, STARTUP_RETRY_SECONDS)
         await retry_until("kafka consumer", self.ingest.start, STARTUP_RETRY_SECONDS)
         for provider in self.providers.values():

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from pushsvc.ingest.intake import Intake
+from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
 
@@ -14,6 +15,12 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 DEVICES = web.AppKey("devices", DeviceStore)
 NOTIFICATIONS = web.AppKey("notifications", NotificationStore)
+CAMPAIGNS = web.AppKey("campaigns", CampaignStore)
 INTAKE = web.AppKey("intake", Intake)
 KNOWN_APPS = web.AppKey("known_apps", frozenset)
 READINESS = web.AppKey("readiness", dict)
+# Time source (epoch seconds) shared with the scheduler, so tests can inject a clock.
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+# Tell the scheduler something became due now (a campaign created or resumed).
+WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
+MAX_BODY = web.AppKey("max_body", int)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from pushsvc.api.auth import require
 from pushsvc.api.context import DEVICES, KNOWN_APPS
+from pushsvc.api.errors import json_error
 from pushsvc.api.validation import LOCALE_PATTERN, TOKEN_PATTERN, json_body, opt_str, str_list
 from pushsvc.model import PLATFORMS, RequestError
 from pushsvc.scheduling.due import is_known_timezone
@@ -93,5 +94,60 @@ async def list_user_devices(request: web.Request) -> web.Response:
     app = request.query.get("app")
     if not app:
         raise RequestError("app", "query parameter required")
+    if app not in request.app[KNOWN_APPS]:
+        raise RequestError("app", f"unknown app {app[:128]!r}")
     docs = await request.app[DEVICES].for_user(app, request.match_info["user_id"])
     return web.json_response({"devices": [device_view(d) for d in docs]})
+
+
+def _device_key(request: web.Request) -> tuple[str, str]:
+    app = request.match_info["app"]
+    if app not in request.app[KNOWN_APPS]:
+        raise RequestError("app", f"unknown app {app[:128]!r}")
+    token = request.match_info["token"]
+    if not TOKEN_PATTERN.match(token):
+        raise RequestError("token", "has an invalid format")
+    return app, token
+
+
+@routes.patch("/v1/devices/{app}/{token}")
+@require("devices:write")
+async def update_device_tags(request: web.Request) -> web.Response:
+    """Replace a device's tags: body {"tags": [...]}."""
+    app, token = _device_key(request)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise RequestError("body", "must be a JSON object")
+    unknown = sorted(set(body) - {"tags"})
+    if unknown:
+        raise RequestError(unknown[0], "unknown field (allowed: tags)")
+    if "tags" not in body:
+        raise RequestError("tags", "required")
+    doc = await request.app[DEVICES].update_tags(app, token, str_list(body, "tags"))
+    if doc is None:
+        return json_error(404, "not_found", "no device with that app and token")
+    return web.json_response(device_view(doc))
+
+
+@routes.delete("/v1/devices/{app}/{token}")
+@require("devices:write")
+async def delete_device(request: web.Request) -> web.Response:
+    app, token = _device_key(request)
+    if not await request.app[DEVICES].delete(app, token):
+        return json_error(404, "not_found", "no device with that app and token")
+    return web.Response(status=204)
+
+
+@routes.delete("/v1/users/{user_id}")
+@require("devices:write")
+async def erase_user(request: web.Request) -> web.Response:
+    """GDPR erasure: delete every device of the user (in `?app=` or in every app)."""
+    user_id = request.match_info["user_id"]
+    if len(user_id) > 256:
+        raise RequestError("user_id", "at most 256 characters")
+    app = request.query.get("app")
+    known = request.app[KNOWN_APPS]
+    if app is not None and app not in known:
+        raise RequestError("app", f"unknown app {app[:128]!r}")
+    deleted = await request.app[DEVICES].erase_user([app] if app else sorted(known), user_id)
+    return web.json_response({"user_id": user_id, "deleted_devices": deleted})

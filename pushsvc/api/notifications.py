@@ -17,9 +17,14 @@ from pushsvc.store.notifications import FINAL_KEYS
 routes = web.RouteTableDef()
 
 
-def notification_view(doc: dict) -> dict[str, Any]:
-    counts = dict(doc.get("counts", {}))
+def counts_view(doc: dict) -> dict[str, int]:
+    counts = {k: int(v) for k, v in (doc.get("counts") or {}).items()}
     counts["pending"] = max(0, counts.get("targeted", 0) - sum(counts.get(k, 0) for k in FINAL_KEYS))
+    return counts
+
+
+def notification_view(doc: dict) -> dict[str, Any]:
+    counts = counts_view(doc)
     return {
         "id": doc["_id"],
         "app": doc["app"],

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
-from pushsvc.api import devices, health, notifications
+from pushsvc.api import campaigns, devices, health, notifications, openapi
 from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth
-from pushsvc.api.context import DEVICES, INTAKE, KNOWN_APPS, NOTIFICATIONS, READINESS, ReadinessCheck
+from pushsvc.api.context import (
+    CAMPAIGNS,
+    CLOCK,
+    DEVICES,
+    INTAKE,
+    KNOWN_APPS,
+    MAX_BODY,
+    NOTIFICATIONS,
+    READINESS,
+    WAKE,
+    ReadinessCheck,
+)
 from pushsvc.api.errors import json_error
 from pushsvc.ingest.intake import Intake
 from pushsvc.logging import get_logger
 from pushsvc.model import RequestError
+from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
 
@@ -24,8 +39,8 @@ async def error_middleware(request: web.Request, handler: web.RequestHandler) ->
         return await handler(request)
     except RequestError as exc:
         return json_error(400, "invalid_request", exc.reason, exc.field)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_error(413, "body_too_large", f"body larger than {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "body_too_large", f"body larger than {request.app[MAX_BODY]} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -52,6 +67,9 @@ def build_app(
     known_apps: frozenset[str],
     readiness: dict[str, ReadinessCheck],
     max_body_bytes: int,
+    campaign_store: CampaignStore | None = None,
+    clock: Callable[[], float] = time.time,
+    wake: Callable[[], None] = lambda: None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[AUTH_KEY] = auth
@@ -60,7 +78,13 @@ def build_app(
     app[INTAKE] = intake
     app[KNOWN_APPS] = known_apps
     app[READINESS] = readiness
+    app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
+    app[CLOCK] = clock
+    app[WAKE] = wake
+    app[MAX_BODY] = max_body_bytes
     app.add_routes(health.routes)
     app.add_routes(devices.routes)
     app.add_routes(notifications.routes)
+    app.add_routes(campaigns.routes)
+    app.add_routes(openapi.routes)
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 
 from pushsvc.model import Device, Target
 from pushsvc.store.database import Database
@@ -68,6 +68,22 @@ def audience_filter(
     return {"$and": clauses}
 
 
+def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
+    return {
+        "platform": device.platform,
+        "user_id": device.user_id,
+        "tags": list(device.tags),
+        "locale": device.locale,
+        "timezone": device.timezone,
+        "app_version": device.app_version,
+        "opt_out": list(device.opt_out),
+        "active": True,
+        "deactivated_reason": None,
+        "deactivated_at": None,
+        "updated_at": now,
+    }
+
+
 class DeviceStore:
     def __init__(self, database: Database) -> None:
         self._collection = database.devices
@@ -75,19 +91,7 @@ class DeviceStore:
     async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[dict, bool]:
         """Register or refresh a device; re-registering a deactivated token reactivates it. Returns (doc, created)."""
         now = time.time() if now is None else now
-        fields = {
-            "platform": device.platform,
-            "user_id": device.user_id,
-            "tags": list(device.tags),
-            "locale": device.locale,
-            "timezone": device.timezone,
-            "app_version": device.app_version,
-            "opt_out": list(device.opt_out),
-            "active": True,
-            "deactivated_reason": None,
-            "deactivated_at": None,
-            "updated_at": now,
-        }
+        fields = _fields(device, now)
         result = await self._collection.update_one(
             {"app": device.app, "token": device.token},
             {"$set": fields, "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now}},
@@ -134,3 +138,42 @@ class DeviceStore:
 
     async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[dict]:
         return [doc async for doc in self._collection.find({"app": app, "user_id": user_id}).limit(limit)]
+
+    async def update_tags(
+        self, app: str, token: str, tags: Sequence[str], now: float | None = None
+    ) -> dict | None:
+        """Replace a device's tags (unique (app, token) index); None if no such device."""
+        now = time.time() if now is None else now
+        return await self._collection.find_one_and_update(
+            {"app": app, "token": token},
+            {"$set": {"tags": list(tags), "updated_at": now}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def delete(self, app: str, token: str) -> bool:
+        result = await self._collection.delete_one({"app": app, "token": token})
+        return result.deleted_count == 1
+
+    async def erase_user(self, apps: Sequence[str], user_id: str) -> int:
+        """GDPR erasure: delete every device of the user in these apps (served by the app_user index)."""
+        result = await self._collection.delete_many({"app": {"$in": list(apps)}, "user_id": user_id})
+        return result.deleted_count
+
+    async def upsert_many(self, devices: Sequence[DeviceRecord], now: float | None = None) -> tuple[int, int]:
+        """Bulk register (the import CLI): one bulk_write per batch. Returns (inserted, updated)."""
+        now = time.time() if now is None else now
+        operations = [
+            UpdateOne(
+                {"app": d.app, "token": d.token},
+                {"$set": _fields(d, now), "$setOnInsert": {"app": d.app, "token": d.token, "created_at": now}},
+                upsert=True,
+            )
+            for d in devices
+        ]
+        if not operations:
+            return 0, 0
+        result = await self._collection.bulk_write(operations, ordered=False)
+        return result.upserted_count, result.matched_count
+
+    async def count(self, query: dict) -> int:
+        return await self._collection.count_documents(query)

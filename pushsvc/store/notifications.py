@@ -68,6 +68,10 @@ class NotificationStore:
     def __init__(self, database: Database) -> None:
         self._collection = database.notifications
 
+    @property
+    def collection(self) -> Any:
+        return self._collection
+
     async def record(self, documents: Sequence[dict]) -> RecordResult:
         """Insert new requests in one round trip; ids already recorded are reported as duplicates."""
         if not documents:

@@ -1,0 +1,494 @@
+"""The OpenAPI 3 description of every route, served at /openapi.json (a test keeps it in step with routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pushsvc import __version__
+
+routes = web.RouteTableDef()
+
+TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9:_\-.]{8,4096}$", "minLength": 8, "maxLength": 4096}
+LOCALE = {"type": "string", "pattern": r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$", "maxLength": 35}
+TAGS = {"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 128}}
+CAMPAIGN_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$", "minLength": 1, "maxLength": 64}
+HHMM = {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$", "example": "22:00"}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+STRING_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "invalid input (the error names the field)",
+        401: "missing or unknown API key",
+        403: "the API key lacks the scope",
+        404: "not found",
+        409: "not allowed in the current state",
+        413: "body larger than http.max_body_bytes",
+        503: "MongoDB unavailable, retry later",
+    }
+    return {str(s): _json(_ref("Error"), text[s]) for s in statuses}
+
+
+AUTHED = (400, 401, 403, 503)
+WITH_BODY = (400, 401, 403, 413, 503)
+
+
+def _op(
+    summary: str,
+    scope: str | None,
+    responses: dict[str, Any],
+    *,
+    body: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if scope is not None:
+        operation["security"] = [{"bearer": []}]
+        operation["x-scope"] = scope
+        operation["description"] = f"Needs an API key with scope `{scope}`."
+    else:
+        operation["security"] = []
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+APP_PATH = _path("app", {"type": "string", "minLength": 1, "maxLength": 128})
+TOKEN_PATH = _path("token", TOKEN)
+USER_PATH = _path("user_id", {"type": "string", "minLength": 1, "maxLength": 256})
+CAMPAIGN_PATH = _path("campaign_id", CAMPAIGN_ID)
+
+MESSAGE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "title": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "body": {"type": "string", "minLength": 1, "maxLength": 4096},
+        "data": {
+            "type": "object",
+            "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+        },
+        "badge": {"type": "integer", "minimum": 0},
+        "sound": {"type": "string", "minLength": 1, "maxLength": 256},
+        "category": {"type": "string", "minLength": 1, "maxLength": 256},
+        "thread_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "mutable_content": {"type": "boolean"},
+        "localized": {
+            "type": "object",
+            "description": "per-locale variants: exact tag, then language, then the defaults",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "title": {"type": "string", "minLength": 1, "maxLength": 1024},
+                    "body": {"type": "string", "minLength": 1, "maxLength": 4096},
+                },
+            },
+        },
+    },
+}
+SEGMENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"tags_any": {**TAGS}, "tags_all": {**TAGS}},
+}
+BASE_OPTIONS = {
+    "priority": {"type": "string", "enum": ["high", "normal"]},
+    "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 2419200},
+    "collapse_key": {"type": "string", "minLength": 1, "maxLength": 64},
+    "push_type": {"type": "string", "enum": ["alert", "background"]},
+}
+COUNTS = {
+    "type": "object",
+    "properties": {
+        k: {"type": "integer", "minimum": 0}
+        for k in (
+            "targeted",
+            "delivered",
+            "invalid_token",
+            "rejected",
+            "failed",
+            "auth_error",
+            "unknown_token",
+            "opted_out",
+            "pending",
+        )
+    },
+}
+STATES = ["accepted", "scheduled", "dispatching", "paused", "done", "failed", "cancelled"]
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+            }
+        },
+    },
+    "DeviceInput": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["app", "token", "platform"],
+        "properties": {
+            "app": {"type": "string", "minLength": 1, "maxLength": 128},
+            "token": TOKEN,
+            "platform": {"type": "string", "enum": ["ios", "android"]},
+            "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
+            "tags": TAGS,
+            "locale": LOCALE,
+            "timezone": {"type": "string", "minLength": 1, "maxLength": 64, "description": "IANA name"},
+            "app_version": {"type": "string", "minLength": 1, "maxLength": 64},
+            "opt_out": {**TAGS, "description": "message categories the user opted out of"},
+        },
+    },
+    "DeviceTags": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tags"],
+        "properties": {"tags": TAGS},
+    },
+    "Device": {
+        "type": "object",
+        "required": ["id", "app", "token", "platform", "tags", "opt_out", "active"],
+        "properties": {
+            "id": {"type": "string"},
+            "app": {"type": "string"},
+            "token": {"type": "string"},
+            "platform": {"type": "string", "enum": ["ios", "android"]},
+            "user_id": NULLABLE_STRING,
+            "tags": STRING_LIST,
+            "locale": NULLABLE_STRING,
+            "timezone": NULLABLE_STRING,
+            "app_version": NULLABLE_STRING,
+            "opt_out": STRING_LIST,
+            "active": {"type": "boolean"},
+            "deactivated_reason": NULLABLE_STRING,
+        },
+    },
+    "DeviceList": {
+        "type": "object",
+        "required": ["devices"],
+        "properties": {"devices": {"type": "array", "items": _ref("Device")}},
+    },
+    "Erasure": {
+        "type": "object",
+        "required": ["user_id", "deleted_devices"],
+        "properties": {"user_id": {"type": "string"}, "deleted_devices": {"type": "integer", "minimum": 0}},
+    },
+    "Message": MESSAGE,
+    "NotificationRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "app", "target", "message"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "app": {"type": "string", "minLength": 1, "maxLength": 128},
+            "target": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "tokens": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 1000,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 4096},
+                    },
+                    "users": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 10000,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                    },
+                    "segment": SEGMENT,
+                },
+            },
+            "message": _ref("Message"),
+            "options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    **BASE_OPTIONS,
+                    "send_at": {"type": "string", "format": "date-time"},
+                    "local_time": {"type": "boolean"},
+                },
+            },
+        },
+    },
+    "Notification": {
+        "type": "object",
+        "required": ["id", "app", "state", "created_at", "due_at", "counts"],
+        "properties": {
+            "id": {"type": "string"},
+            "app": {"type": "string"},
+            "state": {"type": "string", "enum": STATES},
+            "source": NULLABLE_STRING,
+            "created_at": {"type": "string", "format": "date-time"},
+            "due_at": {"type": "string", "format": "date-time"},
+            "finished_at": {**NULLABLE_STRING, "format": "date-time"},
+            "error": NULLABLE_STRING,
+            "counts": COUNTS,
+        },
+    },
+    "CampaignInput": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "app", "audience", "message"],
+        "properties": {
+            "id": {**CAMPAIGN_ID, "description": "optional; repeating an id returns the existing campaign"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "app": {"type": "string", "minLength": 1, "maxLength": 128},
+            "audience": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "users": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 10000,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                    },
+                    "segment": SEGMENT,
+                },
+            },
+            "message": _ref("Message"),
+            "options": {"type": "object", "additionalProperties": False, "properties": BASE_OPTIONS},
+            "schedule": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["at"],
+                "properties": {
+                    "at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "with an offset, or a wall-clock time when local_time is true",
+                    },
+                    "local_time": {"type": "boolean"},
+                },
+            },
+            "quiet_hours": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["start", "end"],
+                "description": "device-local; deliveries to devices inside it wait until it ends",
+                "properties": {"start": HHMM, "end": HHMM},
+            },
+            "throttle_per_second": {"type": "integer", "minimum": 1, "maximum": 100000},
+        },
+    },
+    "Campaign": {
+        "type": "object",
+        "required": ["id", "name", "app", "status", "audience", "message", "created_at", "counts", "progress"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "app": {"type": "string"},
+            "status": {"type": "string", "enum": STATES},
+            "audience": {"type": "object"},
+            "message": {"type": "object"},
+            "options": {"type": "object"},
+            "schedule": {"type": "object", "nullable": True},
+            "quiet_hours": {"type": "object", "nullable": True},
+            "throttle_per_second": {"type": "integer", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "next_run_at": {"type": "string", "format": "date-time"},
+            "finished_at": {**NULLABLE_STRING, "format": "date-time"},
+            "counts": COUNTS,
+            "progress": {
+                "type": "object",
+                "required": ["audience_estimate", "ratio"],
+                "properties": {
+                    "audience_estimate": {"type": "integer", "minimum": 0},
+                    "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                },
+            },
+        },
+    },
+    "CampaignList": {
+        "type": "object",
+        "required": ["campaigns"],
+        "properties": {"campaigns": {"type": "array", "items": _ref("Campaign")}},
+    },
+}
+
+
+def _campaign_action(summary: str) -> dict[str, Any]:
+    return {
+        "post": _op(
+            summary,
+            "campaigns",
+            {"200": _json(_ref("Campaign"), "the campaign after the change"), **_errors(*AUTHED, 404, 409)},
+            parameters=[CAMPAIGN_PATH],
+        )
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/healthz": {"get": _op("Liveness", None, {"200": _json({"type": "object"}, "alive")})},
+    "/readyz": {
+        "get": _op(
+            "Readiness (MongoDB, Kafka, scheduler)",
+            None,
+            {"200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not ready")},
+        )
+    },
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics",
+            None,
+            {
+                "200": {
+                    "description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+    },
+    "/openapi.json": {"get": _op("This document", None, {"200": _json({"type": "object"}, "OpenAPI 3")})},
+    "/v1/devices": {
+        "post": _op(
+            "Register or refresh a device",
+            "devices:write",
+            {
+                "200": _json(_ref("Device"), "existing device refreshed"),
+                "201": _json(_ref("Device"), "new device"),
+                **_errors(*WITH_BODY),
+            },
+            body="DeviceInput",
+        )
+    },
+    "/v1/devices/{app}/{token}": {
+        "patch": _op(
+            "Replace a device's tags",
+            "devices:write",
+            {"200": _json(_ref("Device"), "updated"), **_errors(*WITH_BODY, 404)},
+            body="DeviceTags",
+            parameters=[APP_PATH, TOKEN_PATH],
+        ),
+        "delete": _op(
+            "Delete a device",
+            "devices:write",
+            {"204": {"description": "deleted"}, **_errors(*AUTHED, 404)},
+            parameters=[APP_PATH, TOKEN_PATH],
+        ),
+    },
+    "/v1/users/{user_id}/devices": {
+        "get": _op(
+            "A user's devices",
+            "read",
+            {"200": _json(_ref("DeviceList"), "devices"), **_errors(*AUTHED)},
+            parameters=[USER_PATH, _query("app", {"type": "string", "minLength": 1, "maxLength": 128}, True)],
+        )
+    },
+    "/v1/users/{user_id}": {
+        "delete": _op(
+            "Erase a user (GDPR): delete all their devices",
+            "devices:write",
+            {"200": _json(_ref("Erasure"), "erased"), **_errors(*AUTHED)},
+            parameters=[USER_PATH, _query("app", {"type": "string", "minLength": 1, "maxLength": 128})],
+        )
+    },
+    "/v1/notifications": {
+        "post": _op(
+            "Send a notification (the Kafka request contract), idempotent by id",
+            "notify",
+            {
+                "200": _json(_ref("Notification"), "id seen before: the existing record"),
+                "201": _json(_ref("Notification"), "recorded"),
+                **_errors(*WITH_BODY),
+            },
+            body="NotificationRequest",
+        )
+    },
+    "/v1/notifications/{notification_id}": {
+        "get": _op(
+            "State and counts of a notification",
+            "read",
+            {"200": _json(_ref("Notification"), "the notification"), **_errors(*AUTHED, 404)},
+            parameters=[_path("notification_id", {"type": "string", "minLength": 1, "maxLength": 128})],
+        )
+    },
+    "/v1/campaigns": {
+        "post": _op(
+            "Create a campaign",
+            "campaigns",
+            {
+                "200": _json(_ref("Campaign"), "id seen before: the existing campaign"),
+                "201": _json(_ref("Campaign"), "created"),
+                **_errors(*WITH_BODY, 409),
+            },
+            body="CampaignInput",
+        ),
+        "get": _op(
+            "List campaigns, newest first",
+            "read",
+            {"200": _json(_ref("CampaignList"), "campaigns"), **_errors(*AUTHED)},
+            parameters=[
+                _query("app", {"type": "string", "minLength": 1, "maxLength": 128}),
+                _query("status", {"type": "string", "enum": STATES}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            ],
+        ),
+    },
+    "/v1/campaigns/{campaign_id}": {
+        "get": _op(
+            "A campaign with its counts and progress",
+            "read",
+            {"200": _json(_ref("Campaign"), "the campaign"), **_errors(*AUTHED, 404)},
+            parameters=[CAMPAIGN_PATH],
+        )
+    },
+    "/v1/campaigns/{campaign_id}/pause": _campaign_action("Pause after the chunk in flight"),
+    "/v1/campaigns/{campaign_id}/resume": _campaign_action("Resume a paused campaign where it stopped"),
+    "/v1/campaigns/{campaign_id}/cancel": _campaign_action("Cancel: nothing more is sent"),
+}
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "pushsvc",
+            "version": __version__,
+            "description": "Push-notification delivery: devices, notifications, campaigns.",
+        },
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API key"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+@routes.get("/openapi.json")
+async def openapi_json(_: web.Request) -> web.Response:
+    return web.json_response(spec())

@@ -1,0 +1,68 @@
+"""Campaigns: a notification document (`_id` "campaign:<id>", the same request contract) plus campaign fields.
+
+A campaign is worked by the same scheduler and runner as any notification; the campaign fields (name,
+throttle_per_second, quiet_hours, audience_estimate) tell the runner how. Pause, resume and cancel are
+conditional state transitions the runner notices between chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from pushsvc.model import NotificationState
+from pushsvc.store.notifications import ACTIVE_STATES, PAUSED, NotificationStore
+
+CAMPAIGN_PREFIX = "campaign:"
+KIND = "campaign"
+CAMPAIGN_INDEXES = [
+    # list: newest campaigns first, optionally for one app.
+    IndexModel([("kind", ASCENDING), ("created_at", DESCENDING)], name="kind_created"),
+    IndexModel([("kind", ASCENDING), ("app", ASCENDING), ("created_at", DESCENDING)], name="kind_app_created"),
+]
+STATUSES = ("accepted", "scheduled", "dispatching", PAUSED, "done", "failed", "cancelled")
+_ACTIVE = [str(s) for s in ACTIVE_STATES]
+
+
+def campaign_key(campaign_id: str) -> str:
+    return CAMPAIGN_PREFIX + campaign_id
+
+
+class CampaignStore:
+    def __init__(self, notifications: NotificationStore) -> None:
+        self._collection = notifications.collection
+        self._notifications = notifications
+
+    async def ensure_indexes(self) -> None:
+        await self._collection.create_indexes(CAMPAIGN_INDEXES)
+
+    async def get(self, campaign_id: str) -> dict | None:
+        return await self._collection.find_one({"_id": campaign_key(campaign_id), "kind": KIND})
+
+    async def list(self, app: str | None, status: str | None, limit: int) -> list[dict]:
+        query: dict[str, Any] = {"kind": KIND}
+        if app is not None:
+            query["app"] = app
+        if status is not None:
+            query["state"] = status
+        cursor = self._collection.find(query).sort("created_at", -1).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def pause(self, campaign_id: str, now: float) -> dict | None:
+        return await self._notifications.transition(
+            campaign_key(campaign_id), _ACTIVE, {"state": PAUSED, "paused_at": now}
+        )
+
+    async def resume(self, campaign_id: str, now: float) -> dict | None:
+        # Claimable again as soon as it is due; a runner still holding the lease notices and lets go.
+        return await self._notifications.transition(
+            campaign_key(campaign_id), [PAUSED], {"state": str(NotificationState.SCHEDULED), "resumed_at": now}
+        )
+
+    async def cancel(self, campaign_id: str, now: float) -> dict | None:
+        return await self._notifications.transition(
+            campaign_key(campaign_id),
+            [*_ACTIVE, PAUSED],
+            {"state": str(NotificationState.CANCELLED), "finished_at": now},
+        )
