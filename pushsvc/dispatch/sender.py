@@ -40,6 +40,8 @@ class _ProviderSlot:
         self.semaphore = asyncio.Semaphore(concurrency)
         self.paused_until = 0.0
         self.paused = False
+        # Ends the pause (gauge back to 0) on time even when no delivery for this slot comes along.
+        self.resume_timer: asyncio.TimerHandle | None = None
 
 
 class DeliverySender:
@@ -68,62 +70,99 @@ class DeliverySender:
         return delay
 
     async def deliver(self, delivery: Delivery, due_at: float) -> FinalResult:
+        """Send until a final outcome; cancellation (lease lost, shutdown) always propagates."""
         provider_name = PROVIDER_FOR_PLATFORM.get(delivery.device.platform)
         slot = self._slots.get((delivery.device.app, provider_name or ""))
         if slot is None:
             return FinalResult(delivery, "rejected", "provider_not_configured", 0)
-        app = delivery.device.app
+        try:
+            return await self._deliver(slot, delivery, due_at)
+        except Exception as exc:
+            # Only a bug in this module gets here (adapters never raise). Count the device as failed rather
+            # than let the exception escape: it would abort the whole chunk, whose other deliveries run on
+            # unobserved, and the chunk would be sent again by whoever resumes the notification.
+            log.error(
+                "delivery_internal_error",
+                notification_id=delivery.notification_id,
+                token=mask_token(delivery.device.token),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return FinalResult(delivery, "failed", "internal_error", 0)
+
+    async def _deliver(self, slot: _ProviderSlot, delivery: Delivery, due_at: float) -> FinalResult:
+        app, name = delivery.device.app, slot.provider.name
         attempt = 0
         while True:
             attempt += 1
-            await self._wait_while_paused(slot)
             result = await self._attempt(slot, delivery)
             if result.outcome is Outcome.DELIVERED:
-                metrics.END_TO_END_LATENCY.labels(slot.provider.name).observe(
-                    max(0.0, self._clock() - due_at)
-                )
+                metrics.END_TO_END_LATENCY.labels(name).observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
-            metrics.DELIVERY_ERRORS.labels(app, slot.provider.name, result.reason or "unknown").inc()
+            reason = result.reason or "unknown"
+            metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
             if result.outcome in (Outcome.INVALID_TOKEN, Outcome.REJECTED):
-                return FinalResult(delivery, str(result.outcome), result.reason, attempt)
+                return FinalResult(delivery, str(result.outcome), reason, attempt)
             if result.outcome is Outcome.AUTH_ERROR:
-                self._pause(slot, result.reason)
+                self._pause(slot, reason)
             if attempt >= self._settings.max_attempts:
                 final = "auth_error" if result.outcome is Outcome.AUTH_ERROR else "failed"
                 log.warning(
                     "delivery_failed",
                     notification_id=delivery.notification_id,
                     token=mask_token(delivery.device.token),
-                    provider=slot.provider.name,
-                    reason=result.reason,
+                    provider=name,
+                    outcome=final,
+                    reason=reason,
                     attempts=attempt,
                 )
-                return FinalResult(delivery, final, result.reason, attempt)
-            metrics.RETRIES.labels(app, slot.provider.name, result.reason or "unknown").inc()
+                return FinalResult(delivery, final, reason, attempt)
+            metrics.RETRIES.labels(app, name, reason).inc()
             if result.outcome is Outcome.RETRYABLE:
+                # An auth error needs no backoff: the next attempt waits for the end of the pause.
                 await self._sleep(self.backoff(attempt, result.retry_after))
 
     async def _attempt(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
+        """One request to the provider, once neither a pause nor the concurrency limit holds it back."""
         name = slot.provider.name
-        metrics.QUEUE_DEPTH.labels(name).inc()
-        async with slot.semaphore:
-            metrics.QUEUE_DEPTH.labels(name).dec()
-            metrics.INFLIGHT.labels(name).inc()
-            started = time.perf_counter()
+        while True:
+            await self._wait_while_paused(slot)
+            metrics.QUEUE_DEPTH.labels(name).inc()
             try:
-                # Adapters bound their own time; this outer limit only catches an adapter bug.
-                result = await asyncio.wait_for(
-                    slot.provider.send(delivery), self._settings.send_timeout_seconds + 5.0
-                )
-            except TimeoutError:
-                result = SendResult(Outcome.RETRYABLE, "timeout")
-            except (
-                Exception
-            ) as exc:  # an adapter must not raise; if one does, retry rather than lose the delivery
-                log.error("provider_raised", provider=name, error=type(exc).__name__)
-                result = SendResult(Outcome.RETRYABLE, "adapter_error")
+                await slot.semaphore.acquire()
+            finally:  # also when cancelled while queued: the gauge must not leak
+                metrics.QUEUE_DEPTH.labels(name).dec()
+            try:
+                if slot.paused_until > self._clock():
+                    # The provider was paused while this delivery queued for a slot: nothing may reach it
+                    # during a pause, so give the slot back and wait for the pause to end.
+                    continue
+                return await self._send(slot, delivery)
             finally:
-                metrics.INFLIGHT.labels(name).dec()
+                slot.semaphore.release()
+
+    async def _send(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
+        name = slot.provider.name
+        metrics.INFLIGHT.labels(name).inc()
+        started = time.perf_counter()
+        # Adapters bound their own time; this outer limit only catches an adapter bug. asyncio.timeout
+        # (unlike wait_for on 3.11) never swallows a cancellation that races with the adapter's answer, and
+        # it waits for the cancelled adapter call to unwind, so a timed-out attempt can't answer later.
+        guard = asyncio.timeout(self._settings.send_timeout_seconds + 5.0)
+        try:
+            async with guard:
+                result = await slot.provider.send(delivery)
+        except TimeoutError:
+            if guard.expired():
+                log.error("provider_send_overran", provider=name, app=slot.provider.app_id)
+                result = SendResult(Outcome.RETRYABLE, "timeout")
+            else:  # the adapter let its own TimeoutError escape
+                log.error("provider_raised", provider=name, error="TimeoutError")
+                result = SendResult(Outcome.RETRYABLE, "adapter_error")
+        except Exception as exc:  # an adapter must not raise; if one does, retry rather than lose the delivery
+            log.error("provider_raised", provider=name, error=type(exc).__name__)
+            result = SendResult(Outcome.RETRYABLE, "adapter_error")
+        finally:
+            metrics.INFLIGHT.labels(name).dec()
         metrics.PROVIDER_LATENCY.labels(name, str(result.outcome)).observe(time.perf_counter() - started)
         return result
 
@@ -140,10 +179,28 @@ class DeliverySender:
         slot.paused_until = max(slot.paused_until, now + self._settings.auth_pause_seconds)
         slot.paused = True
         metrics.PROVIDER_PAUSED.labels(slot.provider.app_id, slot.provider.name).set(1)
+        if slot.resume_timer is not None:
+            slot.resume_timer.cancel()
+        slot.resume_timer = asyncio.get_running_loop().call_later(
+            slot.paused_until - now, self._end_pause, slot
+        )
+
+    def _end_pause(self, slot: _ProviderSlot) -> None:
+        """Timer callback at the end of a pause (re-armed if the pause was extended meanwhile)."""
+        slot.resume_timer = None
+        remaining = slot.paused_until - self._clock()
+        if remaining > 0:
+            slot.resume_timer = asyncio.get_running_loop().call_later(remaining, self._end_pause, slot)
+            return
+        self._resume(slot)
+
+    def _resume(self, slot: _ProviderSlot) -> None:
+        if slot.paused:
+            slot.paused = False
+            metrics.PROVIDER_PAUSED.labels(slot.provider.app_id, slot.provider.name).set(0)
+            log.info("provider_resumed", app=slot.provider.app_id, provider=slot.provider.name)
 
     async def _wait_while_paused(self, slot: _ProviderSlot) -> None:
         while (remaining := slot.paused_until - self._clock()) > 0:
             await self._sleep(min(remaining, 1.0))
-        if slot.paused:
-            slot.paused = False
-            metrics.PROVIDER_PAUSED.labels(slot.provider.app_id, slot.provider.name).set(0)
+        self._resume(slot)
