@@ -109,7 +109,7 @@ class Options:
     priority: Literal["high", "normal"] = "high"
     ttl_seconds: int | None = None
     collapse_key: str | None = None
-    push_type: Literal["alert", "background"] = "alert"
+    push_type: Literal["alert", "background", "voip"] = "alert"
     send_at: datetime | None = None
     local_time: bool = False
 
@@ -233,6 +233,12 @@ def _parse_message(obj: Any, options: Options) -> Message:
         and not data
     ):
         raise RequestError("message.data", "a background push carries data, not title/body/sound/badge")
+    if options.push_type == "voip":
+        # PushKit hands the payload to the app, which reports the call to CallKit: data only, no alert.
+        if has_text or message.sound or message.badge is not None:
+            raise RequestError("message", "a voip push carries data only, not title/body/sound/badge")
+        if not data:
+            raise RequestError("message.data", "a voip push needs data (the call details for the app)")
     return message
 
 
@@ -257,14 +263,16 @@ def _parse_options(obj: Any) -> Options:
         opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"}
     )
     push_type = opts.get("push_type", "alert")
-    if push_type not in ("alert", "background"):
-        raise RequestError("options.push_type", "must be 'alert' or 'background'")
-    # Apple requires priority 5 for background pushes; the default follows the push type.
-    priority = opts.get("priority", "high" if push_type == "alert" else "normal")
+    if push_type not in ("alert", "background", "voip"):
+        raise RequestError("options.push_type", "must be 'alert', 'background' or 'voip'")
+    # Apple requires priority 5 for background pushes and 10 for VoIP; the default follows the push type.
+    priority = opts.get("priority", "normal" if push_type == "background" else "high")
     if priority not in ("high", "normal"):
         raise RequestError("options.priority", "must be 'high' or 'normal'")
     if push_type == "background" and priority == "high":
         raise RequestError("options.priority", "background pushes must use priority 'normal' (APNs rule)")
+    if push_type == "voip" and priority == "normal":
+        raise RequestError("options.priority", "voip pushes must use priority 'high' (a call can't wait)")
     ttl = opts.get("ttl_seconds")
     if ttl is not None and (
         not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_SECONDS

@@ -55,6 +55,7 @@ from pushsvc.providers.base import Delivery, Provider, SendResult
 log = get_logger(__name__)
 
 MAX_PAYLOAD_BYTES = 4096  # alert and background pushes; Apple answers 413 above it
+MAX_VOIP_PAYLOAD_BYTES = 5120  # Apple's larger limit for VoIP pushes
 APNS_HOSTS = {"production": "api.push.apple.com", "sandbox": "api.sandbox.push.apple.com"}
 APNS_PORT = 443
 
@@ -86,6 +87,9 @@ def build_payload(delivery: Delivery) -> bytes:
     if delivery.options.push_type == "background":
         # A background push must not alert, badge or play a sound, or Apple treats it as an alert.
         aps = {"content-available": 1}
+    elif delivery.options.push_type == "voip":
+        # PushKit hands the whole payload to the app (which reports the call to CallKit): data only.
+        aps = {}
     else:
         text = message.text_for(delivery.device.locale)
         alert = {
@@ -410,7 +414,8 @@ class ApnsProvider(Provider):
             payload = build_payload(delivery)
         except (TypeError, ValueError):  # NaN/unserialisable data values: the request can never succeed
             return SendResult(Outcome.REJECTED, "InvalidPayload")
-        if len(payload) > MAX_PAYLOAD_BYTES:
+        voip = delivery.options.push_type == "voip"
+        if len(payload) > (MAX_VOIP_PAYLOAD_BYTES if voip else MAX_PAYLOAD_BYTES):
             return SendResult(Outcome.REJECTED, "PayloadTooLarge")
         apns_id = str(uuid.uuid4())
         headers = self._headers(delivery, apns_id)
@@ -444,11 +449,13 @@ class ApnsProvider(Provider):
 
     def _headers(self, delivery: Delivery, apns_id: str) -> list[tuple[str, str]]:
         options = delivery.options
+        voip = options.push_type == "voip"
         headers = [
             ("apns-id", apns_id),
-            ("apns-topic", self._settings.topic),
+            # VoIP pushes go to the app's PushKit topic, always at once (Apple: priority 10).
+            ("apns-topic", f"{self._settings.topic}.voip" if voip else self._settings.topic),
             ("apns-push-type", options.push_type),
-            ("apns-priority", "10" if options.priority == "high" else "5"),
+            ("apns-priority", "10" if voip or options.priority == "high" else "5"),
         ]
         expiration = expiration_header(delivery)
         if expiration is not None:

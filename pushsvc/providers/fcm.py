@@ -124,7 +124,8 @@ class HttpxTransport:
 def build_message(delivery: Delivery, now: float | None = None) -> messaging.Message:
     """The firebase-admin Message for one delivery (notification block for alerts only)."""
     msg, opts, device = delivery.message, delivery.options, delivery.device
-    background = opts.push_type == "background"
+    # voip: a high-priority data-only message (FCM has no PushKit route; its APNs part is a background push).
+    background = opts.push_type in ("background", "voip")
     high = opts.priority == "high"
     ttl: int | None = None
     if delivery.expires_at is not None:
@@ -135,7 +136,8 @@ def build_message(delivery: Delivery, now: float | None = None) -> messaging.Mes
         text = msg.text_for(device.locale)
         notification = messaging.Notification(title=text.title, body=text.body)
 
-    apns_headers = {"apns-priority": "10" if high else "5", "apns-push-type": opts.push_type}
+    apns_type = "background" if background else opts.push_type
+    apns_headers = {"apns-priority": "10" if high and not background else "5", "apns-push-type": apns_type}
     if ttl is not None:
         # APNs: 0 means "deliver now or never"; otherwise the absolute expiry in epoch seconds.
         apns_headers["apns-expiration"] = "0" if ttl == 0 else str(int(delivery.expires_at or 0))

@@ -97,3 +97,33 @@ def test_duplicate_tokens_are_sent_once() -> None:
 def test_local_time_drops_offset() -> None:
     parsed = parse_request(request(options={"send_at": "2026-03-01T09:00:00+05:00", "local_time": True}))
     assert parsed.options.send_at == datetime(2026, 3, 1, 9, 0)
+
+
+def test_voip_defaults_to_high_priority_and_needs_no_alert_text() -> None:
+    parsed = parse_request(
+        request(message={"data": {"call_id": "c-1", "video": False}}, options={"push_type": "voip", "ttl_seconds": 30})
+    )
+    assert parsed.options.push_type == "voip"
+    assert parsed.options.priority == "high"
+    assert parsed.options.ttl_seconds == 30
+    assert parsed.message.title is None and parsed.message.body is None
+    assert parsed.message.data == {"call_id": "c-1", "video": False}
+
+
+@pytest.mark.parametrize(
+    ("message", "options", "field"),
+    [
+        ({"data": {"call_id": "c"}}, {"push_type": "voip", "priority": "normal"}, "options.priority"),
+        ({"title": "Incoming call"}, {"push_type": "voip"}, "message"),
+        ({"title": "Incoming call", "data": {"call_id": "c"}}, {"push_type": "voip"}, "message"),
+        ({"sound": "ring", "data": {"call_id": "c"}}, {"push_type": "voip"}, "message"),
+        ({"badge": 1, "data": {"call_id": "c"}}, {"push_type": "voip"}, "message"),
+        ({"localized": {"fr": {"title": "Appel"}}, "data": {"call_id": "c"}}, {"push_type": "voip"}, "message"),
+        ({}, {"push_type": "voip"}, "message.data"),
+        ({"data": {"call_id": "c"}}, {"push_type": "pushkit"}, "options.push_type"),
+    ],
+)
+def test_voip_rejections_name_the_field(message: dict, options: dict, field: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(request(message=message, options=options))
+    assert info.value.field == field
