@@ -355,7 +355,7 @@ async def dispatching_ids(stack: Stack) -> set[str]:
 
 def secret_values(stack: Stack, replicas: list[Replica], tokens: list[str]) -> dict[str, str]:
     """Everything that must never appear in a log line, by what it is."""
-    secrets: dict[str, str] = {f"device token {t[:10]}": t for t in tokens}
+    secrets: dict[str, str] = {f"device token {t}": t for t in tokens}
     secrets["api key"] = API_KEY
     sa = orjson.loads(Path(stack.service_account).read_text())
     for line in sa["private_key"].strip().splitlines()[1:-1]:
