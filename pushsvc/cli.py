@@ -1,4 +1,4 @@
-"""Command line: `pushsvc serve | dev | hash-key | check-config`."""
+"""Command line: `pushsvc serve | dev | send | devices import | hash-key | check-config`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from pushsvc.config import ConfigError, Settings, load_settings
 
@@ -95,6 +97,116 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+CSV_LIST_SEPARATOR = ";"
+CSV_LIST_FIELDS = ("tags", "opt_out")
+
+
+def read_device_rows(path: str, fmt: str | None) -> Iterator[tuple[int, Any]]:
+    """(line number, record) per row; a row that cannot be read at all is an ImportRowError, never skipped."""
+    import csv
+    import json
+
+    fmt = fmt or ("csv" if path.lower().endswith(".csv") else "jsonl")
+    with open(path, encoding="utf-8", newline="") as file:
+        if fmt == "jsonl":
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except ValueError as exc:
+                    yield number, ImportRowError("line", f"not valid JSON: {exc}")
+            return
+        reader = csv.DictReader(file)
+        for row in reader:
+            if None in row:
+                yield reader.line_num, ImportRowError("line", "more cells than header columns")
+                continue
+            record: dict[str, Any] = {}
+            for key, value in row.items():
+                if not value:
+                    continue
+                if key in CSV_LIST_FIELDS:
+                    record[key] = [v.strip() for v in value.split(CSV_LIST_SEPARATOR) if v.strip()]
+                else:
+                    record[key] = value
+            yield reader.line_num, record
+
+
+class ImportRowError:
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+
+
+def _progress(done: int, total: int, rows: int, errors: int) -> None:
+    """A progress bar on stderr (stdout carries the JSON summary)."""
+    width = 30
+    share = min(1.0, done / total) if total else 1.0
+    bar = "#" * int(share * width)
+    print(f"\r[{bar:<{width}}] {share:6.1%}  {rows} rows  {errors} errors", end="", file=sys.stderr, flush=True)
+
+
+def cmd_devices_import(args: argparse.Namespace) -> int:
+    """Validate each row like POST /v1/devices and upsert in batches straight into MongoDB."""
+    import json
+
+    from pushsvc.api.devices import parse_device
+    from pushsvc.model import RequestError
+    from pushsvc.store.database import Database
+    from pushsvc.store.devices import DeviceRecord, DeviceStore
+
+    settings = _load(args.config)
+    known_apps = frozenset(settings.apps)
+    if not os.path.isfile(args.file):
+        print(f"pushsvc devices import: no such file: {args.file}", file=sys.stderr)
+        return 2
+    with open(args.file, "rb") as counting:
+        total_lines = sum(1 for _ in counting)
+
+    async def run() -> dict[str, Any]:
+        database = Database.connect(settings.mongodb)
+        store = DeviceStore(database)
+        await database.ensure_indexes()
+        summary: dict[str, Any] = {"rows": 0, "imported": 0, "inserted": 0, "updated": 0, "errors": []}
+        batch: list[DeviceRecord] = []
+
+        async def flush() -> None:
+            if batch:
+                inserted, updated = await store.upsert_many(batch)
+                summary["inserted"] += inserted
+                summary["updated"] += updated
+                summary["imported"] += len(batch)
+                batch.clear()
+
+        try:
+            for number, row in read_device_rows(args.file, args.format):
+                summary["rows"] += 1
+                if isinstance(row, ImportRowError):
+                    summary["errors"].append({"line": number, "field": row.field, "error": row.reason})
+                else:
+                    try:
+                        batch.append(parse_device(row, known_apps))
+                    except RequestError as exc:
+                        summary["errors"].append({"line": number, "field": exc.field, "error": exc.reason})
+                if len(batch) >= args.batch_size:
+                    await flush()
+                if summary["rows"] % 100 == 0:
+                    _progress(number, total_lines, summary["rows"], len(summary["errors"]))
+            await flush()
+            _progress(total_lines, total_lines, summary["rows"], len(summary["errors"]))
+            print(file=sys.stderr)
+        finally:
+            database.close()
+        return summary
+
+    summary = asyncio.run(run())
+    for error in summary["errors"]:
+        print(f"line {error['line']}: {error['field']}: {error['error']}", file=sys.stderr)
+    print(json.dumps({**summary, "errors": len(summary["errors"])}))
+    return 1 if summary["errors"] else 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pushsvc.dev.stack import run_dev_stack
 
@@ -123,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--body", default="It works.")
     send.add_argument("--id", help="request id (default: a new UUID)")
     send.set_defaults(func=cmd_send)
+    devices = sub.add_parser("devices", help="device registry tools")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    importer = devices_sub.add_parser(
+        "import", help="validate and upsert devices from CSV or JSONL straight into MongoDB"
+    )
+    importer.add_argument("file", help="CSV (header row; tags and opt_out separated by ';') or JSONL")
+    importer.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file extension")
+    importer.add_argument("--batch-size", type=int, default=500, help="rows per bulk_write")
+    importer.add_argument("--config", help="YAML config file (default: $PUSHSVC_CONFIG)")
+    importer.set_defaults(func=cmd_devices_import)
     dev = sub.add_parser(
         "dev", help="run a local stack: broker, MongoDB wire server, provider simulators, pushsvc"
     )

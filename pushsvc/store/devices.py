@@ -172,7 +172,8 @@ class DeviceStore:
         ]
         if not operations:
             return 0, 0
-        result = await self._collection.bulk_write(operations, ordered=False)
+        # Ordered: a token repeated in the file is inserted once, then updated (last row wins).
+        result = await self._collection.bulk_write(operations, ordered=True)
         return result.upserted_count, result.matched_count
 
     async def count(self, query: dict) -> int:
