@@ -23,6 +23,7 @@ from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest
 from pushsvc.logging import get_logger
+from pushsvc.model import NotificationState
 from pushsvc.outcomes import OutcomePublisher
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
@@ -36,6 +37,8 @@ log = get_logger(__name__)
 
 STARTUP_RETRY_SECONDS = 60.0
 BACKLOG_REFRESH_SECONDS = 5.0
+# Each connection close at shutdown gets this long, so the whole stop stays inside the grace period.
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 
 async def retry_until(what: str, attempt: Callable[[], Awaitable[None]], deadline_seconds: float) -> None:
@@ -106,6 +109,7 @@ class PushService:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._stopping = False
         self.port: int | None = None
 
     async def _kafka_ready(self) -> None:
@@ -169,39 +173,99 @@ class PushService:
             await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
 
     async def stop(self) -> None:
-        """Graceful: stop consuming (the current batch is recorded and committed), drain sends, close."""
-        log.info("pushsvc_stopping", owner=self.owner)
+        """Graceful, within dispatch.drain_timeout_seconds (plus closing connections):
+
+        1. readiness turns 503 and ingest stops polling; the batch in hand is recorded and committed;
+        2. meanwhile the scheduler claims nothing new and in-flight notifications finish their chunks;
+           whatever is still running at the deadline is cancelled (its chunk is repeated by the next owner);
+        3. leases still held are released so another replica resumes at once, not after lease_seconds;
+        4. consumer (leaves the group), producer (flushes outcome events), providers and HTTP close.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        budget = self.settings.dispatch.drain_timeout_seconds
+        log.info("pushsvc_stopping", owner=self.owner, drain_timeout_seconds=budget)
+        started = time.monotonic()
         self._started = False
         await self.ingest.stop()
         ingest_task = next((t for t in self._tasks if t.get_name() == "ingest"), None)
-        if ingest_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(ingest_task), 10.0)
-        await self.scheduler.drain(self.settings.dispatch.drain_timeout_seconds)
+        await asyncio.gather(self._wait_ingest(ingest_task, budget), self.scheduler.drain(budget))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._release_leases()
         with contextlib.suppress(Exception):
-            await self.ingest.close()
+            await asyncio.wait_for(self.ingest.close(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
-            await self.producer.stop()
+            await asyncio.wait_for(self.producer.stop(), CLOSE_TIMEOUT_SECONDS)
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
-                await provider.close()
+                await asyncio.wait_for(provider.close(), CLOSE_TIMEOUT_SECONDS)
         if self._runner is not None:
             await self._runner.cleanup()
         self.database.close()
-        log.info("pushsvc_stopped", owner=self.owner)
+        log.info("pushsvc_stopped", owner=self.owner, seconds=round(time.monotonic() - started, 3))
+
+    @staticmethod
+    async def _wait_ingest(task: asyncio.Task[None] | None, timeout: float) -> None:
+        """The ingest loop ends after recording and committing the batch it holds."""
+        if task is None:
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        if not task.done():
+            log.warning("ingest_stop_timeout", seconds=timeout)
+
+    async def _release_leases(self) -> None:
+        """Hand back notifications whose work was cancelled at the drain deadline.
+
+        Their cursor points after the last saved chunk, so the next owner repeats only the chunk that
+        was in flight. Without this they would wait for lease_seconds before anyone resumed them.
+        """
+        try:
+            result = await asyncio.wait_for(
+                self.database.notifications.update_many(
+                    {"lease_owner": self.owner, "state": str(NotificationState.DISPATCHING)},
+                    {"$set": {"lease_owner": None, "lease_until": 0.0}},
+                ),
+                CLOSE_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:  # MongoDB unreachable: the leases expire on their own
+            log.warning("lease_release_failed", error=repr(exc))
+            return
+        if result.modified_count:
+            log.warning("leases_released", count=result.modified_count)
 
 
 async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully; a second signal exits at once."""
     service = PushService(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.error("shutdown_forced", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await service.start()
-        await stop.wait()
+        # A signal while dependencies are still awaited must not wait for them (up to a minute).
+        starting = asyncio.create_task(service.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            if starting.exception() is not None:
+                stopping.cancel()
+            starting.result()
+            await stopping
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
     finally:
         await service.stop()
