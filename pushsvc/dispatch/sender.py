@@ -116,10 +116,16 @@ class DeliverySender:
                     attempts=attempt,
                 )
                 return FinalResult(delivery, final, reason, attempt)
+            delay = self.backoff(attempt, result.retry_after) if result.outcome is Outcome.RETRYABLE else 0.0
+            if delivery.expires_at is not None and self._clock() + delay >= delivery.expires_at:
+                # The provider would drop it on arrival anyway (TTL passed): stop here, with the reason.
+                log.info("delivery_expired", notification_id=delivery.notification_id,
+                         token=mask_token(delivery.device.token), provider=name, last_reason=reason)
+                return FinalResult(delivery, "failed", "expired", attempt)
             metrics.RETRIES.labels(app, name, reason).inc()
-            if result.outcome is Outcome.RETRYABLE:
+            if delay:
                 # An auth error needs no backoff: the next attempt waits for the end of the pause.
-                await self._sleep(self.backoff(attempt, result.retry_after))
+                await self._sleep(delay)
 
     async def _attempt(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
         """One request to the provider, once neither a pause nor the concurrency limit holds it back."""

@@ -453,3 +453,19 @@ async def test_voip_push_reaches_apns_pushkit_and_fcm_as_high_priority_data(stac
         },
         "webpush": {"headers": {"Urgency": "high"}},
     }
+
+
+async def test_retries_stop_when_the_ttl_has_passed(stack: Stack) -> None:
+    """A message whose TTL has run out is not worth another attempt: it ends as failed/expired."""
+    await stack.start(dispatch={"max_attempts": 10, "backoff_base_seconds": 0.5, "backoff_max_seconds": 0.5})
+    token = "e5" * 32
+    await stack.register(token, "ios")
+    stack.apns.script(token, status=503, reason="ServiceUnavailable")
+    request = {"id": "short-lived", "app": "demo", "target": {"tokens": [token]},
+               "message": {"title": "Flash sale", "body": "ends now"}, "options": {"ttl_seconds": 1}}
+    await stack.publish(request)
+    doc = await stack.wait_finished("short-lived")
+    assert doc["counts"]["failed"] == 1
+    attempts = len(stack.apns.requests_for(token))
+    assert 1 <= attempts < 10
+    assert stack.apns.requests_for(token)[-1].time <= doc["due_at"] + 1.0
