@@ -208,3 +208,15 @@ async def test_restart_mid_campaign_loses_nothing_and_sends_nothing_twice(stack:
     doc = await stack.wait_finished("campaign:restart")
     assert doc["state"] == "done" and doc["counts"]["delivered"] == 12
     assert received(stack) == Counter({t: 1 for t in tokens})
+
+
+async def test_two_replicas_never_send_the_same_chunk(stack: Stack) -> None:
+    await stack.start()
+    await stack.start()
+    tokens = [token(i, "9") for i in range(10)]
+    await register_many(stack, tokens, tags=["promo"])
+    status, _ = await api(stack, "POST", "/v1/campaigns", campaign("pair", throttle_per_second=5))
+    assert status == 201
+    doc = await stack.wait_finished("campaign:pair")
+    assert doc["state"] == "done" and doc["counts"]["delivered"] == 10
+    assert received(stack) == Counter({t: 1 for t in tokens})
