@@ -70,7 +70,8 @@ async def test_tokens_target_sends_exact_apns_and_fcm_requests(stack: Stack) -> 
 
     (fcm,) = stack.fcm.requests_for(ANDROID)
     assert fcm.project == "demo-project"
-    assert fcm.headers["authorization"] == f"Bearer {next(iter(stack.fcm.issued_tokens))}"
+    scheme, _, access_token = fcm.headers["authorization"].partition(" ")
+    assert scheme == "Bearer" and access_token in stack.fcm.issued_tokens
     message = fcm.message
     ttl = message["android"].pop("ttl")
     assert ttl in ("3600s", "3599s")  # remaining lifetime at send time, whole seconds
