@@ -180,6 +180,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Our own, known-good request headers (the token is percent-quoted): skipping h2's per-header
+        # validation saves ~15% of a send's CPU.
+        self.conn.config.validate_outbound_headers = False
         self._streams: dict[int, _Stream] = {}
         self._window_changed = asyncio.Event()
         self.retired = False  # out of the pool: no new streams

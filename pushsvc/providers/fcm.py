@@ -19,8 +19,10 @@ What we do not take from firebase-admin, and why
       Retry-After pause and the retry metrics; hidden retries would multiply attempts (4 x max_attempts),
       hide 5xx answers from the metrics and run past ``send_timeout`` (turning UNAVAILABLE into "timeout").
     * Instead the access token is refreshed off the loop (one shared refresh in a worker thread) and the
-      HTTP call goes through ``FcmTransport`` — the seam a faster HTTP/2 client can replace later. The
-      default ``HttpxTransport`` uses httpx with HTTP/2, like firebase-admin.
+      HTTP call goes through ``FcmTransport``. The default is ``h2client.H2Transport``: a small HTTP/2
+      client on the ``h2`` state machine (multiplexed streams on a pool of connections, flow control,
+      GOAWAY), about 2-3x less CPU per message than httpx. ``HttpxTransport`` (httpx over HTTP/2, as
+      firebase-admin) remains available as a drop-in.
 
 TLS: both the FCM client and the OAuth token client trust the system CAs (honouring SSL_CERT_FILE /
 SSL_CERT_DIR through OpenSSL's default paths) plus ``settings.ca_file``, through SSL contexts of their own;
@@ -347,9 +349,11 @@ class FcmProvider(Provider):
         self._token_session.mount("https://", _SslContextAdapter(_ssl_context(settings.ca_file)))
         self._token_request = _TokenRequest(self._token_session, timeout=send_timeout)
         self._refresh: asyncio.Future[None] | None = None
-        self._transport: FcmTransport = transport or HttpxTransport(
-            _ssl_context(settings.ca_file), settings.max_connections, send_timeout
-        )
+        if transport is None:
+            from pushsvc.providers.h2client import H2Transport  # imports this module's HttpReply
+
+            transport = H2Transport(_ssl_context(settings.ca_file), settings.max_connections, send_timeout)
+        self._transport: FcmTransport = transport
         self._static_headers = {
             "content-type": "application/json; charset=UTF-8",
             "x-goog-api-format-version": "2",
@@ -383,7 +387,8 @@ class FcmProvider(Provider):
             )
             return SendResult(Outcome.REJECTED, reason="invalid_message")
         try:
-            return await asyncio.wait_for(self._attempt(body), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):  # no extra task per send, unlike wait_for
+                return await self._attempt(body)
         except TimeoutError:
             return SendResult(Outcome.RETRYABLE, reason="timeout")
         except Exception as exc:  # a bug or an unforeseen library error must not kill the dispatcher

@@ -9,10 +9,13 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
+from pymongo.errors import PyMongoError
 
 from pushsvc.model import Device, Target
 from pushsvc.store.database import Database
 
+# Audience cursors kept open between chunks (one per notification being fanned out, plus leftovers).
+_MAX_OPEN_STREAMS = 64
 # Only what the dispatcher needs travels back from MongoDB.
 DISPATCH_PROJECTION = {
     "app": 1,
@@ -52,20 +55,27 @@ def to_device(doc: dict) -> Device:
 def audience_filter(
     app: str, target: Target, category: str | None, timezones: Sequence[str | None] | None
 ) -> dict:
-    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly)."""
-    clauses: list[dict[str, Any]] = [{"app": app}, {"active": True}]
+    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly).
+
+    One flat document (the same meaning as an ``$and`` of the clauses): nx-27017 translates it to one SQL
+    query on its indexes, while the ``$and`` form is evaluated document by document (~70x slower there).
+    """
+    query: dict[str, Any] = {"app": app, "active": True}
     if target.users:
-        clauses.append({"user_id": {"$in": list(target.users)}})
+        query["user_id"] = {"$in": list(target.users)}
     elif target.segment is not None:
+        tags: dict[str, Any] = {}
         if target.segment.tags_any:
-            clauses.append({"tags": {"$in": list(target.segment.tags_any)}})
+            tags["$in"] = list(target.segment.tags_any)
         if target.segment.tags_all:
-            clauses.append({"tags": {"$all": list(target.segment.tags_all)}})
+            tags["$all"] = list(target.segment.tags_all)
+        if tags:
+            query["tags"] = tags
     if category:
-        clauses.append({"opt_out": {"$nin": [category]}})
+        query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
-        clauses.append({"timezone": {"$in": list(timezones)}})
-    return {"$and": clauses}
+        query["timezone"] = {"$in": list(timezones)}
+    return query
 
 
 def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
@@ -87,6 +97,8 @@ def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
 class DeviceStore:
     def __init__(self, database: Database) -> None:
         self._collection = database.devices
+        # Open audience cursors by (query, last _id returned): see find_chunk.
+        self._streams: dict[tuple[str, str], Any] = {}
 
     async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[dict, bool]:
         """Register or refresh a device; re-registering a deactivated token reactivates it. Returns (doc, created)."""
@@ -107,10 +119,28 @@ class DeviceStore:
 
     async def find_chunk(self, query: dict, after_id: str | None, limit: int) -> list[dict]:
         """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume."""
-        if after_id is not None:
-            query = {"$and": [query, {"_id": {"$gt": ObjectId(after_id)}}]}
-        cursor = self._collection.find(query, DISPATCH_PROJECTION).sort("_id", 1).limit(limit)
-        return [doc async for doc in cursor]
+        # Consecutive chunks of one audience continue one server cursor (getMore) instead of starting a new
+        # query per chunk: one query plan per fan-out, and no `_id > cursor` re-scan per chunk (nx-27017
+        # evaluates ObjectId ranges in Python over the whole collection: ~1.5 s per chunk at 100k devices).
+        # A cursor we don't hold (a restart, another replica, an expired server cursor) opens a fresh query.
+        key = (repr(query), after_id)
+        stream = self._streams.pop(key, None)
+        if stream is not None:
+            try:
+                docs = await stream.to_list(length=limit)
+            except PyMongoError:
+                stream = None
+        if stream is None:
+            filtered = query if after_id is None else {**query, "_id": {"$gt": ObjectId(after_id)}}
+            stream = self._collection.find(filtered, DISPATCH_PROJECTION).sort("_id", 1).batch_size(limit)
+            docs = await stream.to_list(length=limit)
+        if len(docs) == limit:
+            if len(self._streams) >= _MAX_OPEN_STREAMS:  # abandoned fan-outs (lease lost): close the oldest
+                await self._streams.pop(next(iter(self._streams))).close()
+            self._streams[(key[0], str(docs[-1]["_id"]))] = stream
+        else:
+            await stream.close()
+        return docs
 
     async def deactivate(
         self, app: str, tokens_with_reasons: Iterable[tuple[str, str]], now: float | None = None

@@ -1,0 +1,503 @@
+"""End-to-end benchmark: real broker, real MongoDB-protocol server, nginx as the TLS HTTP/2 APNs/FCM peer.
+
+`make bench` (or `python benchmarks/run.py`) starts Tansu, nx-27017 and nginx, seeds devices, runs
+`pushsvc serve` as a subprocess (so its own CPU time can be read from /proc/PID/stat), publishes requests to
+Kafka exactly as a producing service does and prints, per phase:
+
+* deliveries/s per provider (from nginx's access log timestamps, i.e. the provider side) and end to end
+  (delivered / time from publish to the notification's finish),
+* pushsvc CPU microseconds per delivery (utime+stime of the pushsvc process only),
+* latency from publish to provider ack: per request (publish -> the outcome event's finished_at, which is
+  after the last ack of that request) and per APNs delivery (publish -> nginx's answer, by device token).
+
+Phases: APNs peak, FCM peak (one segment request each), a 100k-device mixed segment campaign, then a steady
+stream of small segment requests (--per-request devices each) at half of the campaign's peak rate (the
+latency target). Results are printed as a table and written to benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform as platform_mod
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import yaml  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+
+from pushsvc.dev.servers import create_topics, free_port, nx27017, tansu, wait_for_port  # noqa: E402
+from tests.peers.tls import make_test_pki  # noqa: E402
+
+APP = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {work}/error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    log_format bench '$msec $request_uri $status';
+    client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
+    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    http2_max_requests 100000000;
+    client_body_buffer_size 16k;
+    server {{
+        listen {port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        access_log {work}/access.log bench buffer=1m flush=1s;
+        location /3/device/ {{
+            add_header apns-id $http_apns_id always;
+            return 200 '';
+        }}
+        location /v1/projects/ {{
+            default_type application/json;
+            return 200 '{{"name":"projects/p/messages/1"}}';
+        }}
+        location = /token {{
+            default_type application/json;
+            return 200 '{{"access_token":"ya29.bench-token","expires_in":3600,"token_type":"Bearer"}}';
+        }}
+    }}
+}}
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15 of stat)
+
+
+def machine() -> dict:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform_mod.processor(),
+    )
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform_mod.python_version()}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def write_credentials(work: Path, nginx_port: int) -> tuple[Path, Path]:
+    apns_key = work / "apns-key.p8"
+    apns_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    sa = work / "service-account.json"
+    sa.write_text(json.dumps({
+        "type": "service_account", "project_id": "bench-project", "private_key_id": secrets.token_hex(20),
+        "private_key": pem, "client_email": "bench@bench-project.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": f"https://127.0.0.1:{nginx_port}/token",
+    }))
+    return apns_key, sa
+
+
+def seed_devices(mongo_uri: str, total: int, peak: int, group: int = 100) -> None:
+    """`total` devices, half iOS, half Android; the first `peak` of each platform also tagged <platform>-peak;
+    consecutive runs of `group` devices share a tag g<n> (the small requests of the latency phase)."""
+    from pymongo import MongoClient
+
+    client = MongoClient(mongo_uri)
+    coll = client["pushsvc"]["devices"]
+    coll.drop()
+    now = time.time()
+    batch: list[dict] = []
+    for i in range(total):
+        ios = i % 2 == 0
+        plat = "ios" if ios else "android"
+        n = i // 2
+        token = f"{i:064x}" if ios else f"fcm{i:08d}:APA91b" + "x" * 140
+        tags = ["all", plat, f"g{i // group}"] + ([f"{plat}-peak"] if n < peak else [])
+        batch.append({"app": APP, "token": token, "platform": plat, "user_id": f"u{i}", "tags": tags,
+                      "locale": "en-US", "timezone": "UTC", "app_version": "1.0", "opt_out": [],
+                      "active": True, "deactivated_reason": None, "deactivated_at": None,
+                      "created_at": now, "updated_at": now})
+        if len(batch) == 5000:
+            coll.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        coll.insert_many(batch, ordered=False)
+    client.close()
+
+
+def device_token(i: int) -> str:
+    return f"{i:064x}" if i % 2 == 0 else f"fcm{i:08d}:APA91b" + "x" * 140
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, pushsvc_pid: int, access_log: Path,
+                 others: dict[str, int]) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.pid = pushsvc_pid
+        self.access_log = access_log
+        self.others = others
+        self.outcomes: dict[str, dict] = {}
+        self.arrived: dict[str, asyncio.Event] = {}
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.log_offset = 0
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer("push.outcomes", bootstrap_servers=self.bootstrap,
+                                         group_id=f"bench-{secrets.token_hex(4)}", auto_offset_reset="latest")
+        await self.consumer.start()
+        self._consume_task = asyncio.create_task(self._consume())
+        await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        self._consume_task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._consume_task
+        assert self.consumer and self.producer
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def _consume(self) -> None:
+        assert self.consumer
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    event = json.loads(record.value)
+                    self.outcomes[event["id"]] = event
+                    if event["id"] in self.arrived:
+                        self.arrived[event["id"]].set()
+
+    def _request(self, rid: str, target: dict) -> bytes:
+        return json.dumps({"id": rid, "app": APP, "target": target,
+                           "message": {"title": "Benchmark", "body": "Hello from the benchmark",
+                                       "data": {"k": 1}, "sound": "default"}}).encode()
+
+    async def run_phase(self, name: str, requests: list[tuple[str, dict]], rate: float | None,
+                        token_request: dict[str, str] | None = None) -> dict:
+        """Publish requests (at `rate` requests/s, or all at once), wait for every outcome, measure."""
+        assert self.producer
+        self._skip_log()
+        for rid, _ in requests:
+            self.arrived[rid] = asyncio.Event()
+        cpu0, wall0 = cpu_seconds(self.pid), time.time()
+        others0 = {k: cpu_seconds(p) for k, p in self.others.items()}
+        published: dict[str, float] = {}
+        start = time.monotonic()
+        for i, (rid, target) in enumerate(requests):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            published[rid] = time.time()
+            await self.producer.send("push.requests", self._request(rid, target), key=rid.encode())
+        await self.producer.flush()
+        publish_end = time.time()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self.arrived[r].wait() for r, _ in requests)),
+                                   self.args.phase_timeout)
+        except TimeoutError:
+            print(f"  {name}: timed out waiting for outcomes", file=sys.stderr)
+        cpu1, wall1 = cpu_seconds(self.pid), time.time()
+        others1 = {k: cpu_seconds(p) for k, p in self.others.items()}
+        await asyncio.sleep(1.3)  # nginx flushes its access log buffer every second
+        lines = self._read_log()
+
+        events = [self.outcomes[r] for r, _ in requests if r in self.outcomes]
+        delivered = sum(e["counts"].get("delivered", 0) for e in events)
+        targeted = sum(e["counts"].get("targeted", 0) for e in events)
+        first_pub = min(published.values())
+        finished = max((e["finished_at"] for e in events), default=wall1)
+        req_lat = [e["finished_at"] - published[e["id"]] for e in events]
+        per_provider: dict[str, dict] = {}
+        for prov, prefix in (("apns", "/3/device/"), ("fcm", "/v1/projects/")):
+            times = [t for t, uri, status in lines if uri.startswith(prefix) and status == "200"]
+            if times:
+                span = max(times) - min(times)
+                per_provider[prov] = {"acks": len(times),
+                                      "acks_per_s": round(len(times) / span) if span > 0 else None}
+        apns_lat: list[float] = []
+        for t, uri, _ in lines:
+            if uri.startswith("/3/device/"):
+                token = uri[len("/3/device/"):]
+                rid = token_request.get(token) if token_request else requests[0][0]
+                if rid in published:
+                    apns_lat.append(t - published[rid])
+        cpu = cpu1 - cpu0
+        result = {
+            "phase": name,
+            "requests": len(requests),
+            "targeted": targeted,
+            "delivered": delivered,
+            "outcomes_received": len(events),
+            "publish_seconds": round(publish_end - first_pub, 3),
+            "seconds": round(finished - first_pub, 3),
+            "deliveries_per_s": round(delivered / (finished - first_pub)) if delivered else 0,
+            "provider": per_provider,
+            "pushsvc_cpu_seconds": round(cpu, 2),
+            "pushsvc_cpu_share_of_one_core": round(cpu / max(1e-9, wall1 - wall0), 2),
+            "pushsvc_cpu_us_per_delivery": round(cpu * 1e6 / delivered) if delivered else None,
+            "other_cpu_seconds": {k: round(others1[k] - others0[k], 2) for k in others0},
+            "request_latency_ms": {"p50": ms(pct(req_lat, 0.5)), "p99": ms(pct(req_lat, 0.99)),
+                                   "max": ms(max(req_lat, default=None))},
+            "apns_delivery_latency_ms": {"p50": ms(pct(apns_lat, 0.5)), "p99": ms(pct(apns_lat, 0.99))},
+        }
+        if rate:
+            result["offered_requests_per_s"] = round(rate, 1)
+        return result
+
+    def _skip_log(self) -> None:
+        self.log_offset = self.access_log.stat().st_size if self.access_log.exists() else 0
+
+    def _read_log(self) -> list[tuple[float, str, str]]:
+        with self.access_log.open("rb") as f:
+            f.seek(self.log_offset)
+            data = f.read()
+        out = []
+        for line in data.decode(errors="replace").splitlines():
+            parts = line.split(" ")
+            if len(parts) == 3:
+                out.append((float(parts[0]), parts[1], parts[2]))
+        return out
+
+
+async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
+    await bench.start()
+    results = []
+    tag = secrets.token_hex(3)
+    try:
+        warm_up = [(f"warm-{tag}-{i}", {"users": [f"u{u}" for u in range(i * 50, i * 50 + 50)]}) for i in range(4)]
+        warm = await bench.run_phase("warm-up", warm_up, None)
+        print(f"  warm-up: delivered {warm['delivered']}", flush=True)
+        for name, seg in (("apns_peak", "ios-peak"), ("fcm_peak", "android-peak")):
+            if name.split("_")[0] not in args.phases:
+                continue
+            r = await bench.run_phase(name, [(f"{name}-{tag}", {"segment": {"tags_any": [seg]}})], None)
+            results.append(r)
+            print_row(r)
+        if "campaign" not in args.phases:
+            return results
+        r = await bench.run_phase("campaign_100k", [(f"campaign-{tag}", {"segment": {"tags_any": ["all"]}})], None)
+        results.append(r)
+        print_row(r)
+        if "latency" not in args.phases:
+            return results
+        peak = r["deliveries_per_s"] or 1000
+        per = args.per_request
+        rate = max(1.0, peak * args.latency_load / per)
+        n = min(int(rate * args.latency_seconds), args.devices // per)  # each device in one request only
+        token_request: dict[str, str] = {}
+        reqs = []
+        groups = args.devices // per
+        for k in range(n):
+            group = k % groups
+            rid = f"lat-{tag}-{k}"
+            for u in range(group * per, group * per + per):
+                token_request[device_token(u)] = rid
+            reqs.append((rid, {"segment": {"tags_any": [f"g{group}"]}}))
+        r = await bench.run_phase(f"latency_at_{int(args.latency_load * 100)}pct", reqs, rate, token_request)
+        r["offered_deliveries_per_s"] = round(rate * per)
+        results.append(r)
+        print_row(r)
+    finally:
+        await bench.stop()
+    return results
+
+
+def print_row(r: dict) -> None:
+    prov = " ".join(f"{k}={v['acks_per_s']}/s" for k, v in r["provider"].items())
+    print(f"  {r['phase']:<18} delivered={r['delivered']:>6}/{r['targeted']:<6} e2e={r['deliveries_per_s']:>5}/s "
+          f"[{prov}] cpu={r['pushsvc_cpu_us_per_delivery']}us/delivery "
+          f"req p50/p99={r['request_latency_ms']['p50']}/{r['request_latency_ms']['p99']}ms "
+          f"apns p50/p99={r['apns_delivery_latency_ms']['p50']}/{r['apns_delivery_latency_ms']['p99']}ms",
+          flush=True)
+
+
+def print_table(results: list[dict]) -> None:
+    head = ["phase", "delivered", "e2e/s", "apns/s", "fcm/s", "cpu us/dlv", "cpu cores",
+            "req p50 ms", "req p99 ms", "apns p50 ms", "apns p99 ms"]
+    rows = [[r["phase"], r["delivered"], r["deliveries_per_s"],
+             r["provider"].get("apns", {}).get("acks_per_s", "-"), r["provider"].get("fcm", {}).get("acks_per_s", "-"),
+             r["pushsvc_cpu_us_per_delivery"], r["pushsvc_cpu_share_of_one_core"],
+             r["request_latency_ms"]["p50"], r["request_latency_ms"]["p99"],
+             r["apns_delivery_latency_ms"]["p50"], r["apns_delivery_latency_ms"]["p99"]] for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    for row in [head, *rows]:
+        print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=100_000, help="campaign size (half iOS, half Android)")
+    parser.add_argument("--peak-devices", type=int, default=30_000, help="devices per provider in the peak phases")
+    parser.add_argument("--per-request", type=int, default=1000,
+                        help="devices per request in the latency phase (a segment of that size, half iOS)")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-load", type=float, default=0.5, help="share of the campaign's peak rate")
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=1000, help="dispatch.concurrency_per_provider")
+    parser.add_argument("--max-connections", type=int, default=10, help="apns/fcm max_connections")
+    parser.add_argument("--max-active", type=int, default=16, help="dispatch.max_active_notifications")
+    parser.add_argument("--phase-timeout", type=float, default=300.0)
+    parser.add_argument("--work", default="/tmp/pushsvc-bench")
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--profile", choices=["py-spy", "none"], default="none",
+                        help="record py-spy collapsed stacks of pushsvc into WORK/profile.txt")
+    parser.add_argument("--phases", default="apns,fcm,campaign,latency", help="which phases to run")
+    args = parser.parse_args()
+    args.peak_devices = min(args.peak_devices, args.devices // 2)
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pki = make_test_pki(work / "pki")
+    started: list = []
+    procs: list[subprocess.Popen] = []
+    try:
+        nginx_port = free_port()
+        ngx = work / "nginx"
+        ngx.mkdir()
+        (ngx / "nginx.conf").write_text(NGINX_CONF.format(work=ngx, port=nginx_port, cert=pki.cert_file,
+                                                          key=pki.key_file))
+        nginx = subprocess.Popen(["nginx", "-p", str(ngx), "-c", str(ngx / "nginx.conf"), "-g", "daemon off;"],
+                                 stdout=subprocess.DEVNULL, stderr=(ngx / "stderr.log").open("wb"),
+                                 start_new_session=True)
+        procs.append(nginx)
+        wait_for_port(nginx_port, 10, nginx)
+        broker = tansu(work).start()
+        started.append(broker)
+        mongo = nx27017(work).start()
+        started.append(mongo)
+        bootstrap = f"127.0.0.1:{broker.port}"
+        asyncio.run(create_topics(bootstrap, {"push.requests": 3, "push.requests.dlq": 1, "push.outcomes": 1}))
+        mongo_uri = f"mongodb://127.0.0.1:{mongo.port}"
+        t = time.monotonic()
+        seed_devices(mongo_uri, args.devices, args.peak_devices, args.per_request)
+        print(f"seeded {args.devices} devices in {time.monotonic() - t:.1f}s", flush=True)
+
+        apns_key, sa = write_credentials(work, nginx_port)
+        http_port = free_port()
+        config = {
+            "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500},
+            "mongodb": {"uri": mongo_uri, "database": "pushsvc"},
+            "http": {"host": "127.0.0.1", "port": http_port},
+            "log_level": "warning",
+            "dispatch": {"chunk_size": args.chunk_size, "concurrency_per_provider": args.concurrency,
+                         "max_active_notifications": args.max_active, "poll_interval_seconds": 0.05},
+            "apps": {APP: {
+                "apns": {"topic": "com.example.bench", "key_file": str(apns_key), "key_id": "BENCHKEY01",
+                         "team_id": "BENCHTEAM1", "endpoint": f"127.0.0.1:{nginx_port}",
+                         "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
+                "fcm": {"service_account_file": str(sa), "endpoint": f"https://127.0.0.1:{nginx_port}",
+                        "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
+            }},
+        }
+        config_file = work / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SSL_CERT_FILE": str(pki.bundle_file),
+               "REQUESTS_CA_BUNDLE": str(pki.bundle_file)}
+        service = subprocess.Popen([sys.executable, "-m", "pushsvc.cli", "serve", "--config", str(config_file)],
+                                   env=env, cwd=REPO_ROOT, stdout=(work / "pushsvc.log").open("wb"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(service)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except Exception:
+                if service.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pushsvc did not become ready; see {work}/pushsvc.log") from None
+                time.sleep(0.3)
+        print(f"pushsvc ready (pid {service.pid}); indexes built", flush=True)
+        spy = None
+        if args.profile == "py-spy":
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "-p",
+                                    str(service.pid), "-f", "raw", "-o", str(work / "profile.txt"), "-r", "100"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(spy)
+        others = {"nginx_worker": int(subprocess.check_output(["pgrep", "-P", str(nginx.pid)]).split()[0]),
+                  "tansu": broker.process.pid, "nx-27017": mongo.process.pid}
+        bench = Bench(args, bootstrap, service.pid, ngx / "access.log", others)
+        self_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        results = asyncio.run(run_phases(args, bench))
+        self_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(30)
+        print()
+        print_table(results)
+        out = {
+            "machine": machine(),
+            "settings": {k: getattr(args, k) for k in ("devices", "peak_devices", "per_request", "latency_seconds",
+                                                       "latency_load", "chunk_size", "concurrency",
+                                                       "max_connections", "max_active")},
+            "load_generator_cpu_seconds": round(self_cpu1.ru_utime + self_cpu1.ru_stime
+                                                - self_cpu0.ru_utime - self_cpu0.ru_stime, 2),
+            "note": "pushsvc CPU is its own process's utime+stime; the broker, MongoDB server, nginx and this "
+                    "load generator share the same cores, so wall throughput is bounded by them too.",
+            "phases": results,
+            "median_cpu_us_per_delivery": statistics.median(
+                [r["pushsvc_cpu_us_per_delivery"] for r in results if r["pushsvc_cpu_us_per_delivery"]]),
+        }
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\nmachine: {out['machine']}\nwritten to {args.out}")
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for s in reversed(started):
+            s.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
