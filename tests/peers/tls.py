@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,13 @@ def _name(common_name: str) -> x509.Name:
 def make_test_pki(directory: Path) -> TestPki:
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
+    # Unique per CA: several test CAs can sit in one trust bundle, and OpenSSL picks an issuer by name.
+    ca_name = f"pushsvc test CA {secrets.token_hex(4)}"
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("pushsvc test CA"))
-        .issuer_name(_name("pushsvc test CA"))
+        .subject_name(_name(ca_name))
+        .issuer_name(_name(ca_name))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
