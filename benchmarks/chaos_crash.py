@@ -69,6 +69,7 @@ def show(title: str, report) -> None:
     )
     for rid in sorted(acc.duplicates)[:20]:
         print(f"    dup {rid} x{acc.duplicates[rid] + 1}")
+    print(f"log lines with secrets  {len(report.leaked)} {report.leaked[:3]}")
     print(f"interruptions           {len(report.kills)}")
     for k in report.kills:
         print(

@@ -406,13 +406,15 @@ class CrashReport:
     duplicates_outside_in_flight: dict[str, int]
     runtime_seconds: float
     drain_seconds: float
+    leaked: list[str] = field(default_factory=list)  # log lines carrying a token, key or provider secret
 
     def summary(self) -> str:
         return (
             f"{self.accounting.summary()} kills={len(self.kills)} "
             f"in_flight_at_kills={len(self.in_flight_at_kills)} "
             f"dups_outside_in_flight={len(self.duplicates_outside_in_flight)} "
-            f"runtime={self.runtime_seconds:.1f}s drain_after_last_kill={self.drain_seconds:.1f}s"
+            f"runtime={self.runtime_seconds:.1f}s drain_after_last_kill={self.drain_seconds:.1f}s "
+            f"log_leaks={len(self.leaked)}"
         )
 
 
@@ -475,6 +477,7 @@ async def crash_run(
         drain = time.monotonic() - last
         await asyncio.sleep(0.5)  # late duplicate sends would show up now
         accounting = await account(stack, load)
+        leaked = leaks([replica], secret_values(stack, [replica], tokens))
     finally:
         publisher.cancel()
         with contextlib.suppress(BaseException):
@@ -482,7 +485,7 @@ async def crash_run(
         if replica.alive:
             await replica.terminate()
     outside = {rid: n for rid, n in accounting.duplicates.items() if rid not in in_flight}
-    return CrashReport(accounting, kill_log, in_flight, outside, time.monotonic() - started, drain)
+    return CrashReport(accounting, kill_log, in_flight, outside, time.monotonic() - started, drain, leaked)
 
 
 def api_key_config(name: str, plain: str, scopes: list[str]) -> dict:

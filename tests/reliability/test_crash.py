@@ -34,6 +34,7 @@ async def test_kill_9_during_load_loses_nothing_and_duplicates_only_in_flight_ch
     # A duplicate send is only allowed for a notification that was claimed (in flight) at a kill.
     assert report.duplicates_outside_in_flight == {}
     assert all(n == 1 for n in acc.duplicates.values()), acc.duplicates
+    assert report.leaked == [], report.leaked[:5]
 
 
 @pytest.mark.timeout(240)
