@@ -70,6 +70,11 @@ def show(title: str, report) -> None:
     for rid in sorted(acc.duplicates)[:20]:
         print(f"    dup {rid} x{acc.duplicates[rid] + 1}")
     print(f"log lines with secrets  {len(report.leaked)} {report.leaked[:3]}")
+    missing = report.missing_outcome_events
+    print(
+        f"no outcome event        {len(missing)} (of which in flight at a kill: "
+        f"{len(set(missing) & report.in_flight_at_kills)}) {missing[:5]}"
+    )
     print(f"interruptions           {len(report.kills)}")
     for k in report.kills:
         print(

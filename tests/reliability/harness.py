@@ -345,6 +345,32 @@ async def wait_all_finished(stack: Stack, load: Load, timeout: float) -> float:
     return time.time()
 
 
+async def outcome_ids(stack: Stack, idle_seconds: float = 2.0) -> Counter[str]:
+    """Notification id -> outcome events on the outcomes topic (read from the start until it is idle)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        stack.kafka["outcomes_topic"],
+        bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen: Counter[str] = Counter()
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_seconds:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for record in records:
+                    with contextlib.suppress(Exception):
+                        seen[orjson.loads(record.value)["id"]] += 1
+                idle_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return seen
+
+
 async def dispatching_ids(stack: Stack) -> set[str]:
     """Notifications a crashed replica may have had in flight (claimed, not finished)."""
     return {d["_id"] async for d in stack.db.notifications.find({"state": "dispatching"}, {"_id": 1})}
@@ -407,6 +433,7 @@ class CrashReport:
     runtime_seconds: float
     drain_seconds: float
     leaked: list[str] = field(default_factory=list)  # log lines carrying a token, key or provider secret
+    missing_outcome_events: list[str] = field(default_factory=list)  # finished, no event on push.outcomes
 
     def summary(self) -> str:
         return (
@@ -414,7 +441,7 @@ class CrashReport:
             f"in_flight_at_kills={len(self.in_flight_at_kills)} "
             f"dups_outside_in_flight={len(self.duplicates_outside_in_flight)} "
             f"runtime={self.runtime_seconds:.1f}s drain_after_last_kill={self.drain_seconds:.1f}s "
-            f"log_leaks={len(self.leaked)}"
+            f"log_leaks={len(self.leaked)} missing_outcome_events={len(self.missing_outcome_events)}"
         )
 
 
@@ -478,6 +505,8 @@ async def crash_run(
         await asyncio.sleep(0.5)  # late duplicate sends would show up now
         accounting = await account(stack, load)
         leaked = leaks([replica], secret_values(stack, [replica], tokens))
+        outcomes = await outcome_ids(stack)
+        missing_events = sorted(rid for rid in load.ids if rid not in outcomes)
     finally:
         publisher.cancel()
         with contextlib.suppress(BaseException):
@@ -485,7 +514,9 @@ async def crash_run(
         if replica.alive:
             await replica.terminate()
     outside = {rid: n for rid, n in accounting.duplicates.items() if rid not in in_flight}
-    return CrashReport(accounting, kill_log, in_flight, outside, time.monotonic() - started, drain, leaked)
+    return CrashReport(
+        accounting, kill_log, in_flight, outside, time.monotonic() - started, drain, leaked, missing_events
+    )
 
 
 def api_key_config(name: str, plain: str, scopes: list[str]) -> dict:

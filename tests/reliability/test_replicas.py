@@ -12,6 +12,7 @@ from tests.reliability.harness import (
     Replica,
     account,
     metric_sum,
+    outcome_ids,
     publish_load,
     register_devices,
     wait_all_finished,
@@ -37,7 +38,9 @@ async def test_two_replicas_do_all_work_once_and_both_are_busy(stack: Stack) -> 
             "ingested": metric_sum(text, "pushsvc_requests_ingested_total", outcome="accepted"),
             "delivered": metric_sum(text, "pushsvc_deliveries_total", outcome="delivered"),
         }
-    print(acc.summary(), share)
+    outcomes = await outcome_ids(stack)
+    missing = sorted(set(load.ids) - set(outcomes))
+    print(acc.summary(), share, f"outcome events: {sum(outcomes.values())} missing={len(missing)} {missing[:5]}")
     await asyncio.gather(a.terminate(), b.terminate())
     assert acc.lost == [] and acc.unfinished == [] and acc.sent_without_delivery == []
     assert acc.delivered == acc.published == 1000
@@ -45,3 +48,5 @@ async def test_two_replicas_do_all_work_once_and_both_are_busy(stack: Stack) -> 
     assert sum(s["delivered"] for s in share.values()) == 1000
     assert all(s["delivered"] > 0 for s in share.values()), share  # the scheduler spreads work
     assert all(s["ingested"] > 0 for s in share.values()), share  # the group spreads partitions
+    assert missing == [], f"{len(missing)} finished notifications without an outcome event"
+    assert all(n == 1 for n in outcomes.values())
