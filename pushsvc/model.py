@@ -7,6 +7,7 @@ unknown keys are rejected so that a producer's typo ("ttl_second") fails loudly 
 from __future__ import annotations
 
 import enum
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type"})
 RESERVED_DATA_PREFIXES = ("google", "gcm")
 
 Platform = Literal["ios", "android"]
+PushType = Literal["alert", "background", "voip"]
+PUSH_TYPES: tuple[str, ...] = typing.get_args(PushType)
 PLATFORMS: tuple[str, ...] = ("ios", "android")
 
 
@@ -109,7 +112,7 @@ class Options:
     priority: Literal["high", "normal"] = "high"
     ttl_seconds: int | None = None
     collapse_key: str | None = None
-    push_type: Literal["alert", "background", "voip"] = "alert"
+    push_type: PushType = "alert"
     send_at: datetime | None = None
     local_time: bool = False
 
@@ -263,7 +266,7 @@ def _parse_options(obj: Any) -> Options:
         opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"}
     )
     push_type = opts.get("push_type", "alert")
-    if push_type not in ("alert", "background", "voip"):
+    if push_type not in PUSH_TYPES:
         raise RequestError("options.push_type", "must be 'alert', 'background' or 'voip'")
     # Apple requires priority 5 for background pushes and 10 for VoIP; the default follows the push type.
     priority = opts.get("priority", "normal" if push_type == "background" else "high")

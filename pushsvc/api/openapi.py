@@ -7,6 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc import __version__
+from pushsvc.model import PUSH_TYPES
+from pushsvc.store.notifications import COUNT_KEYS
 
 routes = web.RouteTableDef()
 
@@ -117,23 +119,13 @@ BASE_OPTIONS = {
     "priority": {"type": "string", "enum": ["high", "normal"]},
     "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 2419200},
     "collapse_key": {"type": "string", "minLength": 1, "maxLength": 64},
-    "push_type": {"type": "string", "enum": ["alert", "background"]},
+    "push_type": {"type": "string", "enum": list(PUSH_TYPES)},
 }
 COUNTS = {
     "type": "object",
     "properties": {
         k: {"type": "integer", "minimum": 0}
-        for k in (
-            "targeted",
-            "delivered",
-            "invalid_token",
-            "rejected",
-            "failed",
-            "auth_error",
-            "unknown_token",
-            "opted_out",
-            "pending",
-        )
+        for k in (*COUNT_KEYS, "pending")
     },
 }
 STATES = ["accepted", "scheduled", "dispatching", "paused", "done", "failed", "cancelled"]
