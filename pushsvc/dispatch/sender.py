@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
@@ -42,6 +43,12 @@ class _ProviderSlot:
         self.paused = False
         # Ends the pause (gauge back to 0) on time even when no delivery for this slot comes along.
         self.resume_timer: asyncio.TimerHandle | None = None
+        # Metric children used on every delivery, looked up once (.labels() takes a lock and hashes labels).
+        name = provider.name
+        self.queue_depth = metrics.QUEUE_DEPTH.labels(name)
+        self.inflight = metrics.INFLIGHT.labels(name)
+        self.end_to_end = metrics.END_TO_END_LATENCY.labels(name)
+        self.latency: dict[Outcome, Any] = {}  # by outcome, filled on first use
 
 
 class DeliverySender:
@@ -96,7 +103,7 @@ class DeliverySender:
             attempt += 1
             result = await self._attempt(slot, delivery)
             if result.outcome is Outcome.DELIVERED:
-                metrics.END_TO_END_LATENCY.labels(name).observe(max(0.0, self._clock() - due_at))
+                slot.end_to_end.observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
             reason = result.reason or "unknown"
             metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
@@ -129,14 +136,13 @@ class DeliverySender:
 
     async def _attempt(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
         """One request to the provider, once neither a pause nor the concurrency limit holds it back."""
-        name = slot.provider.name
         while True:
             await self._wait_while_paused(slot)
-            metrics.QUEUE_DEPTH.labels(name).inc()
+            slot.queue_depth.inc()
             try:
                 await slot.semaphore.acquire()
             finally:  # also when cancelled while queued: the gauge must not leak
-                metrics.QUEUE_DEPTH.labels(name).dec()
+                slot.queue_depth.dec()
             try:
                 if slot.paused_until > self._clock():
                     # The provider was paused while this delivery queued for a slot: nothing may reach it
@@ -148,7 +154,7 @@ class DeliverySender:
 
     async def _send(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
         name = slot.provider.name
-        metrics.INFLIGHT.labels(name).inc()
+        slot.inflight.inc()
         started = time.perf_counter()
         # Adapters bound their own time; this outer limit only catches an adapter bug. asyncio.timeout
         # (unlike wait_for on 3.11) never swallows a cancellation that races with the adapter's answer, and
@@ -168,8 +174,11 @@ class DeliverySender:
             log.error("provider_raised", provider=name, error=type(exc).__name__)
             result = SendResult(Outcome.RETRYABLE, "adapter_error")
         finally:
-            metrics.INFLIGHT.labels(name).dec()
-        metrics.PROVIDER_LATENCY.labels(name, str(result.outcome)).observe(time.perf_counter() - started)
+            slot.inflight.dec()
+        latency = slot.latency.get(result.outcome)
+        if latency is None:
+            latency = slot.latency[result.outcome] = metrics.PROVIDER_LATENCY.labels(name, str(result.outcome))
+        latency.observe(time.perf_counter() - started)
         return result
 
     def _pause(self, slot: _ProviderSlot, reason: str) -> None:
