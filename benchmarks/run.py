@@ -108,6 +108,44 @@ def pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """Cumulative histogram buckets (metric, le) -> count, summed over the other labels (outcome=delivered)."""
+    out: dict[tuple[str, str], float] = {}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if "_bucket{" not in line or ('outcome="' in line and 'outcome="delivered"' not in line):
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        out[(name, le)] = out.get((name, le), 0.0) + float(value)
+    return out
+
+
+def histogram_quantiles(before: dict, after: dict, metric: str) -> dict[str, float | None]:
+    """p50/p99 in ms from the bucket deltas, interpolated linearly inside a bucket."""
+    buckets = sorted(((float("inf") if le == "+Inf" else float(le)), after.get((m, le), 0) - before.get((m, le), 0))
+                     for (m, le) in after if m == f"{metric}_bucket")
+    total = buckets[-1][1] if buckets else 0
+    result: dict[str, float | None] = {}
+    for q in (0.5, 0.99):
+        value = None
+        if total:
+            rank, lower, below = q * total, 0.0, 0.0
+            for upper, count in buckets:
+                if count >= rank:
+                    value = upper if upper == float("inf") else lower + (upper - lower) * (rank - below) / max(
+                        1e-9, count - below)
+                    break
+                lower, below = upper, count
+        result[f"p{int(q * 100)}"] = ms(value)
+    return result
+
+
 def ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -167,7 +205,8 @@ def device_token(i: int) -> str:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, bootstrap: str, pushsvc_pid: int, access_log: Path,
-                 others: dict[str, int]) -> None:
+                 others: dict[str, int], metrics_url: str) -> None:
+        self.metrics_url = metrics_url
         self.args = args
         self.bootstrap = bootstrap
         self.pid = pushsvc_pid
@@ -219,6 +258,7 @@ class Bench:
         self._skip_log()
         for rid, _ in requests:
             self.arrived[rid] = asyncio.Event()
+        metrics0 = scrape(self.metrics_url)
         cpu0, wall0 = cpu_seconds(self.pid), time.time()
         others0 = {k: cpu_seconds(p) for k, p in self.others.items()}
         published: dict[str, float] = {}
@@ -239,6 +279,7 @@ class Bench:
             print(f"  {name}: timed out waiting for outcomes", file=sys.stderr)
         cpu1, wall1 = cpu_seconds(self.pid), time.time()
         others1 = {k: cpu_seconds(p) for k, p in self.others.items()}
+        metrics1 = scrape(self.metrics_url)
         await asyncio.sleep(1.3)  # nginx flushes its access log buffer every second
         lines = self._read_log()
 
@@ -280,6 +321,10 @@ class Bench:
             "request_latency_ms": {"p50": ms(pct(req_lat, 0.5)), "p99": ms(pct(req_lat, 0.99)),
                                    "max": ms(max(req_lat, default=None))},
             "apns_delivery_latency_ms": {"p50": ms(pct(apns_lat, 0.5)), "p99": ms(pct(apns_lat, 0.99))},
+            # pushsvc's own histograms: request recorded (due) -> ack, and one provider round trip.
+            "pushsvc_due_to_ack_ms": histogram_quantiles(metrics0, metrics1, "pushsvc_end_to_end_latency_seconds"),
+            "provider_round_trip_ms": histogram_quantiles(
+                metrics0, metrics1, "pushsvc_provider_request_duration_seconds"),
         }
         if rate:
             result["offered_requests_per_s"] = round(rate, 1)
@@ -348,7 +393,9 @@ def print_row(r: dict) -> None:
     print(f"  {r['phase']:<18} delivered={r['delivered']:>6}/{r['targeted']:<6} e2e={r['deliveries_per_s']:>5}/s "
           f"[{prov}] cpu={r['pushsvc_cpu_us_per_delivery']}us/delivery "
           f"req p50/p99={r['request_latency_ms']['p50']}/{r['request_latency_ms']['p99']}ms "
-          f"apns p50/p99={r['apns_delivery_latency_ms']['p50']}/{r['apns_delivery_latency_ms']['p99']}ms",
+          f"apns p50/p99={r['apns_delivery_latency_ms']['p50']}/{r['apns_delivery_latency_ms']['p99']}ms "
+          f"due->ack p50/p99={r['pushsvc_due_to_ack_ms']['p50']}/{r['pushsvc_due_to_ack_ms']['p99']}ms "
+          f"round trip p50/p99={r['provider_round_trip_ms']['p50']}/{r['provider_round_trip_ms']['p99']}ms",
           flush=True)
 
 
@@ -376,7 +423,7 @@ def main() -> int:
                         help="devices per request in the latency phase (a segment of that size, half iOS)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--latency-load", type=float, default=0.5, help="share of the campaign's peak rate")
-    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--chunk-size", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=1000, help="dispatch.concurrency_per_provider")
     parser.add_argument("--max-connections", type=int, default=10, help="apns/fcm max_connections")
     parser.add_argument("--max-active", type=int, default=16, help="dispatch.max_active_notifications")
@@ -461,7 +508,8 @@ def main() -> int:
             procs.append(spy)
         others = {"nginx_worker": int(subprocess.check_output(["pgrep", "-P", str(nginx.pid)]).split()[0]),
                   "tansu": broker.process.pid, "nx-27017": mongo.process.pid}
-        bench = Bench(args, bootstrap, service.pid, ngx / "access.log", others)
+        bench = Bench(args, bootstrap, service.pid, ngx / "access.log", others,
+                      f"http://127.0.0.1:{http_port}/metrics")
         self_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         results = asyncio.run(run_phases(args, bench))
         self_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
