@@ -60,7 +60,6 @@ http {{
     uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    http2_max_requests 100000000;
     client_body_buffer_size 16k;
     server {{
         listen {port} ssl http2;
