@@ -88,6 +88,8 @@ class NotificationRunner:
         self._settings = settings
         self._clock = clock
         self._stopping = asyncio.Event()
+        # Per running notification: set once the run itself gives its lease up (see _heartbeat).
+        self._released: dict[str, asyncio.Event] = {}
 
     def stop(self) -> None:
         """Draining: every run stops after its current chunk, saving its cursor and releasing the lease."""
@@ -101,7 +103,8 @@ class NotificationRunner:
             # Recorded requests were validated at ingest; this only happens after an incompatible upgrade.
             await self._finish(doc, owner, NotificationState.FAILED, f"stored request unreadable: {exc}")
             return
-        heartbeat = asyncio.create_task(self._heartbeat(notification_id, owner))
+        released = self._released[notification_id] = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(notification_id, owner, released))
         work = asyncio.create_task(self._work(doc, request, owner))
         try:
             done, _ = await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
@@ -115,20 +118,35 @@ class NotificationRunner:
         except LeaseLost:
             log.warning("lease_lost", notification_id=notification_id)
         finally:
+            self._released.pop(notification_id, None)
             heartbeat.cancel()
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await heartbeat
 
-    async def _heartbeat(self, notification_id: str, owner: str) -> None:
+    async def _heartbeat(self, notification_id: str, owner: str, released: asyncio.Event) -> None:
+        """Renew the lease; return only if it was lost to someone else (that cancels the work).
+
+        Once the work itself drops the lease (finish, release, reschedule) a failed renewal is expected:
+        the heartbeat then just waits to be cancelled, so the work can publish its outcome undisturbed.
+        """
         interval = self._settings.lease_seconds / 3
-        while True:
+        while not released.is_set():
             await asyncio.sleep(interval)
+            if released.is_set():
+                break
             renewed = await self._notifications.renew_lease(
                 notification_id, owner, self._clock() + self._settings.lease_seconds
             )
-            if not renewed:
+            if not renewed and not released.is_set():
                 return
+        await asyncio.Event().wait()
+
+    def _dropping_lease(self, notification_id: str) -> None:
+        """Called just before this run gives its lease up, so the heartbeat does not call that a loss."""
+        released = self._released.get(notification_id)
+        if released is not None:
+            released.set()
 
     async def _work(self, doc: dict, request: PushRequest, owner: str) -> None:
         notification_id = doc["_id"]
@@ -153,6 +171,7 @@ class NotificationRunner:
         while wave is None or wave:
             await throttle.wait()
             if self._stopping.is_set():
+                self._dropping_lease(notification_id)
                 await self._notifications.release(notification_id, owner)
                 return
             chunk = await self._next_chunk(request, cursor, wave, count_unknown=first_wave, size=size)
@@ -172,6 +191,7 @@ class NotificationRunner:
             if chunk.exhausted:
                 break
             if self._stopping.is_set():
+                self._dropping_lease(notification_id)
                 await self._notifications.release(notification_id, owner)
                 return
         if wave is not None:
@@ -179,6 +199,7 @@ class NotificationRunner:
             next_at = next_ready_at(request.options.send_at, request.options.local_time, quiet, self._clock(), done)
             if next_at is not None:
                 extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
+                self._dropping_lease(notification_id)
                 if not await self._notifications.reschedule(notification_id, owner, next_at, extra):
                     raise LeaseLost
                 return
@@ -186,6 +207,7 @@ class NotificationRunner:
 
     async def _interrupted(self, doc: dict, owner: str, state: str) -> None:
         """Paused or cancelled between chunks (by the API): stop here, keep the cursor, drop the lease."""
+        self._dropping_lease(doc["_id"])
         await self._notifications.release(doc["_id"], owner)
         log.info("notification_interrupted", notification_id=doc["_id"], state=state)
         if state == str(NotificationState.CANCELLED):
@@ -252,11 +274,15 @@ class NotificationRunner:
         return counts
 
     async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
+        self._dropping_lease(doc["_id"])
         if not await self._notifications.finish(doc["_id"], owner, state, error):
             raise LeaseLost
         if doc.get("kind") == "campaign":
             metrics.CAMPAIGN_PROGRESS.labels(str(doc["_id"]).removeprefix("campaign:")).set(1.0)
         metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
+        await self._announce(doc, state, error)
+
+    async def _announce(self, doc: dict, state: NotificationState, error: str | None) -> None:
         final = await self._notifications.get(doc["_id"])
         counts = (final or {}).get("counts", {})
         log.info(

@@ -70,6 +70,10 @@ class Scheduler:
             doc = await self._notifications.claim_due(self.owner, self._clock(), self._settings.lease_seconds)
             if doc is None:
                 break
+            if self._stopping:
+                # drain() began while this claim was in flight: do not start work it will not wait for
+                # (the lease is released on stop or lapses).
+                break
             claimed += 1
             task = asyncio.create_task(self._run_one(doc), name=f"notification:{doc['_id']}")
             self._active.add(task)

@@ -347,3 +347,18 @@ async def test_device_validation_names_the_field(stack: Stack) -> None:
         async with stack.http.post(stack.url("/v1/devices"), json=body, headers=auth_headers()) as response:
             assert response.status == 400
             assert (await response.json())["error"]["field"] == field
+
+
+async def test_every_finished_notification_publishes_one_outcome_event(stack: Stack) -> None:
+    """Each finished notification yields exactly one event on push.outcomes, even with a busy lease heartbeat
+    (a heartbeat landing after the run released its lease used to cancel the event; seen under load)."""
+    # A lease this short makes the heartbeat fire every ~30 ms, around the finish of most notifications.
+    await stack.start(dispatch={"lease_seconds": 0.1, "send_timeout_seconds": 0.09})
+    await stack.register(ANDROID, "android")
+    ids = [f"evt-{n}" for n in range(30)]
+    await stack.publish(*(alert(i, {"tokens": [ANDROID]}) for i in ids))
+    for notification_id in ids:
+        await stack.wait_finished(notification_id)
+    events = [orjson.loads(r.value) for r in await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 30)]
+    assert sorted(e["id"] for e in events) == sorted(ids)
+    assert all(e["state"] == "done" and e["counts"]["delivered"] == 1 for e in events)
