@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import functools
 import json
 import ssl
@@ -52,7 +51,7 @@ from hpack import NeverIndexedHeaderTuple
 from pushsvc.config import ApnsSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, Provider, SendResult
+from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
 
 log = get_logger(__name__)
 
@@ -126,21 +125,6 @@ def expiration_header(delivery: Delivery) -> str | None:
     if ttl is not None:  # no request time known: count from now
         return str(int(time.time()) + ttl)
     return None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as delta-seconds or HTTP-date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_reason(status: int, body: bytes) -> str:

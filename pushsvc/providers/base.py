@@ -7,6 +7,8 @@ problems: every attempt ends in one SendResult. Retrying, pausing and counting l
 from __future__ import annotations
 
 import abc
+import email.utils
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,3 +56,18 @@ class Provider(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as delta-seconds or HTTP-date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

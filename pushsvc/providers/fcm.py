@@ -37,7 +37,6 @@ FCM refused the first request before accepting the message, so nothing is delive
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import ssl
 import time
@@ -59,7 +58,7 @@ from google.auth.transport import requests as google_auth_requests
 from pushsvc.config import FcmSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, Provider, SendResult
+from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
 
 log = get_logger(__name__)
 
@@ -250,19 +249,7 @@ def _error_details(response: Any) -> list[dict[str, Any]]:
 
 
 def _retry_after(response: Any) -> float | None:
-    """Retry-After as seconds (delta-seconds or HTTP date)."""
-    value = response.headers.get("retry-after") if response is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return parse_retry_after(response.headers.get("retry-after") if response is not None else None)
 
 
 # --------------------------------------------------------------------------------------------- TLS
