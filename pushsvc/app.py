@@ -24,7 +24,7 @@ from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState
-from pushsvc.outcomes import OutcomePublisher
+from pushsvc.outcomes import OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.scheduler import Scheduler
@@ -78,11 +78,15 @@ class PushService:
             max_request_size=max(1_048_576, settings.kafka.max_message_bytes + 16_384),
         )
         self.sender = DeliverySender(self.providers, settings.dispatch)
+        outcomes = OutcomePublisher(self.producer, settings.kafka.outcomes_topic)
+        self.outcome_sweeper = OutcomeSweeper(
+            self.notifications, outcomes, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
+        )
         self.runner = NotificationRunner(
             self.notifications,
             self.devices,
             self.sender,
-            OutcomePublisher(self.producer, settings.kafka.outcomes_topic),
+            outcomes,
             settings.dispatch,
             clock=clock,
         )
@@ -142,6 +146,7 @@ class PushService:
             asyncio.create_task(self._supervise("ingest", self.ingest.run), name="ingest"),
             asyncio.create_task(self._supervise("scheduler", self.scheduler.run), name="scheduler"),
             asyncio.create_task(self._refresh_backlog(), name="backlog"),
+            asyncio.create_task(self._sweep_outcomes(), name="outcome-sweep"),
         ]
         self._started = True
         log.info(
@@ -163,6 +168,14 @@ class PushService:
             except Exception as exc:
                 log.error("loop_crashed", loop=name, error=repr(exc))
                 await asyncio.sleep(1.0)
+
+    async def _sweep_outcomes(self) -> None:
+        while True:
+            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+            try:
+                await self.outcome_sweeper.sweep_once()
+            except Exception as exc:  # MongoDB or broker down: the next round tries again
+                log.warning("outcome_sweep_failed", error=str(exc))
 
     async def _refresh_backlog(self) -> None:
         while True:

@@ -65,6 +65,8 @@ class DispatchSettings:
     max_active_notifications: int = 8
     # After an authentication error the app's provider is paused this long (no request reaches it).
     auth_pause_seconds: float = 60.0
+    # Outcome events not confirmed this long after a notification finished are re-published by the sweep.
+    outcome_sweep_grace_seconds: float = 30.0
     # On SIGTERM: stop taking work, let in-flight chunks finish for at most this long, then exit.
     drain_timeout_seconds: float = 25.0
 

@@ -213,7 +213,9 @@ class NotificationRunner:
         if state == str(NotificationState.CANCELLED):
             metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
             final = await self._notifications.get(doc["_id"])
-            await self._outcomes.publish(doc["_id"], doc["app"], state, (final or {}).get("counts", {}), None)
+            counts = (final or {}).get("counts", {})
+            if await self._outcomes.publish(doc["_id"], doc["app"], state, counts, None):
+                await self._notifications.mark_event_published(doc["_id"])
         elif state != PAUSED:
             log.warning("notification_state_changed", notification_id=doc["_id"], state=state)
 
@@ -292,4 +294,5 @@ class NotificationRunner:
             state=str(state),
             counts=counts,
         )
-        await self._outcomes.publish(doc["_id"], doc["app"], str(state), counts, error)
+        if await self._outcomes.publish(doc["_id"], doc["app"], str(state), counts, error):
+            await self._notifications.mark_event_published(doc["_id"])

@@ -64,5 +64,5 @@ class CampaignStore:
         return await self._notifications.transition(
             campaign_key(campaign_id),
             [*_ACTIVE, PAUSED],
-            {"state": str(NotificationState.CANCELLED), "finished_at": now},
+            {"state": str(NotificationState.CANCELLED), "finished_at": now, "event_pending": True},
         )

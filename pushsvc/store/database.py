@@ -18,6 +18,8 @@ DEVICE_INDEXES = [
 NOTIFICATION_INDEXES = [
     # claim_due: the oldest due notification whose lease has expired.
     IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due"),
+    # events_pending: the outcome sweep's small set of unannounced final notifications.
+    IndexModel([("event_pending", ASCENDING), ("finished_at", ASCENDING)], name="event_pending"),
 ]
 
 

@@ -191,10 +191,25 @@ class NotificationStore:
                     "finished_at": time.time(),
                     "lease_owner": None,
                     "lease_until": 0.0,
+                    # Cleared once push.outcomes has the event; the outcome sweep publishes any left behind.
+                    "event_pending": True,
                 }
             },
         )
         return result.matched_count == 1
+
+    async def mark_event_published(self, notification_id: str) -> None:
+        await self._collection.update_one(
+            {"_id": notification_id, "event_pending": True}, {"$set": {"event_pending": False}}
+        )
+
+    async def events_pending(self, finished_before: float, limit: int) -> list[dict]:
+        """Final notifications whose outcome event was never confirmed (the replica died in between)."""
+        cursor = self._collection.find(
+            {"event_pending": True, "finished_at": {"$lte": finished_before}},
+            {"app": 1, "state": 1, "counts": 1, "error": 1},
+        ).limit(limit)
+        return [doc async for doc in cursor]
 
     async def backlog(self, now: float) -> tuple[int, int]:
         """(due, future) counts of notifications still waiting to be worked on."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -362,3 +364,30 @@ async def test_every_finished_notification_publishes_one_outcome_event(stack: St
     events = [orjson.loads(r.value) for r in await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 30)]
     assert sorted(e["id"] for e in events) == sorted(ids)
     assert all(e["state"] == "done" and e["counts"]["delivered"] == 1 for e in events)
+
+
+async def test_outcome_event_lost_to_a_crash_is_published_by_the_sweep(stack: Stack) -> None:
+    """A replica killed between marking a notification done and sending its event leaves event_pending set;
+    the outcome sweep (of any replica) publishes it. Announced events are not repeated."""
+    import time
+
+    await stack.db.notifications.insert_one(
+        {"_id": "crashed-before-event", "app": "demo", "state": "done", "finished_at": time.time() - 60,
+         "event_pending": True, "error": None, "counts": {"targeted": 1, "delivered": 1}}
+    )
+    await stack.start(dispatch={"outcome_sweep_grace_seconds": 0.5})
+    await stack.register(ANDROID, "android")
+    await stack.publish(alert("announced", {"tokens": [ANDROID]}))
+    await stack.wait_finished("announced")
+    events = [orjson.loads(r.value) for r in await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 2)]
+    assert sorted(e["id"] for e in events) == ["announced", "crashed-before-event"]
+    assert [e["counts"] for e in events if e["id"] == "crashed-before-event"] == [{"targeted": 1, "delivered": 1}]
+
+    async def flags_cleared() -> bool:
+        docs = [d async for d in stack.db.notifications.find({}, {"event_pending": 1})]
+        return all(not d.get("event_pending") for d in docs)
+
+    await wait_until(flags_cleared, 15)
+    await asyncio.sleep(6)  # a further sweep round: nothing to send again
+    again = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 2)
+    assert len(again) == 2
