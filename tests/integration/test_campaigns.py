@@ -8,8 +8,10 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from pushsvc.app import PushService
-from tests.integration.stack import Stack, auth_headers, wait_until
+from tests.integration.stack import Stack, auth_headers, consume, wait_until
 
 
 class FakeClock:
@@ -220,3 +222,18 @@ async def test_two_replicas_never_send_the_same_chunk(stack: Stack) -> None:
     doc = await stack.wait_finished("campaign:pair")
     assert doc["state"] == "done" and doc["counts"]["delivered"] == 10
     assert received(stack) == Counter({t: 1 for t in tokens})
+
+
+async def test_cancelling_a_scheduled_campaign_publishes_its_outcome_event(stack: Stack) -> None:
+    """Nobody is running it, so no runner announces it: the outcome sweep does."""
+    await stack.start(dispatch={"outcome_sweep_grace_seconds": 0.2})
+    await register_many(stack, [token(1, "s")], tags=["promo"])
+    status, view = await api(stack, "POST", "/v1/campaigns",
+                             campaign("later", schedule={"at": "2099-01-01T09:00:00Z"}))
+    assert status == 201 and view["status"] == "scheduled", view
+    status, view = await api(stack, "POST", "/v1/campaigns/later/cancel")
+    assert status == 200 and view["status"] == "cancelled"
+    (record,) = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1, timeout=20)
+    event = orjson.loads(record.value)
+    assert (event["id"], event["state"], event["counts"]["delivered"]) == ("campaign:later", "cancelled", 0)
+    assert stack.apns.requests == []
