@@ -23,7 +23,6 @@ from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest
 from pushsvc.logging import get_logger
-from pushsvc.model import NotificationState
 from pushsvc.outcomes import OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
@@ -237,18 +236,14 @@ class PushService:
         was in flight. Without this they would wait for lease_seconds before anyone resumed them.
         """
         try:
-            result = await asyncio.wait_for(
-                self.database.notifications.update_many(
-                    {"lease_owner": self.owner, "state": str(NotificationState.DISPATCHING)},
-                    {"$set": {"lease_owner": None, "lease_until": 0.0}},
-                ),
-                CLOSE_TIMEOUT_SECONDS,
+            released = await asyncio.wait_for(
+                self.notifications.release_all(self.owner), CLOSE_TIMEOUT_SECONDS
             )
         except Exception as exc:  # MongoDB unreachable: the leases expire on their own
             log.warning("lease_release_failed", error=repr(exc))
             return
-        if result.modified_count:
-            log.warning("leases_released", count=result.modified_count)
+        if released:
+            log.warning("leases_released", count=released)
 
 
 async def serve(settings: Settings) -> None:

@@ -198,6 +198,14 @@ class NotificationStore:
         )
         return result.matched_count == 1
 
+    async def release_all(self, owner: str) -> int:
+        """Drop every dispatching lease `owner` still holds (shutdown); cursors stay where they are."""
+        result = await self._collection.update_many(
+            {"lease_owner": owner, "state": str(NotificationState.DISPATCHING)},
+            {"$set": {"lease_owner": None, "lease_until": 0.0}},
+        )
+        return result.modified_count
+
     async def mark_event_published(self, notification_id: str) -> None:
         await self._collection.update_one(
             {"_id": notification_id, "event_pending": True}, {"$set": {"event_pending": False}}
