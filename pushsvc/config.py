@@ -62,7 +62,9 @@ class DispatchSettings:
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 0.2
     # How many notifications one replica works on at once.
-    max_active_notifications: int = 8
+    # Transactional traffic is many one-device notifications: each active one has at most its chunk in
+    # flight, so this bounds concurrency across notifications, and retries of one must not stall the rest.
+    max_active_notifications: int = 64
     # After an authentication error the app's provider is paused this long (no request reaches it).
     auth_pause_seconds: float = 60.0
     # Outcome events not confirmed this long after a notification finished are re-published by the sweep.
