@@ -12,7 +12,9 @@ Kafka exactly as a producing service does and prints, per phase:
 
 Phases: APNs peak, FCM peak (one segment request each), a 100k-device mixed segment campaign, then a steady
 stream of small segment requests (--per-request devices each) at half of the campaign's peak rate (the
-latency target). Results are printed as a table and written to benchmarks/results.json.
+latency target), then transactional traffic (`users` requests of 1-3 devices at --txn-rate requests/s).
+--phases picks phases; with --peak-rate the latency phase runs without the campaign. Results are printed as
+a table and written to benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import json
 import os
 import platform as platform_mod
+import random
 import resource
 import secrets
 import shutil
@@ -358,30 +361,48 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
             r = await bench.run_phase(name, [(f"{name}-{tag}", {"segment": {"tags_any": [seg]}})], None)
             results.append(r)
             print_row(r)
-        if "campaign" not in args.phases:
-            return results
-        r = await bench.run_phase("campaign_100k", [(f"campaign-{tag}", {"segment": {"tags_any": ["all"]}})], None)
-        results.append(r)
-        print_row(r)
-        if "latency" not in args.phases:
-            return results
-        peak = r["deliveries_per_s"] or 1000
-        per = args.per_request
-        rate = max(1.0, peak * args.latency_load / per)
-        n = min(int(rate * args.latency_seconds), args.devices // per)  # each device in one request only
-        token_request: dict[str, str] = {}
-        reqs = []
-        groups = args.devices // per
-        for k in range(n):
-            group = k % groups
-            rid = f"lat-{tag}-{k}"
-            for u in range(group * per, group * per + per):
-                token_request[device_token(u)] = rid
-            reqs.append((rid, {"segment": {"tags_any": [f"g{group}"]}}))
-        r = await bench.run_phase(f"latency_at_{int(args.latency_load * 100)}pct", reqs, rate, token_request)
-        r["offered_deliveries_per_s"] = round(rate * per)
-        results.append(r)
-        print_row(r)
+        peak = args.peak_rate
+        if "campaign" in args.phases:
+            r = await bench.run_phase("campaign_100k", [(f"campaign-{tag}", {"segment": {"tags_any": ["all"]}})],
+                                      None)
+            results.append(r)
+            print_row(r)
+            peak = r["deliveries_per_s"] or peak
+        if "latency" in args.phases:
+            peak = peak or 1000
+            per = args.per_request
+            rate = max(1.0, peak * args.latency_load / per)
+            n = min(int(rate * args.latency_seconds), args.devices // per)  # each device in one request only
+            token_request: dict[str, str] = {}
+            reqs = []
+            groups = args.devices // per
+            for k in range(n):
+                group = k % groups
+                rid = f"lat-{tag}-{k}"
+                for u in range(group * per, group * per + per):
+                    token_request[device_token(u)] = rid
+                reqs.append((rid, {"segment": {"tags_any": [f"g{group}"]}}))
+            r = await bench.run_phase(f"latency_at_{int(args.latency_load * 100)}pct", reqs, rate, token_request)
+            r["offered_deliveries_per_s"] = round(rate * per)
+            results.append(r)
+            print_row(r)
+        if "txn" in args.phases:
+            # Transactional traffic: many small `users` requests (1-3 users, one device each) at a steady rate.
+            rng = random.Random(7)
+            n = int(args.txn_rate * args.latency_seconds)
+            token_request = {}
+            reqs = []
+            next_user = args.devices // 2  # away from the users the warm-up touched
+            for k in range(n):
+                users = list(range(next_user, next_user + rng.randint(1, 3)))
+                next_user = (users[-1] + 1) % args.devices
+                rid = f"txn-{tag}-{k}"
+                for u in users:
+                    token_request[device_token(u)] = rid
+                reqs.append((rid, {"users": [f"u{u}" for u in users]}))
+            r = await bench.run_phase(f"transactional_{args.txn_rate:g}rps", reqs, args.txn_rate, token_request)
+            results.append(r)
+            print_row(r)
     finally:
         await bench.stop()
     return results
@@ -431,7 +452,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--profile", choices=["py-spy", "none"], default="none",
                         help="record py-spy collapsed stacks of pushsvc into WORK/profile.txt")
-    parser.add_argument("--phases", default="apns,fcm,campaign,latency", help="which phases to run")
+    parser.add_argument("--phases", default="apns,fcm,campaign,latency,txn",
+                        help="which phases to run (comma separated: apns,fcm,campaign,latency,txn)")
+    parser.add_argument("--peak-rate", type=float, default=None,
+                        help="campaign peak deliveries/s for the latency phase when the campaign phase is skipped")
+    parser.add_argument("--txn-rate", type=float, default=50.0,
+                        help="requests/s in the transactional phase (users targets of 1-3 devices)")
     args = parser.parse_args()
     args.peak_devices = min(args.peak_devices, args.devices // 2)
 

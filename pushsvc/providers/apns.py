@@ -382,6 +382,19 @@ class ApnsProvider(Provider):
         # Read the signing key now so a bad path fails at start-up, not at the first push.
         self._signing_key = Path(settings.key_file).read_text() if settings.key_file else None
         self._client: APNs | None = None
+        # (notification, locale) -> (message, options, body): the body never depends on the token.
+        self._payloads: dict[tuple[str, str | None], tuple[Any, Any, bytes]] = {}
+
+    def _payload(self, delivery: Delivery) -> bytes:
+        """build_payload(delivery), built once per (notification, locale): only the token (in the path) varies."""
+        key = (delivery.notification_id, delivery.device.locale)
+        cached = self._payloads.get(key)
+        if cached is None or cached[0] is not delivery.message or cached[1] is not delivery.options:
+            payload = build_payload(delivery)  # TypeError/ValueError propagate and are never cached
+            if len(self._payloads) >= 1024:
+                self._payloads.clear()
+            cached = self._payloads[key] = (delivery.message, delivery.options, payload)
+        return cached[2]
 
     async def start(self) -> None:
         self._pool()
@@ -416,7 +429,7 @@ class ApnsProvider(Provider):
 
     async def send(self, delivery: Delivery) -> SendResult:
         try:
-            payload = build_payload(delivery)
+            payload = self._payload(delivery)
         except (TypeError, ValueError):  # NaN/unserialisable data values: the request can never succeed
             return SendResult(Outcome.REJECTED, "InvalidPayload")
         voip = delivery.options.push_type == "voip"

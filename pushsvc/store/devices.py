@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pushsvc.store.database import Database
 
 # Audience cursors kept open between chunks (one per notification being fanned out, plus leftovers).
 _MAX_OPEN_STREAMS = 64
+# Up to this many users/tokens are looked up one equality query each (concurrently) instead of one `$in`.
+SMALL_LOOKUP = 16
 # Only what the dispatcher needs travels back from MongoDB.
 DISPATCH_PROJECTION = {
     "app": 1,
@@ -59,10 +62,14 @@ def audience_filter(
 
     One flat document (the same meaning as an ``$and`` of the clauses): nx-27017 translates it to one SQL
     query on its indexes, while the ``$and`` form is evaluated document by document (~70x slower there).
+    Equalities are spelled ``{"$eq": v}`` (the same meaning as a bare value in MongoDB): nx-27017 then emits
+    a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
+    an array-containment OR that forces a scan of the whole collection.
     """
-    query: dict[str, Any] = {"app": app, "active": True}
+    query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
     if target.users:
-        query["user_id"] = {"$in": list(target.users)}
+        users = list(target.users)
+        query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
     elif target.segment is not None:
         tags: dict[str, Any] = {}
         if target.segment.tags_any:
@@ -113,9 +120,24 @@ class DeviceStore:
         assert doc is not None
         return doc, result.upserted_id is not None
 
-    async def find_by_tokens(self, app: str, tokens: Sequence[str]) -> list[dict]:
-        query: dict[str, Any] = {"app": app, "token": {"$in": list(tokens)}, "active": True}
+    async def _find_all(self, query: dict) -> list[dict]:
         return [doc async for doc in self._collection.find(query, DISPATCH_PROJECTION)]
+
+    async def _find_each(self, query: dict, field: str, values: Sequence[str]) -> list[dict]:
+        """One `{field: {$eq: v}}` query per value, concurrently, merged in _id order (duplicates dropped).
+
+        The same result as `{field: {$in: values}}`: for a handful of values these are index point lookups
+        on any MongoDB, and the only shape nx-27017 serves from its expression indexes (see audience_filter).
+        """
+        results = await asyncio.gather(*(self._find_all({**query, field: {"$eq": v}}) for v in dict.fromkeys(values)))
+        merged = {doc["_id"]: doc for docs in results for doc in docs}
+        return [merged[key] for key in sorted(merged)]
+
+    async def find_by_tokens(self, app: str, tokens: Sequence[str]) -> list[dict]:
+        query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
+        if len(tokens) <= SMALL_LOOKUP:
+            return await self._find_each(query, "token", tokens)
+        return await self._find_all({**query, "token": {"$in": list(tokens)}})
 
     async def find_chunk(self, query: dict, after_id: str | None, limit: int) -> list[dict]:
         """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume."""
@@ -123,6 +145,14 @@ class DeviceStore:
         # query per chunk: one query plan per fan-out, and no `_id > cursor` re-scan per chunk (nx-27017
         # evaluates ObjectId ranges in Python over the whole collection: ~1.5 s per chunk at 100k devices).
         # A cursor we don't hold (a restart, another replica, an expired server cursor) opens a fresh query.
+        users = query.get("user_id")
+        if isinstance(users, dict) and list(users) == ["$in"] and len(users["$in"]) <= SMALL_LOOKUP:
+            # A few users: their devices are point lookups (all of them; a user has a handful), paged here.
+            docs = await self._find_each({k: v for k, v in query.items() if k != "user_id"}, "user_id", users["$in"])
+            if after_id is not None:
+                after = ObjectId(after_id)
+                docs = [d for d in docs if d["_id"] > after]
+            return docs[:limit]
         key = (repr(query), after_id)
         stream = self._streams.pop(key, None)
         if stream is not None:
