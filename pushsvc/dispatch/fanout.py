@@ -24,7 +24,7 @@ from pushsvc.model import NotificationState, PushRequest, RequestError, parse_re
 from pushsvc.outcomes import OutcomePublisher
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.due import DEFAULT_TIMEZONE, next_ready_at, quiet_from_doc, ready_zones
-from pushsvc.store.devices import DeviceStore, audience_filter, to_device
+from pushsvc.store.devices import DeviceStore, to_device
 from pushsvc.store.notifications import FINAL_KEYS, PAUSED, NotificationStore
 
 log = get_logger(__name__)
@@ -237,8 +237,9 @@ class NotificationRunner:
         timezones: list[str | None] | None = None
         if wave is not None:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
-        query = audience_filter(request.app, request.target, request.message.category, timezones)
-        found = await self._devices.find_chunk(query, cursor, size)
+        found = await self._devices.find_audience(
+            request.app, request.target, request.message.category, timezones, cursor, size
+        )
         # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
         next_cursor = str(found[-1]["_id"]) if found else cursor
         return _Chunk(found, 0, next_cursor, len(found) < size)

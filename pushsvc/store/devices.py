@@ -66,7 +66,7 @@ def audience_filter(
     a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
     an array-containment OR that forces a scan of the whole collection.
     """
-    query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
+    query = _active_devices_filter(app, category, timezones)
     if target.users:
         users = list(target.users)
         query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
@@ -78,6 +78,12 @@ def audience_filter(
             tags["$all"] = list(target.segment.tags_all)
         if tags:
             query["tags"] = tags
+    return query
+
+
+def _active_devices_filter(app: str, category: str | None, timezones: Sequence[str | None] | None) -> dict:
+    """The clauses every audience shares: the app's active devices, minus opt-outs, within the wave's zones."""
+    query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
     if category:
         query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
@@ -139,20 +145,32 @@ class DeviceStore:
             return await self._find_each(query, "token", tokens)
         return await self._find_all({**query, "token": {"$in": list(tokens)}})
 
+    async def find_audience(
+        self,
+        app: str,
+        target: Target,
+        category: str | None,
+        timezones: Sequence[str | None] | None,
+        after_id: str | None,
+        limit: int,
+    ) -> list[dict]:
+        """Next `limit` devices of a users/segment audience by _id after the cursor (hex ObjectId)."""
+        if target.users and len(target.users) <= SMALL_LOOKUP:
+            # A few users: their devices are point lookups (all of them; a user has a handful), paged here.
+            base = _active_devices_filter(app, category, timezones)
+            docs = await self._find_each(base, "user_id", target.users)
+            if after_id is not None:
+                after = ObjectId(after_id)
+                docs = [d for d in docs if d["_id"] > after]
+            return docs[:limit]
+        return await self.find_chunk(audience_filter(app, target, category, timezones), after_id, limit)
+
     async def find_chunk(self, query: dict, after_id: str | None, limit: int) -> list[dict]:
         """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume."""
         # Consecutive chunks of one audience continue one server cursor (getMore) instead of starting a new
         # query per chunk: one query plan per fan-out, and no `_id > cursor` re-scan per chunk (nx-27017
         # evaluates ObjectId ranges in Python over the whole collection: ~1.5 s per chunk at 100k devices).
         # A cursor we don't hold (a restart, another replica, an expired server cursor) opens a fresh query.
-        users = query.get("user_id")
-        if isinstance(users, dict) and list(users) == ["$in"] and len(users["$in"]) <= SMALL_LOOKUP:
-            # A few users: their devices are point lookups (all of them; a user has a handful), paged here.
-            docs = await self._find_each({k: v for k, v in query.items() if k != "user_id"}, "user_id", users["$in"])
-            if after_id is not None:
-                after = ObjectId(after_id)
-                docs = [d for d in docs if d["_id"] > after]
-            return docs[:limit]
         key = (repr(query), after_id)
         stream = self._streams.pop(key, None)
         if stream is not None:
