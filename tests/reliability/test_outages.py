@@ -58,6 +58,28 @@ async def watch_readiness(replica: Replica, seconds: float, dependency: str) -> 
     return seen
 
 
+async def assert_recovered(
+    stack: Stack, replica: Replica, load: Load, publisher: asyncio.Task, seen: dict, stopped: float, name: str
+) -> None:
+    """After the dependency is back: ready again, every request finished, none lost, liveness never failed."""
+    restored = time.monotonic()
+    ready_s = await replica.wait_ready(90)
+    await publisher
+    await wait_all_finished(stack, load, 120)
+    finished_s = time.monotonic() - restored
+    await asyncio.sleep(0.5)
+    acc = await account(stack, load)
+    print(
+        f"{name} outage {restored - stopped:.1f}s: {acc.summary()} readiness={seen} "
+        f"ready_again_after={ready_s:.1f}s all_finished_after={finished_s:.1f}s"
+    )
+    assert replica.alive and seen["health_failures"] == 0
+    assert seen["not_ready"] > 0, seen
+    assert acc.lost == [] and acc.unfinished == [] and acc.sent_without_delivery == []
+    assert acc.delivered == acc.published == 600
+    await replica.terminate()
+
+
 @pytest.mark.timeout(180)
 async def test_mongodb_stopped_for_10s(stack: Stack, work_dir: Path) -> None:
     mongo = nx27017(work_dir / f"mongo-chaos-{stack.database}").start()
@@ -72,22 +94,7 @@ async def test_mongodb_stopped_for_10s(stack: Stack, work_dir: Path) -> None:
         stopped = time.monotonic()
         seen = await watch_readiness(replica, OUTAGE_SECONDS, "mongodb")
         mongo.start()
-        restored = time.monotonic()
-        ready_s = await replica.wait_ready(90)
-        await publisher
-        await wait_all_finished(stack, load, 120)
-        finished_s = time.monotonic() - restored
-        await asyncio.sleep(0.5)
-        acc = await account(stack, load)
-        print(
-            f"mongodb outage {restored - stopped:.1f}s: {acc.summary()} readiness={seen} "
-            f"ready_again_after={ready_s:.1f}s all_finished_after={finished_s:.1f}s"
-        )
-        assert replica.alive and seen["health_failures"] == 0
-        assert seen["not_ready"] > 0, seen
-        assert acc.lost == [] and acc.unfinished == [] and acc.sent_without_delivery == []
-        assert acc.delivered == acc.published == 600
-        await replica.terminate()
+        await assert_recovered(stack, replica, load, publisher, seen, stopped, "mongodb")
     finally:
         await stack.close()
         mongo.stop()
@@ -114,22 +121,7 @@ async def test_broker_unreachable_for_10s(stack: Stack, work_dir: Path) -> None:
             seen = await watch_readiness(replica, OUTAGE_SECONDS, "kafka")
         finally:
             os.kill(broker.process.pid, signal.SIGCONT)
-        restored = time.monotonic()
-        ready_s = await replica.wait_ready(90)
-        await publisher
-        await wait_all_finished(stack, load, 120)
-        finished_s = time.monotonic() - restored
-        await asyncio.sleep(0.5)
-        acc = await account(stack, load)
-        print(
-            f"broker outage {restored - stopped:.1f}s: {acc.summary()} readiness={seen} "
-            f"ready_again_after={ready_s:.1f}s all_finished_after={finished_s:.1f}s"
-        )
-        assert replica.alive and seen["health_failures"] == 0
-        assert seen["not_ready"] > 0, seen
-        assert acc.lost == [] and acc.unfinished == [] and acc.sent_without_delivery == []
-        assert acc.delivered == acc.published == 600
-        await replica.terminate()
+        await assert_recovered(stack, replica, load, publisher, seen, stopped, "broker")
     finally:
         await stack.close()
         broker.stop()
