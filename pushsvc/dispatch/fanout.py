@@ -278,16 +278,15 @@ class NotificationRunner:
 
     async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
         self._dropping_lease(doc["_id"])
-        if not await self._notifications.finish(doc["_id"], owner, state, error):
+        counts = await self._notifications.finish(doc["_id"], owner, state, error)
+        if counts is None:
             raise LeaseLost
         if doc.get("kind") == "campaign":
             metrics.CAMPAIGN_PROGRESS.labels(str(doc["_id"]).removeprefix("campaign:")).set(1.0)
         metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
-        await self._announce(doc, state, error)
+        await self._announce(doc, state, error, counts)
 
-    async def _announce(self, doc: dict, state: NotificationState, error: str | None) -> None:
-        final = await self._notifications.get(doc["_id"])
-        counts = (final or {}).get("counts", {})
+    async def _announce(self, doc: dict, state: NotificationState, error: str | None, counts: dict) -> None:
         log.info(
             "notification_finished",
             notification_id=doc["_id"],

@@ -180,9 +180,10 @@ class NotificationStore:
 
     async def finish(
         self, notification_id: str, owner: str, state: NotificationState, error: str | None = None
-    ) -> bool:
+    ) -> dict | None:
+        """Final state while we hold the lease; returns the final counts, or None if the lease is lost."""
         # Only from dispatching: a cancel that landed meanwhile is not overwritten.
-        result = await self._collection.update_one(
+        doc = await self._collection.find_one_and_update(
             {"_id": notification_id, "lease_owner": owner, "state": str(NotificationState.DISPATCHING)},
             {
                 "$set": {
@@ -195,8 +196,10 @@ class NotificationStore:
                     "event_pending": True,
                 }
             },
+            projection={"counts": 1},
+            return_document=ReturnDocument.AFTER,
         )
-        return result.matched_count == 1
+        return None if doc is None else dict(doc.get("counts", {}))
 
     async def release_all(self, owner: str) -> int:
         """Drop every dispatching lease `owner` still holds (shutdown); cursors stay where they are."""
