@@ -82,6 +82,7 @@ class KafkaIngest:
             max_poll_records=self._settings.max_poll_records,
             session_timeout_ms=self._settings.session_timeout_ms,
             heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
+            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
             # Fetch messages a bit over the accepted size so oversize ones reach the DLQ instead of stalling.
             max_partition_fetch_bytes=max(1_048_576, self._settings.max_message_bytes * 2),
         )
