@@ -18,6 +18,8 @@ from pushsvc import __version__, metrics
 from pushsvc.api.auth import ApiKeyAuth
 from pushsvc.api.server import build_app
 from pushsvc.config import Settings
+from pushsvc.dispatch.batch import BatchRunner
+from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
@@ -81,15 +83,12 @@ class PushService:
         self.outcome_sweeper = OutcomeSweeper(
             self.notifications, outcomes, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
-        self.runner = NotificationRunner(
-            self.notifications,
-            self.devices,
-            self.sender,
-            outcomes,
-            settings.dispatch,
-            clock=clock,
+        chunks = ChunkWorker(self.devices, self.sender)
+        self.runner = NotificationRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
+        batch_runner = BatchRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
+        self.scheduler = Scheduler(
+            self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, clock=clock
         )
-        self.scheduler = Scheduler(self.notifications, self.runner, settings.dispatch, self.owner, clock=clock)
         self.intake = Intake(self.notifications, on_due=self.scheduler.wake, clock=clock)
         known_apps = frozenset(settings.apps)
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -12,6 +14,27 @@ from pushsvc.logging import get_logger
 from pushsvc.store.notifications import NotificationStore
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OutcomeEvent:
+    notification_id: str
+    app: str
+    state: str
+    counts: Mapping[str, int]
+    error: str | None
+
+    def encode(self, finished_at: float) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.notification_id,
+                "app": self.app,
+                "state": self.state,
+                "counts": dict(self.counts),
+                "error": self.error,
+                "finished_at": finished_at,
+            }
+        )
 
 
 class OutcomePublisher:
@@ -23,23 +46,29 @@ class OutcomePublisher:
         self, notification_id: str, app: str, state: str, counts: Mapping[str, int], error: str | None
     ) -> bool:
         """True once the broker acknowledged the event."""
-        if self._producer is None:
-            return False
-        event = {
-            "id": notification_id,
-            "app": app,
-            "state": state,
-            "counts": dict(counts),
-            "error": error,
-            "finished_at": time.time(),
-        }
+        return bool(await self.publish_many([OutcomeEvent(notification_id, app, state, counts, error)]))
+
+    async def publish_many(self, events: Sequence[OutcomeEvent]) -> list[str]:
+        """Send all events at once (the producer batches them); returns the ids the broker acknowledged."""
+        if self._producer is None or not events:
+            return []
+        now = time.time()
         try:
-            await self._producer.send_and_wait(self._topic, orjson.dumps(event), key=notification_id.encode())
-            return True
-        except Exception as exc:
-            # MongoDB keeps event_pending set, so the outcome sweep publishes it later.
-            log.warning("outcome_event_not_published", notification_id=notification_id, error=str(exc))
-            return False
+            futures = [
+                await self._producer.send(self._topic, event.encode(now), key=event.notification_id.encode())
+                for event in events
+            ]
+        except Exception as exc:  # not even queued (producer closed): all stay pending for the sweep
+            log.warning("outcome_events_not_published", count=len(events), error=str(exc))
+            return []
+        acknowledged: list[str] = []
+        for event, result in zip(events, await asyncio.gather(*futures, return_exceptions=True), strict=True):
+            if isinstance(result, BaseException):
+                # MongoDB keeps event_pending set, so the outcome sweep publishes it later.
+                log.warning("outcome_event_not_published", notification_id=event.notification_id, error=str(result))
+            else:
+                acknowledged.append(event.notification_id)
+        return acknowledged
 
 
 class OutcomeSweeper:
@@ -63,14 +92,13 @@ class OutcomeSweeper:
         self._clock = clock
 
     async def sweep_once(self, limit: int = 500) -> int:
-        published = 0
-        for doc in await self._notifications.events_pending(self._clock() - self._grace, limit):
-            ok = await self._publisher.publish(
-                doc["_id"], doc["app"], doc["state"], doc.get("counts", {}), doc.get("error")
-            )
-            if ok:
-                await self._notifications.mark_event_published(doc["_id"])
-                published += 1
+        pending = await self._notifications.events_pending(self._clock() - self._grace, limit)
+        events = [
+            OutcomeEvent(doc["_id"], doc["app"], doc["state"], doc.get("counts", {}), doc.get("error"))
+            for doc in pending
+        ]
+        published = await self._publisher.publish_many(events)
+        await self._notifications.mark_events_published(published)
         if published:
-            log.info("outcome_events_swept", published=published)
-        return published
+            log.info("outcome_events_swept", published=len(published))
+        return len(published)

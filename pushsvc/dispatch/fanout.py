@@ -9,22 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.sender import PROVIDER_FOR_PLATFORM, DeliverySender
+from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
 from pushsvc.outcomes import OutcomePublisher
-from pushsvc.providers.base import Delivery
-from pushsvc.scheduling.due import DEFAULT_TIMEZONE, next_ready_at, quiet_from_doc, ready_zones
-from pushsvc.store.devices import DeviceStore, to_device
+from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.store.notifications import FINAL_KEYS, PAUSED, NotificationStore
 
 log = get_logger(__name__)
@@ -63,27 +58,17 @@ def progress_ratio(doc: dict) -> float:
     return min(1.0, finished / total)
 
 
-@dataclass
-class _Chunk:
-    devices: list[dict]
-    unknown_tokens: int
-    next_cursor: Any
-    exhausted: bool
-
-
 class NotificationRunner:
     def __init__(
         self,
         notifications: NotificationStore,
-        devices: DeviceStore,
-        sender: DeliverySender,
+        chunks: ChunkWorker,
         outcomes: OutcomePublisher,
         settings: DispatchSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
-        self._devices = devices
-        self._sender = sender
+        self._chunks = chunks
         self._outcomes = outcomes
         self._settings = settings
         self._clock = clock
@@ -174,8 +159,8 @@ class NotificationRunner:
                 self._dropping_lease(notification_id)
                 await self._notifications.release(notification_id, owner)
                 return
-            chunk = await self._next_chunk(request, cursor, wave, count_unknown=first_wave, size=size)
-            counts = await self._deliver(request, chunk, due_at)
+            chunk = await self._chunks.next_chunk(request, cursor, wave, count_unknown=first_wave, size=size)
+            counts = await self._chunks.deliver(request, chunk, due_at)
             throttle.sent(len(chunk.devices))
             after = await self._notifications.advance(notification_id, owner, chunk.next_cursor, counts)
             if after is None:
@@ -215,66 +200,9 @@ class NotificationRunner:
             final = await self._notifications.get(doc["_id"])
             counts = (final or {}).get("counts", {})
             if await self._outcomes.publish(doc["_id"], doc["app"], state, counts, None):
-                await self._notifications.mark_event_published(doc["_id"])
+                await self._notifications.mark_events_published([doc["_id"]])
         elif state != PAUSED:
             log.warning("notification_state_changed", notification_id=doc["_id"], state=state)
-
-    async def _next_chunk(
-        self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool, size: int
-    ) -> _Chunk:
-        if request.target.tokens:
-            # Explicit tokens are paged by position in the request.
-            start = int(cursor or 0)
-            tokens = request.target.tokens[start : start + size]
-            found = await self._devices.find_by_tokens(request.app, tokens) if tokens else []
-            known = {d["token"] for d in found}
-            unknown = sum(1 for t in tokens if t not in known) if count_unknown else 0
-            if wave is not None:
-                zones = set(wave)
-                found = [d for d in found if (d.get("timezone") or DEFAULT_TIMEZONE) in zones]
-            end = start + len(tokens)
-            return _Chunk(found, unknown, end, end >= len(request.target.tokens))
-        timezones: list[str | None] | None = None
-        if wave is not None:
-            timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
-        found = await self._devices.find_audience(
-            request.app, request.target, request.message.category, timezones, cursor, size
-        )
-        # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
-        next_cursor = str(found[-1]["_id"]) if found else cursor
-        return _Chunk(found, 0, next_cursor, len(found) < size)
-
-    async def _deliver(self, request: PushRequest, chunk: _Chunk, due_at: float) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        counts["targeted"] = len(chunk.devices) + chunk.unknown_tokens
-        counts["unknown_token"] = chunk.unknown_tokens
-        if chunk.unknown_tokens:
-            metrics.DELIVERIES.labels(request.app, "none", "unknown_token").inc(chunk.unknown_tokens)
-        expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
-        deliveries = []
-        category = request.message.category
-        for doc in chunk.devices:
-            if category and category in (doc.get("opt_out") or ()):
-                counts["opted_out"] += 1
-                continue
-            deliveries.append(
-                Delivery(request.id, to_device(doc), request.message, request.options, expires_at)
-            )
-        if counts["targeted"]:
-            metrics.DEVICES_TARGETED.labels(request.app).inc(counts["targeted"])
-        results = await asyncio.gather(*(self._sender.deliver(d, due_at) for d in deliveries))
-        invalid: list[tuple[str, str]] = []
-        for result in results:
-            counts[result.outcome] += 1
-            provider = PROVIDER_FOR_PLATFORM.get(result.delivery.device.platform, "none")
-            metrics.DELIVERIES.labels(request.app, provider, result.outcome).inc()
-            if result.outcome == "invalid_token":
-                invalid.append((result.delivery.device.token, result.reason))
-                metrics.INVALID_TOKENS.labels(request.app, provider).inc()
-        if invalid:
-            # Deactivate before saving progress: if we crash in between, the retried chunk skips these.
-            await self._devices.deactivate(request.app, invalid)
-        return counts
 
     async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
         self._dropping_lease(doc["_id"])
@@ -295,4 +223,4 @@ class NotificationRunner:
             counts=counts,
         )
         if await self._outcomes.publish(doc["_id"], doc["app"], str(state), counts, error):
-            await self._notifications.mark_event_published(doc["_id"])
+            await self._notifications.mark_events_published([doc["_id"]])

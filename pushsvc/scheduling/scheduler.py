@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pushsvc.config import DispatchSettings
+from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logging import get_logger
 from pushsvc.store.notifications import NotificationStore
@@ -24,12 +26,14 @@ class Scheduler:
         self,
         notifications: NotificationStore,
         runner: NotificationRunner,
+        batch_runner: BatchRunner,
         settings: DispatchSettings,
         owner: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
         self._runner = runner
+        self._batch_runner = batch_runner
         self._settings = settings
         self.owner = owner
         self._clock = clock
@@ -67,18 +71,32 @@ class Scheduler:
     async def _claim_available(self) -> int:
         claimed = 0
         while not self._stopping and self.active < self._settings.max_active_notifications:
-            doc = await self._notifications.claim_due(self.owner, self._clock(), self._settings.lease_seconds)
-            if doc is None:
+            # Each claimed notification may need its own slot (fan-out), so claim no more than are free;
+            # the small ones among them share one slot as a batch.
+            free = self._settings.max_active_notifications - self.active
+            docs = await self._notifications.claim_due(self.owner, self._clock(), self._settings.lease_seconds, free)
+            if not docs:
                 break
             if self._stopping:
                 # drain() began while this claim was in flight: do not start work it will not wait for
-                # (the lease is released on stop or lapses).
+                # (the leases are released on stop or lapse).
                 break
-            claimed += 1
-            task = asyncio.create_task(self._run_one(doc), name=f"notification:{doc['_id']}")
-            self._active.add(task)
-            task.add_done_callback(self._active.discard)
+            claimed += len(docs)
+            small = []
+            for doc in docs:
+                item = as_small(doc)
+                if item is None:
+                    self._start(self._run_one(doc), f"notification:{doc['_id']}")
+                else:
+                    small.append(item)
+            if small:
+                self._start(self._run_batch(small), f"batch:{len(small)}")
         return claimed
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._active.add(task)
+        task.add_done_callback(self._active.discard)
 
     async def _run_one(self, doc: dict) -> None:
         try:
@@ -90,6 +108,17 @@ class Scheduler:
             log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
         finally:
             self._wakeup.set()  # a slot is free
+
+    async def _run_batch(self, batch: list[SmallNotification]) -> None:
+        try:
+            await self._batch_runner.run(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The leases expire and another pass (or replica) runs these notifications again.
+            log.error("batch_run_failed", notifications=len(batch), error=repr(exc))
+        finally:
+            self._wakeup.set()
 
     async def drain(self, timeout: float) -> None:
         """Stop claiming; give in-flight work `timeout` seconds, then cancel it (its lease lapses for others)."""

@@ -1,0 +1,128 @@
+"""Batch claims and batch finishes on the real MongoDB wire server: who gets what, and lost leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pushsvc.config import MongoSettings
+from pushsvc.dispatch.batch import as_small
+from pushsvc.model import NotificationState, parse_request
+from pushsvc.store.database import Database
+from pushsvc.store.notifications import Final, NotificationStore, new_document
+from tests.conftest import unique
+
+
+@pytest.fixture
+async def store(mongo_uri: str) -> AsyncIterator[NotificationStore]:
+    database = Database.connect(MongoSettings(uri=mongo_uri, database=unique("claims")))
+    await database.ensure_indexes()
+    yield NotificationStore(database)
+    await database.client.drop_database(database.db.name)
+    database.close()
+
+
+def request(request_id: str, target: dict | None = None, **options: object) -> dict:
+    return {
+        "id": request_id,
+        "app": "demo",
+        "target": target or {"tokens": ["a" * 64]},
+        "message": {"title": "t", "body": "b"},
+        **({"options": options} if options else {}),
+    }
+
+
+async def record(store: NotificationStore, count: int, now: float, prefix: str = "n") -> list[str]:
+    documents = []
+    for i in range(count):
+        raw = request(f"{prefix}{i:03d}")
+        # Distinct due times so "oldest first" is observable.
+        documents.append(new_document(parse_request(raw), raw, "test", now - count + i, now - count))
+    await store.record(documents)
+    return [d["_id"] for d in documents]
+
+
+async def test_concurrent_claims_split_the_due_notifications_without_overlap(store: NotificationStore) -> None:
+    now = time.time()
+    ids = await record(store, 60, now)
+    claims = await asyncio.gather(*(store.claim_due(f"owner{k}", now, 30.0, 25) for k in range(4)))
+    taken = [doc["_id"] for docs in claims for doc in docs]
+    assert len(taken) == len(set(taken)), "a notification was claimed twice"
+    assert all(len(docs) <= 25 for docs in claims)
+    # Whatever the race left over is claimable next; nothing is lost.
+    rest = await store.claim_due("owner9", now, 30.0, 100)
+    assert sorted(taken + [d["_id"] for d in rest]) == ids
+    for k, docs in enumerate(claims):
+        assert all(d["lease_owner"] == f"owner{k}" and d["state"] == "dispatching" for d in docs)
+        assert len({d["claim"] for d in docs}) <= 1
+
+
+async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(store: NotificationStore) -> None:
+    now = time.time()
+    ids = await record(store, 10, now)
+    future = request("later", send_at="2099-01-01T00:00:00Z")
+    await store.record([new_document(parse_request(future), future, "test", 4_070_908_800.0, now)])
+    first = await store.claim_due("a", now, 30.0, 4)
+    assert [d["_id"] for d in first] == ids[:4]
+    second = await store.claim_due("b", now, 60.0, 100)
+    assert [d["_id"] for d in second] == ids[4:], "held leases and future notifications are not claimable"
+    assert await store.claim_due("c", now, 30.0, 100) == []
+    # Owner a crashed: once its leases expire another replica takes the same notifications over.
+    taken_over = await store.claim_due("c", now + 31.0, 30.0, 100)
+    assert [d["_id"] for d in taken_over] == ids[:4]
+
+
+async def test_finish_many_only_finishes_what_the_claim_still_holds(store: NotificationStore) -> None:
+    now = time.time()
+    ids = await record(store, 6, now)
+    docs = await store.claim_due("a", now, 1.0, 6)
+    claim = docs[0]["claim"]
+    # a stalls past its lease; b takes two of them over.
+    taken = await store.claim_due("b", now + 2.0, 30.0, 2)
+    assert [d["_id"] for d in taken] == ids[:2]
+    assert await store.renew_claim(claim, ids, now + 60.0) == 4
+    counts = {"targeted": 1, "delivered": 1}
+    finished = await store.finish_many(claim, [Final(i, NotificationState.DONE, counts) for i in ids])
+    assert sorted(finished) == ids[2:]
+    for notification_id in ids[2:]:
+        doc = await store.get(notification_id)
+        assert doc is not None
+        assert doc["state"] == "done" and doc["lease_owner"] is None and doc["event_pending"] in (True, 1)
+        assert doc["counts"]["delivered"] == 1 and doc["counts"]["failed"] == 0
+    for notification_id in ids[:2]:
+        doc = await store.get(notification_id)
+        assert doc is not None and doc["state"] == "dispatching" and doc["lease_owner"] == "b"
+    await store.mark_events_published(finished)
+    assert await store.events_pending(now + 100, 100) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "small"),
+    [
+        (request("tokens", {"tokens": ["a" * 64, "b" * 64]}), True),
+        (request("users", {"users": [f"u{i}" for i in range(16)]}), True),
+        (request("many-users", {"users": [f"u{i}" for i in range(17)]}), False),
+        (request("segment", {"segment": {"tags_any": ["news"]}}), False),
+        (request("local", send_at="2030-01-01T09:00:00", local_time=True), False),
+    ],
+)
+def test_the_batch_lane_takes_only_single_chunk_notifications(raw: dict, small: bool) -> None:
+    doc = new_document(parse_request(raw), raw, "test", 0.0, 0.0)
+    assert (as_small(doc) is not None) is small
+    assert as_small({**doc, "kind": "campaign"}) is None, "campaigns keep per-chunk progress"
+    assert as_small({**doc, "cursor": 5}) is None, "a started fan-out resumes in the runner"
+
+
+async def test_backlog_counts_waiting_notifications_due_and_future(store: NotificationStore) -> None:
+    now = time.time()
+    await record(store, 5, now)
+    later = request("later", send_at="2099-01-01T00:00:00Z")
+    await store.record([new_document(parse_request(later), later, "test", 4_070_908_800.0, now)])
+    assert await store.backlog(now) == (5, 1)
+    docs = await store.claim_due("a", now, 30.0, 2)  # dispatching still counts as waiting
+    assert await store.backlog(now) == (5, 1)
+    await store.finish_many(docs[0]["claim"], [Final(d["_id"], NotificationState.DONE, {}) for d in docs])
+    assert await store.backlog(now) == (3, 1)
