@@ -16,7 +16,8 @@ from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logging import get_logger
-from pushsvc.store.notifications import NotificationStore
+from pushsvc.model import NotificationState
+from pushsvc.store.notifications import ACTIVE_STATES, NotificationStore
 
 log = get_logger(__name__)
 
@@ -40,6 +41,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._last_full_claim = 0.0
         self.healthy = True
 
     def wake(self) -> None:
@@ -53,35 +55,40 @@ class Scheduler:
     async def run(self) -> None:
         backoff = self._settings.poll_interval_seconds
         while not self._stopping:
+            # Cleared before claiming: a wake that arrives while the claim is in flight ends the wait at once.
+            self._wakeup.clear()
             try:
-                claimed = await self._claim_available()
+                more = await self._claim_available()
                 self.healthy = True
                 backoff = self._settings.poll_interval_seconds
             except Exception as exc:  # MongoDB down: keep the loop alive and retry with growing pauses
                 self.healthy = False
                 log.warning("claim_failed", error=str(exc))
-                claimed = 0
+                more = False
                 backoff = min(backoff * 2, 5.0)
-            if claimed and self.active < self._settings.max_active_notifications:
+            if more:
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), backoff)
 
-    async def _claim_available(self) -> int:
-        claimed = 0
+    async def _claim_available(self) -> bool:
+        """Claim and start what is due while slots are free; True if more may be waiting right now."""
         while not self._stopping and self.active < self._settings.max_active_notifications:
             # Each claimed notification may need its own slot (fan-out), so claim no more than are free;
             # the small ones among them share one slot as a batch.
             free = self._settings.max_active_notifications - self.active
-            docs = await self._notifications.claim_due(self.owner, self._clock(), self._settings.lease_seconds, free)
-            if not docs:
-                break
+            now = self._clock()
+            # Wakes come from new requests, which are `accepted`; scheduled ones coming due and expired
+            # leases are looked for once per poll interval, which keeps busy wake-ups to one query.
+            states = [NotificationState.ACCEPTED]
+            if now - self._last_full_claim >= self._settings.poll_interval_seconds:
+                states = ACTIVE_STATES
+                self._last_full_claim = now
+            docs = await self._notifications.claim_due(self.owner, now, self._settings.lease_seconds, free, states)
             if self._stopping:
                 # drain() began while this claim was in flight: do not start work it will not wait for
                 # (the leases are released on stop or lapse).
-                break
-            claimed += len(docs)
+                return False
             small = []
             for doc in docs:
                 item = as_small(doc)
@@ -91,7 +98,9 @@ class Scheduler:
                     small.append(item)
             if small:
                 self._start(self._run_batch(small), f"batch:{len(small)}")
-        return claimed
+            if len(docs) < free:
+                return False  # took all that was due (of `states`); next: a wake or the poll interval
+        return False
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)

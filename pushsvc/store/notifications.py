@@ -110,8 +110,15 @@ class NotificationStore:
     async def get(self, notification_id: str) -> dict | None:
         return await self._collection.find_one({"_id": notification_id})
 
-    async def claim_due(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[dict]:
-        """Take up to `limit` of the oldest due notifications nobody holds a live lease on.
+    async def claim_due(
+        self,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        states: Sequence[NotificationState] = ACTIVE_STATES,
+    ) -> list[dict]:
+        """Take up to `limit` of the oldest due notifications in `states` nobody holds a live lease on.
 
         A crashed owner's lease expires, so its notifications are claimable again. Several replicas may
         pick the same candidates: the conditional update gives each notification to exactly one, and the
@@ -121,30 +128,31 @@ class NotificationStore:
         # (state, due_at) index on any MongoDB, where `state: {$in: [...]}` makes nx-27017 scan the collection.
         lookups = [
             self._collection.find(
-                {"state": {"$eq": str(state)}, "due_at": {"$lte": now}, "lease_until": {"$lte": now}},
-                {"due_at": 1},
+                {"state": {"$eq": str(state)}, "due_at": {"$lte": now}, "lease_until": {"$lte": now}}
             )
             .sort("due_at", 1)
             .limit(limit)
             .to_list(length=limit)
-            for state in ACTIVE_STATES
+            for state in states
         ]
         candidates = sorted((c for found in await asyncio.gather(*lookups) for c in found), key=_due_at)[:limit]
         if not candidates:
             return []
         ids = [c["_id"] for c in candidates]
         claim = f"{owner}/{uuid.uuid4().hex}"
+        claimed = {
+            "state": str(NotificationState.DISPATCHING),
+            "lease_owner": owner,
+            "lease_until": now + lease_seconds,
+            "claim": claim,
+        }
         won = await self._collection.update_many(
-            {"_id": {"$in": ids}, "state": {"$in": _ACTIVE}, "lease_until": {"$lte": now}},
-            {
-                "$set": {
-                    "state": str(NotificationState.DISPATCHING),
-                    "lease_owner": owner,
-                    "lease_until": now + lease_seconds,
-                    "claim": claim,
-                }
-            },
+            {"_id": {"$in": ids}, "state": {"$in": _ACTIVE}, "lease_until": {"$lte": now}}, {"$set": claimed}
         )
+        if won.modified_count == len(ids) and all(c["state"] != str(NotificationState.DISPATCHING) for c in candidates):
+            # Won them all, and no previous owner could have written to them since we read them (an
+            # orphaned, expired lease might still be saving a chunk): the documents read are current.
+            return [{**c, **claimed} for c in candidates]
         if not won.modified_count:
             return []
         docs = await self._collection.find({"_id": {"$in": ids}, "claim": {"$eq": claim}}).to_list(length=limit)

@@ -40,7 +40,7 @@ async def record(store: NotificationStore, count: int, now: float, prefix: str =
     for i in range(count):
         raw = request(f"{prefix}{i:03d}")
         # Distinct due times so "oldest first" is observable.
-        documents.append(new_document(parse_request(raw), raw, "test", now - count + i, now - count))
+        documents.append(new_document(parse_request(raw), raw, "test", now - count + i, now))
     await store.record(documents)
     return [d["_id"] for d in documents]
 
@@ -126,3 +126,18 @@ async def test_backlog_counts_waiting_notifications_due_and_future(store: Notifi
     assert await store.backlog(now) == (5, 1)
     await store.finish_many(docs[0]["claim"], [Final(d["_id"], NotificationState.DONE, {}) for d in docs])
     assert await store.backlog(now) == (3, 1)
+
+
+async def test_a_wake_up_claim_takes_only_new_requests(store: NotificationStore) -> None:
+    now = time.time()
+    await record(store, 2, now)
+    # Scheduled earlier for a time that has now come: found by the periodic full claim, not a wake-up one.
+    raw = request("was-scheduled", send_at="2030-01-01T00:00:00Z")
+    await store.record([new_document(parse_request(raw), raw, "test", now - 0.5, now - 60)])
+    doc = await store.get("was-scheduled")
+    assert doc is not None and doc["state"] == "scheduled"
+    woken = await store.claim_due("a", now, 30.0, 10, [NotificationState.ACCEPTED])
+    assert sorted(d["_id"] for d in woken) == ["n000", "n001"]
+    full = await store.claim_due("a", now, 30.0, 10)
+    assert [d["_id"] for d in full] == ["was-scheduled"]
+    assert full[0]["state"] == "dispatching" and full[0]["lease_owner"] == "a"
