@@ -11,8 +11,9 @@ Kafka exactly as a producing service does and prints, per phase:
   after the last ack of that request) and per APNs delivery (publish -> nginx's answer, by device token).
 
 Phases: APNs peak, FCM peak (one segment request each), a 100k-device mixed segment campaign, then a steady
-stream of small segment requests (--per-request devices each) at half of the campaign's peak rate (the
-latency target), then transactional traffic (`users` requests of 1-3 devices at --txn-rate requests/s).
+stream of small segment requests (--per-request devices each) at half of the campaign's peak rate, then
+transactional traffic (`users` requests of 1-3 devices): its peak (--txn-peak-requests published at once),
+then a steady stream at half of that request rate (the latency target; or --txn-rate requests/s).
 --phases picks phases; with --peak-rate the latency phase runs without the campaign. Results are printed as
 a table and written to benchmarks/results.json.
 """
@@ -224,7 +225,8 @@ class Bench:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer("push.outcomes", bootstrap_servers=self.bootstrap,
-                                         group_id=f"bench-{secrets.token_hex(4)}", auto_offset_reset="latest")
+                                         group_id=f"bench-{secrets.token_hex(4)}", auto_offset_reset="latest",
+                                         fetch_max_wait_ms=50)
         await self.consumer.start()
         self._consume_task = asyncio.create_task(self._consume())
         await asyncio.sleep(1.0)
@@ -387,20 +389,34 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
             results.append(r)
             print_row(r)
         if "txn" in args.phases:
-            # Transactional traffic: many small `users` requests (1-3 users, one device each) at a steady rate.
+            # Transactional traffic: many small `users` requests (1-3 users, one device each). Its own peak
+            # (requests published all at once) first, then a steady stream at --latency-load of that peak.
             rng = random.Random(7)
-            n = int(args.txn_rate * args.latency_seconds)
-            token_request = {}
-            reqs = []
             next_user = args.devices // 2  # away from the users the warm-up touched
-            for k in range(n):
-                users = list(range(next_user, next_user + rng.randint(1, 3)))
-                next_user = (users[-1] + 1) % args.devices
-                rid = f"txn-{tag}-{k}"
-                for u in users:
-                    token_request[device_token(u)] = rid
-                reqs.append((rid, {"users": [f"u{u}" for u in users]}))
-            r = await bench.run_phase(f"transactional_{args.txn_rate:g}rps", reqs, args.txn_rate, token_request)
+
+            def transactional(count: int, prefix: str) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+                nonlocal next_user
+                token_request: dict[str, str] = {}
+                reqs = []
+                for k in range(count):
+                    users = list(range(next_user, next_user + rng.randint(1, 3)))
+                    next_user = (users[-1] + 1) % args.devices
+                    rid = f"{prefix}-{tag}-{k}"
+                    for u in users:
+                        token_request[device_token(u)] = rid
+                    reqs.append((rid, {"users": [f"u{u}" for u in users]}))
+                return reqs, token_request
+
+            rate = args.txn_rate
+            if rate is None:
+                reqs, token_request = transactional(args.txn_peak_requests, "txnpeak")
+                r = await bench.run_phase("transactional_peak", reqs, None, token_request)
+                results.append(r)
+                print_row(r)
+                rate = round(len(reqs) / r["seconds"] * args.latency_load, 1)
+            reqs, token_request = transactional(int(rate * args.latency_seconds), "txn")
+            r = await bench.run_phase(f"transactional_{rate:g}rps", reqs, rate, token_request)
+            r["offered_deliveries_per_s"] = round(rate * r["targeted"] / max(1, len(reqs)))
             results.append(r)
             print_row(r)
     finally:
@@ -446,7 +462,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=1000, help="dispatch.concurrency_per_provider")
     parser.add_argument("--max-connections", type=int, default=10, help="apns/fcm max_connections")
-    parser.add_argument("--max-active", type=int, default=16, help="dispatch.max_active_notifications")
+    parser.add_argument("--max-active", type=int, default=64, help="dispatch.max_active_notifications")
     parser.add_argument("--phase-timeout", type=float, default=300.0)
     parser.add_argument("--work", default="/tmp/pushsvc-bench")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
@@ -456,8 +472,11 @@ def main() -> int:
                         help="which phases to run (comma separated: apns,fcm,campaign,latency,txn)")
     parser.add_argument("--peak-rate", type=float, default=None,
                         help="campaign peak deliveries/s for the latency phase when the campaign phase is skipped")
-    parser.add_argument("--txn-rate", type=float, default=50.0,
-                        help="requests/s in the transactional phase (users targets of 1-3 devices)")
+    parser.add_argument("--txn-rate", type=float, default=None,
+                        help="requests/s in the transactional phase (users targets of 1-3 devices); "
+                             "default: --latency-load of the transactional peak, measured first")
+    parser.add_argument("--txn-peak-requests", type=int, default=10_000,
+                        help="requests published at once to measure the transactional peak")
     args = parser.parse_args()
     args.peak_devices = min(args.peak_devices, args.devices // 2)
 
