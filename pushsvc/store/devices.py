@@ -44,6 +44,11 @@ class DeviceRecord:
     opt_out: tuple[str, ...] = ()
 
 
+def _device_key(app: str, token: str) -> dict[str, Any]:
+    """The unique (app, token) lookup; `$eq` spelled out (same meaning) so nx-27017 uses its index too."""
+    return {"app": {"$eq": app}, "token": {"$eq": token}}
+
+
 def to_device(doc: dict) -> Device:
     return Device(
         app=doc["app"],
@@ -118,11 +123,11 @@ class DeviceStore:
         now = time.time() if now is None else now
         fields = _fields(device, now)
         result = await self._collection.update_one(
-            {"app": device.app, "token": device.token},
+            _device_key(device.app, device.token),
             {"$set": fields, "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now}},
             upsert=True,
         )
-        doc = await self._collection.find_one({"app": device.app, "token": device.token})
+        doc = await self._collection.find_one(_device_key(device.app, device.token))
         assert doc is not None
         return doc, result.upserted_id is not None
 
@@ -197,7 +202,7 @@ class DeviceStore:
         now = time.time() if now is None else now
         operations = [
             UpdateOne(
-                {"app": app, "token": token, "active": True},
+                {**_device_key(app, token), "active": {"$eq": True}},
                 {
                     "$set": {
                         "active": False,
@@ -215,7 +220,8 @@ class DeviceStore:
         return result.modified_count
 
     async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[dict]:
-        return [doc async for doc in self._collection.find({"app": app, "user_id": user_id}).limit(limit)]
+        query = {"app": {"$eq": app}, "user_id": {"$eq": user_id}}
+        return [doc async for doc in self._collection.find(query).limit(limit)]
 
     async def update_tags(
         self, app: str, token: str, tags: Sequence[str], now: float | None = None
@@ -223,26 +229,29 @@ class DeviceStore:
         """Replace a device's tags (unique (app, token) index); None if no such device."""
         now = time.time() if now is None else now
         return await self._collection.find_one_and_update(
-            {"app": app, "token": token},
+            _device_key(app, token),
             {"$set": {"tags": list(tags), "updated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
 
     async def delete(self, app: str, token: str) -> bool:
-        result = await self._collection.delete_one({"app": app, "token": token})
+        result = await self._collection.delete_one(_device_key(app, token))
         return result.deleted_count == 1
 
     async def erase_user(self, apps: Sequence[str], user_id: str) -> int:
         """GDPR erasure: delete every device of the user in these apps (served by the app_user index)."""
-        result = await self._collection.delete_many({"app": {"$in": list(apps)}, "user_id": user_id})
-        return result.deleted_count
+        deleted = 0
+        for app in apps:  # one indexed delete per app: `app: {$in}` makes nx-27017 scan the collection
+            result = await self._collection.delete_many({"app": {"$eq": app}, "user_id": {"$eq": user_id}})
+            deleted += result.deleted_count
+        return deleted
 
     async def upsert_many(self, devices: Sequence[DeviceRecord], now: float | None = None) -> tuple[int, int]:
         """Bulk register (the import CLI): one bulk_write per batch. Returns (inserted, updated)."""
         now = time.time() if now is None else now
         operations = [
             UpdateOne(
-                {"app": d.app, "token": d.token},
+                _device_key(d.app, d.token),
                 {"$set": _fields(d, now), "$setOnInsert": {"app": d.app, "token": d.token, "created_at": now}},
                 upsert=True,
             )
