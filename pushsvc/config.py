@@ -65,10 +65,12 @@ class DispatchSettings:
     backoff_max_seconds: float = 30.0
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 0.2
-    # How many notifications one replica works on at once.
-    # Transactional traffic is many one-device notifications: each active one has at most its chunk in
-    # flight, so this bounds concurrency across notifications, and retries of one must not stall the rest.
+    # Fan-out notifications (segments, long lists, local-time waves, campaigns) one replica runs at once;
+    # each has one chunk in flight, and one retrying against a slow provider holds its slot until the
+    # chunk ends. Transactional pushes do not use these slots (see max_batched_notifications).
     max_active_notifications: int = 64
+    # Transactional notifications (a few tokens or users, sent now) in flight in the batch lane at once.
+    max_batched_notifications: int = 5000
     # After an authentication error the app's provider is paused this long (no request reaches it).
     auth_pause_seconds: float = 60.0
     # Outcome events not confirmed this long after a notification finished are re-published by the sweep.
@@ -266,7 +268,13 @@ def _check_semantics(settings: Settings) -> None:
         if getattr(settings.kafka, name) < 1:
             raise ConfigError(f"kafka.{name}: must be at least 1")
     d = settings.dispatch
-    for name in ("chunk_size", "concurrency_per_provider", "max_attempts", "max_active_notifications"):
+    for name in (
+        "chunk_size",
+        "concurrency_per_provider",
+        "max_attempts",
+        "max_active_notifications",
+        "max_batched_notifications",
+    ):
         if getattr(d, name) < 1:
             raise ConfigError(f"dispatch.{name}: must be at least 1")
     if d.send_timeout_seconds <= 0 or d.lease_seconds <= d.send_timeout_seconds:

@@ -23,7 +23,7 @@ from pushsvc.model import RequestError, parse_request
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
 from pushsvc.store.campaigns import KIND, STATUSES, campaign_key
 from pushsvc.store.devices import audience_filter
-from pushsvc.store.notifications import new_document
+from pushsvc.store.notifications import LANE_FANOUT, new_document
 
 routes = web.RouteTableDef()
 
@@ -165,7 +165,8 @@ async def create_campaign(request: web.Request) -> web.Response:
         audience_filter(parsed.app, parsed.target, parsed.message.category, None)
     )
     doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
-    doc.update(fields, audience_estimate=estimate)
+    # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.
+    doc.update(fields, audience_estimate=estimate, lane=LANE_FANOUT)
     result = await request.app[NOTIFICATIONS].record([doc])
     stored = await request.app[CAMPAIGNS].get(campaign_id)
     if stored is None:

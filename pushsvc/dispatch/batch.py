@@ -26,10 +26,12 @@ from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
 from pushsvc.outcomes import OutcomeEvent, OutcomePublisher
-from pushsvc.store.devices import SMALL_LOOKUP
-from pushsvc.store.notifications import COUNT_KEYS, Final, NotificationStore
+from pushsvc.store.notifications import COUNT_KEYS, LANE_BATCH, Final, NotificationStore, lane_for
 
 log = get_logger(__name__)
+
+# How often a batch finishes the notifications that are done while others are still retrying.
+FINISH_EVERY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,21 +44,18 @@ def as_small(doc: dict) -> SmallNotification | None:
     """The notification if the batch lane can run it: a few tokens or users, sent now, no campaign pacing.
 
     Everything else (segments, long lists, local-time waves, quiet hours, throttled or resumable
-    campaigns) needs per-chunk progress and goes to the fan-out runner.
+    campaigns) needs per-chunk progress and goes to the fan-out runner. The lane was chosen when the
+    request was recorded; this re-checks what the runner relies on.
     """
-    if doc.get("kind") or doc.get("cursor") is not None or doc.get("quiet_hours") or doc.get("throttle_per_second"):
+    if doc.get("lane") != LANE_BATCH or doc.get("kind") or doc.get("cursor") is not None:
+        return None
+    if doc.get("quiet_hours") or doc.get("throttle_per_second"):
         return None
     try:
         request = parse_request(orjson.loads(doc["request"]))
     except (RequestError, orjson.JSONDecodeError):
         return None  # the runner records why it cannot be sent
-    target = request.target
-    few = (target.tokens and len(target.tokens) <= SMALL_LOOKUP) or (
-        target.users and len(target.users) <= SMALL_LOOKUP
-    )
-    if not few or request.options.local_time:
-        return None
-    return SmallNotification(doc, request)
+    return SmallNotification(doc, request) if lane_for(request) == LANE_BATCH else None
 
 
 class BatchRunner:
@@ -76,22 +75,43 @@ class BatchRunner:
 
     async def run(self, batch: Sequence[SmallNotification]) -> None:
         claim = batch[0].doc["claim"]
-        ids = [item.doc["_id"] for item in batch]
-        heartbeat = asyncio.create_task(self._heartbeat(claim, ids))
+        sending = {asyncio.ensure_future(self._send(item)): item for item in batch}
+        held = {item.doc["_id"] for item in batch}
+        heartbeat = asyncio.create_task(self._heartbeat(claim, held))
         try:
-            results = await asyncio.gather(*(self._send(item) for item in batch))
+            pending = set(sending)
+            while pending:
+                # Finish what is done every so often: one notification retrying against a slow provider
+                # must not hold back the outcome of the rest of its batch.
+                done, pending = await asyncio.wait(pending, timeout=FINISH_EVERY_SECONDS)
+                ready: list[tuple[SmallNotification, Counter[str]]] = []
+                for task in done:
+                    item = sending[task]
+                    held.discard(item.doc["_id"])
+                    error = task.exception()
+                    if error is not None:
+                        # Only this one: its lease lapses and a later claim sends it again.
+                        log.error("notification_run_failed", notification_id=item.doc["_id"], error=repr(error))
+                    else:
+                        ready.append((item, task.result()))
+                await self._finish(claim, ready)
         finally:
             heartbeat.cancel()
+            for task in sending:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        finals = [
-            Final(item.doc["_id"], NotificationState.DONE, counts) for item, counts in zip(batch, results, strict=True)
-        ]
+
+    async def _finish(self, claim: str, ready: Sequence[tuple[SmallNotification, Counter[str]]]) -> None:
+        """One bulk write for the final states, one producer batch for the outcome events."""
+        if not ready:
+            return
+        finals = [Final(item.doc["_id"], NotificationState.DONE, counts) for item, counts in ready]
         finished = set(await self._notifications.finish_many(claim, finals))
         if len(finished) < len(finals):
             log.warning("lease_lost", notifications=len(finals) - len(finished))
         events = []
-        for item, final in zip(batch, finals, strict=True):
+        for (item, _), final in zip(ready, finals, strict=True):
             if final.notification_id not in finished:
                 continue
             counts = {key: int(final.counts.get(key, 0)) for key in COUNT_KEYS}
@@ -120,16 +140,17 @@ class BatchRunner:
                 return counts
             cursor = chunk.next_cursor
 
-    async def _heartbeat(self, claim: str, ids: list[str]) -> None:
-        """Keep the batch's leases while retries run (a slow provider can outlast one lease)."""
+    async def _heartbeat(self, claim: str, held: set[str]) -> None:
+        """Keep the leases of the notifications still sending (a slow provider can outlast one lease)."""
         interval = self._settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            ids = list(held)
             try:
-                held = await self._notifications.renew_claim(claim, ids, self._clock() + self._settings.lease_seconds)
+                kept = await self._notifications.renew_claim(claim, ids, self._clock() + self._settings.lease_seconds)
             except Exception as exc:  # MongoDB unreachable: try again next beat, the lease is still ours
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
-            if held < len(ids):
+            if kept < len(ids):
                 # Another replica took some over after a stall; finish_many leaves those to it.
-                log.warning("lease_lost", notifications=len(ids) - held)
+                log.warning("lease_lost", notifications=len(ids) - kept)

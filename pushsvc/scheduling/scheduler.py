@@ -17,9 +17,13 @@ from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState
-from pushsvc.store.notifications import ACTIVE_STATES, NotificationStore
+from pushsvc.store.notifications import ACTIVE_STATES, LANE_BATCH, LANE_FANOUT, NotificationStore
 
 log = get_logger(__name__)
+
+
+# Most notifications one batch-lane claim takes (one bulk finish, one producer batch).
+BATCH_CLAIM_LIMIT = 500
 
 
 class Scheduler:
@@ -40,6 +44,8 @@ class Scheduler:
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
+        self._fanouts = 0  # notifications run by the fan-out runner now
+        self._batched = 0  # notifications inside running batches now
         self._stopping = False
         self._last_full_claim = 0.0
         self.healthy = True
@@ -50,7 +56,8 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        """Notifications this replica is working on."""
+        return self._fanouts + self._batched
 
     async def run(self) -> None:
         backoff = self._settings.poll_interval_seconds
@@ -72,35 +79,45 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), backoff)
 
     async def _claim_available(self) -> bool:
-        """Claim and start what is due while slots are free; True if more may be waiting right now."""
-        while not self._stopping and self.active < self._settings.max_active_notifications:
-            # Each claimed notification may need its own slot (fan-out), so claim no more than are free;
-            # the small ones among them share one slot as a batch.
-            free = self._settings.max_active_notifications - self.active
-            now = self._clock()
-            # Wakes come from new requests, which are `accepted`; scheduled ones coming due and expired
-            # leases are looked for once per poll interval, which keeps busy wake-ups to one query.
-            states = [NotificationState.ACCEPTED]
-            if now - self._last_full_claim >= self._settings.poll_interval_seconds:
-                states = ACTIVE_STATES
-                self._last_full_claim = now
-            docs = await self._notifications.claim_due(self.owner, now, self._settings.lease_seconds, free, states)
-            if self._stopping:
-                # drain() began while this claim was in flight: do not start work it will not wait for
-                # (the leases are released on stop or lapse).
-                return False
-            small = []
-            for doc in docs:
-                item = as_small(doc)
-                if item is None:
-                    self._start(self._run_one(doc), f"notification:{doc['_id']}")
-                else:
-                    small.append(item)
-            if small:
-                self._start(self._run_batch(small), f"batch:{len(small)}")
-            if len(docs) < free:
-                return False  # took all that was due (of `states`); next: a wake or the poll interval
-        return False
+        """Claim and start what is due in each lane with room; True if more may be waiting right now."""
+        now = self._clock()
+        # Wakes come from new requests, which are `accepted`; scheduled ones coming due and expired
+        # leases are looked for once per poll interval, which keeps busy wake-ups to one query per lane.
+        states = [NotificationState.ACCEPTED]
+        if now - self._last_full_claim >= self._settings.poll_interval_seconds:
+            states = ACTIVE_STATES
+            self._last_full_claim = now
+        more = False
+        # Each lane has its own room: campaigns retrying against a slow provider fill only the fan-out
+        # slots, and a burst of transactional pushes only the batch lane.
+        room = min(BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
+        if room > 0 and not self._stopping:
+            docs = await self._claim(now, room, LANE_BATCH, states)
+            more |= len(docs) == room
+        room = self._settings.max_active_notifications - self._fanouts
+        if room > 0 and not self._stopping:
+            docs = await self._claim(now, room, LANE_FANOUT, states)
+            more |= len(docs) == room
+        return more and not self._stopping
+
+    async def _claim(self, now: float, limit: int, lane: str, states: list[NotificationState]) -> list[dict]:
+        docs = await self._notifications.claim_due(self.owner, now, self._settings.lease_seconds, limit, lane, states)
+        if self._stopping:
+            # drain() began while this claim was in flight: do not start work it will not wait for
+            # (the leases are released on stop or lapse).
+            return []
+        small = []
+        for doc in docs:
+            item = as_small(doc)
+            if item is None:
+                self._fanouts += 1
+                self._start(self._run_one(doc), f"notification:{doc['_id']}")
+            else:
+                small.append(item)
+        if small:
+            self._batched += len(small)
+            self._start(self._run_batch(small), f"batch:{len(small)}")
+        return docs
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -116,6 +133,7 @@ class Scheduler:
             # The lease expires and another pass (or replica) resumes from the saved cursor.
             log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
         finally:
+            self._fanouts -= 1
             self._wakeup.set()  # a slot is free
 
     async def _run_batch(self, batch: list[SmallNotification]) -> None:
@@ -127,6 +145,7 @@ class Scheduler:
             # The leases expire and another pass (or replica) runs these notifications again.
             log.error("batch_run_failed", notifications=len(batch), error=repr(exc))
         finally:
+            self._batched -= len(batch)
             self._wakeup.set()
 
     async def drain(self, timeout: float) -> None:

@@ -16,7 +16,9 @@ DEVICE_INDEXES = [
     IndexModel([("app", ASCENDING), ("tags", ASCENDING)], name="app_tags"),  # segment target
 ]
 NOTIFICATION_INDEXES = [
-    # claim_due: the oldest due notification whose lease has expired.
+    # claim_due: per lane, the oldest due notifications whose lease has expired.
+    IndexModel([("lane", ASCENDING), ("state", ASCENDING), ("due_at", ASCENDING)], name="lane_state_due"),
+    # backlog: waiting notifications per state, due and future.
     IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due"),
     # events_pending: the outcome sweep's small set of unannounced final notifications.
     IndexModel([("event_pending", ASCENDING), ("finished_at", ASCENDING)], name="event_pending"),

@@ -19,6 +19,7 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState, PushRequest
 from pushsvc.store.database import Database
+from pushsvc.store.devices import SMALL_LOOKUP
 
 DUPLICATE_KEY = 11000
 # Final-outcome counters kept on each notification; "pending" is derived from them.
@@ -38,6 +39,21 @@ ACTIVE_STATES = [NotificationState.ACCEPTED, NotificationState.SCHEDULED, Notifi
 _ACTIVE = [str(s) for s in ACTIVE_STATES]
 # A paused notification (a campaign) keeps its cursor and is not claimed until resumed.
 PAUSED = "paused"
+# Claim lanes, decided when a request is recorded. "batch": a few tokens or users, sent now, run many at a
+# time (dispatch/batch.py). "fanout": segments, long lists, local-time waves and campaigns, run chunk by
+# chunk (dispatch/fanout.py). Claimed separately, so busy or retrying campaigns never hold up
+# transactional pushes and a burst of those never starves a campaign.
+LANE_BATCH = "batch"
+LANE_FANOUT = "fanout"
+LANES = (LANE_BATCH, LANE_FANOUT)
+
+
+def lane_for(request: PushRequest) -> str:
+    target = request.target
+    few = (bool(target.tokens) and len(target.tokens) <= SMALL_LOOKUP) or (
+        bool(target.users) and len(target.users) <= SMALL_LOOKUP
+    )
+    return LANE_BATCH if few and not request.options.local_time else LANE_FANOUT
 
 
 def _due_at(doc: Mapping[str, Any]) -> float:
@@ -72,6 +88,7 @@ def new_document(
         "request": orjson.dumps(raw).decode(),
         "source": source,
         "state": str(state),
+        "lane": lane_for(request),
         "created_at": now,
         "due_at": due_at,
         "lease_owner": None,
@@ -116,19 +133,25 @@ class NotificationStore:
         now: float,
         lease_seconds: float,
         limit: int,
+        lane: str,
         states: Sequence[NotificationState] = ACTIVE_STATES,
     ) -> list[dict]:
-        """Take up to `limit` of the oldest due notifications in `states` nobody holds a live lease on.
+        """Take up to `limit` of the oldest due notifications of `lane` in `states` nobody holds a lease on.
 
         A crashed owner's lease expires, so its notifications are claimable again. Several replicas may
         pick the same candidates: the conditional update gives each notification to exactly one, and the
         claim token written with it tells this replica which ones it won.
         """
         # One equality query per claimable state, merged by due_at: each is a range scan of the
-        # (state, due_at) index on any MongoDB, where `state: {$in: [...]}` makes nx-27017 scan the collection.
+        # (lane, state, due_at) index on any MongoDB; `state: {$in: [...]}` makes nx-27017 scan the collection.
         lookups = [
             self._collection.find(
-                {"state": {"$eq": str(state)}, "due_at": {"$lte": now}, "lease_until": {"$lte": now}}
+                {
+                    "lane": {"$eq": lane},
+                    "state": {"$eq": str(state)},
+                    "due_at": {"$lte": now},
+                    "lease_until": {"$lte": now},
+                }
             )
             .sort("due_at", 1)
             .limit(limit)

@@ -469,3 +469,29 @@ async def test_retries_stop_when_the_ttl_has_passed(stack: Stack) -> None:
     attempts = len(stack.apns.requests_for(token))
     assert 1 <= attempts < 10
     assert stack.apns.requests_for(token)[-1].time <= doc["due_at"] + 1.0
+
+
+# ------------------------------------------------------------------------------------------- lanes
+
+
+async def test_transactional_pushes_pass_a_retrying_campaign_and_a_retrying_neighbour(stack: Stack) -> None:
+    """Head-of-line blocking: the only fan-out slot is held by a segment push whose device keeps
+    answering 503, and a transactional push to that same device retries too. A transactional push to a
+    healthy device is still sent and finished while both are retrying."""
+    await stack.start(dispatch={"max_active_notifications": 1, "max_attempts": 40})
+    await stack.register(ios(1), "ios", tags=["slow"])
+    await stack.register(ios(2), "ios")
+    stack.apns.script(ios(1), status=503, reason="ServiceUnavailable")  # always
+    await stack.publish(alert("stuck-segment", {"segment": {"tags_any": ["slow"]}}))
+    await stack.apns.wait_for_requests(2)  # the segment push is retrying: its slot is taken
+
+    await stack.publish(alert("slow-neighbour", {"tokens": [ios(1)]}), alert("quick", {"tokens": [ios(2)]}))
+    await finished_with(stack, "quick", targeted=1, delivered=1)
+    for busy in ("stuck-segment", "slow-neighbour"):
+        doc = await stack.notification(busy)
+        assert doc is not None and doc["state"] == "dispatching", doc
+    assert len(stack.apns.requests_for(ios(2))) == 1
+
+    # Both end once their attempts run out, each device counted once.
+    await finished_with(stack, "slow-neighbour", timeout=60, targeted=1, failed=1)
+    await finished_with(stack, "stuck-segment", timeout=60, targeted=1, failed=1)
