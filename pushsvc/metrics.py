@@ -95,6 +95,12 @@ KAFKA_CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+ACTIVE_NOTIFICATIONS = Gauge(
+    "pushsvc_active_notifications",
+    "Notifications this replica is working on, by claim lane (batch: transactional, fanout: chunked)",
+    ["lane"],
+    registry=REGISTRY,
+)
 SCHEDULED_BACKLOG = Gauge(
     "pushsvc_scheduled_backlog",
     "Notifications waiting in MongoDB, by whether they are already due (due|future)",
@@ -151,6 +157,8 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
     reason codes, Kafka partitions, campaigns) appear when they occur;
     so does the scheduled backlog, which stays absent rather than a false 0 until MongoDB answered.
     """
+    for lane in ("batch", "fanout"):
+        ACTIVE_NOTIFICATIONS.labels(lane).set(0)
     pairs = sorted(set(app_providers))
     for app, provider in pairs:
         for outcome in DELIVERY_OUTCOMES:

@@ -73,7 +73,8 @@ class BatchRunner:
         self._settings = settings
         self._clock = clock
 
-    async def run(self, batch: Sequence[SmallNotification]) -> None:
+    async def run(self, batch: Sequence[SmallNotification], on_done: Callable[[int], None] = lambda n: None) -> None:
+        """Send and finish the batch; `on_done(n)` reports n more notifications off our hands."""
         claim = batch[0].doc["claim"]
         sending = {asyncio.ensure_future(self._send(item)): item for item in batch}
         held = {item.doc["_id"] for item in batch}
@@ -95,6 +96,7 @@ class BatchRunner:
                     else:
                         ready.append((item, task.result()))
                 await self._finish(claim, ready)
+                on_done(len(done))
         finally:
             heartbeat.cancel()
             for task in sending:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
 from pushsvc.dispatch.fanout import NotificationRunner
@@ -117,7 +118,12 @@ class Scheduler:
         if small:
             self._batched += len(small)
             self._start(self._run_batch(small), f"batch:{len(small)}")
+        self._report()
         return docs
+
+    def _report(self) -> None:
+        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_BATCH).set(self._batched)
+        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_FANOUT).set(self._fanouts)
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -134,19 +140,28 @@ class Scheduler:
             log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
         finally:
             self._fanouts -= 1
+            self._report()
             self._wakeup.set()  # a slot is free
 
     async def _run_batch(self, batch: list[SmallNotification]) -> None:
+        remaining = len(batch)
+
+        def done(count: int) -> None:  # finished early: their room in the lane is free again
+            nonlocal remaining
+            remaining -= count
+            self._batched -= count
+            self._report()
+            self._wakeup.set()
+
         try:
-            await self._batch_runner.run(batch)
+            await self._batch_runner.run(batch, done)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # The leases expire and another pass (or replica) runs these notifications again.
-            log.error("batch_run_failed", notifications=len(batch), error=repr(exc))
+            log.error("batch_run_failed", notifications=remaining, error=repr(exc))
         finally:
-            self._batched -= len(batch)
-            self._wakeup.set()
+            done(remaining)
 
     async def drain(self, timeout: float) -> None:
         """Stop claiming; give in-flight work `timeout` seconds, then cancel it (its lease lapses for others)."""

@@ -45,7 +45,6 @@ PAUSED = "paused"
 # transactional pushes and a burst of those never starves a campaign.
 LANE_BATCH = "batch"
 LANE_FANOUT = "fanout"
-LANES = (LANE_BATCH, LANE_FANOUT)
 
 
 def lane_for(request: PushRequest) -> str:

@@ -491,7 +491,15 @@ async def test_transactional_pushes_pass_a_retrying_campaign_and_a_retrying_neig
         doc = await stack.notification(busy)
         assert doc is not None and doc["state"] == "dispatching", doc
     assert len(stack.apns.requests_for(ios(2))) == 1
+    # What SREs see: one notification in progress in each lane.
+    assert await metric(stack, "pushsvc_active_notifications", lane="fanout") == 1
+    assert await metric(stack, "pushsvc_active_notifications", lane="batch") == 1
 
     # Both end once their attempts run out, each device counted once.
     await finished_with(stack, "slow-neighbour", timeout=60, targeted=1, failed=1)
     await finished_with(stack, "stuck-segment", timeout=60, targeted=1, failed=1)
+    await wait_until(lambda: lanes_idle(stack), 5)
+
+
+async def lanes_idle(stack: Stack) -> bool:
+    return all([await metric(stack, "pushsvc_active_notifications", lane=lane) == 0 for lane in ("batch", "fanout")])
