@@ -26,7 +26,7 @@ from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
 from pushsvc.outcomes import OutcomeEvent, OutcomePublisher
-from pushsvc.store.notifications import COUNT_KEYS, LANE_BATCH, Final, NotificationStore, lane_for
+from pushsvc.store.notifications import LANE_BATCH, Final, NotificationStore, lane_for
 
 log = get_logger(__name__)
 
@@ -116,16 +116,17 @@ class BatchRunner:
         for (item, _), final in zip(ready, finals, strict=True):
             if final.notification_id not in finished:
                 continue
-            counts = {key: int(final.counts.get(key, 0)) for key in COUNT_KEYS}
             metrics.NOTIFICATIONS_FINISHED.labels(item.request.app, str(final.state)).inc()
             log.info(
                 "notification_finished",
                 notification_id=final.notification_id,
                 app=item.request.app,
                 state=str(final.state),
-                counts=counts,
+                counts=final.counts,
             )
-            events.append(OutcomeEvent(final.notification_id, item.request.app, str(final.state), counts, None))
+            events.append(
+                OutcomeEvent(final.notification_id, item.request.app, str(final.state), final.counts, None)
+            )
         await self._notifications.mark_events_published(await self._outcomes.publish_many(events))
 
     async def _send(self, item: SmallNotification) -> Counter[str]:

@@ -59,14 +59,22 @@ def _due_at(doc: Mapping[str, Any]) -> float:
     return float(doc["due_at"])
 
 
+def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Every counter of COUNT_KEYS, zero where `counts` has none."""
+    return {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
+
+
 @dataclass(frozen=True)
 class Final:
     """The end of a notification run by the batch lane: its final state and complete counts."""
 
     notification_id: str
     state: NotificationState
-    counts: Mapping[str, int]
+    counts: Mapping[str, int]  # completed to every COUNT_KEYS counter: written as the notification's counts
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", full_counts(self.counts))
 
 
 @dataclass(frozen=True)
@@ -297,7 +305,7 @@ class NotificationStore:
                     "$set": {
                         "state": str(final.state),
                         "error": final.error,
-                        "counts": {key: int(final.counts.get(key, 0)) for key in COUNT_KEYS},
+                        "counts": final.counts,
                         "finished_at": now,
                         "lease_owner": None,
                         "lease_until": 0.0,
