@@ -157,8 +157,6 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
     reason codes, Kafka partitions, campaigns) appear when they occur;
     so does the scheduled backlog, which stays absent rather than a false 0 until MongoDB answered.
     """
-    for lane in ("batch", "fanout"):
-        ACTIVE_NOTIFICATIONS.labels(lane).set(0)
     pairs = sorted(set(app_providers))
     for app, provider in pairs:
         for outcome in DELIVERY_OUTCOMES:

@@ -50,15 +50,11 @@ class Scheduler:
         self._stopping = False
         self._last_full_claim = 0.0
         self.healthy = True
+        self._report()  # both lane series exist, at zero, before the first scrape
 
     def wake(self) -> None:
         """Called by ingest when something due now was recorded: skip the rest of the poll interval."""
         self._wakeup.set()
-
-    @property
-    def active(self) -> int:
-        """Notifications this replica is working on."""
-        return self._fanouts + self._batched
 
     async def run(self) -> None:
         backoff = self._settings.poll_interval_seconds
