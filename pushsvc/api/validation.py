@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pushsvc.api.context import KNOWN_APPS
 from pushsvc.model import RequestError
 
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9:_\-.]{8,4096}$")
@@ -18,6 +19,8 @@ async def json_body(request: web.Request) -> Any:
         raise RequestError("body", "Content-Type must be application/json")
     try:
         return await request.json(loads=_loads)
+    except LookupError as exc:  # the Content-Type charset is no text encoding Python knows ("bogus", "hex")
+        raise RequestError("body", f"unsupported charset {str(request.charset)[:40]!r}") from exc
     except ValueError as exc:
         raise RequestError("body", f"not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -28,6 +31,26 @@ def _loads(text: str) -> Any:
     import orjson
 
     return orjson.loads(text)
+
+
+def app_of(request: web.Request) -> str:
+    """The `?app=` a lookup by id is scoped to (ids are unique per app); optional when one app is configured."""
+    known: frozenset[str] = request.app[KNOWN_APPS]
+    app = request.query.get("app")
+    if app is None:
+        if len(known) == 1:
+            return next(iter(known))
+        raise RequestError("app", "query parameter required (ids are unique within an app)")
+    if app not in known:
+        raise RequestError("app", f"unknown app {app[:128]!r}")
+    return app
+
+
+def field_name(key: str) -> str:
+    """An input key as the `field` of an error: an empty key names the body, a huge one is cut short."""
+    if not key:
+        return "body"
+    return key if len(key) <= 64 else key[:64] + "..."
 
 
 def opt_str(obj: dict, key: str, max_length: int = 256, pattern: re.Pattern[str] | None = None) -> str | None:

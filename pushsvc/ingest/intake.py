@@ -1,4 +1,9 @@
-"""Turning raw request bytes or objects into recorded notifications; shared by Kafka and the HTTP API."""
+"""Turning raw request bytes or objects into recorded notifications; shared by Kafka and the HTTP API.
+
+``decode`` and ``validate`` never raise: whatever one message does to the parser (a contract error, or an
+exception nobody foresaw) becomes a Rejection of that message alone. On Kafka an exception escaping here
+would crash the consume loop with its neighbours in hand; over HTTP it would be a 500 for bad input.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,20 @@ from typing import Any
 import orjson
 
 from pushsvc import metrics
+from pushsvc.ingest.payload_limits import check_payload_size
+from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.scheduling.due import initial_due_at
-from pushsvc.store.notifications import NotificationStore, RecordResult, new_document
+from pushsvc.store.campaigns import CAMPAIGN_PREFIX
+from pushsvc.store.notifications import NotificationStore, new_document, notification_key
+
+log = get_logger(__name__)
+
 
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str  # invalid_json | invalid_request | too_large
+    reason: str  # invalid_json | invalid_request | too_large | store_rejected
     detail: str
     field: str | None = None
 
@@ -28,7 +39,17 @@ class Accepted:
     raw: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    inserted: list[str]
+    duplicates: list[str]
+    # Requests MongoDB refuses to store for good (e.g. a document over its size limit), with the reason:
+    # Kafka dead-letters them (reason "store_rejected"), the API answers 400. Never retried.
+    rejected: list[tuple[Accepted, str]]
+
+
 def decode(value: bytes | None, max_bytes: int, known_apps: frozenset[str]) -> Accepted | Rejection:
+    """Raw Kafka value -> Accepted, or the Rejection that dead-letters it; never raises."""
     if value is None:
         return Rejection("invalid_json", "empty message (null value)")
     if len(value) > max_bytes:
@@ -37,16 +58,42 @@ def decode(value: bytes | None, max_bytes: int, known_apps: frozenset[str]) -> A
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", f"not valid JSON: {exc}")
+    except Exception as exc:  # orjson raises only JSONDecodeError; anything else must not crash the loop
+        return _unforeseen(exc)
     return validate(raw, known_apps)
 
 
 def validate(raw: Any, known_apps: frozenset[str]) -> Accepted | Rejection:
+    """A decoded JSON request -> Accepted, or a Rejection naming the field; never raises.
+
+    The contract (model.parse_request) plus what the providers would refuse for every device: the payload
+    size (payload_limits.check_payload_size).
+    """
     try:
-        return Accepted(parse_request(raw, known_apps), raw)
+        request = parse_request(raw, known_apps)
+        # A campaign's notification is request "campaign:<id>" of its app: producers can't use the prefix.
+        if request.id.startswith(CAMPAIGN_PREFIX):
+            raise RequestError("id", f"the prefix {CAMPAIGN_PREFIX!r} is reserved for campaigns")
+        check_payload_size(request)
+        return Accepted(request, raw)
     except RequestError as exc:
         return Rejection("invalid_request", str(exc), exc.field)
     except RecursionError:
         return Rejection("invalid_request", "nesting too deep")
+    except Exception as exc:
+        return _unforeseen(exc)
+
+
+def key(item: Accepted) -> str:
+    """The notification a request becomes: ids are unique per app."""
+    return notification_key(item.request.app, item.request.id)
+
+
+def _unforeseen(exc: Exception) -> Rejection:
+    """A parser bug met by this input: reject the one message (the class names the bug in the dead letter)."""
+    detail = f"{type(exc).__name__}: {exc}"[:500]
+    log.error("request_validation_crashed", error=detail, exc_info=True)
+    return Rejection("invalid_request", detail)
 
 
 class Intake:
@@ -60,27 +107,45 @@ class Intake:
         self._on_due = on_due
         self._clock = clock
 
-    async def record(self, accepted: Sequence[Accepted], source: str) -> RecordResult:
-        """Record validated requests in one round trip; a request id seen before is a duplicate, not resent."""
+    async def record(self, accepted: Sequence[Accepted], source: str) -> Recorded:
+        """Record validated requests (one round trip, as a rule); a request id seen before in its app is a
+        duplicate. The lists returned hold notification keys (store.notifications.notification_key).
+
+        Within one batch the first occurrence of an id wins and later ones are duplicates, like redeliveries;
+        but if MongoDB refuses the first one for good, the next copy gets its own try instead.
+        """
         now = self._clock()
-        # Within one batch the first occurrence of an id wins; later ones are duplicates like redeliveries.
-        unique: dict[str, Accepted] = {}
-        batch_duplicates: list[str] = []
-        for item in accepted:
-            if item.request.id in unique:
-                batch_duplicates.append(item.request.id)
-            else:
-                unique[item.request.id] = item
-        documents = [
-            new_document(a.request, a.raw, source, initial_due_at(a.request.options, now), now)
-            for a in unique.values()
-        ]
-        result = await self._notifications.record(documents)
-        duplicates = result.duplicates + batch_duplicates
-        if result.inserted:
-            metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(result.inserted))
-            if any(d["due_at"] <= now for d in documents):
+        inserted: list[str] = []
+        duplicates: list[str] = []
+        rejected: list[tuple[Accepted, str]] = []
+        due_now = False
+        pending = list(accepted)
+        while pending:
+            unique: dict[str, Accepted] = {}
+            later: list[Accepted] = []
+            for item in pending:
+                if key(item) in unique:
+                    later.append(item)
+                else:
+                    unique[key(item)] = item
+            documents = [
+                new_document(a.request, a.raw, source, initial_due_at(a.request.options, now), now)
+                for a in unique.values()
+            ]
+            result = await self._notifications.record(documents)
+            inserted += result.inserted
+            duplicates += result.duplicates
+            rejected += [(unique[i], error) for i, error in result.rejected.items()]
+            stored = set(result.inserted)
+            due_now = due_now or any(d["due_at"] <= now for d in documents if d["_id"] in stored)
+            pending = [item for item in later if key(item) in result.rejected]
+            duplicates += [key(item) for item in later if key(item) not in result.rejected]
+        if inserted:
+            metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(inserted))
+            if due_now:
                 self._on_due()
         if duplicates:
             metrics.REQUESTS_INGESTED.labels(source, "duplicate").inc(len(duplicates))
-        return RecordResult(result.inserted, duplicates)
+        for item, error in rejected:
+            log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
+        return Recorded(inserted, duplicates, rejected)

@@ -1,9 +1,15 @@
 """The `push.requests` consumer: validate, dead-letter bad input, record in MongoDB, then commit.
 
 At-least-once: offsets are committed only after the batch's requests are recorded in MongoDB and its
-dead letters acknowledged by the broker. A crash before the commit redelivers the batch; the request id
-(the notification's _id) absorbs the duplicates. Input can never stop the consumer: anything that is
-not a valid request goes to the DLQ with the reason.
+dead letters acknowledged by the broker. MongoDB or broker outages hold the batch and retry it; a request
+MongoDB refuses for good (a per-document write error that no retry can fix) is dead-lettered instead
+(reason ``store_rejected``), so it cannot wedge its partition. A crash before the commit redelivers the
+batch; the request id (the notification's _id) absorbs the duplicates. Input can never stop the consumer:
+anything that is not a valid request goes to the DLQ with the reason.
+
+A crash of the loop (a bug; ``app._supervise`` restarts it) must not skip the batch it held: the fetch
+position is already past that batch, so every (re)start first moves the assigned partitions back to their
+committed offsets.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ import asyncio
 import base64
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from pymongo.errors import BulkWriteError
 
 from pushsvc import metrics
 from pushsvc.config import KafkaSettings
@@ -27,12 +35,57 @@ log = get_logger(__name__)
 # A dead letter keeps the original value so nothing is lost, except for oversize input, where we keep a
 # prefix plus the source coordinates (the full value stays on the source topic for its retention).
 DLQ_TOO_LARGE_PREFIX_BYTES = 64 * 1024
+# The producer's request limit leaves this much beyond the largest accepted request for the envelope.
+ENVELOPE_ROOM_BYTES = 16 * 1024
+# Keys and headers are not bounded by kafka.max_message_bytes; a dead letter keeps this much of them.
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_HEADER_BYTES = 8 * 1024
 LAG_REFRESH_SECONDS = 2.0
 
 
-def dead_letter(record: ConsumerRecord, rejection: Rejection) -> bytes:
-    value: bytes = record.value or b""
-    truncated = rejection.reason == "too_large"
+def producer_request_limit(settings: KafkaSettings) -> int:
+    """max_request_size for the producer: the largest accepted request plus room for its dead-letter envelope."""
+    return max(1_048_576, settings.max_message_bytes + ENVELOPE_ROOM_BYTES)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(record: ConsumerRecord, rejection: Rejection, limit: int) -> DeadLetter:
+    """The DLQ record for a rejected message, never larger than ``limit`` bytes.
+
+    A dead letter that cannot be sent holds its partition forever (sending is retried like an outage), and
+    quoting a value in JSON can make it six times larger (control characters become \\u00XX): over the
+    limit, the envelope keeps a prefix, as for oversize input. Oversized keys and headers are cut too.
+    """
+    key = record.key
+    key_truncated = key is not None and len(key) > DLQ_MAX_KEY_BYTES
+    if key is not None and key_truncated:
+        key = key[:DLQ_MAX_KEY_BYTES]
+    original_headers = list(record.headers or ())
+    headers_dropped = sum(len(name) + len(value or b"") for name, value in original_headers) > DLQ_MAX_HEADER_BYTES
+    headers = [*([] if headers_dropped else original_headers), ("pushsvc-dlq-reason", rejection.reason.encode())]
+    budget = limit - (len(key or b"") + sum(len(n) + len(v or b"") for n, v in headers) + 1024)  # + record overhead
+    value = record.value or b""
+    encoded = _envelope(record, rejection, value, rejection.reason == "too_large", key, key_truncated, headers_dropped)
+    if len(encoded) > budget:
+        encoded = _envelope(record, rejection, value, True, key, key_truncated, headers_dropped)
+    return DeadLetter(key, encoded, headers)
+
+
+def _envelope(
+    record: ConsumerRecord,
+    rejection: Rejection,
+    value: bytes,
+    truncated: bool,
+    key: bytes | None,
+    key_truncated: bool,
+    headers_dropped: bool,
+) -> bytes:
     if truncated:
         value = value[:DLQ_TOO_LARGE_PREFIX_BYTES]
     envelope: dict[str, object] = {
@@ -44,16 +97,29 @@ def dead_letter(record: ConsumerRecord, rejection: Rejection) -> bytes:
             "partition": record.partition,
             "offset": record.offset,
             "timestamp_ms": record.timestamp,
-            "key": record.key.decode("utf-8", "replace") if record.key else None,
+            "key": key.decode("utf-8", "replace") if key else None,
         },
         "value_truncated": truncated,
         "failed_at": time.time(),
     }
+    if key_truncated:
+        envelope["key_truncated"] = True
+    if headers_dropped:
+        envelope["headers_dropped"] = True
     try:
         envelope["value"] = value.decode("utf-8")
     except UnicodeDecodeError:
         envelope["value_base64"] = base64.b64encode(value).decode()
     return orjson.dumps(envelope)
+
+
+def _brief(exc: Exception) -> str:
+    """An error for the log without the documents a BulkWriteError carries (they hold device tokens)."""
+    if isinstance(exc, BulkWriteError):
+        codes = sorted({e.get("code") for e in exc.details.get("writeErrors", [])} - {None})
+        concern = " and write concern errors" if exc.details.get("writeConcernErrors") else ""
+        return f"BulkWriteError: write error codes {codes}{concern}"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class KafkaIngest:
@@ -91,6 +157,7 @@ class KafkaIngest:
     async def run(self) -> None:
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
+        await self._rewind_to_committed(consumer)
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=self._settings.max_poll_records)
             if batch:
@@ -98,6 +165,21 @@ class KafkaIngest:
                     break  # stopping before the batch was recorded: leave it uncommitted
                 await self._commit(consumer, batch)
             await self._refresh_lag(consumer)
+
+    @staticmethod
+    async def _rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
+        """Fetch again from the committed offsets: after a crash, records past them were fetched, not recorded.
+
+        Not ``seek_to_committed``: it leaves a partition alone when nothing was committed yet (or 0 was),
+        which would skip a first batch lost to a crash; such a partition starts over from its beginning,
+        as ``auto_offset_reset="earliest"`` did. Before the first assignment there is nothing to move.
+        """
+        for tp in consumer.assignment():
+            offset = await consumer.committed(tp)
+            if offset is None or offset < 0:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
 
     async def stop(self) -> None:
         """Stop after the current batch is recorded and committed; then leave the group."""
@@ -115,6 +197,7 @@ class KafkaIngest:
 
     async def _handle(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> bool:
         accepted: list[Accepted] = []
+        source: dict[int, ConsumerRecord] = {}  # id(accepted item) -> its record, to dead-letter store rejections
         dead: list[tuple[ConsumerRecord, Rejection]] = []
         for records in batch.values():
             for record in records:
@@ -123,17 +206,25 @@ class KafkaIngest:
                     dead.append((record, outcome))
                 else:
                     accepted.append(outcome)
+                    source[id(outcome)] = record
+        recorded = False
         delay = 0.2
         while True:
             try:
                 await self._send_dead_letters(dead)
                 dead = []  # sent: a retry of the MongoDB step must not send them twice
-                await self._intake.record(accepted, source="kafka")
+                if not recorded:
+                    result = await self._intake.record(accepted, source="kafka")
+                    recorded = True
+                    # Refused by MongoDB for good: retrying would hold the partition forever.
+                    dead = [(source[id(item)], Rejection("store_rejected", error)) for item, error in result.rejected]
+                    await self._send_dead_letters(dead)
+                    dead = []
                 return True
             except Exception as exc:  # MongoDB or broker outage: hold the batch, retry, never skip it
                 if self._stopping.is_set():
                     return False
-                log.warning("ingest_retry", error=str(exc), retry_in=round(delay, 2))
+                log.warning("ingest_retry", error=_brief(exc), retry_in=round(delay, 2))
                 try:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                     return False
@@ -144,11 +235,12 @@ class KafkaIngest:
         if not dead:
             return
         futures = []
+        limit = producer_request_limit(self._settings)
         for record, rejection in dead:
-            headers = [*list(record.headers or ()), ("pushsvc-dlq-reason", rejection.reason.encode())]
+            letter = dead_letter(record, rejection, limit)
             futures.append(
                 await self._producer.send(
-                    self._settings.dlq_topic, dead_letter(record, rejection), key=record.key, headers=headers
+                    self._settings.dlq_topic, letter.value, key=letter.key, headers=letter.headers
                 )
             )
         await asyncio.gather(*futures)
@@ -180,11 +272,13 @@ class KafkaIngest:
             return
         self._lag_refreshed = now
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
+            # A rebalance during the awaits below can revoke a partition of this snapshot: highwater() then
+            # fails an assertion and position() raises. A gauge must never crash the consume loop.
             try:
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
                 position = await consumer.position(tp)
-            except KafkaError:
+            except (KafkaError, AssertionError):
                 continue
             metrics.KAFKA_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))

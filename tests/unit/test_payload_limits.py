@@ -1,0 +1,97 @@
+"""Payload bounds at intake: what APNs or FCM would refuse for every device is a 400 / dead letter naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from pushsvc.ingest.intake import Accepted, Rejection, validate
+from pushsvc.model import MAX_DATA_KEYS, MAX_LOCALIZED, Device
+from pushsvc.providers import apns, fcm
+from pushsvc.providers.base import Delivery
+
+APPS = frozenset({"demo"})
+
+
+def request(message: dict, **options: object) -> dict:
+    return {"id": "r-1", "app": "demo", "target": {"tokens": ["a" * 64]}, "message": message, "options": options}
+
+
+def rejected_field(raw: dict) -> str | None:
+    outcome = validate(raw, APPS)
+    assert isinstance(outcome, Rejection), "accepted"
+    assert outcome.reason == "invalid_request"
+    return outcome.field
+
+
+def apns_size(raw: dict, locale: str | None = None) -> int:
+    outcome = validate(raw, APPS)
+    assert isinstance(outcome, Accepted), outcome
+    req = outcome.request
+    device = Device(app="demo", token="", platform="ios", locale=locale)
+    return len(apns.build_payload(Delivery(req.id, device, req.message, req.options)))
+
+
+def test_the_issue_request_200_kb_of_data_and_20000_locales_is_refused() -> None:
+    localized = {f"x{i}": {"title": "t"} for i in range(20_000)}
+    assert rejected_field(request({"title": "T", "data": {"blob": "x" * 200_000}})) == "message.data"
+    assert rejected_field(request({"title": "T", "localized": localized})) == "message.localized"
+
+
+def test_counts_are_capped_with_clear_errors() -> None:
+    many_keys = {f"k{i}": 1 for i in range(MAX_DATA_KEYS + 1)}
+    outcome = validate(request({"title": "T", "data": many_keys}), APPS)
+    assert isinstance(outcome, Rejection) and outcome.field == "message.data"
+    assert f"at most {MAX_DATA_KEYS} keys" in outcome.detail
+    locales = {f"x{i}": {"title": "t"} for i in range(MAX_LOCALIZED + 1)}
+    outcome = validate(request({"title": "T", "localized": locales}), APPS)
+    assert isinstance(outcome, Rejection) and f"at most {MAX_LOCALIZED} locales" in outcome.detail
+    assert isinstance(validate(request({"title": "T", "localized": dict(list(locales.items())[:-1])}), APPS), Accepted)
+
+
+def test_one_oversize_locale_is_named() -> None:
+    raw = request({"title": "T", "body": "B", "localized": {"de": {"title": "Hallo"}, "fr": {"body": "é" * 2100}}})
+    assert rejected_field(raw) == "message.localized.fr"
+
+
+def test_oversize_default_text_names_message() -> None:
+    assert rejected_field(request({"title": "T", "body": "b" * 4090, "data": {"k": "v"}})) == "message"
+
+
+def test_apns_limit_is_exact_at_4096_bytes() -> None:
+    base = request({"title": "T", "data": {"pad": ""}})
+    room = apns.MAX_PAYLOAD_BYTES - apns_size(base)
+    fits = request({"title": "T", "data": {"pad": "p" * room}})
+    assert apns_size(fits) == apns.MAX_PAYLOAD_BYTES
+    assert isinstance(validate(fits, APPS), Accepted)
+    over = request({"title": "T", "data": {"pad": "p" * (room + 1)}})
+    assert rejected_field(over) == "message"  # the data alone would fit: it is the whole message
+    alone = request({"data": {"pad": "p" * (room + 40)}}, push_type="background")
+    assert rejected_field(alone) == "message.data"
+
+
+def test_voip_gets_apples_5120_bytes_but_fcm_still_counts_4096() -> None:
+    # JSON-escaped quotes double in the APNs body but count once for FCM: APNs over 4096, under 5120.
+    quoted = {"call": '"' * 2500}
+    assert rejected_field(request({"data": quoted}, push_type="background")) == "message.data"
+    assert isinstance(validate(request({"data": quoted}, push_type="voip"), APPS), Accepted)
+    assert rejected_field(request({"data": {"call": "c" * 4100}}, push_type="voip")) == "message.data"
+
+
+def test_fcm_counts_title_body_and_data_keys_and_values() -> None:
+    assert fcm.counted_payload_bytes("Hé", "yo", {"k": "v", "n": "42"}) == 3 + 2 + 2 + 3
+    # Within APNs (quotes are not escaped for FCM, unicode counts its UTF-8 bytes) but over FCM's 4096.
+    data = {"k": "€" * 1400}  # 4200 bytes for FCM, and for APNs too: both refuse, FCM is checked first
+    assert rejected_field(request({"title": "T", "data": data})) == "message.data"
+    text = {"title": "€" * 1000, "body": "€" * 400, "data": {"k": "v"}}  # 4200 text bytes
+    assert rejected_field(request(text)) == "message"
+
+
+def test_campaign_bodies_get_the_same_bounds() -> None:
+    from pushsvc.api.campaigns import parse_campaign
+    from pushsvc.model import RequestError
+
+    body = {"id": "c1", "name": "n", "app": "demo", "audience": {"users": ["u"]},
+            "message": {"title": "T", "localized": {"fr": {"body": "x" * 4090}}}}
+    with pytest.raises(RequestError) as info:
+        parse_campaign(body, APPS)
+    assert info.value.field == "message.localized.fr"
