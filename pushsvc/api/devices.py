@@ -7,12 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc.api.auth import require
-from pushsvc.api.context import DEVICES, KNOWN_APPS
+from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
-from pushsvc.api.validation import LOCALE_PATTERN, TOKEN_PATTERN, json_body, opt_str, str_list
+from pushsvc.api.validation import LOCALE_PATTERN, TOKEN_PATTERN, field_name, json_body, opt_str, str_list
 from pushsvc.model import PLATFORMS, RequestError
 from pushsvc.scheduling.due import is_known_timezone
-from pushsvc.store.devices import DeviceRecord
+from pushsvc.store.devices import DeviceRecord, kind_of
+from pushsvc.token_kinds import KIND_NAMES, default_kind, kinds_for_platform
 
 routes = web.RouteTableDef()
 
@@ -20,6 +21,7 @@ DEVICE_FIELDS = {
     "app",
     "token",
     "platform",
+    "kind",
     "user_id",
     "tags",
     "locale",
@@ -34,7 +36,7 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
         raise RequestError("body", "must be a JSON object")
     unknown = sorted(set(body) - DEVICE_FIELDS)
     if unknown:
-        raise RequestError(unknown[0], f"unknown field (allowed: {', '.join(sorted(DEVICE_FIELDS))})")
+        raise RequestError(field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(DEVICE_FIELDS))})")
     app = opt_str(body, "app", 128)
     if app is None:
         raise RequestError("app", "required")
@@ -46,6 +48,7 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
     platform = body.get("platform")
     if platform not in PLATFORMS:
         raise RequestError("platform", f"must be one of {', '.join(PLATFORMS)}")
+    kind = parse_kind(body.get("kind"), platform)
     timezone = opt_str(body, "timezone", 64)
     if timezone is not None and not is_known_timezone(timezone):
         raise RequestError("timezone", f"not an IANA timezone name: {timezone!r}")
@@ -53,6 +56,7 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
         app=app,
         token=token,
         platform=platform,
+        kind=kind,
         user_id=opt_str(body, "user_id", 256),
         tags=str_list(body, "tags"),
         locale=opt_str(body, "locale", 35, LOCALE_PATTERN),
@@ -62,12 +66,25 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
     )
 
 
+def parse_kind(value: Any, platform: str) -> str:
+    """What the token is for; by default the platform's usual kind (ios: apns, android: fcm)."""
+    if value is None:
+        return default_kind(platform) or ""
+    if value not in KIND_NAMES:
+        raise RequestError("kind", f"must be one of {', '.join(KIND_NAMES)}")
+    allowed = kinds_for_platform(platform)
+    if value not in allowed:
+        raise RequestError("kind", f"{value!r} is not a token kind for platform {platform} ({', '.join(allowed)})")
+    return str(value)
+
+
 def device_view(doc: dict) -> dict[str, Any]:
     return {
         "id": str(doc["_id"]),
         "app": doc["app"],
         "token": doc["token"],
         "platform": doc["platform"],
+        "kind": kind_of(doc),
         "user_id": doc.get("user_id"),
         "tags": doc.get("tags", []),
         "locale": doc.get("locale"),
@@ -76,6 +93,8 @@ def device_view(doc: dict) -> dict[str, Any]:
         "opt_out": doc.get("opt_out", []),
         "active": doc.get("active", True),
         "deactivated_reason": doc.get("deactivated_reason"),
+        # Epoch seconds of the last registration; null for devices registered before it was recorded.
+        "registered_at": doc.get("registered_at"),
     }
 
 
@@ -120,7 +139,7 @@ async def update_device_tags(request: web.Request) -> web.Response:
         raise RequestError("body", "must be a JSON object")
     unknown = sorted(set(body) - {"tags"})
     if unknown:
-        raise RequestError(unknown[0], "unknown field (allowed: tags)")
+        raise RequestError(field_name(unknown[0]), "unknown field (allowed: tags)")
     if "tags" not in body:
         raise RequestError("tags", "required")
     doc = await request.app[DEVICES].update_tags(app, token, str_list(body, "tags"))
@@ -141,7 +160,8 @@ async def delete_device(request: web.Request) -> web.Response:
 @routes.delete("/v1/users/{user_id}")
 @require("devices:write")
 async def erase_user(request: web.Request) -> web.Response:
-    """GDPR erasure: delete every device of the user (in `?app=` or in every app)."""
+    """GDPR erasure: delete every device of the user (in `?app=` or in every app) and remove the user and
+    their tokens from every stored notification request."""
     user_id = request.match_info["user_id"]
     if len(user_id) > 256:
         raise RequestError("user_id", "at most 256 characters")
@@ -149,5 +169,13 @@ async def erase_user(request: web.Request) -> web.Response:
     known = request.app[KNOWN_APPS]
     if app is not None and app not in known:
         raise RequestError("app", f"unknown app {app[:128]!r}")
-    deleted = await request.app[DEVICES].erase_user([app] if app else sorted(known), user_id)
-    return web.json_response({"user_id": user_id, "deleted_devices": deleted})
+    devices, notifications = request.app[DEVICES], request.app[NOTIFICATIONS]
+    deleted = scrubbed = 0
+    for one_app in [app] if app else sorted(known):
+        # Requests first, while the devices still tell which tokens are the user's (a retry after a failure
+        # part-way still knows them); then the devices; then requests recorded meanwhile.
+        tokens = await devices.tokens_of_user(one_app, user_id)
+        scrubbed += await notifications.erase_user(one_app, user_id, tokens)
+        deleted += await devices.erase_user([one_app], user_id)
+        scrubbed += await notifications.erase_user(one_app, user_id, tokens)
+    return web.json_response({"user_id": user_id, "deleted_devices": deleted, "scrubbed_notifications": scrubbed})

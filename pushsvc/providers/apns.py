@@ -127,12 +127,29 @@ def expiration_header(delivery: Delivery) -> str | None:
     return None
 
 
-def _error_reason(status: int, body: bytes) -> str:
+MAX_TIMESTAMP_MS = 10**15
+
+
+def _error_details(status: int, body: bytes) -> tuple[str, float | None]:
+    """The error body's reason (or http_<status>) and, for a 410, its timestamp in epoch seconds.
+
+    Apple: the timestamp is "the last time at which APNs confirmed that the device token was no longer
+    valid for the topic" (milliseconds since the epoch); only a registration after it makes the token good.
+    """
     try:
-        reason = json.loads(body).get("reason") if body else None
-    except (ValueError, AttributeError):
-        reason = None
-    return reason if isinstance(reason, str) and reason else f"http_{status}"
+        error = json.loads(body) if body else None
+    except (ValueError, RecursionError):  # not JSON, or nested too deep
+        error = None
+    if not isinstance(error, dict):
+        error = {}
+    reason = error.get("reason")
+    timestamp = error.get("timestamp")
+    invalid_since = None
+    # Within year 1970..~33658 in milliseconds: anything else is not a time (and a huge JSON integer would
+    # not even convert to a float).
+    if status == 410 and type(timestamp) in (int, float) and 0 < timestamp < MAX_TIMESTAMP_MS:
+        invalid_since = timestamp / 1000.0
+    return (reason if isinstance(reason, str) and reason else f"http_{status}"), invalid_since
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -349,6 +366,20 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         if data:
             self.transport.write(data)
 
+    def refresh_inactivity_timer(self) -> None:
+        # aioapns closes a connection INACTIVITY_TIME (10 s) after our last write even while answers are
+        # awaited: an answer slower than that (APNs under load) failed as connection_error and the push was
+        # sent again. Idle means no stream open: the timer re-arms while any is.
+        if self.inactivity_timer:
+            self.inactivity_timer.cancel()
+        self.inactivity_timer = self.loop.call_later(self.INACTIVITY_TIME, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self._streams:
+            self.refresh_inactivity_timer()
+        else:
+            self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_pool()
         super().connection_lost(exc)  # cancels the inactivity timer, fails waiters for a stream slot
@@ -363,6 +394,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
 class ApnsProvider(Provider):
     name = "apns"
+    # A wrong `environment` (sandbox tokens sent to production or the reverse): BadDeviceToken for every
+    # token; a wrong `topic`: DeviceTokenNotForTopic for every token.
+    misconfiguration_reasons = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 
     def __init__(self, app_id: str, settings: ApnsSettings, send_timeout: float) -> None:
         super().__init__(app_id)
@@ -486,13 +520,13 @@ class ApnsProvider(Provider):
         provider_id = response.headers.get("apns-id") or apns_id
         if response.status == 200:
             return SendResult(Outcome.DELIVERED, status=200, provider_id=provider_id)
-        reason = _error_reason(response.status, response.body)
+        reason, invalid_since = _error_details(response.status, response.body)
         outcome = classify(response.status, reason)
         if reason == "ExpiredProviderToken":
             # aioapns caches the JWT per connection; only a new connection signs a fresh one.
             connection.retire()
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return SendResult(outcome, reason, response.status, retry_after, provider_id)
+        return SendResult(outcome, reason, response.status, retry_after, provider_id, invalid_since)
 
     async def close(self) -> None:
         if self._client is None:

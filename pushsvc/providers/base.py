@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,12 +38,18 @@ class SendResult:
     retry_after: float | None = None
     # apns-id or FCM message name, for tracing a delivery at the provider.
     provider_id: str | None = None
+    # For an invalid token: when the provider last confirmed it invalid (epoch seconds; APNs sends it with a
+    # 410). A device registered after that time is not deactivated. None: the provider did not say.
+    invalid_since: float | None = None
 
 
 class Provider(abc.ABC):
     """A push provider for one app (e.g. APNs with that app's key and topic)."""
 
     name: ClassVar[str]
+    # Invalid-token reasons a wrong app-wide setting (environment, topic, project) gives for every token:
+    # the sender's misconfiguration guard watches their share (dispatch/guard.py) before any is believed.
+    misconfiguration_reasons: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, app_id: str) -> None:
         self.app_id = app_id
@@ -59,15 +66,17 @@ class Provider(abc.ABC):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as delta-seconds or HTTP-date."""
+    """Retry-After as delta-seconds or HTTP-date; None when absent or unusable (never raises).
+
+    float() also reads "inf" and "nan", which are no delay at all: None, like any other unreadable value.
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -40,7 +40,7 @@ import asyncio
 import itertools
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -122,6 +122,26 @@ class HttpxTransport:
 # -------------------------------------------------------------------------------------------- encoding
 
 
+# FCM refuses a message whose payload is over 4096 bytes (400 INVALID_ARGUMENT "message is too big").
+MAX_PAYLOAD_BYTES = 4096
+
+
+def counted_payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) -> int:
+    """The bytes FCM counts against MAX_PAYLOAD_BYTES: notification title and body plus data keys and values.
+
+    ("the total size of the payload data ... This includes both the keys and the values", FCM's MessageTooBig.)
+
+    UTF-8, with data as the strings FCM receives (Message.data_as_strings). Pure, so intake can refuse a
+    request that would cost one FCM 400 per device (ingest/payload_limits.py) with the same count.
+    """
+    size = len(title.encode()) if title else 0
+    if body:
+        size += len(body.encode())
+    for key, value in data.items():
+        size += len(key.encode()) + len(value.encode())
+    return size
+
+
 def build_message(delivery: Delivery, now: float | None = None) -> messaging.Message:
     """The firebase-admin Message for one delivery (notification block for alerts only)."""
     msg, opts, device = delivery.message, delivery.options, delivery.device
@@ -182,11 +202,20 @@ def encode_body(message: messaging.Message) -> bytes:
 
 
 def firebase_error(reply: HttpReply, url: str) -> exceptions.FirebaseError:
-    """firebase-admin's own exception for an FCM error answer (UnregisteredError, QuotaExceededError, ...)."""
+    """firebase-admin's own exception for an FCM error answer (UnregisteredError, QuotaExceededError, ...).
+
+    Never raises: firebase-admin's parser assumes Google's error shape (UTF-8 JSON, an "error" object whose
+    "details" is a list of objects) and fails on anything else, e.g. a proxy's HTML page or odd JSON; such an
+    answer is classified by its HTTP status alone. httpx takes only ASCII header values: others are left out.
+    """
     request = httpx.Request("POST", url)
-    response = httpx.Response(reply.status, headers=dict(reply.headers), content=reply.body, request=request)
+    headers = {k: v for k, v in reply.headers.items() if k.isascii() and v.isascii()}
+    response = httpx.Response(reply.status, headers=headers, content=reply.body, request=request)
     error = httpx.HTTPStatusError(f"HTTP {reply.status}", request=request, response=response)
-    return _utils.handle_platform_error_from_httpx(error, messaging._MessagingService._build_fcm_error_httpx)
+    try:
+        return _utils.handle_platform_error_from_httpx(error, messaging._MessagingService._build_fcm_error_httpx)
+    except Exception:
+        return _utils.handle_httpx_error(error)
 
 
 def classify_error(error: exceptions.FirebaseError) -> SendResult:
@@ -231,8 +260,9 @@ def _is_token_problem(message: str, details: list[dict[str, Any]]) -> bool:
     the device; anything unclear stays REJECTED, which fails that delivery but keeps the token.
     """
     for detail in details:
-        if detail.get("@type") == _BAD_REQUEST_TYPE:
-            fields = [str(v.get("field", "")) for v in detail.get("fieldViolations", []) if isinstance(v, dict)]
+        violations = detail.get("fieldViolations")
+        if detail.get("@type") == _BAD_REQUEST_TYPE and isinstance(violations, list):
+            fields = [str(v.get("field", "")) for v in violations if isinstance(v, dict)]
             if fields:
                 return all(f == "message.token" for f in fields)
     return "registration token" in message.lower()
@@ -243,7 +273,7 @@ def _error_details(response: Any) -> list[dict[str, Any]]:
         return []
     try:
         details = response.json().get("error", {}).get("details", [])
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON (or not UTF-8), not objects, too deep
         return []
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
@@ -314,6 +344,8 @@ class FcmProvider(Provider):
     """FCM HTTP v1 for one pushsvc app."""
 
     name = "fcm"
+    # Tokens of another Firebase project than the service account's: a wrong service account or project.
+    misconfiguration_reasons = frozenset({"SENDER_ID_MISMATCH"})
 
     def __init__(
         self,
@@ -321,10 +353,13 @@ class FcmProvider(Provider):
         settings: FcmSettings,
         send_timeout: float,
         transport: FcmTransport | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(app_id)
         self._settings = settings
         self._send_timeout = send_timeout
+        # Expiry times are absolute on this clock (the service passes the database's); FCM takes a TTL.
+        self._clock = clock
         certificate = credentials.Certificate(settings.service_account_file)
         self._app: firebase_admin.App | None = firebase_admin.initialize_app(
             certificate, name=self._free_app_name(app_id)
@@ -377,7 +412,7 @@ class FcmProvider(Provider):
         token = delivery.device.token
         if not isinstance(token, str) or not token:
             return encode_body(build_message(delivery))  # raises firebase-admin's ValueError
-        now = time.time()
+        now = self._clock()
         ttl = None if delivery.expires_at is None else max(0, int(delivery.expires_at - now))
         key = (delivery.notification_id, delivery.device.locale, ttl)
         cached = self._encoded.get(key)

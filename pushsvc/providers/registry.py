@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from pushsvc.config import Settings
 from pushsvc.providers.base import Provider
 
 
-def build_providers(settings: Settings) -> dict[tuple[str, str], Provider]:
+def build_providers(settings: Settings, clock: Callable[[], float] = time.time) -> dict[tuple[str, str], Provider]:
+    """`clock` is the one expiry times are counted on (the database's, in the service): FCM sends a TTL
+    relative to it."""
     # Imported here so that importing pushsvc does not pull in both provider SDKs.
     from pushsvc.providers.apns import ApnsProvider
     from pushsvc.providers.fcm import FcmProvider
@@ -17,5 +22,5 @@ def build_providers(settings: Settings) -> dict[tuple[str, str], Provider]:
         if app.apns is not None:
             providers[(app_id, "apns")] = ApnsProvider(app_id, app.apns, timeout)
         if app.fcm is not None:
-            providers[(app_id, "fcm")] = FcmProvider(app_id, app.fcm, timeout)
+            providers[(app_id, "fcm")] = FcmProvider(app_id, app.fcm, timeout, clock=clock)
     return providers

@@ -47,7 +47,7 @@ async def test_device_lifecycle_and_gdpr_erase(stack: Stack) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
 
     status, erased = await call(stack, "DELETE", "/v1/users/alice")
-    assert status == 200 and erased == {"user_id": "alice", "deleted_devices": 1}
+    assert status == 200 and erased == {"user_id": "alice", "deleted_devices": 1, "scrubbed_notifications": 0}
     assert await stack.db.devices.count_documents({"user_id": "alice"}) == 0
     assert await stack.db.devices.count_documents({"user_id": "bob"}) == 1
     status, listed = await call(stack, "GET", "/v1/users/alice/devices?app=demo")

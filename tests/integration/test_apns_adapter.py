@@ -311,6 +311,23 @@ async def test_silent_connection_is_replaced_after_timeout(
     assert peer.connections_opened == 2
 
 
+async def test_an_answer_slower_than_the_idle_timer_is_awaited_on_its_connection(
+    make_provider: MakeProvider, peer: ApnsPeer
+) -> None:
+    """aioapns closes a connection INACTIVITY_TIME (10 s) after our last write, even with a stream open: a slow
+    answer then failed as connection_error and the dispatcher sent the push again (a duplicate)."""
+    provider = make_provider(send_timeout=5.0, max_connections=1)
+    await assert_still_works(provider, peer)
+    provider._protocol_class.INACTIVITY_TIME = 0.3  # the real timer, shortened for the test
+    peer.script(TOKEN, delay=1.0)
+    result = await provider.send(delivery())
+    assert result.outcome is Outcome.DELIVERED, result
+    assert len(peer.requests_for(TOKEN)) == 1
+    assert peer.connections_opened == 1
+    await asyncio.sleep(0.6)  # idle now: the timer closes the connection as before
+    assert peer.connections_active == 0
+
+
 async def test_goaway_fails_open_streams_and_next_send_uses_new_connection(
     make_provider: MakeProvider, peer: ApnsPeer
 ) -> None:

@@ -9,6 +9,8 @@ requests the way Apple does (auth, apns-* headers, payload size) and can be scri
         peer.script("tok-dead", action="hang")        # never answers
         peer.script("tok-bye", action="goaway")       # GOAWAY + close instead of an answer
         peer.script("tok-cut", action="close")        # TCP connection dropped, no answer
+        peer.script("tok-old", status=410, reason="Unregistered", timestamp_ms=1_700_000_000_000)
+        peer.bind_topic("tok-voip", "com.example.app.voip")  # any other topic: 400 DeviceTokenNotForTopic
         ... peer.port, peer.requests, peer.connections_opened ...
 
 Standalone developer simulator (delivers everything, one JSON line per notification on stdout):
@@ -89,6 +91,8 @@ class Rule:
     delay: float = 0.0
     action: Action = "answer"
     times: int | None = None
+    # A 410's body "timestamp" (ms since epoch: when APNs last confirmed the token invalid); None = now.
+    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class ApnsPeer:
             None  # e.g. "ExpiredProviderToken": every token-authed request gets a 403
         )
         self._rules: dict[str, Rule] = {}
+        # token -> the one topic it was issued for (Apple answers DeviceTokenNotForTopic for any other).
+        self._topics: dict[str, str] = {}
         self.connections_opened = 0
         self.goaways_sent = 0
         self.streams_reset_by_client = 0
@@ -207,9 +213,16 @@ class ApnsPeer:
         delay: float = 0.0,
         action: Action = "answer",
         times: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         """Decide how requests for ``token`` are answered (replaces an earlier rule for it)."""
-        self._rules[token] = Rule(status, reason, retry_after, delay, action, times)
+        self._rules[token] = Rule(status, reason, retry_after, delay, action, times, timestamp_ms)
+
+    def bind_topic(self, token: str, topic: str) -> None:
+        """Make ``token`` valid for ``topic`` only, as Apple does: a regular token for the app's topic, a
+        PushKit token for ``<topic>.voip``. A request for it on another topic gets 400 DeviceTokenNotForTopic
+        (a script for the token still applies on its own topic)."""
+        self._topics[token] = topic
 
     def set_default(
         self,
@@ -227,6 +240,7 @@ class ApnsPeer:
         """Forget requests, scripts, the default rule, auth_error and counters (connections stay open)."""
         self.requests.clear()
         self._rules.clear()
+        self._topics.clear()
         self.default = Rule()
         self.auth_error = None
         self.connections_opened = len(self._connections)
@@ -274,7 +288,7 @@ class ApnsPeer:
         self.requests.append(request)
         self._arrived.set()
         apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
-        rule = self._check(request, match is not None) or self._rule_for(token)
+        rule = self._check(request, match is not None) or self._topic_check(request) or self._rule_for(token)
         if self.log_json:
             self._log(request, apns_id, rule)
         if rule.delay:
@@ -295,7 +309,7 @@ class ApnsPeer:
         if rule.status != 200:
             error: dict[str, Any] = {"reason": rule.reason or "InternalServerError"}
             if rule.status == 410:
-                error["timestamp"] = int(time.time() * 1000)
+                error["timestamp"] = int(time.time() * 1000) if rule.timestamp_ms is None else rule.timestamp_ms
             payload = json.dumps(error).encode()
             response_headers.append(("content-type", "application/json; charset=utf-8"))
         response_headers.append(("content-length", str(len(payload))))
@@ -310,6 +324,12 @@ class ApnsPeer:
                 return self.default
             rule.times -= 1
         return rule
+
+    def _topic_check(self, request: ReceivedRequest) -> Rule | None:
+        topic = self._topics.get(request.token)
+        if topic is not None and request.headers.get("apns-topic") != topic:
+            return Rule(400, "DeviceTokenNotForTopic")
+        return None
 
     def _check(self, request: ReceivedRequest, path_ok: bool) -> Rule | None:
         """Apple's own validation, in Apple's order: method/path, auth, headers, payload."""
