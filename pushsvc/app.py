@@ -24,11 +24,12 @@ from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
-from pushsvc.ingest.kafka import KafkaIngest
+from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
 from pushsvc.logging import get_logger
 from pushsvc.outcomes import OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
+from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.scheduler import Scheduler
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.database import Database
@@ -64,31 +65,38 @@ class PushService:
         self,
         settings: Settings,
         providers: dict[tuple[str, str], Provider] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` replaces the scheduling clock (due times, local-time waves, quiet hours) for tests; leases
+        are always judged on the database's clock."""
         self.settings = settings
         self.owner = f"{settings.instance_name or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.database = Database.connect(settings.mongodb)
-        self.devices = DeviceStore(self.database)
-        self.notifications = NotificationStore(self.database)
+        self.server_clock = ServerClock(self.database.server_time)
+        clock = clock or self.server_clock.now
+        self.devices = DeviceStore(self.database, self.server_clock.now)
+        self.notifications = NotificationStore(
+            self.database, clock, retention_seconds=settings.retention.notification_days * 86400
+        )
         self.campaigns = CampaignStore(self.notifications)
-        self.providers = providers if providers is not None else build_providers(settings)
+        self.providers = providers if providers is not None else build_providers(settings, self.server_clock.now)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
             acks="all",
             linger_ms=5,
-            max_request_size=max(1_048_576, settings.kafka.max_message_bytes + 16_384),
+            max_request_size=producer_request_limit(settings.kafka),
         )
-        self.sender = DeliverySender(self.providers, settings.dispatch)
+        # The database's clock: a send's moment is compared with registrations made through other replicas.
+        self.sender = DeliverySender(self.providers, settings.dispatch, clock=self.server_clock.now)
         outcomes = OutcomePublisher(self.producer, settings.kafka.outcomes_topic)
         self.outcome_sweeper = OutcomeSweeper(
             self.notifications, outcomes, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
-        chunks = ChunkWorker(self.devices, self.sender)
+        chunks = ChunkWorker(self.devices, self.sender, settings.dispatch.send_timeout_seconds)
         self.runner = NotificationRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
         batch_runner = BatchRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
         self.scheduler = Scheduler(
-            self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, clock=clock
+            self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
         )
         self.intake = Intake(self.notifications, on_due=self.scheduler.wake, clock=clock)
         known_apps = frozenset(settings.apps)
@@ -115,6 +123,16 @@ class PushService:
         self._stopping = False
         self.port: int | None = None
 
+    async def _backfill_request_ids(self) -> None:
+        changed = await self.notifications.backfill_request_ids(self.server_clock.now())
+        if changed:
+            log.info("notification_keys_backfilled", notifications=changed)
+
+    async def _backfill_kinds(self) -> None:
+        changed = await self.devices.backfill_kinds()
+        if changed:
+            log.info("device_kinds_backfilled", devices=changed)
+
     async def _kafka_ready(self) -> None:
         if not self._started:
             raise RuntimeError("starting")
@@ -135,8 +153,14 @@ class PushService:
         server = site._server
         if server is not None and getattr(server, "sockets", None):
             self.port = server.sockets[0].getsockname()[1]
+        # The database's clock first: every lease and due time is judged on it (scheduling/clock.py). Read twice:
+        # the first round trip also opens the connection, so its reading is the less precise.
+        await retry_until("mongodb", self.server_clock.sync, STARTUP_RETRY_SECONDS)
+        await retry_until("mongodb", self.server_clock.sync, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self.database.ensure_indexes, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self.campaigns.ensure_indexes, STARTUP_RETRY_SECONDS)
+        await retry_until("mongodb", self._backfill_kinds, STARTUP_RETRY_SECONDS)
+        await retry_until("mongodb", self._backfill_request_ids, STARTUP_RETRY_SECONDS)
         await retry_until("kafka producer", self.producer.start, STARTUP_RETRY_SECONDS)
         await retry_until("kafka consumer", self.ingest.start, STARTUP_RETRY_SECONDS)
         for provider in self.providers.values():
@@ -146,6 +170,7 @@ class PushService:
             asyncio.create_task(self._supervise("scheduler", self.scheduler.run), name="scheduler"),
             asyncio.create_task(self._refresh_backlog(), name="backlog"),
             asyncio.create_task(self._sweep_outcomes(), name="outcome-sweep"),
+            asyncio.create_task(self.server_clock.keep_synced(), name="server-clock"),
         ]
         self._started = True
         log.info(
@@ -179,7 +204,7 @@ class PushService:
     async def _refresh_backlog(self) -> None:
         while True:
             with contextlib.suppress(Exception):
-                due, future = await self.notifications.backlog(time.time())
+                due, future = await self.notifications.backlog(self.server_clock.now())
                 metrics.SCHEDULED_BACKLOG.labels("due").set(due)
                 metrics.SCHEDULED_BACKLOG.labels("future").set(future)
             await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
@@ -211,9 +236,11 @@ class PushService:
             await asyncio.wait_for(self.ingest.close(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), CLOSE_TIMEOUT_SECONDS)
-        for provider in self.providers.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(provider.close(), CLOSE_TIMEOUT_SECONDS)
+        # All providers at once: the shutdown budget must not grow with the number of apps.
+        await asyncio.gather(
+            *(asyncio.wait_for(provider.close(), CLOSE_TIMEOUT_SECONDS) for provider in self.providers.values()),
+            return_exceptions=True,
+        )
         if self._runner is not None:
             await self._runner.cleanup()
         self.database.close()

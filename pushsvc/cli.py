@@ -102,25 +102,50 @@ CSV_LIST_FIELDS = ("tags", "opt_out")
 
 
 def read_device_rows(path: str, fmt: str | None) -> Iterator[tuple[int, Any]]:
-    """(line number, record) per row; a row that cannot be read at all is an ImportRowError, never skipped."""
+    """(line number, record) per row; a row that cannot be read is an ImportRowError, never skipped or fatal.
+
+    Bytes that are not UTF-8 cost their row only: the file is decoded with surrogateescape and a row holding
+    any is reported (MongoDB could not store it either). JSONL lines go through orjson: strict JSON (no NaN,
+    no lone surrogate escapes) with bounded nesting, where json.loads raised RecursionError on deep input.
+    A CSV line the csv module cannot read (e.g. a field over its size limit) is a row error too.
+    """
     import csv
-    import json
+
+    import orjson
 
     fmt = fmt or ("csv" if path.lower().endswith(".csv") else "jsonl")
-    with open(path, encoding="utf-8", newline="") as file:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
         if fmt == "jsonl":
             for number, line in enumerate(file, start=1):
                 if not line.strip():
                     continue
+                if not _is_utf8(line):
+                    yield number, ImportRowError("line", "not valid UTF-8")
+                    continue
                 try:
-                    yield number, json.loads(line)
-                except ValueError as exc:
+                    yield number, orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
                     yield number, ImportRowError("line", f"not valid JSON: {exc}")
             return
         reader = csv.DictReader(file)
-        for row in reader:
+        failed_at = -1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if reader.line_num == failed_at:  # no progress: the reader is stuck, the rest is unreadable
+                    yield reader.line_num, ImportRowError("line", f"not readable as CSV from here on: {exc}")
+                    return
+                failed_at = reader.line_num
+                yield reader.line_num, ImportRowError("line", f"not readable as CSV: {exc}")
+                continue
             if None in row:
                 yield reader.line_num, ImportRowError("line", "more cells than header columns")
+                continue
+            if not all(_is_utf8(key) and (value is None or _is_utf8(value)) for key, value in row.items()):
+                yield reader.line_num, ImportRowError("line", "not valid UTF-8")
                 continue
             record: dict[str, Any] = {}
             for key, value in row.items():
@@ -131,6 +156,15 @@ def read_device_rows(path: str, fmt: str | None) -> Iterator[tuple[int, Any]]:
                 else:
                     record[key] = value
             yield reader.line_num, record
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (undecodable bytes under surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ImportRowError:
@@ -153,6 +187,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
 
     from pushsvc.api.devices import parse_device
     from pushsvc.model import RequestError
+    from pushsvc.scheduling.clock import ServerClock
     from pushsvc.store.database import Database
     from pushsvc.store.devices import DeviceRecord, DeviceStore
 
@@ -166,7 +201,10 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
 
     async def run() -> dict[str, Any]:
         database = Database.connect(settings.mongodb)
-        store = DeviceStore(database)
+        # registered_at on the database's clock, like registrations through the API of any replica.
+        clock = ServerClock(database.server_time)
+        await clock.sync()
+        store = DeviceStore(database, clock.now)
         await database.ensure_indexes()
         summary: dict[str, Any] = {"rows": 0, "imported": 0, "inserted": 0, "updated": 0, "errors": []}
         batch: list[DeviceRecord] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class DispatchSettings:
     max_attempts: int = 5
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
+    # How long a claim holds a notification without renewal; renewed every third of it. A crashed replica's
+    # work is resumed by another after at most this long.
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 0.2
     # Fan-out notifications (segments, long lists, local-time waves, campaigns) one replica runs at once;
@@ -73,10 +76,25 @@ class DispatchSettings:
     max_batched_notifications: int = 5000
     # After an authentication error the app's provider is paused this long (no request reaches it).
     auth_pause_seconds: float = 60.0
+    # Misconfiguration guard, per app and provider: when at least this share of the provider's answers in
+    # the last window are errors a wrong setting gives for every token (APNs BadDeviceToken: environment;
+    # DeviceTokenNotForTopic: topic; FCM SENDER_ID_MISMATCH: project), over at least min_answers answers,
+    # the provider is paused for auth_pause_seconds and those devices are kept (counted auth_error) instead
+    # of deactivated. Fewer answers never trip it: below min_answers such answers deactivate as usual.
+    misconfig_guard_share: float = 0.5
+    misconfig_guard_window_seconds: float = 60.0
+    misconfig_guard_min_answers: int = 50
     # Outcome events not confirmed this long after a notification finished are re-published by the sweep.
     outcome_sweep_grace_seconds: float = 30.0
     # On SIGTERM: stop taking work, let in-flight chunks finish for at most this long, then exit.
     drain_timeout_seconds: float = 25.0
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    # Notifications (their stored request: tokens, user ids, message) are deleted this many days after
+    # they finish, by a MongoDB TTL index.
+    notification_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ class Settings:
     apps: dict[str, AppSettings]
     http: HttpSettings = field(default_factory=HttpSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     api_keys: list[ApiKeySettings] = field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Free-form name shown in logs and used as lease owner prefix.
@@ -133,6 +152,8 @@ class Settings:
 
 
 API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
+MIN_LEASE_SECONDS = 2.0
+APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def load_settings(
@@ -248,6 +269,9 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError("apps: at least one app must be configured")
     for app_id, app in settings.apps.items():
         base = f"apps.{app_id}"
+        if not APP_ID.match(app_id):
+            # Notification keys are "<app>:<request id>": an app id must not hold the separator.
+            raise ConfigError(f"{base}: app ids are 1-64 letters, digits, '.', '_' or '-' (starting alphanumeric)")
         if app.apns is None and app.fcm is None:
             raise ConfigError(f"{base}: configure apns, fcm or both")
         if app.apns is not None:
@@ -274,11 +298,22 @@ def _check_semantics(settings: Settings) -> None:
         "max_attempts",
         "max_active_notifications",
         "max_batched_notifications",
+        "misconfig_guard_min_answers",
     ):
         if getattr(d, name) < 1:
             raise ConfigError(f"dispatch.{name}: must be at least 1")
+    if not 0 < d.misconfig_guard_share <= 1:
+        raise ConfigError(f"dispatch.misconfig_guard_share: must be in (0, 1], got {d.misconfig_guard_share}")
+    if d.misconfig_guard_window_seconds < 1:
+        raise ConfigError("dispatch.misconfig_guard_window_seconds: must be at least 1 (answers count per second)")
     if d.send_timeout_seconds <= 0 or d.lease_seconds <= d.send_timeout_seconds:
         raise ConfigError("dispatch.lease_seconds: must be greater than dispatch.send_timeout_seconds")
+    if settings.retention.notification_days <= 0:
+        raise ConfigError("retention.notification_days: must be greater than 0")
+    if d.lease_seconds < MIN_LEASE_SECONDS:
+        # Sending stops a safety margin (a tenth, at least 0.5 s) before a lease ends: shorter leases would
+        # spend most of their time inside it.
+        raise ConfigError(f"dispatch.lease_seconds: must be at least {MIN_LEASE_SECONDS:g}, got {d.lease_seconds:g}")
 
 
 def _check_apns(apns: ApnsSettings, base: str) -> None:

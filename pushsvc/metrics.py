@@ -29,7 +29,7 @@ REQUESTS_INGESTED = Counter(
 )
 DLQ_MESSAGES = Counter(
     "pushsvc_dlq_messages_total",
-    "Messages sent to the dead-letter topic, by reason (invalid_json|invalid_request|too_large)",
+    "Messages sent to the dead-letter topic, by reason (invalid_json|invalid_request|too_large|store_rejected)",
     ["reason"],
     registry=REGISTRY,
 )
@@ -85,7 +85,14 @@ QUEUE_DEPTH = Gauge(
 )
 PROVIDER_PAUSED = Gauge(
     "pushsvc_provider_paused",
-    "1 while an app's provider is paused after an authentication error",
+    "1 while an app's provider is paused after an authentication error or a tripped misconfiguration guard",
+    ["app", "provider"],
+    registry=REGISTRY,
+)
+MISCONFIG_GUARD_TRIPS = Counter(
+    "pushsvc_misconfig_guard_trips_total",
+    "Times an app's provider was paused because too many answers were errors a wrong setting gives for every "
+    "token (BadDeviceToken, DeviceTokenNotForTopic, SENDER_ID_MISMATCH)",
     ["app", "provider"],
     registry=REGISTRY,
 )
@@ -121,15 +128,15 @@ DEVICES_TARGETED = Counter(
 )
 CAMPAIGN_PROGRESS = Gauge(
     "pushsvc_campaign_progress_ratio",
-    "Share of a running campaign's targeted devices that reached a final outcome",
-    ["campaign"],
+    "Share of a running campaign's targeted devices that reached a final outcome (campaign ids are per app)",
+    ["app", "campaign"],
     registry=REGISTRY,
 )
 
 # Closed label sets, used to create every known series at start.
 DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
 FINISHED_STATES = ("done", "failed", "cancelled")
-DLQ_REASONS = ("invalid_json", "invalid_request", "too_large")
+DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected")
 INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
 # Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error
 # tables) plus the adapters' own network reasons: those retry/error series start at 0 so that the first
@@ -146,7 +153,10 @@ TRANSIENT_REASONS = {
     ),
     "fcm": ("UNAVAILABLE", "INTERNAL", "QUOTA_EXCEEDED", "timeout", "connection_error"),
 }
-INVALID_TOKEN_REASONS = {"apns": ("BadDeviceToken", "Unregistered"), "fcm": ("UNREGISTERED",)}
+INVALID_TOKEN_REASONS = {
+    "apns": ("BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"),
+    "fcm": ("UNREGISTERED", "SENDER_ID_MISMATCH"),
+}
 
 
 def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
@@ -163,6 +173,7 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
             DELIVERIES.labels(app, provider, outcome)
         INVALID_TOKENS.labels(app, provider)
         PROVIDER_PAUSED.labels(app, provider).set(0)
+        MISCONFIG_GUARD_TRIPS.labels(app, provider)
         for reason in TRANSIENT_REASONS.get(provider, ()):
             RETRIES.labels(app, provider, reason)
             DELIVERY_ERRORS.labels(app, provider, reason)

@@ -7,6 +7,7 @@ unknown keys are rejected so that a producer's typo ("ttl_second") fails loudly 
 from __future__ import annotations
 
 import enum
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,21 @@ MAX_USERS_PER_REQUEST = 10_000
 MAX_TAGS = 50
 MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's upper bound; APNs stores for a limited time anyway
 MAX_COLLAPSE_KEY_BYTES = 64  # APNs apns-collapse-id limit
+# Counts that no provider payload could carry anyway (4 KiB); the byte limits themselves are checked at
+# intake with the providers' own payload builders (ingest/payload_limits.py).
+MAX_LOCALIZED = 200
+MAX_DATA_KEYS = 100
+MAX_FIELD_NAME_IN_ERRORS = 64  # an unknown key of a megabyte is named by its start
+MAX_BADGE = 2**31 - 1  # fits every platform's badge integer
+# data numbers: JSON has no NaN/Infinity, and integers must round-trip through orjson (signed or unsigned
+# 64 bits), which encodes the stored request and the FCM message.
+MIN_DATA_INT = -(2**63)
+MAX_DATA_INT = 2**64 - 1
+# send_at must fall in [SEND_AT_MIN, SEND_AT_MAX). Nobody schedules a push outside it, and inside it every
+# time computed from it (UTC conversion, each IANA zone's offset for local-time waves, a day added for quiet
+# hours) stays far from datetime's year 1..9999 range: an offset near year 9999 raised OverflowError.
+SEND_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+SEND_AT_MAX = datetime(2100, 1, 1, tzinfo=UTC)
 # FCM rejects these data keys; checked up front so the error names the key instead of a provider 400.
 RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type"})
 RESERVED_DATA_PREFIXES = ("google", "gcm")
@@ -136,6 +152,15 @@ class Device:
     locale: str | None = None
     timezone: str | None = None
     user_id: str | None = None
+    # What the token is for (pushsvc/token_kinds.py: apns, apns_voip, fcm). Left empty, the platform's
+    # default (as for devices registered before kinds existed).
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            from pushsvc.token_kinds import default_kind
+
+            object.__setattr__(self, "kind", default_kind(self.platform) or "")
 
 
 def _data_value_as_string(value: Any) -> str:
@@ -198,15 +223,18 @@ def _parse_message(obj: Any, options: Options) -> Message:
     body = _opt_string(msg.get("body"), "message.body", 4096)
     data = _parse_data(msg.get("data", {}))
     badge = msg.get("badge")
-    if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or badge < 0):
-        raise RequestError("message.badge", "must be a non-negative integer")
+    if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or not 0 <= badge <= MAX_BADGE):
+        raise RequestError("message.badge", f"must be an integer between 0 and {MAX_BADGE}")
     mutable = msg.get("mutable_content", False)
     if not isinstance(mutable, bool):
         raise RequestError("message.mutable_content", "must be true or false")
     localized: dict[str, LocalizedText] = {}
-    for locale, text in _mapping(msg.get("localized", {}), "message.localized").items():
-        path = f"message.localized.{locale}"
-        if not locale or len(locale) > 35:
+    localized_obj = _mapping(msg.get("localized", {}), "message.localized")
+    if len(localized_obj) > MAX_LOCALIZED:
+        raise RequestError("message.localized", f"at most {MAX_LOCALIZED} locales")
+    for locale, text in localized_obj.items():
+        path = _child("message.localized", locale)
+        if not locale or len(locale) > 35 or not _encodable(locale):
             raise RequestError(path, "locale must be a BCP 47 tag such as 'en' or 'pt-BR'")
         entry = _mapping(text, path)
         _no_unknown(entry, path, {"title", "body"})
@@ -247,8 +275,10 @@ def _parse_message(obj: Any, options: Options) -> Message:
 
 def _parse_data(obj: Any) -> dict[str, Any]:
     data = _mapping(obj, "message.data")
+    if len(data) > MAX_DATA_KEYS:
+        raise RequestError("message.data", f"at most {MAX_DATA_KEYS} keys")
     for key, value in data.items():
-        path = f"message.data.{key}"
+        path = _child("message.data", key)
         if not key:
             raise RequestError("message.data", "keys must be non-empty")
         if key in RESERVED_DATA_KEYS or key.lower().startswith(RESERVED_DATA_PREFIXES):
@@ -257,6 +287,12 @@ def _parse_data(obj: Any) -> dict[str, Any]:
             )
         if value is None or not isinstance(value, str | int | float | bool):
             raise RequestError(path, "values must be strings, numbers or booleans (FCM data is a string map)")
+        if not _encodable(key) or (isinstance(value, str) and not _encodable(value)):
+            raise RequestError(path, NOT_UNICODE)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(path, "numbers must be finite")
+        if isinstance(value, int) and not isinstance(value, bool) and not MIN_DATA_INT <= value <= MAX_DATA_INT:
+            raise RequestError(path, "integers must fit in 64 bits (send larger numbers as strings)")
     return dict(data)
 
 
@@ -308,13 +344,20 @@ def _parse_send_at(value: Any, local_time: bool) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise RequestError("options.send_at", f"not ISO 8601: {value!r}") from exc
+        raise RequestError("options.send_at", f"not ISO 8601: {value[:64]!r}") from exc
+    out_of_range = f"must be between {SEND_AT_MIN:%Y-%m-%d} and {SEND_AT_MAX:%Y-%m-%d} (UTC)"
+    # The wall-clock year first: converting e.g. 9999-12-31T23:59-23:59 to UTC would overflow.
+    if not SEND_AT_MIN.year <= parsed.year < SEND_AT_MAX.year:
+        raise RequestError("options.send_at", out_of_range)
     if local_time:
         # A wall-clock time applied in each device's timezone: any offset given is meaningless, drop it.
         return parsed.replace(tzinfo=None)
     if parsed.tzinfo is None:
         raise RequestError("options.send_at", "needs a timezone offset (e.g. 'Z') unless local_time is true")
-    return parsed.astimezone(UTC)
+    utc = parsed.astimezone(UTC)
+    if not SEND_AT_MIN <= utc < SEND_AT_MAX:
+        raise RequestError("options.send_at", out_of_range)
+    return utc
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -331,8 +374,17 @@ def _mapping(obj: Any, path: str) -> Mapping[str, Any]:
 def _no_unknown(obj: Mapping[str, Any], path: str, allowed: set[str]) -> None:
     for key in obj:
         if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise RequestError(where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+            raise RequestError(_child(path, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _child(path: str, key: Any) -> str:
+    """The dotted path of `key` under `path`; an empty key names its parent, a huge one is cut short."""
+    key = str(key)
+    if not key:
+        return path or "request"
+    if len(key) > MAX_FIELD_NAME_IN_ERRORS:
+        key = key[:MAX_FIELD_NAME_IN_ERRORS] + "..."
+    return f"{path}.{key}" if path else key
 
 
 def _string(value: Any, path: str, max_length: int | None) -> str:
@@ -343,7 +395,24 @@ def _string(value: Any, path: str, max_length: int | None) -> str:
         )
     if max_length is not None and len(value) > max_length:
         raise RequestError(path, f"longer than {max_length} characters")
+    if not _encodable(value):
+        raise RequestError(path, NOT_UNICODE)
     return value
+
+
+NOT_UNICODE = "not valid Unicode (lone surrogate)"
+
+
+def _encodable(value: str) -> bool:
+    """False for a str with lone surrogates: JSON bytes cannot carry one, but a Python caller can, and neither
+    the providers' UTF-8 payloads nor MongoDB's BSON can encode it."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _opt_string(value: Any, path: str, max_length: int | None) -> str | None:

@@ -6,33 +6,42 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from pushsvc.logging import get_logger
-from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.notifications import NotificationStore, request_id_of
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class OutcomeEvent:
-    notification_id: str
+    notification_id: str  # the notification's key (`_id`): also the Kafka message key
+    request_id: str  # the producer's id, unique within `app`
     app: str
     state: str
     counts: Mapping[str, int]
     error: str | None
+    finished_at: float  # as stored on the notification (the database's clock): the same on every resend
 
-    def encode(self, finished_at: float) -> bytes:
+    @classmethod
+    def of(
+        cls, doc: Mapping[str, Any], state: str, counts: Mapping[str, int], error: str | None, finished_at: float
+    ) -> OutcomeEvent:
+        return cls(doc["_id"], request_id_of(doc), doc["app"], state, counts, error, finished_at)
+
+    def encode(self) -> bytes:
         return orjson.dumps(
             {
-                "id": self.notification_id,
+                "id": self.request_id,
                 "app": self.app,
                 "state": self.state,
                 "counts": dict(self.counts),
                 "error": self.error,
-                "finished_at": finished_at,
+                "finished_at": self.finished_at,
             }
         )
 
@@ -42,20 +51,14 @@ class OutcomePublisher:
         self._producer = producer
         self._topic = topic
 
-    async def publish(
-        self, notification_id: str, app: str, state: str, counts: Mapping[str, int], error: str | None
-    ) -> bool:
-        """True once the broker acknowledged the event."""
-        return bool(await self.publish_many([OutcomeEvent(notification_id, app, state, counts, error)]))
-
     async def publish_many(self, events: Sequence[OutcomeEvent]) -> list[str]:
-        """Send all events at once (the producer batches them); returns the ids the broker acknowledged."""
+        """Send all events at once (the producer batches them); returns the notification keys the broker
+        acknowledged."""
         if self._producer is None or not events:
             return []
-        now = time.time()
         try:
             futures = [
-                await self._producer.send(self._topic, event.encode(now), key=event.notification_id.encode())
+                await self._producer.send(self._topic, event.encode(), key=event.notification_id.encode())
                 for event in events
             ]
         except Exception as exc:  # not even queued (producer closed): all stay pending for the sweep
@@ -69,6 +72,26 @@ class OutcomePublisher:
             else:
                 acknowledged.append(event.notification_id)
         return acknowledged
+
+
+async def announce(
+    publisher: OutcomePublisher, notifications: NotificationStore, events: Sequence[OutcomeEvent]
+) -> int:
+    """Publish outcome events and clear `event_pending` on those the broker acknowledged; returns how many.
+
+    Best effort, never raises: the notifications are final already, and an event not confirmed here keeps
+    `event_pending`, so the sweep of some replica publishes it later. A failure must not stop the work that
+    announces (a batch would otherwise cancel its other sends).
+    """
+    if not events:
+        return 0
+    try:
+        published = await publisher.publish_many(events)
+        await notifications.mark_events_published(published)
+    except Exception as exc:
+        log.warning("outcome_events_deferred", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
+        return 0
+    return len(published)
 
 
 class OutcomeSweeper:
@@ -94,11 +117,10 @@ class OutcomeSweeper:
     async def sweep_once(self, limit: int = 500) -> int:
         pending = await self._notifications.events_pending(self._clock() - self._grace, limit)
         events = [
-            OutcomeEvent(doc["_id"], doc["app"], doc["state"], doc.get("counts", {}), doc.get("error"))
+            OutcomeEvent.of(doc, doc["state"], doc.get("counts", {}), doc.get("error"), float(doc["finished_at"]))
             for doc in pending
         ]
-        published = await self._publisher.publish_many(events)
-        await self._notifications.mark_events_published(published)
+        published = await announce(self._publisher, self._notifications, events)
         if published:
-            log.info("outcome_events_swept", published=len(published))
-        return len(published)
+            log.info("outcome_events_swept", published=published)
+        return published

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from pushsvc.config import MongoSettings
 from pushsvc.dev.servers import ServerProcess, create_topics, nx27017, tansu
+from pushsvc.store.database import Database
+from pushsvc.store.notifications import NotificationStore
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
 from tests.peers.apns_peer import ApnsPeer
 from tests.peers.fcm_peer import FcmPeer
@@ -119,3 +122,13 @@ async def stack(
     stack = Stack(tmp_path, bootstrap, mongo_uri, unique("pushsvc"), kafka, pki, apns_peer, fcm_peer, service_account)
     yield stack
     await stack.close()
+
+
+@pytest.fixture
+async def notification_store(mongo_uri: str) -> AsyncIterator[NotificationStore]:
+    """A NotificationStore on a fresh database of the session's nx-27017 (dropped afterwards)."""
+    database = Database.connect(MongoSettings(uri=mongo_uri, database=unique("store")))
+    await database.ensure_indexes()
+    yield NotificationStore(database)
+    await database.client.drop_database(database.db.name)
+    database.close()

@@ -1,6 +1,6 @@
 """Campaigns for marketers: audience, per-locale message, schedule (at / local time), quiet hours, throttle.
 
-A campaign is stored as a notification (`_id` "campaign:<id>", the Kafka request contract) plus campaign
+A campaign is stored as a notification (request id "campaign:<id>" in its app, the Kafka request contract) plus campaign
 fields, so the scheduler, leases, runner and counters are the notification machinery, not a second pipeline.
 """
 
@@ -17,13 +17,14 @@ from pushsvc.api.auth import require
 from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, WAKE
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import counts_view
-from pushsvc.api.validation import json_body
+from pushsvc.api.validation import app_of, field_name, json_body
 from pushsvc.dispatch.fanout import progress_ratio
+from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import RequestError, parse_request
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
-from pushsvc.store.campaigns import KIND, STATUSES, campaign_key
+from pushsvc.store.campaigns import CAMPAIGN_PREFIX, KIND, STATUSES, campaign_request_id
 from pushsvc.store.devices import audience_filter
-from pushsvc.store.notifications import LANE_FANOUT, new_document
+from pushsvc.store.notifications import LANE_FANOUT, new_document, request_id_of
 
 routes = web.RouteTableDef()
 
@@ -49,7 +50,7 @@ def parse_campaign(body: Any, known_apps: frozenset[str]) -> tuple[str, dict[str
         raise RequestError("body", "must be a JSON object")
     unknown = sorted(set(body) - CAMPAIGN_FIELDS)
     if unknown:
-        raise RequestError(unknown[0], f"unknown field (allowed: {', '.join(sorted(CAMPAIGN_FIELDS))})")
+        raise RequestError(field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(CAMPAIGN_FIELDS))})")
     campaign_id = body.get("id", uuid.uuid4().hex)
     if not isinstance(campaign_id, str) or not CAMPAIGN_ID.match(campaign_id):
         raise RequestError("id", "must be 1-64 characters of letters, digits, '.', '_' or '-'")
@@ -64,7 +65,8 @@ def parse_campaign(body: Any, known_apps: frozenset[str]) -> tuple[str, dict[str
         raise RequestError("options", "must be an object")
     extra = sorted(set(options) - OPTION_FIELDS)
     if extra:
-        raise RequestError(f"options.{extra[0]}", "unknown field (use schedule for timing)")
+        where = f"options.{field_name(extra[0])}" if extra[0] else "options"
+        raise RequestError(where, "unknown field (use schedule for timing)")
     options = dict(options)
     schedule = body.get("schedule")
     if schedule is not None:
@@ -93,14 +95,14 @@ def parse_campaign(body: Any, known_apps: frozenset[str]) -> tuple[str, dict[str
             raise RequestError("throttle_per_second", f"must be an integer between 1 and {MAX_THROTTLE}")
         fields["throttle_per_second"] = throttle
     raw = {
-        "id": campaign_key(campaign_id),
+        "id": campaign_request_id(campaign_id),
         "app": body.get("app"),
         "target": audience,
         "message": body.get("message"),
         "options": options,
     }
     try:
-        parse_request(raw, known_apps)
+        check_payload_size(parse_request(raw, known_apps))
     except RequestError as exc:
         field = exc.field or "body"
         if field.startswith("target"):
@@ -123,7 +125,7 @@ def campaign_view(doc: dict) -> dict[str, Any]:
     )
     state = doc["state"]
     return {
-        "id": doc["_id"].removeprefix("campaign:"),
+        "id": request_id_of(doc).removeprefix(CAMPAIGN_PREFIX),
         "name": doc.get("name"),
         "app": doc["app"],
         "status": state,
@@ -156,19 +158,21 @@ def _campaign_id(request: web.Request) -> str:
 async def create_campaign(request: web.Request) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200."""
     campaign_id, raw, fields = parse_campaign(await json_body(request), request.app[KNOWN_APPS])
-    existing = await request.app[CAMPAIGNS].get(campaign_id)
+    existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if existing is not None:
         return web.json_response(campaign_view(existing), status=200)
     parsed = parse_request(raw)
     now = request.app[CLOCK]()
     estimate = await request.app[DEVICES].count(
-        audience_filter(parsed.app, parsed.target, parsed.message.category, None)
+        audience_filter(parsed.app, parsed.target, parsed.message.category, None, parsed.options.push_type)
     )
     doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
     # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.
     doc.update(fields, audience_estimate=estimate, lane=LANE_FANOUT)
     result = await request.app[NOTIFICATIONS].record([doc])
-    stored = await request.app[CAMPAIGNS].get(campaign_id)
+    if result.rejected:
+        return json_error(400, "store_rejected", result.rejected[doc["_id"]])
+    stored = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if stored is None:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
     if result.inserted and doc["due_at"] <= now:
@@ -198,7 +202,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
 @routes.get("/v1/campaigns/{campaign_id}")
 @require("read")
 async def get_campaign(request: web.Request) -> web.Response:
-    doc = await request.app[CAMPAIGNS].get(_campaign_id(request))
+    doc = await request.app[CAMPAIGNS].get(app_of(request), _campaign_id(request))
     if doc is None:
         return json_error(404, "not_found", "no campaign with that id")
     return web.json_response(campaign_view(doc))
@@ -206,10 +210,10 @@ async def get_campaign(request: web.Request) -> web.Response:
 
 async def _transition(request: web.Request, action: str) -> web.Response:
     campaigns = request.app[CAMPAIGNS]
-    campaign_id = _campaign_id(request)
-    doc = await getattr(campaigns, action)(campaign_id, request.app[CLOCK]())
+    app, campaign_id = app_of(request), _campaign_id(request)
+    doc = await getattr(campaigns, action)(app, campaign_id, request.app[CLOCK]())
     if doc is None:
-        current = await campaigns.get(campaign_id)
+        current = await campaigns.get(app, campaign_id)
         if current is None:
             return json_error(404, "not_found", "no campaign with that id")
         return json_error(409, "invalid_state", f"cannot {action} a campaign that is {current['state']}")

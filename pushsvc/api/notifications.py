@@ -9,10 +9,10 @@ from aiohttp import web
 from pushsvc.api.auth import require
 from pushsvc.api.context import INTAKE, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
-from pushsvc.api.validation import json_body
+from pushsvc.api.validation import app_of, json_body
 from pushsvc.ingest.intake import Rejection, validate
 from pushsvc.scheduling.due import epoch_to_iso
-from pushsvc.store.notifications import FINAL_KEYS
+from pushsvc.store.notifications import FINAL_KEYS, request_id_of
 
 routes = web.RouteTableDef()
 
@@ -26,7 +26,7 @@ def counts_view(doc: dict) -> dict[str, int]:
 def notification_view(doc: dict) -> dict[str, Any]:
     counts = counts_view(doc)
     return {
-        "id": doc["_id"],
+        "id": request_id_of(doc),
         "app": doc["app"],
         "state": doc["state"],
         "source": doc.get("source"),
@@ -46,7 +46,9 @@ async def create_notification(request: web.Request) -> web.Response:
     if isinstance(outcome, Rejection):
         return json_error(400, outcome.reason, outcome.detail, outcome.field)
     result = await request.app[INTAKE].record([outcome], source="api")
-    doc = await request.app[NOTIFICATIONS].get(outcome.request.id)
+    if result.rejected:
+        return json_error(400, "store_rejected", result.rejected[0][1])
+    doc = await request.app[NOTIFICATIONS].find(outcome.request.app, outcome.request.id)
     assert doc is not None
     return web.json_response(notification_view(doc), status=201 if result.inserted else 200)
 
@@ -54,7 +56,9 @@ async def create_notification(request: web.Request) -> web.Response:
 @routes.get("/v1/notifications/{notification_id}")
 @require("read")
 async def get_notification(request: web.Request) -> web.Response:
-    doc = await request.app[NOTIFICATIONS].get(request.match_info["notification_id"])
+    """A notification by its request id within `?app=` (optional when one app is configured)."""
+    app = app_of(request)
+    doc = await request.app[NOTIFICATIONS].find(app, request.match_info["notification_id"])
     if doc is None:
         return json_error(404, "not_found", "no notification with that id")
     return web.json_response(notification_view(doc))

@@ -7,8 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc import __version__
-from pushsvc.model import PUSH_TYPES
+from pushsvc.model import PLATFORMS, PUSH_TYPES
 from pushsvc.store.notifications import COUNT_KEYS
+from pushsvc.token_kinds import KIND_NAMES
 
 routes = web.RouteTableDef()
 
@@ -80,6 +81,11 @@ APP_PATH = _path("app", {"type": "string", "minLength": 1, "maxLength": 128})
 TOKEN_PATH = _path("token", TOKEN)
 USER_PATH = _path("user_id", {"type": "string", "minLength": 1, "maxLength": 256})
 CAMPAIGN_PATH = _path("campaign_id", CAMPAIGN_ID)
+# Ids are unique within an app: a lookup by id names the app (optional when one app is configured).
+APP_SCOPE = {
+    **_query("app", {"type": "string", "minLength": 1, "maxLength": 128}),
+    "description": "the app the id belongs to; required unless exactly one app is configured",
+}
 
 MESSAGE = {
     "type": "object",
@@ -89,16 +95,21 @@ MESSAGE = {
         "body": {"type": "string", "minLength": 1, "maxLength": 4096},
         "data": {
             "type": "object",
+            "maxProperties": 100,
+            "description": "payload limits: each APNs body (per locale) within 4096 bytes (5120 for voip), and for FCM "
+            "title + body + data keys and values within 4096 bytes (UTF-8); checked at intake, 400 names the field",
             "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
         },
-        "badge": {"type": "integer", "minimum": 0},
+        "badge": {"type": "integer", "minimum": 0, "maximum": 2147483647},
         "sound": {"type": "string", "minLength": 1, "maxLength": 256},
         "category": {"type": "string", "minLength": 1, "maxLength": 256},
         "thread_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "mutable_content": {"type": "boolean"},
         "localized": {
             "type": "object",
-            "description": "per-locale variants: exact tag, then language, then the defaults",
+            "description": "per-locale variants: exact tag, then language, then the defaults; each variant within "
+            "the payload limits (see data)",
+            "maxProperties": 200,
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
@@ -149,7 +160,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "app": {"type": "string", "minLength": 1, "maxLength": 128},
             "token": TOKEN,
-            "platform": {"type": "string", "enum": ["ios", "android"]},
+            "platform": {"type": "string", "enum": list(PLATFORMS)},
+            "kind": {
+                "type": "string",
+                "enum": list(KIND_NAMES),
+                "description": "what the token is for: apns (regular APNs token), apns_voip (PushKit token; "
+                "ios only), fcm (android). Default: the platform's, ios -> apns, android -> fcm. Alert and "
+                "background pushes go to apns and fcm tokens, VoIP pushes to apns_voip and fcm tokens.",
+            },
             "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
             "tags": TAGS,
             "locale": LOCALE,
@@ -166,12 +184,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Device": {
         "type": "object",
-        "required": ["id", "app", "token", "platform", "tags", "opt_out", "active"],
+        "required": ["id", "app", "token", "platform", "kind", "tags", "opt_out", "active"],
         "properties": {
             "id": {"type": "string"},
             "app": {"type": "string"},
             "token": {"type": "string"},
-            "platform": {"type": "string", "enum": ["ios", "android"]},
+            "platform": {"type": "string", "enum": list(PLATFORMS)},
+            "kind": {"type": "string", "enum": list(KIND_NAMES)},
             "user_id": NULLABLE_STRING,
             "tags": STRING_LIST,
             "locale": NULLABLE_STRING,
@@ -180,6 +199,11 @@ SCHEMAS: dict[str, Any] = {
             "opt_out": STRING_LIST,
             "active": {"type": "boolean"},
             "deactivated_reason": NULLABLE_STRING,
+            "registered_at": {
+                "type": "number",
+                "nullable": True,
+                "description": "epoch seconds of the last registration (null: registered before it was recorded)",
+            },
         },
     },
     "DeviceList": {
@@ -189,8 +213,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Erasure": {
         "type": "object",
-        "required": ["user_id", "deleted_devices"],
-        "properties": {"user_id": {"type": "string"}, "deleted_devices": {"type": "integer", "minimum": 0}},
+        "required": ["user_id", "deleted_devices", "scrubbed_notifications"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "deleted_devices": {"type": "integer", "minimum": 0},
+            # Stored notification requests that named the user or one of their tokens (now placeholders).
+            "scrubbed_notifications": {"type": "integer", "minimum": 0},
+        },
     },
     "Message": MESSAGE,
     "NotificationRequest": {
@@ -198,7 +227,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["id", "app", "target", "message"],
         "properties": {
-            "id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "not": {"pattern": "^campaign:"},
+                "description": "idempotency key, unique within the app; the prefix 'campaign:' is reserved",
+            },
             "app": {"type": "string", "minLength": 1, "maxLength": 128},
             "target": {
                 "type": "object",
@@ -227,7 +262,11 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {
                     **BASE_OPTIONS,
-                    "send_at": {"type": "string", "format": "date-time"},
+                    "send_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "from 2000-01-01 to before 2100-01-01 (UTC)",
+                    },
                     "local_time": {"type": "boolean"},
                 },
             },
@@ -338,7 +377,7 @@ def _campaign_action(summary: str) -> dict[str, Any]:
             summary,
             "campaigns",
             {"200": _json(_ref("Campaign"), "the campaign after the change"), **_errors(*AUTHED, 404, 409)},
-            parameters=[CAMPAIGN_PATH],
+            parameters=[CAMPAIGN_PATH, APP_SCOPE],
         )
     }
 
@@ -425,7 +464,7 @@ PATHS: dict[str, Any] = {
             "State and counts of a notification",
             "read",
             {"200": _json(_ref("Notification"), "the notification"), **_errors(*AUTHED, 404)},
-            parameters=[_path("notification_id", {"type": "string", "minLength": 1, "maxLength": 128})],
+            parameters=[_path("notification_id", {"type": "string", "minLength": 1, "maxLength": 128}), APP_SCOPE],
         )
     },
     "/v1/campaigns": {
@@ -455,7 +494,7 @@ PATHS: dict[str, Any] = {
             "A campaign with its counts and progress",
             "read",
             {"200": _json(_ref("Campaign"), "the campaign"), **_errors(*AUTHED, 404)},
-            parameters=[CAMPAIGN_PATH],
+            parameters=[CAMPAIGN_PATH, APP_SCOPE],
         )
     },
     "/v1/campaigns/{campaign_id}/pause": _campaign_action("Pause after the chunk in flight"),

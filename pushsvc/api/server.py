@@ -26,6 +26,7 @@ from pushsvc.api.errors import json_error
 from pushsvc.ingest.intake import Intake
 from pushsvc.logging import get_logger
 from pushsvc.model import RequestError
+from pushsvc.scheduling.clock import ClockNotSynced
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
@@ -39,6 +40,9 @@ async def error_middleware(request: web.Request, handler: web.RequestHandler) ->
         return await handler(request)
     except RequestError as exc:
         return json_error(400, "invalid_request", exc.reason, exc.field)
+    except ClockNotSynced:
+        # Still starting: no time stamp can be taken on the database's clock yet (readiness is 503 too).
+        return json_error(503, "starting", "the service is starting, retry later", headers={"Retry-After": "1"})
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "body_too_large", f"body larger than {request.app[MAX_BODY]} bytes")
     except web.HTTPException as exc:

@@ -5,8 +5,10 @@ lease heartbeat, progress update, final update and outcome round trip — a fixe
 that dwarfs its one or two deliveries. Here every notification of a claim is resolved and delivered
 concurrently, then all of them are finished in one bulk write and announced in one producer batch.
 
-Guarantees are those of a single chunk: progress is saved once, at the end, so a crash (or a lost lease)
-repeats the notification; the claim token keeps a replica from finishing what another one took over.
+Guarantees are those of a single chunk: progress is saved once, at the end, so a crash repeats the
+notification. The batch is held by one lease (scheduling/lease.py): its claim token fences every write, so a
+replica never finishes what another one took over; a notification lost to another replica stops at once,
+and one stopped by a lapse or the drain deadline is handed back with the devices already answered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -24,9 +26,10 @@ from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.logging import get_logger
-from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
-from pushsvc.outcomes import OutcomeEvent, OutcomePublisher
-from pushsvc.store.notifications import LANE_BATCH, Final, NotificationStore, lane_for
+from pushsvc.model import NotificationState, PushRequest, parse_request
+from pushsvc.outcomes import OutcomeEvent, OutcomePublisher, announce
+from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
+from pushsvc.store.notifications import LANE_BATCH, Final, HandBack, NotificationStore, lane_for
 
 log = get_logger(__name__)
 
@@ -47,15 +50,26 @@ def as_small(doc: dict) -> SmallNotification | None:
     campaigns) needs per-chunk progress and goes to the fan-out runner. The lane was chosen when the
     request was recorded; this re-checks what the runner relies on.
     """
+    # A cursor means an earlier run got past a first chunk: the fan-out runner resumes it chunk by chunk.
     if doc.get("lane") != LANE_BATCH or doc.get("kind") or doc.get("cursor") is not None:
         return None
     if doc.get("quiet_hours") or doc.get("throttle_per_second"):
         return None
     try:
         request = parse_request(orjson.loads(doc["request"]))
-    except (RequestError, orjson.JSONDecodeError):
-        return None  # the runner records why it cannot be sent
+    except Exception:  # any failure, foreseen or not: the fan-out runner finishes it as failed, saying why
+        return None
     return SmallNotification(doc, request) if lane_for(request) == LANE_BATCH else None
+
+
+@dataclass
+class _Sent:
+    """Where one notification of the batch ended: complete, or stopped inside the chunk at `cursor`."""
+
+    counts: Counter[str]  # since the last saved progress (the document's counts are added on finish)
+    complete: bool
+    cursor: object = None
+    done: list[str] | None = None  # devices of the chunk at `cursor` with a final outcome
 
 
 class BatchRunner:
@@ -73,29 +87,36 @@ class BatchRunner:
         self._settings = settings
         self._clock = clock
 
-    async def run(self, batch: Sequence[SmallNotification], on_done: Callable[[int], None] = lambda n: None) -> None:
-        """Send and finish the batch; `on_done(n)` reports n more notifications off our hands."""
-        claim = batch[0].doc["claim"]
-        sending = {asyncio.ensure_future(self._send(item)): item for item in batch}
-        held = {item.doc["_id"] for item in batch}
-        heartbeat = asyncio.create_task(self._heartbeat(claim, held))
+    async def run(
+        self, batch: Sequence[SmallNotification], lease: Lease, on_done: Callable[[int], None] = lambda n: None
+    ) -> None:
+        """Send and finish the batch held by `lease`; `on_done(n)` reports n more notifications off our hands."""
+        heartbeat = asyncio.create_task(lease.keep(), name=f"lease:batch:{len(batch)}")
+        sending = {asyncio.ensure_future(self._send(item, lease)): item for item in batch}
         try:
             pending = set(sending)
             while pending:
                 # Finish what is done every so often: one notification retrying against a slow provider
                 # must not hold back the outcome of the rest of its batch.
                 done, pending = await asyncio.wait(pending, timeout=FINISH_EVERY_SECONDS)
-                ready: list[tuple[SmallNotification, Counter[str]]] = []
+                complete: list[tuple[SmallNotification, Counter[str]]] = []
+                stopped: list[tuple[SmallNotification, _Sent]] = []
                 for task in done:
                     item = sending[task]
-                    held.discard(item.doc["_id"])
+                    notification_id = item.doc["_id"]
                     error = task.exception()
                     if error is not None:
-                        # Only this one: its lease lapses and a later claim sends it again.
-                        log.error("notification_run_failed", notification_id=item.doc["_id"], error=repr(error))
+                        # Only this one: it is no longer renewed, its lease expires and a later claim runs it.
+                        log.error("notification_run_failed", notification_id=notification_id, error=repr(error))
+                        lease.drop([notification_id])
+                    elif task.result().complete:
+                        complete.append((item, task.result().counts))
+                    elif lease.interruption(notification_id) is Interruption.LOST:
+                        lease.drop([notification_id])  # another replica holds it: write nothing
                     else:
-                        ready.append((item, task.result()))
-                await self._finish(claim, ready)
+                        stopped.append((item, task.result()))
+                await self._contained(lease, [item for item, _ in complete], self._finish(lease, complete))
+                await self._contained(lease, [item for item, _ in stopped], self._hand_back(lease, stopped))
                 on_done(len(done))
         finally:
             heartbeat.cancel()
@@ -104,12 +125,34 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _finish(self, claim: str, ready: Sequence[tuple[SmallNotification, Counter[str]]]) -> None:
+    @staticmethod
+    async def _contained(lease: Lease, group: Sequence[SmallNotification], work: Awaitable[None]) -> None:
+        """Run a write about `group`; a failure concerns these notifications only (the others keep sending)."""
+        try:
+            await work
+        except Exception as exc:
+            ids = [item.doc["_id"] for item in group]
+            log.error("batch_settle_failed", notifications=len(ids), error=repr(exc))
+            lease.drop(ids)  # no longer renewed: their leases expire and a later claim resumes them
+
+    async def _finish(self, lease: Lease, ready: Sequence[tuple[SmallNotification, Counter[str]]]) -> None:
         """One bulk write for the final states, one producer batch for the outcome events."""
         if not ready:
             return
-        finals = [Final(item.doc["_id"], NotificationState.DONE, counts) for item, counts in ready]
-        finished = set(await self._notifications.finish_many(claim, finals))
+        token = lease.token
+        finals = [
+            Final(item.doc["_id"], NotificationState.DONE, _saved_counts(item.doc) + counts) for item, counts in ready
+        ]
+        ids = [final.notification_id for final in finals]
+        now = self._clock()
+        try:
+            finished = set(await lease.write(ids, lambda: self._notifications.finish_many(token, finals, now)))
+        except LeaseLost as exc:
+            # The database stayed out of reach for the whole lease: whoever claims them next sends them again.
+            log.error("batch_finish_failed", notifications=len(ids), error=str(exc))
+            lease.drop(ids)
+            return
+        lease.drop(ids)
         if len(finished) < len(finals):
             log.warning("lease_lost", notifications=len(finals) - len(finished))
         events = []
@@ -124,36 +167,51 @@ class BatchRunner:
                 state=str(final.state),
                 counts=final.counts,
             )
-            events.append(
-                OutcomeEvent(final.notification_id, item.request.app, str(final.state), final.counts, None)
-            )
-        await self._notifications.mark_events_published(await self._outcomes.publish_many(events))
+            events.append(OutcomeEvent.of(item.doc, str(final.state), final.counts, None, now))
+        await announce(self._outcomes, self._notifications, events)
 
-    async def _send(self, item: SmallNotification) -> Counter[str]:
-        """All chunks of one notification (one, in practice), counted from what was saved before."""
-        counts: Counter[str] = Counter({k: int(v) for k, v in (item.doc.get("counts") or {}).items()})
+    async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[SmallNotification, _Sent]]) -> None:
+        """Notifications stopped mid-chunk (drain deadline, lapsed lease): save what was answered, let go."""
+        if not stopped:
+            return
+        token = lease.token
+        items = [HandBack(item.doc["_id"], sent.cursor, sent.counts, sent.done or ()) for item, sent in stopped]
+        ids = [item.notification_id for item in items]
+        try:
+            saved = set(await lease.write(ids, lambda: self._notifications.hand_back(token, items)))
+        except LeaseLost as exc:
+            log.error("hand_back_failed", notifications=len(ids), error=str(exc))
+            saved = set()
+        lease.drop(ids)
+        for notification_id in ids:
+            log.info(
+                "notification_handed_back",
+                notification_id=notification_id,
+                reason=str(lease.interruption(notification_id) or Interruption.LAPSED),
+                saved=notification_id in saved,
+            )
+
+    async def _send(self, item: SmallNotification, lease: Lease) -> _Sent:
+        """All chunks of one notification (one, in practice), counted since the last saved progress."""
+        notification_id = item.doc["_id"]
+        hold = lease.hold(notification_id)
         due_at = float(item.doc["due_at"])
+        counts: Counter[str] = Counter()
         cursor = None
+        skip = frozenset(item.doc.get("chunk_done") or ())
         while True:
             chunk = await self._chunks.next_chunk(
-                item.request, cursor, None, count_unknown=True, size=self._settings.chunk_size
+                item.request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
             )
-            counts.update(await self._chunks.deliver(item.request, chunk, due_at))
+            outcome = await self._chunks.deliver(item.request, chunk, due_at, skip, hold)
+            counts.update(outcome.counts)
+            if not outcome.complete:
+                return _Sent(counts, False, cursor, outcome.done)
             if chunk.exhausted:
-                return counts
-            cursor = chunk.next_cursor
+                return _Sent(counts, True)
+            cursor, skip = chunk.next_cursor, frozenset()
 
-    async def _heartbeat(self, claim: str, held: set[str]) -> None:
-        """Keep the leases of the notifications still sending (a slow provider can outlast one lease)."""
-        interval = self._settings.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            ids = list(held)
-            try:
-                kept = await self._notifications.renew_claim(claim, ids, self._clock() + self._settings.lease_seconds)
-            except Exception as exc:  # MongoDB unreachable: try again next beat, the lease is still ours
-                log.warning("lease_renewal_failed", error=str(exc))
-                continue
-            if kept < len(ids):
-                # Another replica took some over after a stall; finish_many leaves those to it.
-                log.warning("lease_lost", notifications=len(ids) - kept)
+
+def _saved_counts(doc: dict) -> Counter[str]:
+    """Counts saved by earlier runs (a run stopped mid-chunk hands back what it had answered)."""
+    return Counter({key: int(value) for key, value in (doc.get("counts") or {}).items()})

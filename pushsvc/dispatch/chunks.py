@@ -2,89 +2,254 @@
 
 Shared by the fan-out runner (one notification, many chunks, progress saved per chunk) and the batch
 lane (many single-chunk notifications, progress saved once for the whole batch).
+
+A chunk can be stopped part-way (its lease lapsed or was lost, or the drain deadline came): sending stops,
+and the outcome says which of its devices already have a final answer. Those are saved with the cursor of
+the chunk's start (`chunk_done`), so whoever resumes the notification reads the same chunk again and skips
+them: a stop repeats only the requests that were on the wire without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pushsvc import metrics
-from pushsvc.dispatch.sender import PROVIDER_FOR_PLATFORM, DeliverySender
+from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
+from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.due import DEFAULT_TIMEZONE
-from pushsvc.store.devices import DeviceStore, to_device
+from pushsvc.scheduling.lease import Hold
+from pushsvc.store.database import is_transient
+from pushsvc.store.devices import Deactivation, DeviceStore, takes, to_device
+from pushsvc.token_kinds import provider_for, receives
+
+log = get_logger(__name__)
 
 
 @dataclass
 class Chunk:
     devices: list[dict]
-    unknown_tokens: int
+    # Tokens of a tokens target that no active device has (counted targeted + unknown_token).
+    unknown_tokens: list[str]
     next_cursor: Any
     exhausted: bool
+    # How a device of this chunk is named in `chunk_done`: its token for a tokens target (the request
+    # holds them anyway, and an unknown token has no document), its _id for an audience query.
+    by_token: bool = False
+
+    def key(self, doc: dict) -> str:
+        return str(doc["token"]) if self.by_token else str(doc["_id"])
+
+
+@dataclass
+class ChunkOutcome:
+    counts: Counter[str]
+    # Keys (Chunk.key) of the devices with a final outcome, including those done before (`skip`).
+    done: list[str] = field(default_factory=list)
+    # Every device of the chunk has a final outcome; otherwise the chunk was stopped part-way.
+    complete: bool = True
+
+
+@dataclass
+class Settled:
+    counts: Counter[str]
+    deactivations: list[Deactivation]
+
+
+def settle(
+    app: str, push_type: str, results: Iterable[FinalResult], misconfig_tripped: Callable[[str], bool]
+) -> Settled:
+    """Count the final outcomes of delivered results (and their metrics) and pick the tokens to deactivate.
+
+    An invalid-token answer deactivates its device unless
+    - its reason is one a wrong app-wide setting gives for every token (BadDeviceToken,
+      DeviceTokenNotForTopic, SENDER_ID_MISMATCH) and that provider's misconfiguration guard was tripped at
+      any time while the chunk was sent (`misconfig_tripped(provider)`, from DeliverySender.misconfig_watch):
+      then it is a configuration problem, counted auth_error, and the device is kept;
+    - the device's token kind does not take this push type: the answer was about a route the token is not
+      for (APNs: DeviceTokenNotForTopic for a regular token on the VoIP topic), not about the token; it is
+      counted invalid_token and the device is kept (targeting sends no such push; this is the last check).
+    The store spares, in addition, a device registered again after the answer (Deactivation.registered_by).
+    """
+    counts: Counter[str] = Counter()
+    deactivations: list[Deactivation] = []
+    for result in results:
+        device = result.delivery.device
+        provider = provider_for(device.kind) or "none"
+        outcome = result.outcome
+        if outcome == "invalid_token":
+            if result.misconfiguration and misconfig_tripped(provider):
+                outcome = "auth_error"
+            elif receives(device.kind, push_type):
+                deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
+                metrics.INVALID_TOKENS.labels(app, provider).inc()
+        counts[outcome] += 1
+        metrics.DELIVERIES.labels(app, provider, outcome).inc()
+    return Settled(counts, deactivations)
 
 
 class ChunkWorker:
-    def __init__(self, devices: DeviceStore, sender: DeliverySender) -> None:
+    def __init__(self, devices: DeviceStore, sender: DeliverySender, answer_seconds: float) -> None:
         self._devices = devices
         self._sender = sender
+        # The longest a provider answer can take (the send timeout): how long a lapsed lease awaits them.
+        self._answer_seconds = answer_seconds
 
     async def next_chunk(
+        self,
+        request: PushRequest,
+        cursor: Any,
+        wave: list[str] | None,
+        count_unknown: bool,
+        size: int,
+        retry_while: Callable[[], bool] | None = None,
+    ) -> Chunk:
+        """The chunk starting at `cursor`; transient database errors are retried while `retry_while()` holds
+        (the lease is still good: nothing was sent for this chunk yet, so waiting costs only time)."""
+        delay = 0.1
+        while True:
+            try:
+                return await self._read(request, cursor, wave, count_unknown, size)
+            except Exception as exc:
+                if retry_while is None or not is_transient(exc) or not retry_while():
+                    raise
+                log.warning("chunk_read_retry", notification_id=request.id, error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _read(
         self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool, size: int
     ) -> Chunk:
+        push_type = request.options.push_type
         if request.target.tokens:
             # Explicit tokens are paged by position in the request.
             start = int(cursor or 0)
             tokens = request.target.tokens[start : start + size]
-            found = await self._devices.find_by_tokens(request.app, tokens) if tokens else []
+            found = await self._devices.find_by_tokens(request.app, tokens, push_type) if tokens else []
+            found = [d for d in found if takes(d, push_type)]
+            # A token of another kind (a regular APNs token named in a VoIP push) is unknown to this push.
             known = {d["token"] for d in found}
-            unknown = sum(1 for t in tokens if t not in known) if count_unknown else 0
+            unknown = [t for t in tokens if t not in known] if count_unknown else []
             if wave is not None:
                 zones = set(wave)
                 found = [d for d in found if (d.get("timezone") or DEFAULT_TIMEZONE) in zones]
             end = start + len(tokens)
-            return Chunk(found, unknown, end, end >= len(request.target.tokens))
+            return Chunk(found, unknown, end, end >= len(request.target.tokens), by_token=True)
         timezones: list[str | None] | None = None
         if wave is not None:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
         found = await self._devices.find_audience(
-            request.app, request.target, request.message.category, timezones, cursor, size
+            request.app, request.target, request.message.category, timezones, cursor, size, push_type
         )
         # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
         next_cursor = str(found[-1]["_id"]) if found else cursor
-        return Chunk(found, 0, next_cursor, len(found) < size)
+        # Filtered after paging (the cursor and the end are those of what the query returned).
+        return Chunk([d for d in found if takes(d, push_type)], [], next_cursor, len(found) < size)
 
-    async def deliver(self, request: PushRequest, chunk: Chunk, due_at: float) -> Counter[str]:
+    async def deliver(
+        self,
+        request: PushRequest,
+        chunk: Chunk,
+        due_at: float,
+        skip: Collection[str] = (),
+        hold: Hold | None = None,
+    ) -> ChunkOutcome:
+        """Deliver to the chunk's devices not in `skip` (done before) until all are final or the lease's `hold`
+        says stop. Nothing is sent once `hold` no longer may send."""
         counts: Counter[str] = Counter()
-        counts["targeted"] = len(chunk.devices) + chunk.unknown_tokens
-        counts["unknown_token"] = chunk.unknown_tokens
-        if chunk.unknown_tokens:
-            metrics.DELIVERIES.labels(request.app, "none", "unknown_token").inc(chunk.unknown_tokens)
+        keys = [*chunk.unknown_tokens, *map(chunk.key, chunk.devices)]
+        finished = [key for key in keys if key in skip]  # answered before the chunk was last stopped
+        newly: list[str] = [t for t in chunk.unknown_tokens if t not in skip]
+        counts["unknown_token"] = len(newly)
+        if newly:
+            metrics.DELIVERIES.labels(request.app, "none", "unknown_token").inc(len(newly))
         expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
-        deliveries = []
+        deliveries: list[tuple[str, Delivery]] = []
         category = request.message.category
         for doc in chunk.devices:
+            key = chunk.key(doc)
+            if key in skip:
+                continue
             if category and category in (doc.get("opt_out") or ()):
                 counts["opted_out"] += 1
+                newly.append(key)
                 continue
-            deliveries.append(
-                Delivery(request.id, to_device(doc), request.message, request.options, expires_at)
-            )
-        if counts["targeted"]:
-            metrics.DEVICES_TARGETED.labels(request.app).inc(counts["targeted"])
-        results = await asyncio.gather(*(self._sender.deliver(d, due_at) for d in deliveries))
-        invalid: list[tuple[str, str]] = []
-        for result in results:
-            counts[result.outcome] += 1
-            provider = PROVIDER_FOR_PLATFORM.get(result.delivery.device.platform, "none")
-            metrics.DELIVERIES.labels(request.app, provider, result.outcome).inc()
-            if result.outcome == "invalid_token":
-                invalid.append((result.delivery.device.token, result.reason))
-                metrics.INVALID_TOKENS.labels(request.app, provider).inc()
-        if invalid:
-            # Deactivate before saving progress: if we crash in between, the retried chunk skips these.
-            await self._devices.deactivate(request.app, invalid)
-        return counts
+            deliveries.append((key, Delivery(request.id, to_device(doc), request.message, request.options, expires_at)))
+        may_send = hold.may_send if hold is not None else None
+        misconfig_tripped = self._sender.misconfig_watch(request.app)
+        tasks = [asyncio.ensure_future(self._sender.deliver(d, due_at, may_send)) for _, d in deliveries]
+        complete = await self._wait_all(tasks, hold)
+        results: list[FinalResult] = []
+        for (key, _), task in zip(deliveries, tasks, strict=True):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                results.append(task.result())
+                newly.append(key)
+            else:  # cut short, or refused to start (SendingStopped: the lease is no longer good)
+                complete = False
+        counts.update(await self._settle(request, results, misconfig_tripped))
+        # A device counts as targeted once it has a final outcome: a stopped chunk counts the rest on resume.
+        counts["targeted"] = len(newly)
+        if newly:
+            metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
+        return ChunkOutcome(counts, finished + newly, complete)
+
+    async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
+        """Wait for every delivery, or until the hold says stop; True if none was cut short."""
+        if not tasks:
+            return hold is None or not hold.stop.is_set()
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            if hold is None:
+                await everything
+                return True
+            if not await _first(everything, hold.stop):
+                # No new attempt starts now (the hold refuses); requests on the wire may still be answered,
+                # unless the drain deadline wants the hand-back at once.
+                grace = hold.in_flight_grace(self._answer_seconds)
+                if grace > 0 and not hold.abort.is_set():
+                    await _first(everything, hold.abort, timeout=grace)
+        except asyncio.CancelledError:
+            # The run itself is cancelled: no delivery of it may go on sending on its own.
+            for task in tasks:
+                task.cancel()
+            raise
+        if everything.done():
+            return True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return False
+
+    async def _settle(
+        self, request: PushRequest, results: list[FinalResult], misconfig_tripped: Callable[[str], bool]
+    ) -> Counter[str]:
+        """Count the final outcomes and deactivate the tokens found dead (see `settle`)."""
+        settled = settle(request.app, request.options.push_type, results, misconfig_tripped)
+        if settled.deactivations:
+            # Deactivate before saving progress: if we crash in between, the retried chunk skips these. A
+            # failure here must not cost the chunk (its sends are done): the tokens stay active for now and
+            # the next push to them finds them dead again.
+            try:
+                await self._devices.deactivate(request.app, settled.deactivations)
+            except Exception as exc:
+                log.warning("deactivation_failed", app=request.app, tokens=len(settled.deactivations),
+                            error=type(exc).__name__)
+        return settled.counts
+
+
+async def _first(work: asyncio.Future[Any], signal: asyncio.Event, timeout: float | None = None) -> bool:
+    """Wait for `work`, or until `signal` is set (or `timeout`); True if `work` is done."""
+    waiter = asyncio.ensure_future(signal.wait())
+    try:
+        await asyncio.wait({work, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return work.done()
+
+
+__all__ = ["Chunk", "ChunkOutcome", "ChunkWorker", "SendingStopped"]

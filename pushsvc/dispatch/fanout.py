@@ -1,7 +1,8 @@
 """Work one claimed notification: resolve its devices chunk by chunk, deliver, record progress.
 
-Progress (cursor + counters) is saved atomically after each chunk while the lease is held, so a crash
-or a lost lease repeats at most the chunk that was in flight; a lease heartbeat keeps long chunks owned.
+Progress (cursor + counters) is saved atomically after each chunk under the lease (scheduling/lease.py), so
+a crash repeats at most the chunk that was in flight. A chunk stopped part-way (drain deadline, lapsed
+lease) saves which of its devices were answered, so only requests on the wire without an answer repeat.
 """
 
 from __future__ import annotations
@@ -9,24 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.chunks import ChunkWorker
+from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
 from pushsvc.logging import get_logger
-from pushsvc.model import NotificationState, PushRequest, RequestError, parse_request
-from pushsvc.outcomes import OutcomePublisher
+from pushsvc.model import NotificationState, PushRequest, parse_request
+from pushsvc.outcomes import OutcomeEvent, OutcomePublisher, announce
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
-from pushsvc.store.notifications import FINAL_KEYS, PAUSED, NotificationStore
+from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
+from pushsvc.store.campaigns import CAMPAIGN_PREFIX
+from pushsvc.store.notifications import FINAL_KEYS, PAUSED, HandBack, NotificationStore, request_id_of
 
 log = get_logger(__name__)
-
-
-class LeaseLost(Exception):
-    """Another replica owns the notification now; stop without touching it."""
 
 
 class _Throttle:
@@ -71,83 +72,45 @@ class NotificationRunner:
         self._chunks = chunks
         self._outcomes = outcomes
         self._settings = settings
-        self._clock = clock
+        self._clock = clock  # the scheduling clock: which local-time zones are due, quiet hours
         self._stopping = asyncio.Event()
-        # Per running notification: set once the run itself gives its lease up (see _heartbeat).
-        self._released: dict[str, asyncio.Event] = {}
 
     def stop(self) -> None:
         """Draining: every run stops after its current chunk, saving its cursor and releasing the lease."""
         self._stopping.set()
 
-    async def run(self, doc: dict, owner: str) -> None:
-        notification_id = doc["_id"]
+    async def run(self, doc: dict, lease: Lease) -> None:
+        """Work the notification while `lease` holds it; returns when done, handed back, or lost."""
+        heartbeat = asyncio.create_task(lease.keep(), name=f"lease:{doc['_id']}")
         try:
-            request = parse_request(orjson.loads(doc["request"]))
-        except (RequestError, orjson.JSONDecodeError) as exc:
-            # Recorded requests were validated at ingest; this only happens after an incompatible upgrade.
-            await self._finish(doc, owner, NotificationState.FAILED, f"stored request unreadable: {exc}")
-            return
-        released = self._released[notification_id] = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(notification_id, owner, released))
-        work = asyncio.create_task(self._work(doc, request, owner))
-        try:
-            done, _ = await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
-            if heartbeat in done:
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
-                    await work
-                log.warning("lease_lost", notification_id=notification_id)
-            else:
-                work.result()
-        except LeaseLost:
-            log.warning("lease_lost", notification_id=notification_id)
+            await self._run(doc, lease)
+        except LeaseLost as exc:
+            log.warning("lease_lost", notification_id=doc["_id"], detail=str(exc) or None)
         finally:
-            self._released.pop(notification_id, None)
             heartbeat.cancel()
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+            with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _heartbeat(self, notification_id: str, owner: str, released: asyncio.Event) -> None:
-        """Renew the lease; return only if it was lost to someone else (that cancels the work).
-
-        Once the work itself drops the lease (finish, release, reschedule) a failed renewal is expected:
-        the heartbeat then just waits to be cancelled, so the work can publish its outcome undisturbed.
-        """
-        interval = self._settings.lease_seconds / 3
-        while not released.is_set():
-            await asyncio.sleep(interval)
-            if released.is_set():
-                break
-            renewed = await self._notifications.renew_lease(
-                notification_id, owner, self._clock() + self._settings.lease_seconds
-            )
-            if not renewed and not released.is_set():
-                return
-        await asyncio.Event().wait()
-
-    def _dropping_lease(self, notification_id: str) -> None:
-        """Called just before this run gives its lease up, so the heartbeat does not call that a loss."""
-        released = self._released.get(notification_id)
-        if released is not None:
-            released.set()
-
-    async def _work(self, doc: dict, request: PushRequest, owner: str) -> None:
-        notification_id = doc["_id"]
+    async def _run(self, doc: dict, lease: Lease) -> None:
+        try:
+            request = parse_request(orjson.loads(doc["request"]))
+        except Exception as exc:
+            # Recorded requests were validated at ingest; this only happens after an incompatible upgrade (or
+            # a parser bug). Whatever it is, this one notification fails, saying why; nothing else waits on it.
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            await self._finish(doc, lease, NotificationState.FAILED, f"stored request unreadable: {detail}")
+            return
+        run = _Run(doc, request, lease, int(doc.get("progress_seq") or 0))
         quiet = quiet_from_doc(doc.get("quiet_hours"))
-        waves = request.options.local_time or quiet is not None
         wave: list[str] | None = None
-        if waves:
+        if request.options.local_time or quiet is not None:
             wave = doc.get("wave_zones")
             if wave is None:
                 done_zones = set(doc.get("zones_done") or [])
                 send_at = request.options.send_at
                 wave = ready_zones(send_at, request.options.local_time, quiet, self._clock(), done_zones)
-                if await self._notifications.advance(notification_id, owner, None, {}, {"wave_zones": wave}) is None:
-                    raise LeaseLost
-                doc = {**doc, "cursor": None}
-        cursor = doc.get("cursor")
+                await self._advance(run, None, {}, {"wave_zones": wave})
+                run.cursor, run.skip = None, frozenset()
         first_wave = not doc.get("zones_done")
         due_at = float(doc["due_at"])
         rate = doc.get("throttle_per_second")
@@ -156,71 +119,111 @@ class NotificationRunner:
         while wave is None or wave:
             await throttle.wait()
             if self._stopping.is_set():
-                self._dropping_lease(notification_id)
-                await self._notifications.release(notification_id, owner)
+                await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
                 return
-            chunk = await self._chunks.next_chunk(request, cursor, wave, count_unknown=first_wave, size=size)
-            counts = await self._chunks.deliver(request, chunk, due_at)
-            throttle.sent(len(chunk.devices))
-            after = await self._notifications.advance(notification_id, owner, chunk.next_cursor, counts)
-            if after is None:
-                raise LeaseLost
+            chunk = await self._chunks.next_chunk(
+                request, run.cursor, wave, first_wave, size, retry_while=lease.valid
+            )
+            outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id))
+            throttle.sent(outcome.counts["targeted"])
+            if not outcome.complete:
+                await self._stopped_mid_chunk(run, outcome)
+                return
+            after = await self._advance(run, chunk.next_cursor, outcome.counts)
             if "audience_estimate" in after:
-                metrics.CAMPAIGN_PROGRESS.labels(str(notification_id).removeprefix("campaign:")).set(
-                    progress_ratio(after)
-                )
-            cursor = chunk.next_cursor
+                _campaign_progress(run.doc).set(progress_ratio(after))
+            run.cursor, run.skip = chunk.next_cursor, frozenset()
             if after["state"] != str(NotificationState.DISPATCHING):
-                await self._interrupted(doc, owner, after["state"])
+                await self._interrupted(run, after["state"])
                 return
             if chunk.exhausted:
                 break
-            if self._stopping.is_set():
-                self._dropping_lease(notification_id)
-                await self._notifications.release(notification_id, owner)
-                return
         if wave is not None:
             done = set(doc.get("zones_done") or []) | set(wave)
             next_at = next_ready_at(request.options.send_at, request.options.local_time, quiet, self._clock(), done)
             if next_at is not None:
                 extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
-                self._dropping_lease(notification_id)
-                if not await self._notifications.reschedule(notification_id, owner, next_at, extra):
+                token = lease.token
+                if not await lease.write(
+                    [run.id], lambda: self._notifications.reschedule(run.id, token, next_at, extra)
+                ):
                     raise LeaseLost
+                lease.drop([run.id])
                 return
-        await self._finish(doc, owner, NotificationState.DONE, None)
+        await self._finish(doc, lease, NotificationState.DONE, None)
 
-    async def _interrupted(self, doc: dict, owner: str, state: str) -> None:
+    async def _advance(
+        self, run: _Run, cursor: object, counts: Counter[str] | dict, extra: dict | None = None
+    ) -> dict:
+        token, seq = run.lease.token, run.seq
+        after = await run.lease.write(
+            [run.id], lambda: self._notifications.advance(run.id, token, seq, cursor, counts, extra)
+        )
+        if after is None:
+            raise LeaseLost
+        run.seq += 1
+        return after
+
+    async def _stopped_mid_chunk(self, run: _Run, outcome: ChunkOutcome) -> None:
+        """The chunk was cut short: by a lost lease (write nothing), or a lapse / the drain deadline."""
+        reason = run.lease.interruption(run.id) or Interruption.LAPSED
+        if reason is Interruption.LOST:
+            raise LeaseLost
+        await self._hand_back(run, outcome, str(reason))
+
+    async def _hand_back(self, run: _Run, outcome: ChunkOutcome, why: str) -> None:
+        """Give the lease up at the start of the current chunk, with what of it was answered already."""
+        token, saved = run.lease.token, HandBack(run.id, run.cursor, outcome.counts, outcome.done)
+        if not await run.lease.write([run.id], lambda: self._notifications.hand_back(token, [saved])):
+            raise LeaseLost
+        run.lease.drop([run.id])
+        log.info("notification_handed_back", notification_id=run.id, reason=why, answered_in_chunk=len(outcome.done))
+
+    async def _interrupted(self, run: _Run, state: str) -> None:
         """Paused or cancelled between chunks (by the API): stop here, keep the cursor, drop the lease."""
-        self._dropping_lease(doc["_id"])
-        await self._notifications.release(doc["_id"], owner)
-        log.info("notification_interrupted", notification_id=doc["_id"], state=state)
+        token = run.lease.token
+        await run.lease.write([run.id], lambda: self._notifications.release([run.id], token))
+        run.lease.drop([run.id])
+        doc = run.doc
+        log.info("notification_interrupted", notification_id=run.id, state=state)
         if state == str(NotificationState.CANCELLED):
             metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
-            final = await self._notifications.get(doc["_id"])
-            counts = (final or {}).get("counts", {})
-            if await self._outcomes.publish(doc["_id"], doc["app"], state, counts, None):
-                await self._notifications.mark_events_published([doc["_id"]])
+            final = await self._notifications.get(run.id) or {}
+            event = OutcomeEvent.of(doc, state, final.get("counts", {}), None, float(final.get("finished_at") or 0))
+            await announce(self._outcomes, self._notifications, [event])
         elif state != PAUSED:
-            log.warning("notification_state_changed", notification_id=doc["_id"], state=state)
+            log.warning("notification_state_changed", notification_id=run.id, state=state)
 
-    async def _finish(self, doc: dict, owner: str, state: NotificationState, error: str | None) -> None:
-        self._dropping_lease(doc["_id"])
-        counts = await self._notifications.finish(doc["_id"], owner, state, error)
+    async def _finish(self, doc: dict, lease: Lease, state: NotificationState, error: str | None) -> None:
+        notification_id, token, now = doc["_id"], lease.token, self._clock()
+        counts = await lease.write(
+            [notification_id], lambda: self._notifications.finish(notification_id, token, state, error, now)
+        )
         if counts is None:
             raise LeaseLost
+        lease.drop([notification_id])
         if doc.get("kind") == "campaign":
-            metrics.CAMPAIGN_PROGRESS.labels(str(doc["_id"]).removeprefix("campaign:")).set(1.0)
+            _campaign_progress(doc).set(1.0)
         metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
-        await self._announce(doc, state, error, counts)
-
-    async def _announce(self, doc: dict, state: NotificationState, error: str | None, counts: dict) -> None:
         log.info(
-            "notification_finished",
-            notification_id=doc["_id"],
-            app=doc["app"],
-            state=str(state),
-            counts=counts,
+            "notification_finished", notification_id=notification_id, app=doc["app"], state=str(state), counts=counts
         )
-        if await self._outcomes.publish(doc["_id"], doc["app"], str(state), counts, error):
-            await self._notifications.mark_events_published([doc["_id"]])
+        await announce(self._outcomes, self._notifications, [OutcomeEvent.of(doc, str(state), counts, error, now)])
+
+
+def _campaign_progress(doc: dict) -> Any:
+    return metrics.CAMPAIGN_PROGRESS.labels(doc["app"], request_id_of(doc).removeprefix(CAMPAIGN_PREFIX))
+
+
+class _Run:
+    """Where one run of a notification stands: the saved cursor, the devices of its chunk already answered
+    (from a run stopped mid-chunk), and the progress number of its next write."""
+
+    def __init__(self, doc: dict, request: PushRequest, lease: Lease, seq: int) -> None:
+        self.doc = doc
+        self.id: str = doc["_id"]
+        self.request = request
+        self.lease = lease
+        self.seq = seq
+        self.cursor: object = doc.get("cursor")
+        self.skip: frozenset[str] = frozenset(doc.get("chunk_done") or ())

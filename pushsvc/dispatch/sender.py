@@ -2,6 +2,10 @@
 
 Every call ends in exactly one final outcome (a count key of the notification), whatever the provider
 or the network does: adapters never raise, and a belt-and-braces timeout guards against one that hangs.
+
+Each (app, provider) also has a misconfiguration guard (dispatch/guard.py): when too many of its answers
+are errors a wrong setting gives for every token, the provider is paused as after an auth error, and
+the chunks running meanwhile keep those devices (see dispatch/chunks.settle).
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from typing import Any
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
+from pushsvc.dispatch.guard import Change, MisconfigGuard
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult
+from pushsvc.token_kinds import provider_for
 
 log = get_logger(__name__)
 
-PROVIDER_FOR_PLATFORM = {"ios": "apns", "android": "fcm"}
+
+class SendingStopped(Exception):
+    """The work this delivery belongs to may no longer send (its lease is no longer good): no attempt was made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +39,26 @@ class FinalResult:
     outcome: str
     reason: str
     attempts: int
+    # invalid_token only: the answer holds for registrations up to this time (epoch seconds): when the
+    # request that got it went out, or the provider's own "invalid since" if earlier. A device registered
+    # after it is not deactivated (store/devices.py deactivate).
+    invalid_as_of: float | None = None
+    # invalid_token only: the reason is one a wrong app-wide setting gives for every token
+    # (Provider.misconfiguration_reasons); whether it is believed depends on the guard (chunks.settle).
+    misconfiguration: bool = False
 
 
 class _ProviderSlot:
     """Concurrency limit and auth-pause state of one (app, provider)."""
 
-    def __init__(self, provider: Provider, concurrency: int) -> None:
+    def __init__(self, provider: Provider, settings: DispatchSettings) -> None:
         self.provider = provider
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.semaphore = asyncio.Semaphore(settings.concurrency_per_provider)
+        self.guard = MisconfigGuard(
+            settings.misconfig_guard_share,
+            settings.misconfig_guard_window_seconds,
+            settings.misconfig_guard_min_answers,
+        )
         self.paused_until = 0.0
         self.paused = False
         # Ends the pause (gauge back to 0) on time even when no delivery for this slot comes along.
@@ -48,6 +68,7 @@ class _ProviderSlot:
         self.queue_depth = metrics.QUEUE_DEPTH.labels(name)
         self.inflight = metrics.INFLIGHT.labels(name)
         self.end_to_end = metrics.END_TO_END_LATENCY.labels(name)
+        self.guard_trips = metrics.MISCONFIG_GUARD_TRIPS.labels(provider.app_id, name)
         self.latency: dict[Outcome, Any] = {}  # by outcome, filled on first use
 
 
@@ -59,9 +80,7 @@ class DeliverySender:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._slots = {
-            key: _ProviderSlot(p, settings.concurrency_per_provider) for key, p in providers.items()
-        }
+        self._slots = {key: _ProviderSlot(p, settings) for key, p in providers.items()}
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -76,14 +95,33 @@ class DeliverySender:
             delay = max(delay, min(retry_after, self._settings.backoff_max_seconds * 10))
         return delay
 
-    async def deliver(self, delivery: Delivery, due_at: float) -> FinalResult:
-        """Send until a final outcome; cancellation (lease lost, shutdown) always propagates."""
-        provider_name = PROVIDER_FOR_PLATFORM.get(delivery.device.platform)
+    def misconfig_watch(self, app: str) -> Callable[[str], bool]:
+        """Taken before a chunk is sent: the function returned says whether the app's misconfiguration guard
+        for a provider was tripped at any moment since (asked when the chunk's results are settled)."""
+        since = self._clock()
+
+        def tripped(provider: str) -> bool:
+            slot = self._slots.get((app, provider))
+            return slot is not None and slot.guard.tripped_since(since)
+
+        return tripped
+
+    async def deliver(
+        self, delivery: Delivery, due_at: float, may_send: Callable[[], bool] | None = None
+    ) -> FinalResult:
+        """Send until a final outcome; cancellation (lease lost, shutdown) always propagates.
+
+        `may_send` is asked right before every attempt; when it says no, SendingStopped is raised and nothing
+        reaches the provider (the lease of the work is no longer good: another replica may send it now).
+        """
+        provider_name = provider_for(delivery.device.kind)
         slot = self._slots.get((delivery.device.app, provider_name or ""))
         if slot is None:
             return FinalResult(delivery, "rejected", "provider_not_configured", 0)
         try:
-            return await self._deliver(slot, delivery, due_at)
+            return await self._deliver(slot, delivery, due_at, may_send)
+        except SendingStopped:
+            raise
         except Exception as exc:
             # Only a bug in this module gets here (adapters never raise). Count the device as failed rather
             # than let the exception escape: it would abort the whole chunk, whose other deliveries run on
@@ -96,19 +134,25 @@ class DeliverySender:
             )
             return FinalResult(delivery, "failed", "internal_error", 0)
 
-    async def _deliver(self, slot: _ProviderSlot, delivery: Delivery, due_at: float) -> FinalResult:
+    async def _deliver(
+        self, slot: _ProviderSlot, delivery: Delivery, due_at: float, may_send: Callable[[], bool] | None
+    ) -> FinalResult:
         app, name = delivery.device.app, slot.provider.name
         attempt = 0
         while True:
             attempt += 1
-            result = await self._attempt(slot, delivery)
+            result, sent_at = await self._attempt(slot, delivery, may_send)
             if result.outcome is Outcome.DELIVERED:
                 slot.end_to_end.observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
             reason = result.reason or "unknown"
             metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
-            if result.outcome in (Outcome.INVALID_TOKEN, Outcome.REJECTED):
-                return FinalResult(delivery, str(result.outcome), reason, attempt)
+            if result.outcome is Outcome.INVALID_TOKEN:
+                as_of = sent_at if result.invalid_since is None else min(sent_at, result.invalid_since)
+                misconfiguration = reason in slot.provider.misconfiguration_reasons
+                return FinalResult(delivery, "invalid_token", reason, attempt, as_of, misconfiguration)
+            if result.outcome is Outcome.REJECTED:
+                return FinalResult(delivery, "rejected", reason, attempt)
             if result.outcome is Outcome.AUTH_ERROR:
                 self._pause(slot, reason)
             if attempt >= self._settings.max_attempts:
@@ -134,8 +178,12 @@ class DeliverySender:
                 # An auth error needs no backoff: the next attempt waits for the end of the pause.
                 await self._sleep(delay)
 
-    async def _attempt(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
-        """One request to the provider, once neither a pause nor the concurrency limit holds it back."""
+    async def _attempt(
+        self, slot: _ProviderSlot, delivery: Delivery, may_send: Callable[[], bool] | None
+    ) -> tuple[SendResult, float]:
+        """One request to the provider, once neither a pause nor the concurrency limit holds it back.
+
+        Returns its result and when it went out (epoch seconds, by the sender's clock)."""
         while True:
             await self._wait_while_paused(slot)
             slot.queue_depth.inc()
@@ -148,13 +196,16 @@ class DeliverySender:
                     # The provider was paused while this delivery queued for a slot: nothing may reach it
                     # during a pause, so give the slot back and wait for the pause to end.
                     continue
+                if may_send is not None and not may_send():
+                    raise SendingStopped
                 return await self._send(slot, delivery)
             finally:
                 slot.semaphore.release()
 
-    async def _send(self, slot: _ProviderSlot, delivery: Delivery) -> SendResult:
+    async def _send(self, slot: _ProviderSlot, delivery: Delivery) -> tuple[SendResult, float]:
         name = slot.provider.name
         slot.inflight.inc()
+        sent_at = self._clock()
         started = time.perf_counter()
         # Adapters bound their own time; this outer limit only catches an adapter bug. asyncio.timeout
         # (unlike wait_for on 3.11) never swallows a cancellation that races with the adapter's answer, and
@@ -179,7 +230,33 @@ class DeliverySender:
         if latency is None:
             latency = slot.latency[result.outcome] = metrics.PROVIDER_LATENCY.labels(name, str(result.outcome))
         latency.observe(time.perf_counter() - started)
-        return result
+        if result.status is not None:  # the provider answered (not a timeout, nor a request refused locally)
+            self._watch(slot, result)
+        return result, sent_at
+
+    def _watch(self, slot: _ProviderSlot, result: SendResult) -> None:
+        """Feed the misconfiguration guard one answer; pause the provider while it is tripped."""
+        suspect = result.outcome is Outcome.INVALID_TOKEN and result.reason in slot.provider.misconfiguration_reasons
+        now = self._clock()
+        change = slot.guard.record(now, suspect)
+        if change is Change.TRIPPED:
+            slot.guard_trips.inc()
+            log.error(
+                "misconfig_guard_tripped",
+                app=slot.provider.app_id,
+                provider=slot.provider.name,
+                reason=result.reason,
+                answers=slot.guard.answers,
+                suspect_answers=slot.guard.suspect,
+                window_seconds=slot.guard.window_seconds,
+            )
+            self._pause(slot, result.reason)
+        elif change is Change.STILL_TRIPPED and slot.paused_until <= now:
+            # The pause is over and the setting is still wrong: pause again rather than send on.
+            self._pause(slot, result.reason)
+        elif change is Change.CLEARED:
+            log.info("misconfig_guard_cleared", app=slot.provider.app_id, provider=slot.provider.name,
+                     answers=slot.guard.answers, suspect_answers=slot.guard.suspect)
 
     def _pause(self, slot: _ProviderSlot, reason: str) -> None:
         now = self._clock()

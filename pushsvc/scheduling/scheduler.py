@@ -1,7 +1,8 @@
-"""Claims due notifications from MongoDB under a lease and hands them to the runner.
+"""Claims due notifications from MongoDB under a lease and hands them to the runners.
 
-Several replicas run this side by side: the lease (owner, lease_until) decides who works on what, and
-an expired lease (a crashed replica) makes the notification claimable again, resuming at its cursor.
+Several replicas run this side by side: the lease (scheduling/lease.py: a claim token, `lease_until` on the
+database's clock) decides who works on what, and an expired lease (a crashed replica) makes the
+notification claimable again, resuming at its saved progress.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState
+from pushsvc.scheduling.clock import ServerClock
+from pushsvc.scheduling.lease import Lease
 from pushsvc.store.notifications import ACTIVE_STATES, LANE_BATCH, LANE_FANOUT, NotificationStore
 
 log = get_logger(__name__)
@@ -25,6 +28,8 @@ log = get_logger(__name__)
 
 # Most notifications one batch-lane claim takes (one bulk finish, one producer batch).
 BATCH_CLAIM_LIMIT = 500
+# After the drain deadline, how long interrupted work gets to hand back what it had answered.
+HAND_BACK_SECONDS = 5.0
 
 
 class Scheduler:
@@ -35,20 +40,25 @@ class Scheduler:
         batch_runner: BatchRunner,
         settings: DispatchSettings,
         owner: str,
-        clock: Callable[[], float] = time.time,
+        lease_clock: ServerClock,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._notifications = notifications
         self._runner = runner
         self._batch_runner = batch_runner
         self._settings = settings
         self.owner = owner
-        self._clock = clock
+        # Leases are judged on the database's clock; due times on the scheduling clock (the same one,
+        # unless a test moves it to reach local times).
+        self._lease_clock = lease_clock
+        self._clock = clock or lease_clock.now
+        self._leases: set[Lease] = set()
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
         self._fanouts = 0  # notifications run by the fan-out runner now
         self._batched = 0  # notifications inside running batches now
         self._stopping = False
-        self._last_full_claim = 0.0
+        self._last_full_claim = -float("inf")
         self.healthy = True
         self._report()  # both lane series exist, at zero, before the first scrape
 
@@ -81,9 +91,9 @@ class Scheduler:
         # Wakes come from new requests, which are `accepted`; scheduled ones coming due and expired
         # leases are looked for once per poll interval, which keeps busy wake-ups to one query per lane.
         states = [NotificationState.ACCEPTED]
-        if now - self._last_full_claim >= self._settings.poll_interval_seconds:
+        if time.monotonic() - self._last_full_claim >= self._settings.poll_interval_seconds:
             states = ACTIVE_STATES
-            self._last_full_claim = now
+            self._last_full_claim = time.monotonic()
         more = False
         # Each lane has its own room: campaigns retrying against a slow provider fill only the fan-out
         # slots, and a burst of transactional pushes only the batch lane.
@@ -97,25 +107,39 @@ class Scheduler:
             more |= len(docs) == room
         return more and not self._stopping
 
-    async def _claim(self, now: float, limit: int, lane: str, states: list[NotificationState]) -> list[dict]:
-        docs = await self._notifications.claim_due(self.owner, now, self._settings.lease_seconds, limit, lane, states)
-        if self._stopping:
-            # drain() began while this claim was in flight: do not start work it will not wait for
-            # (the leases are released on stop or lapse).
+    async def _claim(self, due_by: float, limit: int, lane: str, states: list[NotificationState]) -> list[dict]:
+        now = self._lease_clock.now()
+        until = now + self._settings.lease_seconds  # read before the claim is written: it ends no earlier
+        # Taken as expired only if it has expired even when our estimate of the database's clock runs ahead.
+        expired_by = now - self._lease_clock.error()
+        token, docs = await self._notifications.claim_due(
+            self.owner, expired_by, until, due_by, limit, lane, states
+        )
+        if self._stopping and docs:
+            # drain() began while this claim was in flight: hand these back at once rather than let them wait
+            # for the end of the shutdown (or for their lease to run out).
+            await self._notifications.release([d["_id"] for d in docs], token)
             return []
         small = []
         for doc in docs:
             item = as_small(doc)
             if item is None:
                 self._fanouts += 1
-                self._start(self._run_one(doc), f"notification:{doc['_id']}")
+                lease = self._lease(token, [doc["_id"]], until)
+                self._start(self._run_one(doc, lease), f"notification:{doc['_id']}")
             else:
                 small.append(item)
         if small:
             self._batched += len(small)
-            self._start(self._run_batch(small), f"batch:{len(small)}")
+            lease = self._lease(token, [item.doc["_id"] for item in small], until)
+            self._start(self._run_batch(small, lease), f"batch:{len(small)}")
         self._report()
         return docs
+
+    def _lease(self, token: str, ids: list[str], until: float) -> Lease:
+        lease = Lease(self._notifications, self._lease_clock, token, ids, until, self._settings.lease_seconds)
+        self._leases.add(lease)
+        return lease
 
     def _report(self) -> None:
         metrics.ACTIVE_NOTIFICATIONS.labels(LANE_BATCH).set(self._batched)
@@ -126,20 +150,21 @@ class Scheduler:
         self._active.add(task)
         task.add_done_callback(self._active.discard)
 
-    async def _run_one(self, doc: dict) -> None:
+    async def _run_one(self, doc: dict, lease: Lease) -> None:
         try:
-            await self._runner.run(doc, self.owner)
+            await self._runner.run(doc, lease)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # The lease expires and another pass (or replica) resumes from the saved cursor.
             log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
         finally:
+            self._leases.discard(lease)
             self._fanouts -= 1
             self._report()
             self._wakeup.set()  # a slot is free
 
-    async def _run_batch(self, batch: list[SmallNotification]) -> None:
+    async def _run_batch(self, batch: list[SmallNotification], lease: Lease) -> None:
         remaining = len(batch)
 
         def done(count: int) -> None:  # finished early: their room in the lane is free again
@@ -150,24 +175,37 @@ class Scheduler:
             self._wakeup.set()
 
         try:
-            await self._batch_runner.run(batch, done)
+            await self._batch_runner.run(batch, lease, done)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # The leases expire and another pass (or replica) runs these notifications again.
             log.error("batch_run_failed", notifications=remaining, error=repr(exc))
         finally:
+            self._leases.discard(lease)
             done(remaining)
 
     async def drain(self, timeout: float) -> None:
-        """Stop claiming; give in-flight work `timeout` seconds, then cancel it (its lease lapses for others)."""
+        """Stop claiming; give in-flight work `timeout` seconds to finish its chunk, then stop it mid-chunk.
+
+        Work stopped at the deadline hands back what it had answered (HAND_BACK_SECONDS for that), so the
+        next holder repeats only requests that were on the wire without an answer; whatever still runs
+        after that is cancelled and its lease lapses for others.
+        """
         self._stopping = True
         self._runner.stop()  # runs stop after their current chunk, saving the cursor and releasing the lease
         self._wakeup.set()
-        if self._active:
-            _, pending = await asyncio.wait(set(self._active), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-                log.warning("drain_timeout", cancelled=len(pending))
+        if not self._active:
+            return
+        _, pending = await asyncio.wait(set(self._active), timeout=timeout)
+        if not pending:
+            return
+        log.warning("drain_deadline", interrupting=len(pending))
+        for lease in list(self._leases):
+            lease.abort()
+        _, pending = await asyncio.wait(pending, timeout=HAND_BACK_SECONDS)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("drain_timeout", cancelled=len(pending))

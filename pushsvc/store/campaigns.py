@@ -1,4 +1,5 @@
-"""Campaigns: a notification document (`_id` "campaign:<id>", the same request contract) plus campaign fields.
+"""Campaigns: a notification document (request id "campaign:<id>" in its app, the same request contract) plus
+campaign fields.
 
 A campaign is worked by the same scheduler and runner as any notification; the campaign fields (name,
 throttle_per_second, quiet_hours, audience_estimate) tell the runner how. Pause, resume and cancel are
@@ -25,7 +26,7 @@ STATUSES = ("accepted", "scheduled", "dispatching", PAUSED, "done", "failed", "c
 _ACTIVE = [str(s) for s in ACTIVE_STATES]
 
 
-def campaign_key(campaign_id: str) -> str:
+def campaign_request_id(campaign_id: str) -> str:
     return CAMPAIGN_PREFIX + campaign_id
 
 
@@ -37,8 +38,9 @@ class CampaignStore:
     async def ensure_indexes(self) -> None:
         await self._collection.create_indexes(CAMPAIGN_INDEXES)
 
-    async def get(self, campaign_id: str) -> dict | None:
-        return await self._collection.find_one({"_id": campaign_key(campaign_id), "kind": KIND})
+    async def get(self, app: str, campaign_id: str) -> dict | None:
+        doc = await self._notifications.find(app, campaign_request_id(campaign_id))
+        return doc if doc is not None and doc.get("kind") == KIND else None
 
     async def list(self, app: str | None, status: str | None, limit: int) -> list[dict]:
         query: dict[str, Any] = {"kind": KIND}
@@ -46,23 +48,31 @@ class CampaignStore:
             query["app"] = app
         if status is not None:
             query["state"] = status
-        cursor = self._collection.find(query).sort("created_at", -1).limit(limit)
+        cursor = self._collection.find(query).sort("created_at", -1).limit(limit).batch_size(limit)
         return [doc async for doc in cursor]
 
-    async def pause(self, campaign_id: str, now: float) -> dict | None:
-        return await self._notifications.transition(
-            campaign_key(campaign_id), _ACTIVE, {"state": PAUSED, "paused_at": now}
-        )
+    async def pause(self, app: str, campaign_id: str, now: float) -> dict | None:
+        return await self._transition(app, campaign_id, _ACTIVE, {"state": PAUSED, "paused_at": now})
 
-    async def resume(self, campaign_id: str, now: float) -> dict | None:
+    async def resume(self, app: str, campaign_id: str, now: float) -> dict | None:
         # Claimable again as soon as it is due; a runner still holding the lease notices and lets go.
-        return await self._notifications.transition(
-            campaign_key(campaign_id), [PAUSED], {"state": str(NotificationState.SCHEDULED), "resumed_at": now}
-        )
+        update = {"state": str(NotificationState.SCHEDULED), "resumed_at": now}
+        return await self._transition(app, campaign_id, [PAUSED], update)
 
-    async def cancel(self, campaign_id: str, now: float) -> dict | None:
-        return await self._notifications.transition(
-            campaign_key(campaign_id),
-            [*_ACTIVE, PAUSED],
-            {"state": str(NotificationState.CANCELLED), "finished_at": now, "event_pending": True},
-        )
+    async def cancel(self, app: str, campaign_id: str, now: float) -> dict | None:
+        update = {
+            "state": str(NotificationState.CANCELLED),
+            "finished_at": now,
+            "expire_at": self._notifications.expiry(now),
+            "event_pending": True,
+        }
+        return await self._transition(app, campaign_id, [*_ACTIVE, PAUSED], update)
+
+    async def _transition(
+        self, app: str, campaign_id: str, from_states: list[str], update: dict[str, Any]
+    ) -> dict | None:
+        """The campaign after the change, or None (no such campaign, or not in one of `from_states`)."""
+        doc = await self.get(app, campaign_id)  # its _id: a campaign created before ids were per app has another
+        if doc is None:
+            return None
+        return await self._notifications.transition(doc["_id"], from_states, update)

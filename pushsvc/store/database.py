@@ -6,8 +6,41 @@ from dataclasses import dataclass
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection, AsyncIOMotorDatabase
 from pymongo import ASCENDING, IndexModel
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from pushsvc.config import MongoSettings
+
+# Error labels the server (or driver) puts on failures that a retry of the same operation may cure.
+_TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NetworkError")
+# Server error codes that say nothing about the operation: the server was busy, stepping down, shutting down,
+# out of disk or short of a write concern. Every other code (BSONObjectTooLarge 10334, KeyTooLong 17280,
+# DocumentValidationFailure 121, BadValue 2, nx-27017's 8 for a document it cannot store, ...) fails the same
+# way forever. (Codes: pymongo's retryable-write and not-primary lists, plus lock, conflict, interruption,
+# disk and sharding-staleness codes.)
+TRANSIENT_WRITE_CODES = frozenset(
+    {6, 7, 24, 46, 50, 63, 64, 89, 91, 100, 112, 117, 134, 150, 189, 262, 9001, 10058, 10107, 11600, 11601,
+     11602, 13388, 13435, 13436, 14031}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that says nothing about the operation itself: the connection, the primary, a timeout,
+    a write concern not met, a server busy or stepping down (also inside a bulk write).
+
+    Retrying such an operation is safe only if it is idempotent; every write retried by the lease protocol
+    (scheduling/lease.py) is fenced and carries enough state to tell "applied before the error" from "not".
+    """
+    if isinstance(exc, ConnectionFailure | WriteConcernError):  # AutoReconnect, NetworkTimeout, NotPrimaryError
+        return True
+    if isinstance(exc, BulkWriteError):
+        details = exc.details or {}
+        errors = details.get("writeErrors", [])
+        if details.get("writeConcernErrors") and not errors:
+            return True
+        return bool(errors) and all(e.get("code") in TRANSIENT_WRITE_CODES for e in errors)
+    if isinstance(exc, OperationFailure) and exc.code in TRANSIENT_WRITE_CODES:
+        return True
+    return isinstance(exc, PyMongoError) and any(exc.has_error_label(label) for label in _TRANSIENT_LABELS)
 
 # Each index serves a named query in store/; keep the two lists in step.
 DEVICE_INDEXES = [
@@ -22,6 +55,11 @@ NOTIFICATION_INDEXES = [
     IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due"),
     # events_pending: the outcome sweep's small set of unannounced final notifications.
     IndexModel([("event_pending", ASCENDING), ("finished_at", ASCENDING)], name="event_pending"),
+    # Retention: MongoDB's TTL monitor deletes a notification once `expire_at` (a BSON date) has passed.
+    IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention"),
+    # erase_user: the stored requests that name a user or one of their tokens (multikey).
+    IndexModel([("app", ASCENDING), ("target_users", ASCENDING)], name="app_target_users"),
+    IndexModel([("app", ASCENDING), ("target_tokens", ASCENDING)], name="app_target_tokens"),
 ]
 
 
@@ -55,6 +93,11 @@ class Database:
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
+
+    async def server_time(self) -> float:
+        """The server's clock (epoch seconds) from `hello`'s localTime: the one clock leases are judged by."""
+        reply = await self.client.admin.command("hello")
+        return float(reply["localTime"].timestamp())
 
     def close(self) -> None:
         self.client.close()

@@ -1,24 +1,39 @@
-"""The `devices` collection: registration, targeting queries in chunks, deactivation of dead tokens."""
+"""The `devices` collection: registration, targeting queries in chunks, deactivation of dead tokens.
+
+Every device records what its token is for (`kind`, see pushsvc/token_kinds.py) and when it was last
+registered (`registered_at`): targeting picks the kinds a push type is sent to, and deactivation spares a
+device registered again after the provider's answer was given.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
-from pushsvc.model import Device, Target
+from pushsvc.model import Device, PushType, Target
 from pushsvc.store.database import Database
+from pushsvc.token_kinds import KIND_NAMES, KINDS, default_kind, receives
 
 # Audience cursors kept open between chunks (one per notification being fanned out, plus leftovers).
 _MAX_OPEN_STREAMS = 64
+# Kept in place of a cursor the server closed (cursor id 0) together with a full page: the next page is
+# known to be empty without asking.
+_EXHAUSTED = "exhausted"
+# Page size of the lookups read whole (a chunk's tokens, a user's devices): usually one server reply.
+_LOOKUP_PAGE = 1000
+# A user's devices read at once (listing, erasure); far above what one person registers.
+USER_DEVICES_LIMIT = 1000
 # Up to this many users/tokens are looked up one equality query each (concurrently) instead of one `$in`.
 SMALL_LOOKUP = 16
+# The marker (in the `migrations` collection) saying backfill_kinds has run on this database.
+KIND_BACKFILL = "devices.kind"
 # Only what the dispatcher needs travels back from MongoDB.
 DISPATCH_PROJECTION = {
     "app": 1,
@@ -28,6 +43,7 @@ DISPATCH_PROJECTION = {
     "timezone": 1,
     "user_id": 1,
     "opt_out": 1,
+    "kind": 1,
 }
 
 
@@ -36,6 +52,8 @@ class DeviceRecord:
     app: str
     token: str
     platform: str
+    # token_kinds.KINDS; empty: the platform's default.
+    kind: str = ""
     user_id: str | None = None
     tags: tuple[str, ...] = ()
     locale: str | None = None
@@ -44,9 +62,31 @@ class DeviceRecord:
     opt_out: tuple[str, ...] = ()
 
 
+class Deactivation(NamedTuple):
+    """A token a provider called invalid."""
+
+    token: str
+    reason: str
+    # Deactivate only a device registered at or before this time (epoch seconds; a device registered again
+    # since is a fresh registration the answer says nothing about). None: whenever it was registered.
+    registered_by: float | None = None
+
+
 def _device_key(app: str, token: str) -> dict[str, Any]:
     """The unique (app, token) lookup; `$eq` spelled out (same meaning) so nx-27017 uses its index too."""
     return {"app": {"$eq": app}, "token": {"$eq": token}}
+
+
+def kind_of(doc: dict) -> str:
+    """The device's token kind; documents from before kinds have their platform's default."""
+    return doc.get("kind") or default_kind(doc.get("platform", "")) or ""
+
+
+async def _close(stream: Any) -> None:
+    """Close a cursor the server may still hold. One it closed (cursor id 0, or an error) is closed by the
+    driver already: skipping motor's close saves a thread hop on every point lookup."""
+    if stream.alive:
+        await stream.close()
 
 
 def to_device(doc: dict) -> Device:
@@ -57,11 +97,42 @@ def to_device(doc: dict) -> Device:
         locale=doc.get("locale"),
         timezone=doc.get("timezone"),
         user_id=doc.get("user_id"),
+        kind=kind_of(doc),
     )
 
 
+def kind_filter(push_type: PushType) -> dict[str, Any]:
+    """The clause leaving out devices whose token kind does not take this push type; `takes` has the last word.
+
+    Alert and background pushes go to apns + fcm tokens, VoIP pushes to apns_voip + fcm tokens. The natural
+    spelling names those: `{"kind": {"$in": [...kinds, null]}}`. It is spelled by exclusion instead (`$ne`, or
+    `$nin` for several kinds) only for nx-27017: there `$in` (and `$nin`) made the queries it answers by
+    scanning 20-30% slower (100k devices, benchmarks/kind_filter_cost.py: 100 users 174 -> 210 ms, a segment
+    179 -> 228 ms), while `$ne` costs nothing (164-180, 161-165 ms); the few-users point lookups take 0.5 ms
+    with any spelling. On MongoDB both mean the same once `takes` has checked each document read, which the
+    exclusion lets through in two cases:
+    - a document without `kind` (a device registered before kinds; backfill_kinds records it once, but a
+      replica predating kinds may still write one during a rolling upgrade): it takes the push type if its
+      platform's default kind does (an old iOS device is a regular APNs token: alerts, not VoIP);
+    - a kind this version does not know (written by a newer one): not sent.
+    """
+    excluded = [name for name in KIND_NAMES if not receives(name, push_type)]
+    if not excluded:
+        return {}
+    return {"kind": {"$ne": excluded[0]} if len(excluded) == 1 else {"$nin": excluded}}
+
+
+def takes(doc: dict, push_type: PushType) -> bool:
+    """Whether this device's token takes the push type (a document without `kind` by its platform's default)."""
+    return receives(kind_of(doc), push_type)
+
+
 def audience_filter(
-    app: str, target: Target, category: str | None, timezones: Sequence[str | None] | None
+    app: str,
+    target: Target,
+    category: str | None,
+    timezones: Sequence[str | None] | None,
+    push_type: PushType,
 ) -> dict:
     """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly).
 
@@ -71,7 +142,7 @@ def audience_filter(
     a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
     an array-containment OR that forces a scan of the whole collection.
     """
-    query = _active_devices_filter(app, category, timezones)
+    query = _active_devices_filter(app, category, timezones, push_type)
     if target.users:
         users = list(target.users)
         query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
@@ -86,9 +157,12 @@ def audience_filter(
     return query
 
 
-def _active_devices_filter(app: str, category: str | None, timezones: Sequence[str | None] | None) -> dict:
-    """The clauses every audience shares: the app's active devices, minus opt-outs, within the wave's zones."""
-    query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
+def _active_devices_filter(
+    app: str, category: str | None, timezones: Sequence[str | None] | None, push_type: PushType
+) -> dict:
+    """The clauses every audience shares: the app's active devices whose token kind takes the push type,
+    minus opt-outs, within the wave's zones."""
+    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(push_type)}
     if category:
         query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
@@ -96,9 +170,26 @@ def _active_devices_filter(app: str, category: str | None, timezones: Sequence[s
     return query
 
 
+def _registered_by(at: float | None) -> list[dict[str, Any]]:
+    """Filters meaning "registered at or before `at`, or before registrations were recorded", one update each.
+
+    In MongoDB this is one `{"$or": [{"registered_at": {"$lte": at}}, {"registered_at": null}]}` (null matches
+    a missing field). nx-27017 evaluates `$or` and `$nor` document by document (~1 s per token at 100k devices;
+    it has no `$not`) but serves each part from its (app, token) index (0.4 ms): the parts go as two updates.
+    They are disjoint, so at most one of them applies to a device.
+    """
+    if at is None:
+        return [{}]
+    return [{"registered_at": {"$lte": at}}, {"registered_at": {"$eq": None}}]
+
+
 def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
     return {
         "platform": device.platform,
+        "kind": device.kind or default_kind(device.platform),
+        # Every registration, new or repeated: a provider's "invalid" answer about the token as it was before
+        # must not deactivate it now (see deactivate).
+        "registered_at": now,
         "user_id": device.user_id,
         "tags": list(device.tags),
         "locale": device.locale,
@@ -113,14 +204,17 @@ def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
 
 
 class DeviceStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Callable[[], float] = time.time) -> None:
         self._collection = database.devices
-        # Open audience cursors by (query, last _id returned): see find_chunk.
-        self._streams: dict[tuple[str, str], Any] = {}
+        # registered_at and deactivation times are compared with the moment a request went out, possibly on
+        # another replica: the service passes the database's clock (scheduling/clock.py).
+        self._clock = clock
+        # Open audience cursors by (query, page size, last _id returned): see find_chunk.
+        self._streams: dict[tuple[str, int, str | None], Any] = {}
 
     async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[dict, bool]:
         """Register or refresh a device; re-registering a deactivated token reactivates it. Returns (doc, created)."""
-        now = time.time() if now is None else now
+        now = self._clock() if now is None else now
         fields = _fields(device, now)
         result = await self._collection.update_one(
             _device_key(device.app, device.token),
@@ -131,8 +225,41 @@ class DeviceStore:
         assert doc is not None
         return doc, result.upserted_id is not None
 
+    async def backfill_kinds(self) -> int:
+        """Record `kind` on devices registered before kinds existed (their platform's default), once.
+
+        Idempotent (only documents without `kind` change) and cheap after its first run: a marker says it is
+        done, so a restart does not scan the collection again. A device written later without a kind (by a
+        replica that predates kinds, during a rolling upgrade) is still targeted right: kind_of() derives the
+        same default when it is read. Returns the number of devices changed.
+        """
+        migrations = self._collection.database["migrations"]
+        if await migrations.find_one({"_id": KIND_BACKFILL}) is not None:
+            return 0
+        changed = 0
+        for kind in KINDS.values():
+            for platform in sorted(kind.default_for):
+                result = await self._collection.update_many(
+                    {"kind": {"$eq": None}, "platform": {"$eq": platform}}, {"$set": {"kind": kind.name}}
+                )
+                changed += result.modified_count
+        await migrations.update_one(
+            {"_id": KIND_BACKFILL}, {"$set": {"done_at": time.time(), "devices": changed}}, upsert=True
+        )
+        return changed
+
     async def _find_all(self, query: dict) -> list[dict]:
-        return [doc async for doc in self._collection.find(query, DISPATCH_PROJECTION)]
+        """Every device matching `query`, in _id order, read in pages like an audience (see
+        _read_page): a cursor lost between two server replies is read again, never taken as the end."""
+        docs: list[dict] = []
+        stream: Any = None
+        after_id: str | None = None
+        while True:
+            page, stream = await self._read_page(query, after_id, _LOOKUP_PAGE, stream)
+            docs.extend(page)
+            if stream is None:
+                return docs
+            after_id = str(page[-1]["_id"])
 
     async def _find_each(self, query: dict, field: str, values: Sequence[str]) -> list[dict]:
         """One `{field: {$eq: v}}` query per value, concurrently, merged in _id order (duplicates dropped).
@@ -144,8 +271,10 @@ class DeviceStore:
         merged = {doc["_id"]: doc for docs in results for doc in docs}
         return [merged[key] for key in sorted(merged)]
 
-    async def find_by_tokens(self, app: str, tokens: Sequence[str]) -> list[dict]:
-        query: dict[str, Any] = {"app": {"$eq": app}, "active": True}
+    async def find_by_tokens(self, app: str, tokens: Sequence[str], push_type: PushType) -> list[dict]:
+        """The active devices among `tokens` whose kind takes the push type (a regular APNs token named in a
+        VoIP push is not one of them: the caller counts it as unknown)."""
+        query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(push_type)}
         if len(tokens) <= SMALL_LOOKUP:
             return await self._find_each(query, "token", tokens)
         return await self._find_all({**query, "token": {"$in": list(tokens)}})
@@ -158,62 +287,97 @@ class DeviceStore:
         timezones: Sequence[str | None] | None,
         after_id: str | None,
         limit: int,
+        push_type: PushType,
     ) -> list[dict]:
         """Next `limit` devices of a users/segment audience by _id after the cursor (hex ObjectId)."""
         if target.users and len(target.users) <= SMALL_LOOKUP:
             # A few users: their devices are point lookups (all of them; a user has a handful), paged here.
-            base = _active_devices_filter(app, category, timezones)
+            base = _active_devices_filter(app, category, timezones, push_type)
             docs = await self._find_each(base, "user_id", target.users)
             if after_id is not None:
                 after = ObjectId(after_id)
                 docs = [d for d in docs if d["_id"] > after]
             return docs[:limit]
-        return await self.find_chunk(audience_filter(app, target, category, timezones), after_id, limit)
+        return await self.find_chunk(audience_filter(app, target, category, timezones, push_type), after_id, limit)
 
     async def find_chunk(self, query: dict, after_id: str | None, limit: int) -> list[dict]:
-        """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume."""
+        """Next `limit` devices by _id after the cursor (hex ObjectId): stable paging a restart can resume.
+
+        A page shorter than `limit` is the end of the audience; a failure to read raises, it never ends a
+        page early (the runner retries the chunk from the saved cursor).
+        """
         # Consecutive chunks of one audience continue one server cursor (getMore) instead of starting a new
         # query per chunk: one query plan per fan-out, and no `_id > cursor` re-scan per chunk (nx-27017
         # evaluates ObjectId ranges in Python over the whole collection: ~1.5 s per chunk at 100k devices).
         # A cursor we don't hold (a restart, another replica, an expired server cursor) opens a fresh query.
-        key = (repr(query), after_id)
-        stream = self._streams.pop(key, None)
+        # Any cursor of this query left at this _id serves, if its batch size is this page size (a page is
+        # then one server reply: see _continue).
+        key = repr(query)
+        stream = self._streams.pop((key, limit, after_id), None)
+        docs, stream = await self._read_page(query, after_id, limit, stream)
         if stream is not None:
-            try:
-                docs = await stream.to_list(length=limit)
-            except PyMongoError:
-                stream = None
-        if stream is None:
+            if len(self._streams) >= _MAX_OPEN_STREAMS:  # abandoned fan-outs (lease lost): close the oldest
+                oldest = self._streams.pop(next(iter(self._streams)))
+                if oldest is not _EXHAUSTED:
+                    await oldest.close()
+            self._streams[(key, limit, str(docs[-1]["_id"]))] = stream
+        return docs
+
+    async def _read_page(self, query: dict, after_id: str | None, limit: int, stream: Any) -> tuple[list[dict], Any]:
+        """The `limit` devices after `after_id` by _id, continuing `stream` (a cursor left there) if given.
+
+        Returns the page and what continues it: the open cursor, _EXHAUSTED (the server closed the cursor
+        with this full page), or None when the page is short: the end, which is only ever concluded from a
+        server reply that carried documents or answered a fresh query.
+        """
+        if stream is _EXHAUSTED:
+            return [], None
+        docs = await self._continue(stream, limit) if stream is not None else None
+        if docs is None:
             filtered = query if after_id is None else {**query, "_id": {"$gt": ObjectId(after_id)}}
             stream = self._collection.find(filtered, DISPATCH_PROJECTION).sort("_id", 1).batch_size(limit)
+            docs = await stream.to_list(length=limit)  # errors propagate: a failed read is never an end
+        if len(docs) < limit:
+            await _close(stream)
+            return docs, None
+        return docs, stream if stream.alive else _EXHAUSTED
+
+    @staticmethod
+    async def _continue(stream: Any, limit: int) -> list[dict] | None:
+        """The next page of an open cursor, or None when it cannot be trusted and a fresh query must read it.
+
+        batch_size == limit, so a page is one server reply (a reply stops short of its batch size only at
+        16 MiB, tens of thousands of projected devices), and a reply that carries documents comes from a
+        live cursor: a short page with documents is the end. An empty reply closing the cursor is either the
+        end after an exactly full page (MongoDB may only find that out on the next getMore) or a cursor the
+        server lost: nx-27017 drops a connection's cursors when the connection closes (a reset, a pool
+        cleared after a network error) and answers a getMore for an unknown cursor that way, with no error
+        (MongoDB raises CursorNotFound). Taking it for the end skipped the rest of the audience.
+        """
+        try:
             docs = await stream.to_list(length=limit)
-        if len(docs) == limit:
-            if len(self._streams) >= _MAX_OPEN_STREAMS:  # abandoned fan-outs (lease lost): close the oldest
-                await self._streams.pop(next(iter(self._streams))).close()
-            self._streams[(key[0], str(docs[-1]["_id"]))] = stream
-        else:
-            await stream.close()
+        except PyMongoError:  # the cursor died with its connection: read the page afresh
+            await _close(stream)
+            return None
+        if not docs:
+            await _close(stream)
+            return None
         return docs
 
     async def deactivate(
-        self, app: str, tokens_with_reasons: Iterable[tuple[str, str]], now: float | None = None
+        self, app: str, deactivations: Iterable[Deactivation | tuple[str, str]], now: float | None = None
     ) -> int:
-        """Mark tokens the provider called invalid; they are never targeted again until re-registered."""
-        now = time.time() if now is None else now
-        operations = [
-            UpdateOne(
-                {**_device_key(app, token), "active": {"$eq": True}},
-                {
-                    "$set": {
-                        "active": False,
-                        "deactivated_reason": reason,
-                        "deactivated_at": now,
-                        "updated_at": now,
-                    }
-                },
-            )
-            for token, reason in tokens_with_reasons
-        ]
+        """Mark tokens the provider called invalid; they are never targeted again until re-registered.
+
+        A device registered again after the answer (Deactivation.registered_by) stays active. Returns the
+        number of devices deactivated."""
+        now = self._clock() if now is None else now
+        operations = []
+        for item in deactivations:
+            token, reason, registered_by = Deactivation(*item)
+            update = {"$set": {"active": False, "deactivated_reason": reason, "deactivated_at": now, "updated_at": now}}
+            for registered in _registered_by(registered_by):
+                operations.append(UpdateOne({**_device_key(app, token), "active": {"$eq": True}, **registered}, update))
         if not operations:
             return 0
         result = await self._collection.bulk_write(operations, ordered=False)
@@ -221,13 +385,15 @@ class DeviceStore:
 
     async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[dict]:
         query = {"app": {"$eq": app}, "user_id": {"$eq": user_id}}
-        return [doc async for doc in self._collection.find(query).limit(limit)]
+        # One reply (batch size = limit): no server cursor left between replies that a dropped connection
+        # could lose (nx-27017 then answers "exhausted" and the list would silently stop at 101).
+        return await self._collection.find(query).limit(limit).batch_size(limit).to_list(length=limit)
 
     async def update_tags(
         self, app: str, token: str, tags: Sequence[str], now: float | None = None
     ) -> dict | None:
         """Replace a device's tags (unique (app, token) index); None if no such device."""
-        now = time.time() if now is None else now
+        now = self._clock() if now is None else now
         return await self._collection.find_one_and_update(
             _device_key(app, token),
             {"$set": {"tags": list(tags), "updated_at": now}},
@@ -237,6 +403,14 @@ class DeviceStore:
     async def delete(self, app: str, token: str) -> bool:
         result = await self._collection.delete_one(_device_key(app, token))
         return result.deleted_count == 1
+
+    async def tokens_of_user(self, app: str, user_id: str) -> list[str]:
+        """Every token the user has in `app` (active or not): what an erasure must also scrub elsewhere."""
+        query = {"app": {"$eq": app}, "user_id": {"$eq": user_id}}
+        # One reply (a user has a handful of devices): a read cut short by a lost connection would leave
+        # tokens unscrubbed (nx-27017 answers a lost cursor as exhausted).
+        cursor = self._collection.find(query, {"token": 1}).limit(USER_DEVICES_LIMIT).batch_size(USER_DEVICES_LIMIT)
+        return [doc["token"] for doc in await cursor.to_list(length=USER_DEVICES_LIMIT)]
 
     async def erase_user(self, apps: Sequence[str], user_id: str) -> int:
         """GDPR erasure: delete every device of the user in these apps (served by the app_user index)."""
@@ -248,7 +422,7 @@ class DeviceStore:
 
     async def upsert_many(self, devices: Sequence[DeviceRecord], now: float | None = None) -> tuple[int, int]:
         """Bulk register (the import CLI): one bulk_write per batch. Returns (inserted, updated)."""
-        now = time.time() if now is None else now
+        now = self._clock() if now is None else now
         operations = [
             UpdateOne(
                 _device_key(d.app, d.token),

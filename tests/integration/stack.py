@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pushsvc.api.auth import hash_api_key
 from pushsvc.app import PushService
 from pushsvc.config import Settings, load_settings
+from pushsvc.store.notifications import notification_key
 from tests.peers.apns_peer import ApnsPeer
 from tests.peers.fcm_peer import FcmPeer
 from tests.peers.tls import TestPki
@@ -49,7 +50,11 @@ def write_config(
     ca_file: Path,
     service_account: Path,
     dispatch: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    more_apps: Sequence[str] = (),
 ) -> Path:
+    """A pushsvc config on the test servers: app "demo" (plus `more_apps`, configured alike) with APNs and FCM
+    aimed at the test peers; `extra` adds or replaces top-level sections."""
     config = {
         # Short group timings: the broker holds a join for half the session timeout.
         "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, **kafka},
@@ -76,7 +81,10 @@ def write_config(
             {"name": "test", "hash": hash_api_key(API_KEY), "scopes": ["devices:write", "notify", "campaigns", "read"]}
         ],
         "log_level": "warning",
+        **(extra or {}),
     }
+    for app in more_apps:
+        config["apps"][app] = config["apps"]["demo"]
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -123,7 +131,14 @@ class Stack:
     def db(self) -> Any:
         return self._mongo[self.database]
 
-    def settings(self, dispatch: dict[str, Any] | None = None, mongo_uri: str | None = None) -> Settings:
+    def settings(
+        self,
+        dispatch: dict[str, Any] | None = None,
+        mongo_uri: str | None = None,
+        extra: dict[str, Any] | None = None,
+        more_apps: Sequence[str] = (),
+    ) -> Settings:
+        """Settings for a pushsvc on the test servers; `extra` adds or replaces top-level sections."""
         path = write_config(
             self.tmp_path / f"config-{len(self.services)}.yaml",
             bootstrap=self.bootstrap,
@@ -135,11 +150,19 @@ class Stack:
             ca_file=self.pki.ca_file,
             service_account=self.service_account,
             dispatch=dispatch,
+            extra=extra,
+            more_apps=more_apps,
         )
         return load_settings(path, {})
 
-    async def start(self, dispatch: dict[str, Any] | None = None, mongo_uri: str | None = None) -> PushService:
-        service = PushService(self.settings(dispatch, mongo_uri))
+    async def start(
+        self,
+        dispatch: dict[str, Any] | None = None,
+        mongo_uri: str | None = None,
+        extra: dict[str, Any] | None = None,
+        more_apps: Sequence[str] = (),
+    ) -> PushService:
+        service = PushService(self.settings(dispatch, mongo_uri, extra, more_apps))
         self.services.append(service)
         await service.start()
         return service
@@ -166,8 +189,8 @@ class Stack:
             self._http = aiohttp.ClientSession()
         return self._http
 
-    async def register(self, token: str, platform: str, **fields: Any) -> dict:
-        body = {"app": "demo", "token": token, "platform": platform, **fields}
+    async def register(self, token: str, platform: str, app: str = "demo", **fields: Any) -> dict:
+        body = {"app": app, "token": token, "platform": platform, **fields}
         async with self.http.post(self.url("/v1/devices"), json=body, headers=auth_headers()) as response:
             assert response.status in (200, 201), await response.text()
             return await response.json()
@@ -175,12 +198,12 @@ class Stack:
     async def publish(self, *values: dict | bytes, key: bytes | None = None) -> None:
         await publish(self.bootstrap, self.requests_topic, values, key=key)
 
-    async def notification(self, notification_id: str) -> dict | None:
-        return await self.db.notifications.find_one({"_id": notification_id})
+    async def notification(self, request_id: str, app: str = "demo") -> dict | None:
+        return await self.db.notifications.find_one({"_id": notification_key(app, request_id)})
 
-    async def wait_finished(self, notification_id: str, timeout: float = 20.0) -> dict:
+    async def wait_finished(self, notification_id: str, timeout: float = 20.0, app: str = "demo") -> dict:
         async def finished() -> dict | None:
-            doc = await self.notification(notification_id)
+            doc = await self.notification(notification_id, app)
             return doc if doc and doc["state"] in ("done", "failed", "cancelled") else None
 
         return await wait_until(finished, timeout)

@@ -85,7 +85,7 @@ async def test_throttle_rate_idempotent_create_progress_and_list(stack: Stack) -
     status, listing = await api(stack, "GET", "/v1/campaigns?app=demo&status=done")
     assert [c["id"] for c in listing["campaigns"]] == ["spring"]
     async with stack.http.get(stack.url("/metrics")) as response:
-        assert 'pushsvc_campaign_progress_ratio{campaign="spring"} 1.0' in await response.text()
+        assert 'pushsvc_campaign_progress_ratio{app="demo",campaign="spring"} 1.0' in await response.text()
 
 
 async def test_cancel_mid_campaign_stops_sending(stack: Stack) -> None:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from pushsvc.config import MongoSettings
 from pushsvc.dispatch.batch import as_small
 from pushsvc.model import NotificationState, parse_request
-from pushsvc.store.database import Database
 from pushsvc.store.notifications import LANE_BATCH, LANE_FANOUT, Final, NotificationStore, new_document
-from tests.conftest import unique
 
 
 @pytest.fixture
-async def store(mongo_uri: str) -> AsyncIterator[NotificationStore]:
-    database = Database.connect(MongoSettings(uri=mongo_uri, database=unique("claims")))
-    await database.ensure_indexes()
-    yield NotificationStore(database)
-    await database.client.drop_database(database.db.name)
-    database.close()
+def store(notification_store: NotificationStore) -> NotificationStore:
+    return notification_store
 
 
 def request(request_id: str, target: dict | None = None, **options: object) -> dict:
@@ -33,6 +25,23 @@ def request(request_id: str, target: dict | None = None, **options: object) -> d
         "message": {"title": "t", "body": "b"},
         **({"options": options} if options else {}),
     }
+
+
+async def claim(
+    store: NotificationStore,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    limit: int,
+    lane: str,
+    states: list[NotificationState] | None = None,
+) -> list[dict]:
+    """claim_due with the lease clock and the scheduling clock at the same time (as in production)."""
+    token, docs = await store.claim_due(
+        owner, now, now + lease_seconds, now, limit, lane, *([states] if states else [])
+    )
+    assert all(d["claim"] == token for d in docs)
+    return docs
 
 
 async def record(store: NotificationStore, count: int, now: float, prefix: str = "n") -> list[str]:
@@ -48,12 +57,12 @@ async def record(store: NotificationStore, count: int, now: float, prefix: str =
 async def test_concurrent_claims_split_the_due_notifications_without_overlap(store: NotificationStore) -> None:
     now = time.time()
     ids = await record(store, 60, now)
-    claims = await asyncio.gather(*(store.claim_due(f"owner{k}", now, 30.0, 25, LANE_BATCH) for k in range(4)))
+    claims = await asyncio.gather(*(claim(store, f"owner{k}", now, 30.0, 25, LANE_BATCH) for k in range(4)))
     taken = [doc["_id"] for docs in claims for doc in docs]
     assert len(taken) == len(set(taken)), "a notification was claimed twice"
     assert all(len(docs) <= 25 for docs in claims)
     # Whatever the race left over is claimable next; nothing is lost.
-    rest = await store.claim_due("owner9", now, 30.0, 100, LANE_BATCH)
+    rest = await claim(store, "owner9", now, 30.0, 100, LANE_BATCH)
     assert sorted(taken + [d["_id"] for d in rest]) == ids
     for k, docs in enumerate(claims):
         assert all(d["lease_owner"] == f"owner{k}" and d["state"] == "dispatching" for d in docs)
@@ -65,27 +74,27 @@ async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(stor
     ids = await record(store, 10, now)
     future = request("later", send_at="2099-01-01T00:00:00Z")
     await store.record([new_document(parse_request(future), future, "test", 4_070_908_800.0, now)])
-    first = await store.claim_due("a", now, 30.0, 4, LANE_BATCH)
+    first = await claim(store, "a", now, 30.0, 4, LANE_BATCH)
     assert [d["_id"] for d in first] == ids[:4]
-    second = await store.claim_due("b", now, 60.0, 100, LANE_BATCH)
+    second = await claim(store, "b", now, 60.0, 100, LANE_BATCH)
     assert [d["_id"] for d in second] == ids[4:], "held leases and future notifications are not claimable"
-    assert await store.claim_due("c", now, 30.0, 100, LANE_BATCH) == []
+    assert await claim(store, "c", now, 30.0, 100, LANE_BATCH) == []
     # Owner a crashed: once its leases expire another replica takes the same notifications over.
-    taken_over = await store.claim_due("c", now + 31.0, 30.0, 100, LANE_BATCH)
+    taken_over = await claim(store, "c", now + 31.0, 30.0, 100, LANE_BATCH)
     assert [d["_id"] for d in taken_over] == ids[:4]
 
 
 async def test_finish_many_only_finishes_what_the_claim_still_holds(store: NotificationStore) -> None:
     now = time.time()
     ids = await record(store, 6, now)
-    docs = await store.claim_due("a", now, 1.0, 6, LANE_BATCH)
-    claim = docs[0]["claim"]
+    docs = await claim(store, "a", now, 1.0, 6, LANE_BATCH)
+    token = docs[0]["claim"]
     # a stalls past its lease; b takes two of them over.
-    taken = await store.claim_due("b", now + 2.0, 30.0, 2, LANE_BATCH)
+    taken = await claim(store, "b", now + 2.0, 30.0, 2, LANE_BATCH)
     assert [d["_id"] for d in taken] == ids[:2]
-    assert await store.renew_claim(claim, ids, now + 60.0) == 4
+    assert await store.renew(token, ids, now + 60.0) == set(ids[2:])
     counts = {"targeted": 1, "delivered": 1}
-    finished = await store.finish_many(claim, [Final(i, NotificationState.DONE, counts) for i in ids])
+    finished = await store.finish_many(token, [Final(i, NotificationState.DONE, counts) for i in ids], now)
     assert sorted(finished) == ids[2:]
     for notification_id in ids[2:]:
         doc = await store.get(notification_id)
@@ -122,9 +131,9 @@ async def test_backlog_counts_waiting_notifications_due_and_future(store: Notifi
     later = request("later", send_at="2099-01-01T00:00:00Z")
     await store.record([new_document(parse_request(later), later, "test", 4_070_908_800.0, now)])
     assert await store.backlog(now) == (5, 1)
-    docs = await store.claim_due("a", now, 30.0, 2, LANE_BATCH)  # dispatching still counts as waiting
+    docs = await claim(store, "a", now, 30.0, 2, LANE_BATCH)  # dispatching still counts as waiting
     assert await store.backlog(now) == (5, 1)
-    await store.finish_many(docs[0]["claim"], [Final(d["_id"], NotificationState.DONE, {}) for d in docs])
+    await store.finish_many(docs[0]["claim"], [Final(d["_id"], NotificationState.DONE, {}) for d in docs], now)
     assert await store.backlog(now) == (3, 1)
 
 
@@ -134,12 +143,12 @@ async def test_a_wake_up_claim_takes_only_new_requests(store: NotificationStore)
     # Scheduled earlier for a time that has now come: found by the periodic full claim, not a wake-up one.
     raw = request("was-scheduled", send_at="2030-01-01T00:00:00Z")
     await store.record([new_document(parse_request(raw), raw, "test", now - 0.5, now - 60)])
-    doc = await store.get("was-scheduled")
+    doc = await store.get("demo:was-scheduled")
     assert doc is not None and doc["state"] == "scheduled"
-    woken = await store.claim_due("a", now, 30.0, 10, LANE_BATCH, [NotificationState.ACCEPTED])
-    assert sorted(d["_id"] for d in woken) == ["n000", "n001"]
-    full = await store.claim_due("a", now, 30.0, 10, LANE_BATCH)
-    assert [d["_id"] for d in full] == ["was-scheduled"]
+    woken = await claim(store, "a", now, 30.0, 10, LANE_BATCH, [NotificationState.ACCEPTED])
+    assert sorted(d["_id"] for d in woken) == ["demo:n000", "demo:n001"]
+    full = await claim(store, "a", now, 30.0, 10, LANE_BATCH)
+    assert [d["_id"] for d in full] == ["demo:was-scheduled"]
     assert full[0]["state"] == "dispatching" and full[0]["lease_owner"] == "a"
 
 
@@ -151,7 +160,7 @@ async def test_lanes_are_claimed_separately(store: NotificationStore) -> None:
         request("long-list", {"tokens": [f"{i:064x}" for i in range(17)]}),
     ]
     await store.record([new_document(parse_request(raw), raw, "test", now, now) for raw in raws])
-    fanout = await store.claim_due("a", now, 30.0, 10, LANE_FANOUT)
-    assert sorted(d["_id"] for d in fanout) == ["long-list", "segment"]
-    batch = await store.claim_due("a", now, 30.0, 10, LANE_BATCH)
-    assert [d["_id"] for d in batch] == ["small"]
+    fanout = await claim(store, "a", now, 30.0, 10, LANE_FANOUT)
+    assert sorted(d["_id"] for d in fanout) == ["demo:long-list", "demo:segment"]
+    batch = await claim(store, "a", now, 30.0, 10, LANE_BATCH)
+    assert [d["_id"] for d in batch] == ["demo:small"]

@@ -403,7 +403,7 @@ async def test_mixed_batch_counts_match_the_scripted_outcomes(stack: Stack) -> N
 
 async def test_voip_push_reaches_apns_pushkit_and_fcm_as_high_priority_data(stack: Stack) -> None:
     await stack.start()
-    await stack.register(ios(1), "ios")
+    await stack.register(ios(1), "ios", kind="apns_voip")  # a PushKit token: VoIP pushes go to those only
     await stack.register(android(1), "android")
     await stack.publish(
         {

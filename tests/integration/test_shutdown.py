@@ -247,21 +247,26 @@ async def _all_committed(stack: Stack, published: int) -> bool:
     return sum((await committed(stack)).values()) >= published
 
 
-async def test_drain_timeout_cancels_the_chunk_releases_the_lease_and_a_new_instance_resumes(stack: Stack) -> None:
+async def test_drain_deadline_hands_back_what_was_answered_and_a_new_instance_sends_only_the_rest(
+    stack: Stack,
+) -> None:
+    """The drain deadline cuts a chunk short: the devices already answered are saved with the lease's hand-back,
+    so the next instance re-sends only the requests that were on the wire without an answer."""
     drain = 2.0
-    # Long lease: resuming within seconds proves the lease was released, not left to expire.
+    # Long lease: resuming within seconds proves the lease was handed back, not left to expire.
     dispatch = {"drain_timeout_seconds": drain, "chunk_size": 10, "lease_seconds": 60.0}
     serve = await ServeProcess(stack, "cut", dispatch).start()
     try:
         tokens = ios_tokens("c9", 30)
-        first, stuck, last = tokens[:10], tokens[10:20], tokens[20:]
+        first, cut, last = tokens[:10], tokens[10:20], tokens[20:]
+        answered, hanging = cut[:5], cut[5:]
         await serve.register(tokens)
-        for token in stuck:  # the second chunk hangs past the drain deadline, once
+        for token in hanging:  # half of the second chunk hangs past the drain deadline, once
             stack.apns.script(token, delay=30.0, times=1)
         await stack.publish(alert("cut-short", {"tokens": tokens}))
         await stack.apns.wait_for_requests(20, timeout=15)
         assert set(sends(stack, first).values()) == {1}
-        assert set(sends(stack, stuck).values()) == {1}
+        assert set(sends(stack, cut).values()) == {1}
 
         sent_at = serve.terminate()
         assert await serve.wait_exit(drain + EXIT_MARGIN_SECONDS) == 0, serve.output()
@@ -270,14 +275,15 @@ async def test_drain_timeout_cancels_the_chunk_releases_the_lease_and_a_new_inst
         doc = await stack.notification("cut-short")
         assert doc is not None
         assert doc["state"] == "dispatching", doc
-        assert doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
-        assert int(doc["cursor"]) == 10, "the cursor stays after the last completed chunk"
-        assert doc["counts"]["delivered"] == 10
+        assert doc["claim"] is None and doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
+        assert int(doc["cursor"]) == 10, "the cursor stays at the start of the chunk that was cut short"
+        assert sorted(doc["chunk_done"]) == sorted(answered), "the answered devices of that chunk are saved"
+        assert doc["counts"]["delivered"] == 15 and doc["counts"]["targeted"] == 15
         assert sends(stack, last) == Counter(dict.fromkeys(last, 0))
 
         events = serve.check_logs(tokens)
         names = [e["event"] for e in events]
-        assert "drain_timeout" in names and "leases_released" in names, names
+        assert "drain_deadline" in names and "notification_handed_back" in names, names
 
         resumed_at = time.monotonic()
         await stack.start(dispatch={"chunk_size": 10, "lease_seconds": 60.0})
@@ -286,9 +292,10 @@ async def test_drain_timeout_cancels_the_chunk_releases_the_lease_and_a_new_inst
         assert doc["state"] == "done"
         assert doc["counts"]["targeted"] == 30
         assert doc["counts"]["delivered"] == 30
-        # Only the cancelled chunk was sent twice; completed chunks were not repeated.
+        # Only requests on the wire without an answer at the deadline were sent twice.
         assert set(sends(stack, first).values()) == {1}
-        assert set(sends(stack, stuck).values()) == {2}
+        assert set(sends(stack, answered).values()) == {1}
+        assert set(sends(stack, hanging).values()) == {2}
         assert set(sends(stack, last).values()) == {1}
     finally:
         await serve.kill()

@@ -65,6 +65,10 @@ def test_env_overrides_with_types(files: dict[str, Path]) -> None:
         (lambda c: c.update(api_keys=[{"name": "a", "hash": "plain"}]), "api_keys[0].hash"),
         (lambda c: c.update(api_keys=[{"name": "a", "hash": "sha256:" + "0" * 64, "scopes": ["admin"]}]),
          "api_keys[0].scopes"),
+        (lambda c: c.update(dispatch={"misconfig_guard_share": 1.5}), "dispatch.misconfig_guard_share: must be in"),
+        (lambda c: c.update(dispatch={"misconfig_guard_share": 0}), "dispatch.misconfig_guard_share: must be in"),
+        (lambda c: c.update(dispatch={"misconfig_guard_window_seconds": 0.5}), "dispatch.misconfig_guard_window"),
+        (lambda c: c.update(dispatch={"misconfig_guard_min_answers": 0}), "dispatch.misconfig_guard_min_answers"),
     ],
 )
 def test_errors_name_the_key(files: dict[str, Path], mutate, message: str) -> None:

@@ -75,6 +75,17 @@ def test_background_defaults_to_normal_priority() -> None:
         ({"options": {"local_time": True}}, "options.send_at"),
         ({"options": {"push_type": "background", "priority": "high"}}, "options.priority"),
         ({"extra": 1}, "extra"),
+        ({"": 1}, "request"),
+        ({"message": {"title": "t", "": 1}}, "message"),
+        ({"x" * 100_000: 1}, "x" * 64 + "..."),
+        ({"message": {"title": "t", "badge": 2**31}}, "message.badge"),
+        ({"message": {"title": "t", "data": {"n": 2**64}}}, "message.data.n"),
+        ({"message": {"title": "t", "data": {"n": float("nan")}}}, "message.data.n"),
+        ({"message": {"title": "t", "data": {"n": float("inf")}}}, "message.data.n"),
+        ({"message": {"title": "t", "data": {"n": "\ud800"}}}, "message.data.n"),
+        ({"message": {"title": "\udfff"}}, "message.title"),
+        ({"message": {"title": "t", "localized": {"": {"title": "x"}}}}, "message.localized"),
+        ({"message": {"title": "t", "localized": {"\ud800": {"title": "x"}}}}, "message.localized.\ud800"),
     ],
 )
 def test_rejections_name_the_field(change: dict, field: str) -> None:
@@ -127,3 +138,36 @@ def test_voip_rejections_name_the_field(message: dict, options: dict, field: str
     with pytest.raises(RequestError) as info:
         parse_request(request(message=message, options=options))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("send_at", "local_time"),
+    [
+        ("9999-12-31T23:59:59-23:59", False),  # to UTC overflowed year 9999 (OverflowError dropped a Kafka batch)
+        ("0001-01-01T00:00:00+23:59", False),  # ... and year 1
+        ("9999-12-31T23:59:59", True),  # a wall-clock time whose zone offsets leave datetime's range
+        ("0001-01-01T00:00:00", True),
+        ("1999-12-31T23:59:59Z", False),
+        ("2100-01-01T00:00:00Z", False),
+        ("2099-12-31T23:00:00-05:00", False),  # 2100-01-01T04:00Z
+        ("2100-01-01T00:00:00", True),
+    ],
+)
+def test_send_at_outside_the_supported_range_is_a_contract_error(send_at: str, local_time: bool) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(request(options={"send_at": send_at, "local_time": local_time}))
+    assert info.value.field == "options.send_at"
+    assert "between 2000-01-01 and 2100-01-01" in info.value.reason
+
+
+def test_send_at_range_edges_are_accepted() -> None:
+    first = parse_request(request(options={"send_at": "2000-01-01T00:00:00Z"}))
+    last = parse_request(request(options={"send_at": "2099-12-31T23:59:59.999999+00:00"}))
+    assert first.options.send_at == datetime(2000, 1, 1, tzinfo=UTC)
+    assert last.options.send_at == datetime(2099, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_long_unparseable_send_at_is_quoted_briefly() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(request(options={"send_at": "x" * 100_000}))
+    assert len(str(info.value)) < 200

@@ -1,0 +1,72 @@
+"""Documents already in MongoDB: those of the version that keyed notifications by the bare request id, and
+stored requests that no longer parse. Neither may be lost, sent twice, or hold up other work."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from tests.integration.stack import Stack, auth_headers
+
+IOS = "c4" * 32
+OTHER = "c5" * 32
+
+
+def alert(request_id: str, target: dict) -> dict:
+    return {"id": request_id, "app": "demo", "target": target, "message": {"title": "Hi", "body": "there"}}
+
+
+async def test_notifications_recorded_before_ids_were_per_app_are_found_absorbed_and_erasable(stack: Stack) -> None:
+    now = time.time()
+    # As the previous version wrote them: _id is the bare request id, none of the per-app fields.
+    await stack.db.notifications.insert_many([
+        {"_id": "old-done", "app": "demo", "request": orjson.dumps(alert("old-done", {"users": ["zoe"]})).decode(),
+         "source": "kafka", "state": "done", "lane": "batch", "created_at": now - 60, "due_at": now - 60,
+         "finished_at": now - 50, "lease_owner": None, "lease_until": 0.0, "cursor": None,
+         "counts": {"targeted": 1, "delivered": 1}},
+        {"_id": "old-uncommitted", "app": "demo",
+         "request": orjson.dumps(alert("old-uncommitted", {"tokens": [IOS]})).decode(), "source": "kafka",
+         "state": "done", "lane": "batch", "created_at": now - 5, "due_at": now - 5, "finished_at": now - 4,
+         "lease_owner": None, "lease_until": 0.0, "cursor": None, "counts": {"targeted": 1, "delivered": 1}},
+    ])
+    await stack.start()
+    await stack.register(IOS, "ios", user_id="zoe")
+    old = await stack.db.notifications.find_one({"_id": "old-done"})
+    assert old is not None and old["request_id"] == "old-done" and old["target_users"] == ["zoe"]
+    assert old.get("expire_at") is not None, "a finished old notification expires like a new one"
+
+    async with stack.http.get(stack.url("/v1/notifications/old-done?app=demo"), headers=auth_headers()) as response:
+        assert response.status == 200 and (await response.json())["id"] == "old-done"
+    # A request an old replica recorded but did not commit, redelivered to this version: a duplicate.
+    await stack.publish(alert("old-uncommitted", {"tokens": [IOS]}), alert("marker", {"tokens": [IOS]}))
+    await stack.wait_finished("marker")
+    assert await stack.notification("old-uncommitted") is None, "recorded again under the new key"
+    assert len(stack.apns.requests_for(IOS)) == 1, "sent again"
+
+    async with stack.http.delete(stack.url("/v1/users/zoe?app=demo"), headers=auth_headers()) as response:
+        assert response.status == 200, await response.text()
+    old = await stack.db.notifications.find_one({"_id": "old-done"})
+    assert old is not None and "zoe" not in old["request"]
+
+
+async def test_a_stored_request_that_no_longer_parses_fails_alone(stack: Stack) -> None:
+    """One unreadable stored request (an incompatible upgrade, or a parser bug) is finished as failed with the
+    reason; the notifications claimed with it are sent."""
+    now = time.time()
+    broken = alert("broken", {"tokens": [IOS]})
+    broken["options"] = {"send_at": "not a time"}
+    await stack.db.notifications.insert_one(
+        {"_id": "demo:broken", "request_id": "broken", "app": "demo", "request": orjson.dumps(broken).decode(),
+         "source": "kafka", "state": "accepted", "lane": "batch", "created_at": now, "due_at": now - 1,
+         "lease_owner": None, "lease_until": 0.0, "claim": None, "progress_seq": 0, "cursor": None,
+         "counts": {"targeted": 0}}
+    )
+    await stack.start()
+    await stack.register(OTHER, "ios")
+    await stack.publish(alert("fine", {"tokens": [OTHER]}))
+    fine = await stack.wait_finished("fine")
+    failed = await stack.wait_finished("broken")
+    assert fine["counts"]["delivered"] == 1
+    assert failed["state"] == "failed" and "stored request unreadable" in failed["error"], failed
+    assert "send_at" in failed["error"]
