@@ -95,9 +95,10 @@ class ServerProcess:
             self.process.wait()
 
 
-def tansu(work_dir: Path, port: int | None = None) -> ServerProcess:
+def tansu(work_dir: Path, port: int | None = None, advertised_port: int | None = None) -> ServerProcess:
+    """A broker on `port`; `advertised_port` (default: the same) is where it tells clients to connect,
+    e.g. a proxy in front of it (Kafka clients use the advertised address after bootstrapping)."""
     port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
     return ServerProcess(
         "tansu",
         port,
@@ -105,9 +106,9 @@ def tansu(work_dir: Path, port: int | None = None) -> ServerProcess:
             str(tansu_binary()),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://127.0.0.1:{port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{advertised_port or port}",
             "--storage-engine",
             "memory://tansu/",
         ],

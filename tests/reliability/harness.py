@@ -218,6 +218,20 @@ class Load:
     done_publishing: float | None = None
 
 
+async def register_tagged(replica: Replica, tokens: list[str], tag: str) -> None:
+    """iOS devices carrying `tag`, registered through the API."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        for token in tokens:
+            body = {"app": "demo", "token": token, "platform": "ios", "tags": [tag]}
+            async with http.post(f"{replica.url}/v1/devices", json=body) as response:
+                assert response.status in (200, 201), await response.text()
+
+
+def padded_tokens(prefix: str, count: int, fill: str) -> list[str]:
+    """`count` distinct 64-character hex-like tokens starting with `prefix`."""
+    return [f"{prefix}{n:04x}".ljust(64, fill) for n in range(count)]
+
+
 async def register_devices(replica: Replica, count: int) -> list[str]:
     """Half iOS, half Android, through the API; returns the tokens."""
     tokens = []
@@ -300,7 +314,8 @@ class Accounting:
 
 
 async def account(stack: Stack, load: Load) -> Accounting:
-    docs = {d["_id"]: d async for d in stack.db.notifications.find({}, {"state": 1, "counts": 1, "error": 1})}
+    projection = {"request_id": 1, "state": 1, "counts": 1, "error": 1}
+    docs = {d["request_id"]: d async for d in stack.db.notifications.find({}, projection)}
     sends = sends_per_request(stack)
     delivered = failed = 0
     reasons: Counter[str] = Counter()
@@ -373,7 +388,7 @@ async def outcome_ids(stack: Stack, idle_seconds: float = 2.0) -> Counter[str]:
 
 async def dispatching_ids(stack: Stack) -> set[str]:
     """Notifications a crashed replica may have had in flight (claimed, not finished)."""
-    return {d["_id"] async for d in stack.db.notifications.find({"state": "dispatching"}, {"_id": 1})}
+    return {d["request_id"] async for d in stack.db.notifications.find({"state": "dispatching"}, {"request_id": 1})}
 
 
 # ---------------------------------------------------------------------------------------------- secrets

@@ -30,6 +30,8 @@ def hostile_messages(token: str, seed: int = 3) -> list[tuple[str, bytes | None]
     """(expected DLQ reason, value) for every kind of bad input."""
     rng = random.Random(seed)
     good = request_for("x", token)
+    many_keys = {f"k{i}": 1 for i in range(101)}
+    big_body = {"body": "é" * 3000}
     cases: list[tuple[str, bytes | None]] = []
     for _ in range(40):
         blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000)))
@@ -77,6 +79,15 @@ def hostile_messages(token: str, seed: int = 3) -> list[tuple[str, bytes | None]
         ("invalid_request", orjson.dumps({**good, "app": "other"})),
         ("invalid_request", orjson.dumps({**good, "unexpected": 1})),
         ("invalid_request", orjson.dumps({**good, "__proto__": {"x": 1}})),
+        ("invalid_request", orjson.dumps({**good, "": 1})),
+        # send_at whose conversion to UTC overflowed (OverflowError crashed the loop and lost the batch)
+        ("invalid_request", orjson.dumps({**good, "options": {"send_at": "9999-12-31T23:59:59-23:59"}})),
+        ("invalid_request", orjson.dumps({**good, "options": {"send_at": "0001-01-01T00:00:00", "local_time": True}})),
+        # over the providers' payload limits: refused at intake, not once per device
+        ("invalid_request", orjson.dumps({**good, "message": {"title": "t", "data": {"blob": "x" * 5000}}})),
+        ("invalid_request", orjson.dumps({**good, "message": {"title": "t", "localized": {"fr": big_body}}})),
+        ("invalid_request", orjson.dumps({**good, "message": {"title": "t", "badge": 2**40}})),
+        ("invalid_request", orjson.dumps({**good, "message": {"title": "t", "data": many_keys}})),
     ]
     return cases
 

@@ -1,0 +1,273 @@
+"""Audience paging (DeviceStore.find_chunk) when the connection under an open cursor is reset.
+
+The mechanism behind "a dropped database connection ends a fan-out early": nx-27017 drops the cursors of a
+connection when it closes, and answers a getMore for a cursor it no longer has with an empty batch and
+cursor id 0, not an error. The driver notices a reset connection (its monitor's connection was reset
+too, so it clears the pool) and sends the next getMore on a new connection: the page comes back empty
+and looked like the end of the audience.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import monitoring
+from pymongo.errors import PyMongoError
+
+from pushsvc.dev.servers import ServerProcess
+from pushsvc.model import Segment, Target
+from pushsvc.store.database import Database
+from pushsvc.store.devices import DeviceRecord, DeviceStore, audience_filter
+from tests.conftest import unique
+from tests.reliability.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+TAG = "paging"
+
+
+class Watch(monitoring.CommandListener, monitoring.ConnectionPoolListener):
+    """Commands sent (by name) and pool clears, as the driver reports them (from its threads)."""
+
+    def __init__(self) -> None:
+        self.commands: Counter[str] = Counter()
+        self.cleared = threading.Event()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
+        self.cleared.set()
+
+    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None: ...
+    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None: ...
+    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None: ...
+    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None: ...
+    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None: ...
+    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None: ...
+    def connection_check_out_started(self, event: monitoring.ConnectionCheckOutStartedEvent) -> None: ...
+    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None: ...
+    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None: ...
+    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None: ...
+
+
+@pytest.fixture
+async def proxy(mongo_server: ServerProcess) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy("127.0.0.1", mongo_server.port, name="mongo") as proxy:
+        yield proxy
+
+
+async def seeded(mongo_uri: str, count: int) -> tuple[str, list[str]]:
+    """A fresh database with `count` devices carrying TAG; returns its name and their _ids in order."""
+    name = unique("paging")
+    client = AsyncIOMotorClient(mongo_uri)
+    try:
+        store = DeviceStore(Database(client, client[name]))
+        await store.upsert_many([DeviceRecord("demo", f"{i:064x}", "ios", tags=(TAG,)) for i in range(count)])
+        ids = [str(d["_id"]) async for d in client[name].devices.find({}, {"_id": 1}).sort("_id", 1)]
+        return name, ids
+    finally:
+        client.close()
+
+
+# The driver's monitor checks every 0.5 s, on a connection never idle for the 1 s after which the pool
+# would test the socket and silently replace it: it meets a reset at its next check and clears the pool
+# (as any other operation of the service on a reset connection does). The next getMore then goes out on a
+# new connection, the case that lost devices.
+NOTICE_RESETS = {"heartbeatFrequencyMS": 500}
+
+
+def store_via(proxy: FaultProxy, database: str, watch: Watch, **options: object) -> tuple[DeviceStore, Database]:
+    client = AsyncIOMotorClient(f"mongodb://{proxy.address}", event_listeners=[watch], **options)
+    db = Database(client, client[database])
+    return DeviceStore(db), db
+
+
+def segment_query() -> dict:
+    target = Target(segment=Segment(tags_any=(TAG,)))
+    return audience_filter("demo", target, None, None, "alert")
+
+
+async def read_all(
+    store: DeviceStore, limit: int, after_page: int | None = None, fault: Callable[[], Awaitable[None]] | None = None
+) -> list[str]:
+    """Page through the audience like the fan-out runner; `fault` runs after page `after_page`."""
+    ids: list[str] = []
+    cursor: str | None = None
+    page_no = 0
+    while True:
+        page = await store.find_chunk(segment_query(), cursor, limit)
+        ids.extend(str(d["_id"]) for d in page)
+        page_no += 1
+        if len(page) < limit:
+            return ids
+        cursor = ids[-1]
+        if page_no == after_page and fault is not None:
+            await fault()
+
+
+async def test_nx27017_answers_a_lost_cursor_like_an_exhausted_one(proxy: FaultProxy, mongo_uri: str) -> None:
+    """The server behaviour the fix relies on knowing (if nx-27017 changes, this says so)."""
+    database, _ = await seeded(mongo_uri, 50)
+    watch = Watch()
+    client = AsyncIOMotorClient(f"mongodb://{proxy.address}", event_listeners=[watch], **NOTICE_RESETS)
+    try:
+        cursor = client[database].devices.find().sort("_id", 1).batch_size(10)
+        assert len(await cursor.to_list(10)) == 10 and cursor.alive
+        proxy.reset()
+        assert await asyncio.to_thread(watch.cleared.wait, 5)  # the driver noticed: its pool is cleared
+        assert await cursor.to_list(10) == []  # no error: an empty batch ...
+        assert cursor.cursor_id == 0 and not cursor.alive  # ... and "exhausted", 40 documents early
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("count", [1000, 1050])
+async def test_happy_path_pages_one_server_cursor(proxy: FaultProxy, mongo_uri: str, count: int) -> None:
+    """No fault: one find for the whole audience, then getMores; an exactly full last page (1000 = 10 x 100)
+    costs no extra query either (the server closed the cursor with it)."""
+    database, ids = await seeded(mongo_uri, count)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch)
+    try:
+        assert await read_all(store, 100) == ids
+        assert watch.commands["find"] == 1
+        assert watch.commands["getMore"] == (count - 1) // 100
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("after_page", [1, 3, 9])
+async def test_a_cursor_lost_between_pages_is_resumed_not_ended(
+    proxy: FaultProxy, mongo_uri: str, after_page: int
+) -> None:
+    database, ids = await seeded(mongo_uri, 1000)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch, **NOTICE_RESETS)
+
+    async def reset_and_let_the_driver_notice() -> None:
+        watch.cleared.clear()
+        proxy.reset()
+        assert await asyncio.to_thread(watch.cleared.wait, 5)
+
+    try:
+        got = await read_all(store, 100, after_page, reset_and_let_the_driver_notice)
+        assert len(got) == len(ids) and got == ids  # every device once, in order
+        assert watch.commands["find"] == 2  # the first query, and one fresh query from the last _id returned
+    finally:
+        db.close()
+
+
+async def test_a_cursor_reset_under_a_getmore_is_resumed(proxy: FaultProxy, mongo_uri: str) -> None:
+    """Reset right before the next page, before the driver noticed: the getMore fails, the page is read
+    again with a fresh query from the last _id."""
+    database, ids = await seeded(mongo_uri, 500)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch, serverMonitoringMode="poll", heartbeatFrequencyMS=60_000)
+
+    async def reset() -> None:
+        proxy.reset()
+
+    try:
+        assert await read_all(store, 100, 2, reset) == ids
+        assert watch.commands["find"] == 2
+    finally:
+        db.close()
+
+
+async def test_an_unreachable_database_is_an_error_not_the_end(proxy: FaultProxy, mongo_uri: str) -> None:
+    database, ids = await seeded(mongo_uri, 300)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch, serverSelectionTimeoutMS=1000)
+    try:
+        first = await store.find_chunk(segment_query(), None, 100)
+        assert [str(d["_id"]) for d in first] == ids[:100]
+        proxy.refuse()
+        proxy.reset()
+        with pytest.raises(PyMongoError):
+            await store.find_chunk(segment_query(), ids[99], 100)
+        proxy.heal()  # the runner's retry then reads the same page
+        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), ids[99], 100)] == ids[100:200]
+    finally:
+        db.close()
+
+
+class ResetAfterFirstReply(Watch):
+    """Resets the proxy right after the first `find` reply that leaves a cursor open, and holds the driver
+    there until it cleared its pool: the cursor's next getMore then goes out on a new connection."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.done = False
+        self.noticed = False
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == "find" and event.reply["cursor"]["id"] and not self.done:
+            self.done = True
+            self.cleared.clear()
+            self.proxy.reset()
+            self.noticed = self.cleared.wait(5)
+
+
+async def test_a_token_lookup_is_never_cut_short(proxy: FaultProxy, mongo_uri: str) -> None:
+    """The lookups read whole (a chunk's tokens, a few users' devices) page the same way: a cursor lost
+    between two replies is read again from the last _id, never taken for all there is."""
+    database, ids = await seeded(mongo_uri, 1200)
+    watch = ResetAfterFirstReply(proxy)
+    store, db = store_via(proxy, database, watch, **NOTICE_RESETS)
+    try:
+        found = await store.find_by_tokens("demo", [f"{i:064x}" for i in range(1200)], "alert")
+        assert watch.done and watch.noticed  # the reset landed between the replies of one lookup
+        assert [str(d["_id"]) for d in found] == ids
+    finally:
+        db.close()
+
+
+async def test_a_cursor_is_only_continued_with_its_own_page_size(proxy: FaultProxy, mongo_uri: str) -> None:
+    """A page must be one server reply for its end to be trusted: a cursor left at an _id by a run paging
+    by 100 (a throttled campaign) is not continued by one paging by 300 over the same audience there."""
+    database, ids = await seeded(mongo_uri, 1000)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch)
+    try:
+        first = await store.find_chunk(segment_query(), None, 100)
+        assert [str(d["_id"]) for d in first] == ids[:100]
+        page = await store.find_chunk(segment_query(), ids[99], 300)
+        assert [str(d["_id"]) for d in page] == ids[100:400]
+        assert watch.commands["find"] == 2 and watch.commands["getMore"] == 0
+        page = await store.find_chunk(segment_query(), ids[99], 100)  # the 100-page cursor is still there
+        assert [str(d["_id"]) for d in page] == ids[100:200]
+        assert watch.commands["find"] == 2 and watch.commands["getMore"] == 1
+    finally:
+        db.close()
+
+
+async def test_a_users_device_list_is_never_cut_short(proxy: FaultProxy, mongo_uri: str) -> None:
+    """GET /v1/users/{id}/devices reads up to its limit in one reply: no cursor to lose between replies
+    (it returned the first 101 of 150 devices when a reset landed after the first reply)."""
+    name = unique("paging")
+    direct = AsyncIOMotorClient(mongo_uri)
+    try:
+        devices = [DeviceRecord("demo", f"{i:064x}", "ios", user_id="heavy-user") for i in range(150)]
+        await DeviceStore(Database(direct, direct[name])).upsert_many(devices)
+    finally:
+        direct.close()
+    watch = ResetAfterFirstReply(proxy)
+    store, db = store_via(proxy, name, watch, **NOTICE_RESETS)
+    try:
+        listed = await store.for_user("demo", "heavy-user")
+        assert sorted(d["token"] for d in listed) == sorted(d.token for d in devices)
+    finally:
+        db.close()
