@@ -187,10 +187,13 @@ def seed_devices(mongo_uri: str, total: int, peak: int, group: int = 100) -> Non
         n = i // 2
         token = f"{i:064x}" if ios else f"fcm{i:08d}:APA91b" + "x" * 140
         tags = ["all", plat, f"g{i // group}"] + ([f"{plat}-peak"] if n < peak else [])
-        batch.append({"app": APP, "token": token, "platform": plat, "user_id": f"u{i}", "tags": tags,
+        # The documents the API writes (kind, registered_at), so pushsvc's one-time backfill of kind on
+        # devices from before kinds (7 s at 100k on nx-27017) does not weigh on the run.
+        batch.append({"app": APP, "token": token, "platform": plat, "kind": "apns" if ios else "fcm",
+                      "user_id": f"u{i}", "tags": tags,
                       "locale": "en-US", "timezone": "UTC", "app_version": "1.0", "opt_out": [],
                       "active": True, "deactivated_reason": None, "deactivated_at": None,
-                      "created_at": now, "updated_at": now})
+                      "created_at": now, "updated_at": now, "registered_at": now})
         if len(batch) == 5000:
             coll.insert_many(batch, ordered=False)
             batch = []

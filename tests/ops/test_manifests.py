@@ -22,6 +22,9 @@ import jsonschema
 import pytest
 import yaml
 
+from pushsvc.app import CLOSE_TIMEOUT_SECONDS
+from pushsvc.scheduling.scheduler import HAND_BACK_SECONDS
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 ALERTS = ROOT / "config/prometheus/alerts.yaml"
@@ -398,9 +401,12 @@ def test_shutdown_budget(rendered: list[dict[str, Any]]) -> None:
     sleep = prestop_sleep_seconds(c)
     drain = drain_timeout_seconds(rendered)
     assert sleep >= 5, "endpoints need a few seconds to drop the pod before SIGTERM"
-    # The grace period covers the preStop hook and the drain that follows SIGTERM, with margin.
+    # The grace period covers the preStop hook, the drain that follows SIGTERM, the hand-back of work stopped
+    # at the drain deadline, and the closes after it (leases, consumer, producer, providers: one bound each).
     assert grace > drain
-    assert grace >= sleep + drain + 5, f"grace {grace}s < preStop {sleep}s + drain {drain}s + 5s"
+    closing = 4 * CLOSE_TIMEOUT_SECONDS
+    budget = sleep + drain + HAND_BACK_SECONDS + closing
+    assert grace >= budget, f"grace {grace}s < preStop {sleep}s + drain {drain}s + {HAND_BACK_SECONDS}s + {closing}s"
 
 
 def test_deployment_rollout_and_spread(rendered: list[dict[str, Any]]) -> None:
