@@ -443,7 +443,7 @@ def jwt_like(replicas: list[Replica]) -> list[str]:
 class CrashReport:
     accounting: Accounting
     kills: list[dict]
-    in_flight_at_kills: set[str]
+    in_flight_at_kills: Counter[str]  # rid -> how many kills found it claimed (in flight)
     duplicates_outside_in_flight: dict[str, int]
     runtime_seconds: float
     drain_seconds: float
@@ -483,7 +483,7 @@ async def crash_run(
     load = Load()
     publisher = asyncio.create_task(publish_load(stack, load, tokens, requests, rate, prefix=f"c{seed}"))
     kill_log: list[dict] = []
-    in_flight: set[str] = set()
+    in_flight: Counter[str] = Counter()
     try:
         for n in range(kills):
             await asyncio.sleep(rng.uniform(*kill_window))
@@ -491,7 +491,7 @@ async def crash_run(
             if mode == "kill":
                 await replica.kill()
                 suspects = await dispatching_ids(stack)
-                in_flight |= suspects
+                in_flight.update(suspects)
             else:
                 code = await replica.terminate()
                 assert code == 0, f"graceful exit code {code}"
@@ -528,7 +528,7 @@ async def crash_run(
             await publisher
         if replica.alive:
             await replica.terminate()
-    outside = {rid: n for rid, n in accounting.duplicates.items() if rid not in in_flight}
+    outside = {rid: n for rid, n in accounting.duplicates.items() if in_flight[rid] == 0}
     return CrashReport(
         accounting, kill_log, in_flight, outside, time.monotonic() - started, drain, leaked, missing_events
     )

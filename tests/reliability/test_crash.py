@@ -33,7 +33,10 @@ async def test_kill_9_during_load_loses_nothing_and_duplicates_only_in_flight_ch
     assert acc.failed == 0, acc.failure_reasons
     # A duplicate send is only allowed for a notification that was claimed (in flight) at a kill.
     assert report.duplicates_outside_in_flight == {}
-    assert all(n == 1 for n in acc.duplicates.values()), acc.duplicates
+    # At most one extra send per kill that caught it in flight (a request resumed after one kill may be in
+    # flight again at the next one).
+    excess = {rid: n for rid, n in acc.duplicates.items() if n > report.in_flight_at_kills[rid]}
+    assert excess == {}, (excess, report.kills)
     assert report.leaked == [], report.leaked[:5]
 
 
