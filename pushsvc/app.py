@@ -102,7 +102,7 @@ class PushService:
         known_apps = frozenset(settings.apps)
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)
         self.http_app = build_app(
-            auth=ApiKeyAuth(settings.api_keys),
+            auth=ApiKeyAuth(settings.api_keys, known_apps),
             device_store=self.devices,
             notification_store=self.notifications,
             intake=self.intake,

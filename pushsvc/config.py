@@ -135,6 +135,8 @@ class ApiKeySettings:
     # "sha256:<hex>" of the key; the plain key is never stored.
     hash: str
     scopes: list[str] = field(default_factory=list)
+    # The apps this key may act for, or ["*"] for every configured app (now and later); required.
+    apps: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -281,13 +283,26 @@ def _check_semantics(settings: Settings) -> None:
             if app.fcm.ca_file:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
     for i, key in enumerate(settings.api_keys):
-        if not key.hash.startswith("sha256:") or len(key.hash) != len("sha256:") + 64:
+        if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key.hash):
             raise ConfigError(f"api_keys[{i}].hash: must be 'sha256:' followed by 64 hex digits")
+        if not key.scopes:
+            raise ConfigError(f"api_keys[{i}].scopes: required: a key without scopes can call nothing")
         bad = sorted(set(key.scopes) - API_SCOPES)
         if bad:
             raise ConfigError(
                 f"api_keys[{i}].scopes: unknown scope {bad[0]!r} (known: {', '.join(sorted(API_SCOPES))})"
             )
+        if not key.apps:
+            raise ConfigError(f"api_keys[{i}].apps: required: the apps this key may act for, or ['*'] for all")
+        if "*" in key.apps and len(key.apps) > 1:
+            raise ConfigError(f"api_keys[{i}].apps: '*' means every app and stands alone")
+        unknown = sorted(set(key.apps) - set(settings.apps) - {"*"})
+        if unknown:
+            known = ", ".join(sorted(settings.apps))
+            raise ConfigError(f"api_keys[{i}].apps: unknown app {unknown[0]!r} (configured: {known})")
+    names = [key.name for key in settings.api_keys]
+    if len(set(names)) != len(names):
+        raise ConfigError("api_keys: names must be unique (logs and errors name the key)")
     for name in ("max_poll_records", "fetch_max_wait_ms"):
         if getattr(settings.kafka, name) < 1:
             raise ConfigError(f"kafka.{name}: must be at least 1")

@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pushsvc.api.auth import require
+from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, WAKE
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import counts_view
-from pushsvc.api.validation import app_of, field_name, json_body
+from pushsvc.api.validation import app_of, field_name, json_body, known_app
 from pushsvc.dispatch.fanout import progress_ratio
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import RequestError, parse_request
@@ -158,6 +158,7 @@ def _campaign_id(request: web.Request) -> str:
 async def create_campaign(request: web.Request) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200."""
     campaign_id, raw, fields = parse_campaign(await json_body(request), request.app[KNOWN_APPS])
+    permit(request, raw["app"])
     existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if existing is not None:
         return web.json_response(campaign_view(existing), status=200)
@@ -183,9 +184,9 @@ async def create_campaign(request: web.Request) -> web.Response:
 @routes.get("/v1/campaigns")
 @require("read")
 async def list_campaigns(request: web.Request) -> web.Response:
+    """Newest first, in `?app=` or in every app the key may act for."""
     app = request.query.get("app")
-    if app is not None and app not in request.app[KNOWN_APPS]:
-        raise RequestError("app", f"unknown app {app[:128]!r}")
+    apps = {permit(request, known_app(request, app))} if app is not None else permitted_apps(request)
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise RequestError("status", f"must be one of {', '.join(STATUSES)}")
@@ -195,7 +196,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
         raise RequestError("limit", "must be an integer between 1 and 1000") from exc
     if not 1 <= limit <= 1000:
         raise RequestError("limit", "must be an integer between 1 and 1000")
-    docs = await request.app[CAMPAIGNS].list(app, status, limit)
+    docs = await request.app[CAMPAIGNS].list(apps, status, limit)
     return web.json_response({"campaigns": [campaign_view(d) for d in docs]})
 
 

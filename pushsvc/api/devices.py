@@ -6,10 +6,19 @@ from typing import Any
 
 from aiohttp import web
 
-from pushsvc.api.auth import require
+from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
-from pushsvc.api.validation import LOCALE_PATTERN, TOKEN_PATTERN, field_name, json_body, opt_str, str_list
+from pushsvc.api.validation import (
+    LOCALE_PATTERN,
+    TOKEN_PATTERN,
+    app_of,
+    field_name,
+    json_body,
+    known_app,
+    opt_str,
+    str_list,
+)
 from pushsvc.model import PLATFORMS, RequestError
 from pushsvc.scheduling.due import is_known_timezone
 from pushsvc.store.devices import DeviceRecord, kind_of
@@ -103,6 +112,7 @@ def device_view(doc: dict) -> dict[str, Any]:
 async def register_device(request: web.Request) -> web.Response:
     """Register or refresh a device token (idempotent: 201 when new, 200 when it existed)."""
     device = parse_device(await json_body(request), request.app[KNOWN_APPS])
+    permit(request, device.app)
     doc, created = await request.app[DEVICES].upsert(device)
     return web.json_response(device_view(doc), status=201 if created else 200)
 
@@ -110,19 +120,13 @@ async def register_device(request: web.Request) -> web.Response:
 @routes.get("/v1/users/{user_id}/devices")
 @require("read")
 async def list_user_devices(request: web.Request) -> web.Response:
-    app = request.query.get("app")
-    if not app:
-        raise RequestError("app", "query parameter required")
-    if app not in request.app[KNOWN_APPS]:
-        raise RequestError("app", f"unknown app {app[:128]!r}")
-    docs = await request.app[DEVICES].for_user(app, request.match_info["user_id"])
+    """The user's devices in `?app=` (optional when the key acts for one app only)."""
+    docs = await request.app[DEVICES].for_user(app_of(request), request.match_info["user_id"])
     return web.json_response({"devices": [device_view(d) for d in docs]})
 
 
 def _device_key(request: web.Request) -> tuple[str, str]:
-    app = request.match_info["app"]
-    if app not in request.app[KNOWN_APPS]:
-        raise RequestError("app", f"unknown app {app[:128]!r}")
+    app = permit(request, known_app(request, request.match_info["app"]))
     token = request.match_info["token"]
     if not TOKEN_PATTERN.match(token):
         raise RequestError("token", "has an invalid format")
@@ -160,18 +164,16 @@ async def delete_device(request: web.Request) -> web.Response:
 @routes.delete("/v1/users/{user_id}")
 @require("devices:write")
 async def erase_user(request: web.Request) -> web.Response:
-    """GDPR erasure: delete every device of the user (in `?app=` or in every app) and remove the user and
-    their tokens from every stored notification request."""
+    """GDPR erasure: delete every device of the user (in `?app=`, or in every app the key may act for) and
+    remove the user and their tokens from every stored notification request of those apps."""
     user_id = request.match_info["user_id"]
     if len(user_id) > 256:
         raise RequestError("user_id", "at most 256 characters")
     app = request.query.get("app")
-    known = request.app[KNOWN_APPS]
-    if app is not None and app not in known:
-        raise RequestError("app", f"unknown app {app[:128]!r}")
+    apps = [permit(request, known_app(request, app))] if app is not None else sorted(permitted_apps(request))
     devices, notifications = request.app[DEVICES], request.app[NOTIFICATIONS]
     deleted = scrubbed = 0
-    for one_app in [app] if app else sorted(known):
+    for one_app in apps:
         # Requests first, while the devices still tell which tokens are the user's (a retry after a failure
         # part-way still knows them); then the devices; then requests recorded meanwhile.
         tokens = await devices.tokens_of_user(one_app, user_id)

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pushsvc.api.auth import require
+from pushsvc.api.auth import permit, require
 from pushsvc.api.context import INTAKE, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
 from pushsvc.api.validation import app_of, json_body
@@ -45,6 +45,7 @@ async def create_notification(request: web.Request) -> web.Response:
     outcome = validate(await json_body(request), request.app[KNOWN_APPS])
     if isinstance(outcome, Rejection):
         return json_error(400, outcome.reason, outcome.detail, outcome.field)
+    permit(request, outcome.request.app)
     result = await request.app[INTAKE].record([outcome], source="api")
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[0][1])
@@ -56,7 +57,7 @@ async def create_notification(request: web.Request) -> web.Response:
 @routes.get("/v1/notifications/{notification_id}")
 @require("read")
 async def get_notification(request: web.Request) -> web.Response:
-    """A notification by its request id within `?app=` (optional when one app is configured)."""
+    """A notification by its request id within `?app=` (optional when the key acts for one app only)."""
     app = app_of(request)
     doc = await request.app[NOTIFICATIONS].find(app, request.match_info["notification_id"])
     if doc is None:

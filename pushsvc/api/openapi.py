@@ -34,7 +34,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "invalid input (the error names the field)",
         401: "missing or unknown API key",
-        403: "the API key lacks the scope",
+        403: "the API key lacks the scope, or may not act for the app named (field: app)",
         404: "not found",
         409: "not allowed in the current state",
         413: "body larger than http.max_body_bytes",
@@ -81,10 +81,15 @@ APP_PATH = _path("app", {"type": "string", "minLength": 1, "maxLength": 128})
 TOKEN_PATH = _path("token", TOKEN)
 USER_PATH = _path("user_id", {"type": "string", "minLength": 1, "maxLength": 256})
 CAMPAIGN_PATH = _path("campaign_id", CAMPAIGN_ID)
-# Ids are unique within an app: a lookup by id names the app (optional when one app is configured).
+# Ids are unique within an app: a lookup by id names the app (optional when the key acts for one app).
 APP_SCOPE = {
     **_query("app", {"type": "string", "minLength": 1, "maxLength": 128}),
-    "description": "the app the id belongs to; required unless exactly one app is configured",
+    "description": "the app the request acts for; required unless the API key acts for exactly one app",
+}
+# App-wide routes: one app, or every app the API key may act for.
+APP_FILTER = {
+    **_query("app", {"type": "string", "minLength": 1, "maxLength": 128}),
+    "description": "one app; without it, every app the API key may act for",
 }
 
 MESSAGE = {
@@ -436,7 +441,7 @@ PATHS: dict[str, Any] = {
             "A user's devices",
             "read",
             {"200": _json(_ref("DeviceList"), "devices"), **_errors(*AUTHED)},
-            parameters=[USER_PATH, _query("app", {"type": "string", "minLength": 1, "maxLength": 128}, True)],
+            parameters=[USER_PATH, APP_SCOPE],
         )
     },
     "/v1/users/{user_id}": {
@@ -444,7 +449,7 @@ PATHS: dict[str, Any] = {
             "Erase a user (GDPR): delete all their devices",
             "devices:write",
             {"200": _json(_ref("Erasure"), "erased"), **_errors(*AUTHED)},
-            parameters=[USER_PATH, _query("app", {"type": "string", "minLength": 1, "maxLength": 128})],
+            parameters=[USER_PATH, APP_FILTER],
         )
     },
     "/v1/notifications": {
@@ -483,7 +488,7 @@ PATHS: dict[str, Any] = {
             "read",
             {"200": _json(_ref("CampaignList"), "campaigns"), **_errors(*AUTHED)},
             parameters=[
-                _query("app", {"type": "string", "minLength": 1, "maxLength": 128}),
+                APP_FILTER,
                 _query("status", {"type": "string", "enum": STATES}),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
             ],

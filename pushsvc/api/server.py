@@ -9,7 +9,7 @@ from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from pushsvc.api import campaigns, devices, health, notifications, openapi
-from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth
+from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, AppForbidden
 from pushsvc.api.context import (
     CAMPAIGNS,
     CLOCK,
@@ -40,6 +40,8 @@ async def error_middleware(request: web.Request, handler: web.RequestHandler) ->
         return await handler(request)
     except RequestError as exc:
         return json_error(400, "invalid_request", exc.reason, exc.field)
+    except AppForbidden as exc:
+        return json_error(403, "forbidden", str(exc), exc.field)
     except ClockNotSynced:
         # Still starting: no time stamp can be taken on the database's clock yet (readiness is 503 too).
         return json_error(503, "starting", "the service is starting, retry later", headers={"Retry-After": "1"})

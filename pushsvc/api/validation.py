@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pushsvc.api.auth import permit, permitted_apps
 from pushsvc.api.context import KNOWN_APPS
 from pushsvc.model import RequestError
 
@@ -34,15 +35,22 @@ def _loads(text: str) -> Any:
 
 
 def app_of(request: web.Request) -> str:
-    """The `?app=` a lookup by id is scoped to (ids are unique per app); optional when one app is configured."""
-    known: frozenset[str] = request.app[KNOWN_APPS]
+    """The `?app=` a lookup by id is scoped to (ids are unique per app), which the request's key must be
+    allowed to act for; optional when the key acts for one app only."""
     app = request.query.get("app")
     if app is None:
-        if len(known) == 1:
-            return next(iter(known))
+        permitted = permitted_apps(request)
+        if len(permitted) == 1:
+            return next(iter(permitted))
         raise RequestError("app", "query parameter required (ids are unique within an app)")
-    if app not in known:
-        raise RequestError("app", f"unknown app {app[:128]!r}")
+    return permit(request, known_app(request, app))
+
+
+def known_app(request: web.Request, app: str, field: str = "app") -> str:
+    """`app` if it is configured; a 400 naming `field` otherwise (checked before the key's apps, so an
+    unknown app reads the same to every key)."""
+    if app not in request.app[KNOWN_APPS]:
+        raise RequestError(field, f"unknown app {app[:128]!r}")
     return app
 
 

@@ -108,7 +108,7 @@ def run_dev_stack(directory: str, http_port: int) -> int:
                 }
             },
             "api_keys": [{"name": "dev", "hash": hash_api_key(api_key),
-                          "scopes": ["devices:write", "notify", "campaigns", "read"]}],
+                          "scopes": ["devices:write", "notify", "campaigns", "read"], "apps": ["demo"]}],
         }
         config_file = work / "config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))

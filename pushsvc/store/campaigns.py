@@ -8,6 +8,7 @@ conditional state transitions the runner notices between chunks.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -42,10 +43,11 @@ class CampaignStore:
         doc = await self._notifications.find(app, campaign_request_id(campaign_id))
         return doc if doc is not None and doc.get("kind") == KIND else None
 
-    async def list(self, app: str | None, status: str | None, limit: int) -> list[dict]:
-        query: dict[str, Any] = {"kind": KIND}
-        if app is not None:
-            query["app"] = app
+    async def list(self, apps: Collection[str], status: str | None, limit: int) -> list[dict]:
+        """Campaigns of `apps`, newest first."""
+        if not apps:
+            return []
+        query: dict[str, Any] = {"kind": KIND, "app": {"$in": sorted(apps)}}
         if status is not None:
             query["state"] = status
         cursor = self._collection.find(query).sort("created_at", -1).limit(limit).batch_size(limit)

@@ -85,19 +85,21 @@ async def test_validation_names_the_field_and_auth_is_enforced(stack: Stack) -> 
     assert status == 401
     # a key without the scope: rebuild the auth table with a read-only key
     from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, hash_api_key
+    from pushsvc.api.context import KNOWN_APPS
     from pushsvc.config import ApiKeySettings
 
     app = stack.services[0].http_app
     app._frozen = False  # test-only: swap the key table of the running app
-    app[AUTH_KEY] = ApiKeyAuth([ApiKeySettings("reader", hash_api_key("reader-key"), ["read"]),
-                                ApiKeySettings("test", hash_api_key(API_KEY), ["read"])])
+    apps = frozenset(app[KNOWN_APPS])
+    app[AUTH_KEY] = ApiKeyAuth([ApiKeySettings("reader", hash_api_key("reader-key"), ["read"], ["*"]),
+                                ApiKeySettings("test", hash_api_key(API_KEY), ["read"], ["*"])], apps)
     status, answer = await call(stack, "POST", "/v1/devices", base, headers={"Authorization": "Bearer reader-key"})
     assert status == 403 and answer["error"]["code"] == "forbidden"
 
     status, answer = await call(stack, "POST", "/v1/devices", data=b"x" * 300_000,
                                 headers={**auth_headers(), "Content-Type": "application/json"})
     assert status in (403, 413)  # scope is checked first for this key; see the 413 check below
-    app[AUTH_KEY] = ApiKeyAuth([ApiKeySettings("test", hash_api_key(API_KEY), ["devices:write", "read"])])
+    app[AUTH_KEY] = ApiKeyAuth([ApiKeySettings("test", hash_api_key(API_KEY), ["devices:write", "read"], ["*"])], apps)
     status, answer = await call(stack, "POST", "/v1/devices", data=b"[" * 300_000,
                                 headers={**auth_headers(), "Content-Type": "application/json"})
     assert status == 413 and answer["error"]["code"] == "body_too_large"

@@ -477,6 +477,7 @@ def test_configmap_and_example_secret_make_valid_settings(rendered: list[dict[st
     settings = load_settings(config, environ)
     assert settings.mongodb.uri == example["stringData"]["mongodb-uri"]
     assert settings.api_keys and settings.api_keys[0].hash.startswith("sha256:")
+    assert settings.api_keys[0].apps == ["demo"]
     assert settings.http.port == 8080
     assert settings.instance_name == "pushsvc-7c9d8f6b5-x2x4q"
 

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -534,5 +535,5 @@ async def crash_run(
     )
 
 
-def api_key_config(name: str, plain: str, scopes: list[str]) -> dict:
-    return {"name": name, "hash": hash_api_key(plain), "scopes": scopes}
+def api_key_config(name: str, plain: str, scopes: list[str], apps: Sequence[str] = ("*",)) -> dict:
+    return {"name": name, "hash": hash_api_key(plain), "scopes": scopes, "apps": list(apps)}
