@@ -113,6 +113,7 @@ class PushService:
                 "scheduler": self._scheduler_ready,
             },
             max_body_bytes=settings.http.max_body_bytes,
+            store_timeout_seconds=settings.http.store_timeout_ms / 1000,
             campaign_store=self.campaigns,
             clock=clock,
             wake=self.scheduler.wake,
@@ -243,7 +244,8 @@ class PushService:
         )
         if self._runner is not None:
             await self._runner.cleanup()
-        self.database.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.database.close(), CLOSE_TIMEOUT_SECONDS)
         log.info("pushsvc_stopped", owner=self.owner, seconds=round(time.monotonic() - started, 3))
 
     @staticmethod

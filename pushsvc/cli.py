@@ -235,7 +235,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
             _progress(total_lines, total_lines, summary["rows"], len(summary["errors"]))
             print(file=sys.stderr)
         finally:
-            database.close()
+            await database.close()
         return summary
 
     summary = asyncio.run(run())

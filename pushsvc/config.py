@@ -47,6 +47,15 @@ class KafkaSettings:
 class MongoSettings:
     uri: str
     database: str = "pushsvc"
+    # How long an operation waits for a usable server (none reachable, no primary) before it fails.
+    server_selection_timeout_ms: int = 5000
+    connect_timeout_ms: int = 5000
+    # The longest one read from the server may take: an operation on a connection that stopped answering
+    # fails after this long instead of hanging. Above the slowest legitimate operation (index builds and
+    # one-time migrations at start on large collections).
+    socket_timeout_ms: int = 60_000
+    max_pool_size: int = 100
+    min_pool_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class HttpSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     max_body_bytes: int = 256 * 1024
+    # The most time one API request may spend waiting on MongoDB: past it the request answers 503
+    # store_unavailable (the client retries) instead of holding the connection while MongoDB hangs.
+    store_timeout_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -306,6 +318,13 @@ def _check_semantics(settings: Settings) -> None:
     for name in ("max_poll_records", "fetch_max_wait_ms"):
         if getattr(settings.kafka, name) < 1:
             raise ConfigError(f"kafka.{name}: must be at least 1")
+    for name in ("server_selection_timeout_ms", "connect_timeout_ms", "socket_timeout_ms", "max_pool_size"):
+        if getattr(settings.mongodb, name) < 1:
+            raise ConfigError(f"mongodb.{name}: must be at least 1")
+    if not 0 <= settings.mongodb.min_pool_size <= settings.mongodb.max_pool_size:
+        raise ConfigError("mongodb.min_pool_size: must be between 0 and mongodb.max_pool_size")
+    if settings.http.store_timeout_ms < 1:
+        raise ConfigError("http.store_timeout_ms: must be at least 1")
     d = settings.dispatch
     for name in (
         "chunk_size",

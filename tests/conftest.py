@@ -1,7 +1,7 @@
 """Session fixtures: the real protocol servers (Tansu, nx-27017, TLS provider peers) and a pushsvc factory.
 
 Nothing is mocked: pushsvc talks to the broker through aiokafka, to the MongoDB wire server through
-motor, and to the APNs/FCM peers over TLS + HTTP/2 with certificate verification on.
+PyMongo, and to the APNs/FCM peers over TLS + HTTP/2 with certificate verification on.
 """
 
 from __future__ import annotations
@@ -131,4 +131,4 @@ async def notification_store(mongo_uri: str) -> AsyncIterator[NotificationStore]
     await database.ensure_indexes()
     yield NotificationStore(database)
     await database.client.drop_database(database.db.name)
-    database.close()
+    await database.close()

@@ -24,3 +24,5 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Tell the scheduler something became due now (a campaign created or resumed).
 WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
 MAX_BODY = web.AppKey("max_body", int)
+# Seconds one API request may spend on MongoDB in all (http.store_timeout_ms).
+STORE_TIMEOUT = web.AppKey("store_timeout", float)

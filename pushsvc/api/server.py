@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pymongo
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
@@ -19,6 +20,7 @@ from pushsvc.api.context import (
     MAX_BODY,
     NOTIFICATIONS,
     READINESS,
+    STORE_TIMEOUT,
     WAKE,
     ReadinessCheck,
 )
@@ -37,7 +39,10 @@ log = get_logger(__name__)
 @web.middleware
 async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        # One deadline for every MongoDB operation the request makes (PyMongo's client-side operation
+        # timeout): a hung or unreachable MongoDB answers 503 below within it instead of holding the caller.
+        with pymongo.timeout(request.app[STORE_TIMEOUT]):
+            return await handler(request)
     except RequestError as exc:
         return json_error(400, "invalid_request", exc.reason, exc.field)
     except AppForbidden as exc:
@@ -73,6 +78,7 @@ def build_app(
     known_apps: frozenset[str],
     readiness: dict[str, ReadinessCheck],
     max_body_bytes: int,
+    store_timeout_seconds: float = 5.0,
     campaign_store: CampaignStore | None = None,
     clock: Callable[[], float] = time.time,
     wake: Callable[[], None] = lambda: None,
@@ -88,6 +94,7 @@ def build_app(
     app[CLOCK] = clock
     app[WAKE] = wake
     app[MAX_BODY] = max_body_bytes
+    app[STORE_TIMEOUT] = store_timeout_seconds
     app.add_routes(health.routes)
     app.add_routes(devices.routes)
     app.add_routes(notifications.routes)

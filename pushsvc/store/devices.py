@@ -84,7 +84,7 @@ def kind_of(doc: dict) -> str:
 
 async def _close(stream: Any) -> None:
     """Close a cursor the server may still hold. One it closed (cursor id 0, or an error) is closed by the
-    driver already: skipping motor's close saves a thread hop on every point lookup."""
+    driver already: skipping the close saves a step on every point lookup."""
     if stream.alive:
         await stream.close()
 

@@ -197,7 +197,7 @@ async def test_store_reports_documents_it_refuses_for_good_apart_from_duplicates
         assert result.rejected["demo:b"].startswith("MongoDB error 8: ")
         assert await stack.notification("b") is None
     finally:
-        database.close()
+        await database.close()
 
 
 async def test_request_mongodb_refuses_is_dead_lettered_and_the_partition_moves_on(

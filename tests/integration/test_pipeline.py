@@ -208,7 +208,7 @@ async def test_redelivered_request_id_is_not_sent_twice(stack: Stack) -> None:
 async def test_offsets_are_committed_only_after_mongodb_recorded_the_request(stack: Stack, work_dir) -> None:
     mongo = nx27017(work_dir / f"mongo-outage-{stack.database}").start()
     try:
-        stack.use_mongo(f"mongodb://127.0.0.1:{mongo.port}")
+        await stack.use_mongo(f"mongodb://127.0.0.1:{mongo.port}")
         await stack.start(mongo_uri=stack.mongo_uri)
         await stack.register(IOS, "ios")
         mongo.stop()

@@ -236,7 +236,7 @@ class FaultProxy:
     """A TCP proxy listening on `listen_host:listen_port` (0: any free port) forwarding to the upstream.
 
     It runs its own event loop in a thread: like a real network it keeps moving bytes while the code under
-    test blocks its loop (motor's client.close() joins driver threads that may be waiting on the proxy; in
+    test blocks its loop (a synchronous client, or code that blocks the loop while waiting on the proxy; in
     the test's loop that would deadlock until a socket timeout). Every method may be called from any thread.
     """
 

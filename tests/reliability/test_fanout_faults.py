@@ -46,7 +46,7 @@ async def seed_devices(uri: str, database: str) -> list[str]:
             await store.upsert_many(records[first : first + 1000])
         return [r.token for r in records]
     finally:
-        db.close()
+        await db.close()
 
 
 def slow_providers(stack: Stack, tokens: list[str]) -> None:
@@ -69,7 +69,7 @@ async def test_segment_fanout_survives_database_connection_resets(
 ) -> None:
     plan = PLANS[plan_name]
     async with proxied_nx27017(tmp_path / "mongo", seed=plan_name) as mongo:
-        stack.use_mongo(f"mongodb://{mongo.direct_address}")  # the test's own reads bypass the proxy
+        await stack.use_mongo(f"mongodb://{mongo.direct_address}")  # the test's own reads bypass the proxy
         tokens = await seed_devices(f"mongodb://{mongo.direct_address}", stack.database)
         slow_providers(stack, tokens)
         service = await stack.start(

@@ -1,4 +1,4 @@
-"""The fault proxy itself, against the real servers: what each fault looks like to motor, aiokafka and a
+"""The fault proxy itself, against the real servers: what each fault looks like to PyMongo, aiokafka and a
 raw socket, that clients recover once the fault is over, and that a seed always gives the same plan."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import bson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
 
 from pushsvc.dev.servers import ServerProcess, create_topics
@@ -31,7 +31,7 @@ async def mongo_proxy(mongo_server: ServerProcess) -> AsyncIterator[FaultProxy]:
         yield proxy
 
 
-def client_via(proxy: FaultProxy, **options: object) -> AsyncIOMotorClient:
+def client_via(proxy: FaultProxy, **options: object) -> AsyncMongoClient:
     # Polling monitor with a long period: the driver's own monitor connection (also through the proxy)
     # then does not notice a fault before the operation under test does, which keeps the outcome exact.
     defaults: dict[str, object] = {
@@ -39,7 +39,7 @@ def client_via(proxy: FaultProxy, **options: object) -> AsyncIOMotorClient:
         "serverMonitoringMode": "poll",
         "heartbeatFrequencyMS": 60_000,
     }
-    return AsyncIOMotorClient(f"mongodb://{proxy.address}", **{**defaults, **options})
+    return AsyncMongoClient(f"mongodb://{proxy.address}", **{**defaults, **options})
 
 
 async def wait_links(proxy: FaultProxy, count: int) -> None:
@@ -52,7 +52,7 @@ async def wait_links(proxy: FaultProxy, count: int) -> None:
 async def test_forwards_transparently_and_counts(mongo_proxy: FaultProxy, mongo_uri: str) -> None:
     database = unique("fp")
     client = client_via(mongo_proxy)
-    direct = AsyncIOMotorClient(mongo_uri)
+    direct = AsyncMongoClient(mongo_uri)
     try:
         await client[database].items.insert_many([{"i": i, "pad": "x" * 100} for i in range(500)])
         through = await client[database].items.find({}, {"_id": 0}).sort("i", 1).to_list(None)
@@ -64,8 +64,8 @@ async def test_forwards_transparently_and_counts(mongo_proxy: FaultProxy, mongo_
         assert stats.bytes_down > 500 * 100  # and came back down
         assert not stats.faults and not mongo_proxy.log
     finally:
-        client.close()
-        direct.close()
+        await client.close()
+        await direct.close()
 
 
 async def test_drop_is_a_fin_reset_is_a_rst_refuse_resets_new_connections(mongo_proxy: FaultProxy) -> None:
@@ -121,7 +121,7 @@ async def test_a_fault_can_hit_one_connection_chosen_at_random(mongo_proxy: Faul
 
 
 @pytest.mark.parametrize("fault", ["reset", "drop"])
-async def test_motor_sees_a_connection_error_then_recovers(mongo_proxy: FaultProxy, fault: str) -> None:
+async def test_pymongo_sees_a_connection_error_then_recovers(mongo_proxy: FaultProxy, fault: str) -> None:
     client = client_via(mongo_proxy, retryReads=False)
     collection = client[unique("fp")].items
     try:
@@ -135,10 +135,10 @@ async def test_motor_sees_a_connection_error_then_recovers(mongo_proxy: FaultPro
         assert await collection.find_one({"x": 1}) is not None
         assert mongo_proxy.stats.accepted > hit.connections
     finally:
-        client.close()
+        await client.close()
 
 
-async def test_motor_cursor_reset_between_batches_raises(mongo_proxy: FaultProxy) -> None:
+async def test_pymongo_cursor_reset_between_batches_raises(mongo_proxy: FaultProxy) -> None:
     """A getMore on a connection the proxy reset fails loudly (the driver does not retry getMore)."""
     client = client_via(mongo_proxy)
     collection = client[unique("fp")].items
@@ -150,7 +150,7 @@ async def test_motor_cursor_reset_between_batches_raises(mongo_proxy: FaultProxy
         with pytest.raises(AutoReconnect):
             await cursor.to_list(10)
     finally:
-        client.close()
+        await client.close()
 
 
 @pytest.mark.parametrize("when", ["request", "reply"])
@@ -159,7 +159,7 @@ async def test_a_trap_loses_the_request_or_only_its_answer(mongo_proxy: FaultPro
     connection before its answer reaches the client; "request" resets it before the server sees anything."""
     database = unique("fp")
     client = client_via(mongo_proxy, retryWrites=False)
-    direct = AsyncIOMotorClient(mongo_uri)
+    direct = AsyncMongoClient(mongo_uri)
     try:
         await client[database].items.insert_one({"_id": 1, "n": 0})
         trap = mongo_proxy.trap(lambda data: b"update" in data and b"items" in data, when=when)  # type: ignore[arg-type]
@@ -174,8 +174,8 @@ async def test_a_trap_loses_the_request_or_only_its_answer(mongo_proxy: FaultPro
         assert stored is not None and stored["n"] == (11 if when == "reply" else 10)
         assert [i.kind for i in mongo_proxy.log] == ["trap"]
     finally:
-        client.close()
-        direct.close()
+        await client.close()
+        await direct.close()
 
 
 async def test_blackhole_makes_operations_time_out_until_healed(mongo_proxy: FaultProxy) -> None:
@@ -192,7 +192,7 @@ async def test_blackhole_makes_operations_time_out_until_healed(mongo_proxy: Fau
             with pytest.raises(ServerSelectionTimeoutError):
                 await late[collection.database.name].items.find_one({"x": 1})
         finally:
-            late.close()
+            await late.close()
         mongo_proxy.heal()
         async with asyncio.timeout(10):
             while True:  # the driver marked the server unknown; it comes back once healed
@@ -203,7 +203,7 @@ async def test_blackhole_makes_operations_time_out_until_healed(mongo_proxy: Fau
                     await asyncio.sleep(0.1)
         assert mongo_proxy.stats.faults == {"blackhole": 1}
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_blackhole_for_a_while_delays_without_losing(mongo_proxy: FaultProxy) -> None:
@@ -217,7 +217,7 @@ async def test_blackhole_for_a_while_delays_without_losing(mongo_proxy: FaultPro
         assert await collection.find_one({"x": 1}) is not None
         assert time.monotonic() - started >= 0.4  # a lower bound: the fault's own length, not a performance claim
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_delay_adds_latency_per_direction(mongo_proxy: FaultProxy) -> None:
@@ -236,7 +236,7 @@ async def test_delay_adds_latency_per_direction(mongo_proxy: FaultProxy) -> None
         assert time.monotonic() - started >= 0.2
         assert [i.kind for i in mongo_proxy.log] == ["delay", "delay"]
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_same_seed_same_plan() -> None:
@@ -278,7 +278,7 @@ async def test_plan_injects_at_its_times_and_logs_it(mongo_proxy: FaultProxy) ->
                 except AutoReconnect:
                     await asyncio.sleep(0.1)
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_kafka_through_the_proxied_broker_survives_resets(tmp_path: Path) -> None:

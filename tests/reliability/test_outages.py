@@ -84,7 +84,7 @@ async def assert_recovered(
 async def test_mongodb_stopped_for_10s(stack: Stack, work_dir: Path) -> None:
     mongo = nx27017(work_dir / f"mongo-chaos-{stack.database}").start()
     try:
-        stack.use_mongo(f"mongodb://127.0.0.1:{mongo.port}")
+        await stack.use_mongo(f"mongodb://127.0.0.1:{mongo.port}")
         replica = await Replica(stack, "mongo-outage").start()
         tokens = await register_devices(replica, 20)
         load = Load()

@@ -59,7 +59,7 @@ async def routes_of_service(stack: Stack) -> list[tuple[str, str]]:
         return sorted(found)
     finally:
         await service.producer.stop()
-        service.database.close()
+        await service.database.close()
 
 
 @pytest.mark.timeout(90)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 async def mongo(stack: Stack, tmp_path: Path) -> AsyncIterator[ProxiedServer]:
     """A dedicated nx-27017 behind the proxy; the test's own reads and writes bypass the proxy."""
     async with proxied_nx27017(tmp_path / "nx") as server:
-        stack.use_mongo(f"mongodb://{server.direct_address}")
+        await stack.use_mongo(f"mongodb://{server.direct_address}")
         yield server
 
 

@@ -96,3 +96,38 @@ def test_errors_name_the_key(files: dict[str, Path], mutate, message: str) -> No
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "absent.yaml", {})
+
+
+def test_mongodb_client_settings_reach_the_driver(files: dict[str, Path]) -> None:
+    """The settings an operator sets are the options PyMongo's client runs with (it connects lazily)."""
+    from pushsvc.store.database import Database
+
+    config = base(files)
+    config["mongodb"].update(server_selection_timeout_ms=1500, connect_timeout_ms=700, socket_timeout_ms=9000,
+                             max_pool_size=7, min_pool_size=2)
+    config["http"] = {"store_timeout_ms": 1200}
+    settings = load(files, config)
+    assert settings.http.store_timeout_ms == 1200
+    database = Database.connect(settings.mongodb)
+    options = database.client.options
+    assert options.server_selection_timeout == 1.5
+    assert options.pool_options.connect_timeout == 0.7
+    assert options.pool_options.socket_timeout == 9.0
+    assert (options.pool_options.max_pool_size, options.pool_options.min_pool_size) == (7, 2)
+    assert database.db.name == settings.mongodb.database
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("mongodb", {"socket_timeout_ms": 0}, "mongodb.socket_timeout_ms: must be at least 1"),
+        ("mongodb", {"max_pool_size": 0}, "mongodb.max_pool_size: must be at least 1"),
+        ("mongodb", {"min_pool_size": 200}, "mongodb.min_pool_size: must be between 0 and"),
+        ("http", {"store_timeout_ms": 0}, "http.store_timeout_ms: must be at least 1"),
+    ],
+)
+def test_mongodb_client_settings_are_checked(files: dict[str, Path], section: str, values: dict, message: str) -> None:
+    config = base(files)
+    config.setdefault(section, {}).update(values)
+    with pytest.raises(ConfigError, match=message):
+        load(files, config)
