@@ -18,7 +18,9 @@ def _load(path: str | None) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"pushsvc: configuration error: {exc}", file=sys.stderr)
+        print(f"pushsvc: {len(exc.problems)} configuration error(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 

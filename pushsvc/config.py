@@ -6,11 +6,13 @@ so an operator can fix the file without reading code. Credentials are never defa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,30 @@ ENV_PREFIX = "PUSHSVC_"
 
 
 class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the key."""
+    """Settings are missing or invalid: every problem found, one line each, each naming its key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class _Problems:
+    """Collects ConfigErrors from independent checks so that one run reports them all."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        """A check: its first problem is kept and ends it (later steps of one check depend on earlier)."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.found.extend(exc.problems)
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError(*self.found)
 
 
 @dataclass(frozen=True)
@@ -193,9 +218,39 @@ def load_settings(
     return settings
 
 
+class EnvText(str):
+    """A setting's value as an environment variable gave it: converted by the type of the setting it sets
+    (`_from_env`), not read as YAML, so `KEY_ID=0123` stays the string "0123" (YAML 1.1 would read the
+    octal 83) and `1.10` stays "1.10". `name` is the variable, for errors (which never echo the value:
+    it may be a secret)."""
+
+    name: str
+
+    def __new__(cls, value: str, name: str) -> EnvText:
+        text = super().__new__(cls, value)
+        text.name = name
+        return text
+
+
+def _from_env(tp: Any, text: EnvText, key: str) -> Any:
+    """`text` as the type `tp` of setting `key`; anything else (lists, mappings, booleans) is YAML."""
+    where = f"{key} (from {text.name})"
+    if tp is str or typing.get_origin(tp) is Literal:
+        return str(text)
+    if tp in (int, float):
+        try:
+            return tp(text.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a {tp.__name__}") from None
+    try:
+        return yaml.safe_load(str(text))
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: not valid YAML") from None
+
+
 def _apply_env_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
-    # PUSHSVC_KAFKA__BOOTSTRAP_SERVERS=host:9092 -> raw["kafka"]["bootstrap_servers"]; values parsed as YAML
-    # scalars so numbers and booleans keep their types.
+    # PUSHSVC_KAFKA__BOOTSTRAP_SERVERS=host:9092 -> raw["kafka"]["bootstrap_servers"]; each value is converted
+    # by the type of the setting it lands on (EnvText), once the settings' types are known.
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "PUSHSVC_CONFIG":
             continue
@@ -206,7 +261,7 @@ def _apply_env_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str])
             if not isinstance(child, dict):
                 raise ConfigError(f"environment {name}: {'.'.join(keys)} crosses a non-mapping value")
             node = child
-        node[keys[-1]] = yaml.safe_load(value) if value else value
+        node[keys[-1]] = EnvText(value, name) if value else None
 
 
 def _build(cls: Any, data: Any, path: str) -> Any:
@@ -214,18 +269,20 @@ def _build(cls: Any, data: Any, path: str) -> Any:
         raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown setting (known: {', '.join(sorted(fields))})")
+    problems = _Problems()
+    for name in sorted(set(data) - set(fields)):
+        problems.found.append(f"{_join(path, name)}: unknown setting (known: {', '.join(sorted(fields))})")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key = _join(path, name)
-        if name not in data or data[name] is None:
-            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            if not has_default:
-                raise ConfigError(f"{key}: required")
-            continue
-        values[name] = _convert(hints[name], data[name], key)
+        with problems.check():
+            if name not in data or data[name] is None:
+                has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+                if not has_default:
+                    raise ConfigError(f"{key}: required")
+                continue
+            values[name] = _convert(hints[name], data[name], key)
+    problems.raise_any()
     return cls(**values)
 
 
@@ -234,6 +291,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(options[0], value, key)
+    if isinstance(value, EnvText):
+        try:
+            return _convert(tp, _from_env(tp, value, key), key)
+        except ConfigError as exc:
+            # The setting's own checks, without the value (an environment variable may carry a secret).
+            cut = [problem.split(", got ")[0] for problem in exc.problems]
+            raise ConfigError(*(p if value.name in p else f"{p} (from {value.name})" for p in cut)) from None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -243,14 +307,22 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping")
         _, value_type = typing.get_args(tp)
-        return {
-            str(k): _convert(value_type, v if v is not None else {}, f"{key}.{k}") for k, v in value.items()
-        }
+        problems, converted = _Problems(), {}
+        for k, v in value.items():
+            with problems.check():
+                converted[str(k)] = _convert(value_type, v if v is not None else {}, f"{key}.{k}")
+        problems.raise_any()
+        return converted
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list")
         (item_type,) = typing.get_args(tp)
-        return [_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        problems, items = _Problems(), []
+        for i, v in enumerate(value):
+            with problems.check():
+                items.append(_convert(item_type, v, f"{key}[{i}]"))
+        problems.raise_any()
+        return items
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -279,24 +351,70 @@ def _join(path: str, name: str) -> str:
 
 
 def _check_semantics(settings: Settings) -> None:
-    if not settings.apps:
-        raise ConfigError("apps: at least one app must be configured")
+    """Every independent check runs; all their problems are reported together."""
+    problems = _Problems()
+    with problems.check():
+        if not settings.apps:
+            raise ConfigError("apps: at least one app must be configured")
     for app_id, app in settings.apps.items():
-        base = f"apps.{app_id}"
-        if not APP_ID.match(app_id):
-            # Notification keys are "<app>:<request id>": an app id must not hold the separator.
-            raise ConfigError(f"{base}: app ids are 1-64 letters, digits, '.', '_' or '-' (starting alphanumeric)")
-        if app.apns is None and app.fcm is None:
-            raise ConfigError(f"{base}: configure apns, fcm or both")
-        if app.apns is not None:
+        with problems.check():
+            _check_app(app_id, app)
+    for i, key in enumerate(settings.api_keys):
+        with problems.check():
+            _check_api_key(i, key, settings)
+    with problems.check():
+        names = [key.name for key in settings.api_keys]
+        if len(set(names)) != len(names):
+            raise ConfigError("api_keys: names must be unique (logs and errors name the key)")
+    at_least_one = [
+        *(("kafka", name) for name in ("max_poll_records", "fetch_max_wait_ms")),
+        *(("mongodb", name) for name in ("server_selection_timeout_ms", "connect_timeout_ms", "socket_timeout_ms",
+                                         "max_pool_size")),
+        ("http", "store_timeout_ms"),
+        *(("dispatch", name) for name in ("chunk_size", "concurrency_per_provider", "max_attempts",
+                                          "max_active_notifications", "max_batched_notifications",
+                                          "misconfig_guard_min_answers")),
+    ]
+    for section, name in at_least_one:
+        with problems.check():
+            if getattr(getattr(settings, section), name) < 1:
+                raise ConfigError(f"{section}.{name}: must be at least 1")
+    with problems.check():
+        if not 0 <= settings.mongodb.min_pool_size <= settings.mongodb.max_pool_size:
+            raise ConfigError("mongodb.min_pool_size: must be between 0 and mongodb.max_pool_size")
+    with problems.check():
+        _check_dispatch(settings.dispatch)
+    with problems.check():
+        if settings.retention.notification_days <= 0:
+            raise ConfigError("retention.notification_days: must be greater than 0")
+    problems.raise_any()
+
+
+def _check_app(app_id: str, app: AppSettings) -> None:
+    base = f"apps.{app_id}"
+    if not APP_ID.match(app_id):
+        # Notification keys are "<app>:<request id>": an app id must not hold the separator.
+        raise ConfigError(f"{base}: app ids are 1-64 letters, digits, '.', '_' or '-' (starting alphanumeric)")
+    if app.apns is None and app.fcm is None:
+        raise ConfigError(f"{base}: configure apns, fcm or both")
+    problems = _Problems()
+    if app.apns is not None:
+        with problems.check():
             _check_apns(app.apns, f"{base}.apns")
-        if app.fcm is not None:
+    if app.fcm is not None:
+        with problems.check():
             _require_file(app.fcm.service_account_file, f"{base}.fcm.service_account_file")
             if app.fcm.ca_file:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
-    for i, key in enumerate(settings.api_keys):
+    problems.raise_any()
+
+
+def _check_api_key(i: int, key: ApiKeySettings, settings: Settings) -> None:
+    problems = _Problems()
+    with problems.check():
         if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key.hash):
             raise ConfigError(f"api_keys[{i}].hash: must be 'sha256:' followed by 64 hex digits")
+    with problems.check():
         if not key.scopes:
             raise ConfigError(f"api_keys[{i}].scopes: required: a key without scopes can call nothing")
         bad = sorted(set(key.scopes) - API_SCOPES)
@@ -304,6 +422,7 @@ def _check_semantics(settings: Settings) -> None:
             raise ConfigError(
                 f"api_keys[{i}].scopes: unknown scope {bad[0]!r} (known: {', '.join(sorted(API_SCOPES))})"
             )
+    with problems.check():
         if not key.apps:
             raise ConfigError(f"api_keys[{i}].apps: required: the apps this key may act for, or ['*'] for all")
         if "*" in key.apps and len(key.apps) > 1:
@@ -312,42 +431,29 @@ def _check_semantics(settings: Settings) -> None:
         if unknown:
             known = ", ".join(sorted(settings.apps))
             raise ConfigError(f"api_keys[{i}].apps: unknown app {unknown[0]!r} (configured: {known})")
-    names = [key.name for key in settings.api_keys]
-    if len(set(names)) != len(names):
-        raise ConfigError("api_keys: names must be unique (logs and errors name the key)")
-    for name in ("max_poll_records", "fetch_max_wait_ms"):
-        if getattr(settings.kafka, name) < 1:
-            raise ConfigError(f"kafka.{name}: must be at least 1")
-    for name in ("server_selection_timeout_ms", "connect_timeout_ms", "socket_timeout_ms", "max_pool_size"):
-        if getattr(settings.mongodb, name) < 1:
-            raise ConfigError(f"mongodb.{name}: must be at least 1")
-    if not 0 <= settings.mongodb.min_pool_size <= settings.mongodb.max_pool_size:
-        raise ConfigError("mongodb.min_pool_size: must be between 0 and mongodb.max_pool_size")
-    if settings.http.store_timeout_ms < 1:
-        raise ConfigError("http.store_timeout_ms: must be at least 1")
-    d = settings.dispatch
-    for name in (
-        "chunk_size",
-        "concurrency_per_provider",
-        "max_attempts",
-        "max_active_notifications",
-        "max_batched_notifications",
-        "misconfig_guard_min_answers",
-    ):
-        if getattr(d, name) < 1:
-            raise ConfigError(f"dispatch.{name}: must be at least 1")
-    if not 0 < d.misconfig_guard_share <= 1:
-        raise ConfigError(f"dispatch.misconfig_guard_share: must be in (0, 1], got {d.misconfig_guard_share}")
-    if d.misconfig_guard_window_seconds < 1:
-        raise ConfigError("dispatch.misconfig_guard_window_seconds: must be at least 1 (answers count per second)")
-    if d.send_timeout_seconds <= 0 or d.lease_seconds <= d.send_timeout_seconds:
-        raise ConfigError("dispatch.lease_seconds: must be greater than dispatch.send_timeout_seconds")
-    if settings.retention.notification_days <= 0:
-        raise ConfigError("retention.notification_days: must be greater than 0")
-    if d.lease_seconds < MIN_LEASE_SECONDS:
-        # Sending stops a safety margin (a tenth, at least 0.5 s) before a lease ends: shorter leases would
-        # spend most of their time inside it.
-        raise ConfigError(f"dispatch.lease_seconds: must be at least {MIN_LEASE_SECONDS:g}, got {d.lease_seconds:g}")
+    problems.raise_any()
+
+
+def _check_dispatch(d: DispatchSettings) -> None:
+    problems = _Problems()
+    with problems.check():
+        if not 0 < d.misconfig_guard_share <= 1:
+            raise ConfigError(f"dispatch.misconfig_guard_share: must be in (0, 1], got {d.misconfig_guard_share}")
+    with problems.check():
+        if d.misconfig_guard_window_seconds < 1:
+            raise ConfigError(
+                "dispatch.misconfig_guard_window_seconds: must be at least 1 (answers count per second)"
+            )
+    with problems.check():
+        if d.send_timeout_seconds <= 0 or d.lease_seconds <= d.send_timeout_seconds:
+            raise ConfigError("dispatch.lease_seconds: must be greater than dispatch.send_timeout_seconds")
+        if d.lease_seconds < MIN_LEASE_SECONDS:
+            # Sending stops a safety margin (a tenth, at least 0.5 s) before a lease ends: shorter leases
+            # would spend most of their time inside it.
+            raise ConfigError(
+                f"dispatch.lease_seconds: must be at least {MIN_LEASE_SECONDS:g}, got {d.lease_seconds:g}"
+            )
+    problems.raise_any()
 
 
 def _check_apns(apns: ApnsSettings, base: str) -> None:

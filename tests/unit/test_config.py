@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,72 @@ def test_mongodb_client_settings_are_checked(files: dict[str, Path], section: st
     config.setdefault(section, {}).update(values)
     with pytest.raises(ConfigError, match=message):
         load(files, config)
+
+
+def test_env_overrides_take_the_type_of_the_setting_not_yaml(files: dict[str, Path]) -> None:
+    """YAML 1.1 would read KEY_ID=0123 as the octal 83 and 1.10 as the float 1.1; a setting that is a string
+    takes the text as given, and numbers and booleans are parsed as what their setting is."""
+    settings = load(files, base(files), {
+        "PUSHSVC_APPS__DEMO__APNS__KEY_ID": "0123",
+        "PUSHSVC_APPS__DEMO__APNS__TEAM_ID": "1.10",
+        "PUSHSVC_INSTANCE_NAME": "007",
+        "PUSHSVC_DISPATCH__LEASE_SECONDS": "12",
+        "PUSHSVC_HTTP__PORT": "8081",
+        "PUSHSVC_LOG_LEVEL": "debug",
+        "PUSHSVC_API_KEYS": '[{name: a, hash: "sha256:' + "0" * 64 + '", scopes: [read], apps: ["*"]}]',
+    })
+    assert settings.apps["demo"].apns is not None
+    assert (settings.apps["demo"].apns.key_id, settings.apps["demo"].apns.team_id) == ("0123", "1.10")
+    assert settings.instance_name == "007"
+    assert settings.dispatch.lease_seconds == 12.0 and settings.http.port == 8081
+    assert settings.log_level == "debug"
+    assert settings.api_keys[0].apps == ["*"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PUSHSVC_HTTP__PORT", "80.5", r"http.port \(from PUSHSVC_HTTP__PORT\): expected a int"),
+        ("PUSHSVC_HTTP__PORT", "-1", r"http.port: must not be negative \(from PUSHSVC_HTTP__PORT\)"),
+        ("PUSHSVC_LOG_LEVEL", "loud", r"log_level: must be one of debug, .* \(from PUSHSVC_LOG_LEVEL\)"),
+        ("PUSHSVC_API_KEYS", "[{name: a", r"api_keys \(from PUSHSVC_API_KEYS\): not valid YAML"),
+    ],
+)
+def test_env_override_errors_name_the_variable_and_never_echo_the_value(
+    files: dict[str, Path], name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        load(files, base(files), {name: value})
+    assert value not in str(raised.value)
+
+
+def test_every_problem_is_reported_at_once(files: dict[str, Path], tmp_path: Path) -> None:
+    """An operator fixing a config sees every error in one run, not one per run (check-config included)."""
+    config = base(files)
+    config["kafka"]["bootstrap"] = "typo"  # unknown setting
+    config["http"] = {"port": "eighty"}  # wrong type
+    config["apps"]["demo"]["apns"].pop("key_id")  # missing credential part
+    config["apps"]["shop"] = {"fcm": {"service_account_file": "/nope.json"}}  # missing file
+    config["api_keys"] = [{"name": "a", "hash": "sha256:" + "0" * 64, "scopes": []},  # no scopes, no apps
+                          {"name": "b", "hash": "plain", "scopes": ["read"], "apps": ["*"]}]
+    config["dispatch"] = {"chunk_size": 0, "lease_seconds": 1}
+    with pytest.raises(ConfigError) as raised:
+        load(files, config)
+    assert [p.split(":")[0] for p in raised.value.problems] == ["kafka.bootstrap", "http.port"], "types first"
+
+    del config["kafka"]["bootstrap"], config["http"]
+    with pytest.raises(ConfigError) as raised:
+        load(files, config)
+    keys = [p.split(":")[0] for p in raised.value.problems]
+    assert keys == [
+        "apps.demo.apns.key_id", "apps.shop.fcm.service_account_file",
+        "api_keys[0].scopes", "api_keys[0].apps", "api_keys[1].hash",
+        "dispatch.chunk_size", "dispatch.lease_seconds",
+    ], raised.value.problems
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    check = subprocess.run([sys.executable, "-m", "pushsvc.cli", "check-config", "--config", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2
+    assert "7 configuration error(s)" in check.stderr and all(k in check.stderr for k in keys), check.stderr
