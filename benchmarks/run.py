@@ -522,7 +522,7 @@ def main() -> int:
                          "max_active_notifications": args.max_active, "poll_interval_seconds": 0.05},
             "apps": {APP: {
                 "apns": {"topic": "com.example.bench", "key_file": str(apns_key), "key_id": "BENCHKEY01",
-                         "team_id": "BENCHTEAM1", "endpoint": f"127.0.0.1:{nginx_port}",
+                         "team_id": "BENCHTEAM1", "endpoint": f"https://127.0.0.1:{nginx_port}",
                          "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
                 "fcm": {"service_account_file": str(sa), "endpoint": f"https://127.0.0.1:{nginx_port}",
                         "ca_file": str(pki.ca_file), "max_connections": args.max_connections},

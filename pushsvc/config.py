@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -144,7 +145,7 @@ class ApnsSettings:
     team_id: str | None = None
     # Certificate auth: a PEM file holding certificate and private key.
     cert_file: str | None = None
-    # "host:port" to reach instead of Apple's host (simulators, tests).
+    # Base URL to reach instead of Apple's host (simulators, tests), e.g. https://127.0.0.1:8443
     endpoint: str | None = None
     # Extra CA bundle to trust (a private test CA); verification itself can never be turned off.
     ca_file: str | None = None
@@ -406,6 +407,8 @@ def _check_app(app_id: str, app: AppSettings) -> None:
             _require_file(app.fcm.service_account_file, f"{base}.fcm.service_account_file")
             if app.fcm.ca_file:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
+            if app.fcm.endpoint:
+                endpoint_address(app.fcm.endpoint, f"{base}.fcm.endpoint", path_allowed=True)
     problems.raise_any()
 
 
@@ -469,8 +472,23 @@ def _check_apns(apns: ApnsSettings, base: str) -> None:
         _require_file(apns.key_file or "", f"{base}.key_file")
     if apns.ca_file:
         _require_file(apns.ca_file, f"{base}.ca_file")
-    if apns.endpoint and ":" not in apns.endpoint:
-        raise ConfigError(f"{base}.endpoint: expected host:port, got {apns.endpoint!r}")
+    if apns.endpoint:
+        endpoint_address(apns.endpoint, f"{base}.endpoint", path_allowed=False)
+
+
+def endpoint_address(url: str, key: str, path_allowed: bool) -> tuple[str, int]:
+    """Host and port of a provider `endpoint` setting: one form for APNs and FCM, an https URL
+    (https://host[:port], port 443 by default; FCM's may carry a base path). TLS cannot be switched off."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        raise ConfigError(f"{key}: not a URL: expected https://host[:port], got {url!r}") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{key}: expected https://host[:port], got {url!r}")
+    if parts.query or parts.fragment or parts.username or (parts.path not in ("", "/") and not path_allowed):
+        raise ConfigError(f"{key}: expected https://host[:port] and nothing more, got {url!r}")
+    return parts.hostname, port
 
 
 def _require_file(path: str, key: str) -> None:

@@ -102,7 +102,7 @@ def run_dev_stack(directory: str, http_port: int) -> int:
                 "demo": {
                     "apns": {"topic": "com.example.demo", "environment": "sandbox",
                              "key_file": str(work / "apns-key.p8"), "key_id": "DEVKEY1234", "team_id": "DEVTEAM123",
-                             "endpoint": f"127.0.0.1:{apns.port}", "ca_file": str(pki.ca_file)},
+                             "endpoint": f"https://127.0.0.1:{apns.port}", "ca_file": str(pki.ca_file)},
                     "fcm": {"service_account_file": str(work / "fcm-service-account.json"),
                             "endpoint": f"https://127.0.0.1:{fcm.port}", "ca_file": str(pki.ca_file)},
                 }

@@ -48,7 +48,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from hpack import NeverIndexedHeaderTuple
 
-from pushsvc.config import ApnsSettings
+from pushsvc.config import ApnsSettings, endpoint_address
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
@@ -403,8 +403,7 @@ class ApnsProvider(Provider):
         self._settings = settings
         self._send_timeout = send_timeout
         if settings.endpoint:
-            host, _, port = settings.endpoint.rpartition(":")
-            host, port_number = host.strip("[]"), int(port)
+            host, port_number = endpoint_address(settings.endpoint, "endpoint", path_allowed=False)
         else:
             host, port_number = APNS_HOSTS[settings.environment], APNS_PORT
         # aioapns takes host and port from class constants of the pool's protocol class.

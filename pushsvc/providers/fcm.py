@@ -332,7 +332,7 @@ def _endpoint_url(fcm_url: str, endpoint: str | None) -> str:
     """FCM_URL with its scheme and host replaced by ``endpoint`` (a base URL such as https://host:port)."""
     if not endpoint:
         return fcm_url
-    base = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    base = urlsplit(endpoint)  # an https URL (config.endpoint_address checked it)
     url = urlsplit(fcm_url)
     return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + url.path, url.query, ""))
 

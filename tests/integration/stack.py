@@ -78,7 +78,7 @@ def write_config(
                     "key_file": str(write_apns_key(path.parent / "apns-key.p8")),
                     "key_id": APNS_KEY_ID,
                     "team_id": APNS_TEAM_ID,
-                    "endpoint": f"127.0.0.1:{apns_port}",
+                    "endpoint": f"https://127.0.0.1:{apns_port}",
                     "ca_file": str(ca_file),
                 },
                 "fcm": {"service_account_file": str(service_account), "endpoint": fcm_base_url,

@@ -368,7 +368,7 @@ async def test_unreachable_endpoint_is_a_quick_connection_error(
 ) -> None:
     port = peer.port
     await peer.stop()
-    provider = make_provider(endpoint=f"127.0.0.1:{port}")
+    provider = make_provider(endpoint=f"https://127.0.0.1:{port}")
     started = time.monotonic()
     result = await provider.send(delivery())
     assert (result.outcome, result.reason) == (Outcome.RETRYABLE, "connection_error")
@@ -498,13 +498,13 @@ async def test_standalone_simulator_logs_masked_notifications(
         assert process.stdout is not None
         async with asyncio.timeout(10):
             started = json.loads(await process.stdout.readline())
-            assert started == {"event": "apns_peer_listening", "endpoint": f"127.0.0.1:{port}"}
+            assert started == {"event": "apns_peer_listening", "endpoint": f"https://127.0.0.1:{port}"}
             settings = ApnsSettings(
                 topic=APNS_TOPIC,
                 key_file=str(apns_signing_key.key_file),
                 key_id=apns_signing_key.key_id,
                 team_id=apns_signing_key.team_id,
-                endpoint=f"127.0.0.1:{port}",
+                endpoint=f"https://127.0.0.1:{port}",
                 ca_file=str(apns_pki.ca_file),
             )
             result = await make_provider(settings).send(delivery(message=Message(title="Hi", body="there")))

@@ -199,7 +199,7 @@ class ApnsPeer:
     @property
     def endpoint(self) -> str:
         """Value for ApnsSettings.endpoint."""
-        return f"{self.host}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     # ------------------------------------------------------------------------------------------ scripting
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,27 @@ def test_every_problem_is_reported_at_once(files: dict[str, Path], tmp_path: Pat
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 2
     assert "7 configuration error(s)" in check.stderr and all(k in check.stderr for k in keys), check.stderr
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint", "error"),
+    [
+        ("apns", "https://127.0.0.1:8443", None),
+        ("apns", "https://apns.example", None),
+        ("fcm", "https://127.0.0.1:9443/base", None),
+        ("apns", "127.0.0.1:8443", "expected https://host[:port]"),  # the old form: now one form for both
+        ("apns", "http://127.0.0.1:8443", "expected https://host[:port]"),  # TLS is never off
+        ("apns", "https://127.0.0.1:8443/v1", "and nothing more"),
+        ("fcm", "https://:9443", "expected https://host[:port]"),
+        ("fcm", "https://127.0.0.1:99999", "not a URL"),
+    ],
+)
+def test_provider_endpoints_are_https_urls(files: dict[str, Path], provider: str, endpoint: str,
+                                           error: str | None) -> None:
+    config = base(files)
+    config["apps"]["demo"][provider]["endpoint"] = endpoint
+    if error is None:
+        assert getattr(load(files, config).apps["demo"], provider).endpoint == endpoint
+        return
+    with pytest.raises(ConfigError, match=rf"apps\.demo\.{provider}\.endpoint: .*{re.escape(error)}"):
+        load(files, config)
