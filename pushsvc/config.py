@@ -20,6 +20,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from pushsvc.credentials import (
+    CredentialError,
+    apns_certificate_expiry,
+    check_apns_signing_key,
+    check_fcm_service_account,
+)
+
 ENV_PREFIX = "PUSHSVC_"
 
 
@@ -405,6 +412,8 @@ def _check_app(app_id: str, app: AppSettings) -> None:
     if app.fcm is not None:
         with problems.check():
             _require_file(app.fcm.service_account_file, f"{base}.fcm.service_account_file")
+            with _credential():
+                check_fcm_service_account(app.fcm.service_account_file, f"{base}.fcm")
             if app.fcm.ca_file:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
             if app.fcm.endpoint:
@@ -465,11 +474,15 @@ def _check_apns(apns: ApnsSettings, base: str) -> None:
         raise ConfigError(f"{base}: use either key_file/key_id/team_id (token auth) or cert_file, not both")
     if apns.cert_file:
         _require_file(apns.cert_file, f"{base}.cert_file")
+        with _credential():
+            apns_certificate_expiry(apns.cert_file, base)
     else:
         for name, value in zip(("key_file", "key_id", "team_id"), token_auth, strict=True):
             if not value:
                 raise ConfigError(f"{base}.{name}: required for token auth (or set {base}.cert_file)")
         _require_file(apns.key_file or "", f"{base}.key_file")
+        with _credential():
+            check_apns_signing_key(apns.key_file or "", apns.key_id or "", apns.team_id or "", base)
     if apns.ca_file:
         _require_file(apns.ca_file, f"{base}.ca_file")
     if apns.endpoint:
@@ -489,6 +502,17 @@ def endpoint_address(url: str, key: str, path_allowed: bool) -> tuple[str, int]:
     if parts.query or parts.fragment or parts.username or (parts.path not in ("", "/") and not path_allowed):
         raise ConfigError(f"{key}: expected https://host[:port] and nothing more, got {url!r}")
     return parts.hostname, port
+
+
+@contextlib.contextmanager
+def _credential() -> Iterator[None]:
+    """A credential check (pushsvc.credentials) reported like any other setting's problem."""
+    try:
+        yield
+    except CredentialError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:  # unreadable although present (permissions, a directory)
+        raise ConfigError(f"cannot read a credential file: {exc.strerror}: {exc.filename}") from None
 
 
 def _require_file(path: str, key: str) -> None:

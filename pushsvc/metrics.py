@@ -89,6 +89,12 @@ PROVIDER_PAUSED = Gauge(
     ["app", "provider"],
     registry=REGISTRY,
 )
+APNS_CERTIFICATE_EXPIRY = Gauge(
+    "pushsvc_apns_certificate_expiry_timestamp_seconds",
+    "When the app's APNs client certificate expires (epoch seconds); only for certificate auth",
+    ["app"],
+    registry=REGISTRY,
+)
 MISCONFIG_GUARD_TRIPS = Counter(
     "pushsvc_misconfig_guard_trips_total",
     "Times an app's provider was paused because too many answers were errors a wrong setting gives for every "

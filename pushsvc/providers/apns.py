@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
+import jwt
 from aioapns import APNs
 from aioapns.connection import APNsBaseConnectionPool, APNsTLSClientProtocol
 from aioapns.exceptions import ConnectionClosed
@@ -49,7 +50,9 @@ from h2.exceptions import H2Error
 from hpack import NeverIndexedHeaderTuple
 
 from pushsvc.config import ApnsSettings, endpoint_address
+from pushsvc.credentials import apns_certificate_expiry
 from pushsvc.logging import get_logger, mask_token
+from pushsvc.metrics import APNS_CERTIFICATE_EXPIRY
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
 
@@ -412,6 +415,10 @@ class ApnsProvider(Provider):
             (_ApnsProtocol,),
             {"APNS_SERVER": host, "APNS_PORT": port_number, "live": set()},
         )
+        if settings.cert_file:
+            # Checked at load; exported so an alert fires weeks before APNs starts refusing the connection.
+            expires = apns_certificate_expiry(settings.cert_file, f"apps.{app_id}.apns")
+            APNS_CERTIFICATE_EXPIRY.labels(app=app_id).set(expires.timestamp())
         # Read the signing key now so a bad path fails at start-up, not at the first push.
         self._signing_key = Path(settings.key_file).read_text() if settings.key_file else None
         self._client: APNs | None = None
@@ -496,6 +503,12 @@ class ApnsProvider(Provider):
                 "apns_connection_error", app=self.app_id, token=mask_token(token), error=type(exc).__name__
             )
             return SendResult(Outcome.RETRYABLE, "connection_error")
+        except (ValueError, jwt.PyJWTError) as exc:
+            # The provider token could not be signed (aioapns signs it per connection): the key is unusable.
+            # An auth error pauses the app's APNs and pages, instead of an unexplained failure per device.
+            # Start-up checks the key (pushsvc.credentials); this catches one that changed or broke since.
+            log.warning("apns_signing_failed", app=self.app_id, error=f"{type(exc).__name__}: {exc}"[:300])
+            return SendResult(Outcome.AUTH_ERROR, "SigningKeyUnusable")
         return self._result(response, apns_id, connection)
 
     def _headers(self, delivery: Delivery, apns_id: str) -> list[tuple[str, str]]:

@@ -14,8 +14,10 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography import x509
 
 from pushsvc.config import ApnsSettings
+from pushsvc.metrics import REGISTRY
 from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
 from pushsvc.providers.apns import ApnsProvider
 from pushsvc.providers.base import Delivery, SendResult
@@ -375,6 +377,20 @@ async def test_unreachable_endpoint_is_a_quick_connection_error(
     assert time.monotonic() - started < 1.0
 
 
+async def test_a_signing_key_that_broke_after_start_is_an_auth_error_not_an_adapter_error(
+    make_provider: MakeProvider, peer: ApnsPeer, tmp_path: Path
+) -> None:
+    """Start-up refuses an unusable .p8 (pushsvc.credentials); one that reaches the adapter anyway (replaced
+    on disk before a restart of the pool, a key the checks accept but PyJWT cannot use) must pause and page
+    as an auth error, not fail each device as an unexplained ValueError."""
+    broken = tmp_path / "broken.p8"
+    broken.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    provider = make_provider(key_file=str(broken))
+    result = await provider.send(delivery())
+    assert (result.outcome, result.reason) == (Outcome.AUTH_ERROR, "SigningKeyUnusable")
+    assert peer.requests == []
+
+
 async def test_server_certificate_is_verified(
     make_provider: MakeProvider, peer: ApnsPeer, apns_pki: Pki, apns_signing_key: ApnsSigningKey
 ) -> None:
@@ -465,6 +481,10 @@ async def test_certificate_auth(
         assert "authorization" not in request.headers
         assert request.client_cert is not None and request.client_cert["userId"] == apns_client_cert.uid
         assert request.headers["apns-topic"] == APNS_TOPIC
+    # The certificate's expiry is exported for the PushsvcApnsCertificateExpiring alert.
+    certificate = x509.load_pem_x509_certificate(apns_client_cert.cert_file.read_bytes())
+    exported = REGISTRY.get_sample_value("pushsvc_apns_certificate_expiry_timestamp_seconds", {"app": "app1"})
+    assert exported == certificate.not_valid_after_utc.timestamp()
 
 
 async def test_client_certificate_from_unknown_ca_is_refused(

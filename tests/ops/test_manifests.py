@@ -453,8 +453,10 @@ def test_volumes_and_secrets(rendered: list[dict[str, Any]]) -> None:
 
 
 def test_configmap_and_example_secret_make_valid_settings(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
-    """The example config loads with pushsvc's own loader, with the Secret's files and env in place."""
-    from pushsvc.config import load_settings
+    """The example config loads with pushsvc's own loader, with the Secret's files and env in place: its
+    placeholder credentials are refused by name, and credentials of the right kinds in their place load."""
+    from pushsvc.config import ConfigError, load_settings
+    from tests.unit.credential_files import apns_key, service_account
 
     secrets_dir = "/etc/pushsvc/secrets/"
     text = one(rendered, "ConfigMap")["data"]["config.yaml"].replace(secrets_dir, f"{tmp_path}/secrets/")
@@ -474,6 +476,13 @@ def test_configmap_and_example_secret_make_valid_settings(rendered: list[dict[st
     environ["PUSHSVC_INSTANCE_NAME"] = "pushsvc-7c9d8f6b5-x2x4q"
     config = tmp_path / "config.yaml"
     config.write_text(text)
+    with pytest.raises(ConfigError) as placeholders:
+        load_settings(config, environ)
+    assert [p.split(":")[0] for p in placeholders.value.problems] == [
+        "apps.demo.apns.key_file", "apps.demo.fcm.service_account_file"
+    ]
+    apns_key(tmp_path / "secrets" / "apns" / "AuthKey.p8")
+    service_account(tmp_path / "secrets" / "fcm" / "service-account.json")
     settings = load_settings(config, environ)
     assert settings.mongodb.uri == example["stringData"]["mongodb-uri"]
     assert settings.api_keys and settings.api_keys[0].hash.startswith("sha256:")

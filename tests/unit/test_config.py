@@ -11,15 +11,12 @@ import pytest
 import yaml
 
 from pushsvc.config import ConfigError, load_settings
+from tests.unit.credential_files import apns_key, service_account
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    key = tmp_path / "k.p8"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n")
-    sa = tmp_path / "sa.json"
-    sa.write_text("{}")
-    return {"key": key, "sa": sa, "dir": tmp_path}
+    return {"key": apns_key(tmp_path / "k.p8"), "sa": service_account(tmp_path / "sa.json"), "dir": tmp_path}
 
 
 def base(files: dict[str, Path]) -> dict:
@@ -28,7 +25,8 @@ def base(files: dict[str, Path]) -> dict:
         "mongodb": {"uri": "mongodb://m"},
         "apps": {
             "demo": {
-                "apns": {"topic": "com.x", "key_file": str(files["key"]), "key_id": "K", "team_id": "T"},
+                "apns": {"topic": "com.x", "key_file": str(files["key"]), "key_id": "KEYID12345",
+                         "team_id": "TEAMID1234"},
                 "fcm": {"service_account_file": str(files["sa"])},
             }
         },
@@ -137,11 +135,11 @@ def test_mongodb_client_settings_are_checked(files: dict[str, Path], section: st
 
 
 def test_env_overrides_take_the_type_of_the_setting_not_yaml(files: dict[str, Path]) -> None:
-    """YAML 1.1 would read KEY_ID=0123 as the octal 83 and 1.10 as the float 1.1; a setting that is a string
-    takes the text as given, and numbers and booleans are parsed as what their setting is."""
+    """YAML would read KEY_ID=0123456789 as the number 123456789 (9 characters, no longer a key id); a setting
+    that is a string takes the text as given, and numbers are parsed as what their setting is."""
     settings = load(files, base(files), {
-        "PUSHSVC_APPS__DEMO__APNS__KEY_ID": "0123",
-        "PUSHSVC_APPS__DEMO__APNS__TEAM_ID": "1.10",
+        "PUSHSVC_APPS__DEMO__APNS__KEY_ID": "0123456789",
+        "PUSHSVC_APPS__DEMO__APNS__TEAM_ID": "0001112223",
         "PUSHSVC_INSTANCE_NAME": "007",
         "PUSHSVC_DISPATCH__LEASE_SECONDS": "12",
         "PUSHSVC_HTTP__PORT": "8081",
@@ -149,7 +147,7 @@ def test_env_overrides_take_the_type_of_the_setting_not_yaml(files: dict[str, Pa
         "PUSHSVC_API_KEYS": '[{name: a, hash: "sha256:' + "0" * 64 + '", scopes: [read], apps: ["*"]}]',
     })
     assert settings.apps["demo"].apns is not None
-    assert (settings.apps["demo"].apns.key_id, settings.apps["demo"].apns.team_id) == ("0123", "1.10")
+    assert (settings.apps["demo"].apns.key_id, settings.apps["demo"].apns.team_id) == ("0123456789", "0001112223")
     assert settings.instance_name == "007"
     assert settings.dispatch.lease_seconds == 12.0 and settings.http.port == 8081
     assert settings.log_level == "debug"
