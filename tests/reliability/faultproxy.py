@@ -560,9 +560,15 @@ class Fault:
 class FaultPlan:
     """A schedule of faults, reproducible from its seed; `log` records what was injected when."""
 
-    def __init__(self, faults: Sequence[Fault], seed: int | str | None = None) -> None:
+    def __init__(
+        self, faults: Sequence[Fault], seed: int | str | None = None, connection_wait: float = 0.0
+    ) -> None:
         self.faults = sorted(faults, key=lambda f: f.at)
         self.seed = seed
+        # A reset or drop due while its proxy carries no connection at all (the client between two
+        # bursts of work, reconnecting lazily after the previous fault) waits up to this long for one
+        # instead of landing on nothing.
+        self.connection_wait = connection_wait
         # Which connection a `target="one"` fault hits is drawn from its own seeded stream, so it
         # never shifts the schedule itself.
         self._pick_rng = random.Random(f"{seed}/pick")
@@ -583,6 +589,7 @@ class FaultPlan:
         delays: tuple[float, float] = (0.05, 0.5),
         directions: Sequence[Direction] = ("both", "up", "down"),
         proxies: Sequence[str] = (),
+        connection_wait: float = 0.0,
     ) -> FaultPlan:
         """`count` faults of the given kinds at random times within `window` (seconds), all drawn from
         random.Random(seed): the same arguments always give the same plan. Times are rounded to 0.1 s so
@@ -598,7 +605,7 @@ class FaultPlan:
             direction = rng.choice(list(directions)) if kind == "delay" else "both"
             proxy = rng.choice(list(proxies)) if proxies else None
             faults.append(Fault(at, kind, target, duration, delay, direction, proxy))
-        return cls(faults, seed)
+        return cls(faults, seed, connection_wait)
 
     def describe(self) -> str:
         head = f"FaultPlan(seed={self.seed!r}, {len(self.faults)} faults)"
@@ -625,6 +632,8 @@ class FaultPlan:
                 await asyncio.sleep(wait)
             targets = [self._proxies[fault.proxy]] if fault.proxy else list(self._proxies.values())
             for proxy in targets:
+                if fault.kind in ("reset", "drop"):
+                    await _until_connected(proxy, self.connection_wait)
                 injected = proxy.inject(fault, self._pick_rng)
                 # The plan's log keeps the plan's clock (the proxy's own log keeps the proxy's).
                 self.log.append(dataclasses.replace(injected, at=round(time.monotonic() - started, 3)))
@@ -644,6 +653,15 @@ class FaultPlan:
                 await self._task
         for proxy in self._proxies.values():
             proxy.heal()
+
+
+async def _until_connected(proxy: FaultProxy, timeout: float, poll: float = 0.02) -> None:
+    """Return once `proxy` carries a connection, or after `timeout` seconds (polled: the proxy's links live
+    in its own thread)."""
+    for _ in range(round(timeout / poll)):
+        if proxy.open_connections:
+            return
+        await asyncio.sleep(poll)
 
 
 # ------------------------------------------------------------------------------------ servers behind proxies

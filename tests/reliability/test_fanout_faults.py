@@ -56,10 +56,17 @@ def slow_providers(stack: Stack, tokens: list[str]) -> None:
             stack.fcm.script(token, delay=PROVIDER_DELAY)
 
 
+# A reset due while pushsvc holds no MongoDB connection (between chunks, right after the previous reset:
+# PyMongo reconnects on demand) waits for one, so that every planned reset hits something.
+CONNECTION_WAIT = 2.0
 PLANS = {
     # The plan of the report: resets at 2.0, 3.3 and 6.1 s lost 2,000 of 3,000 devices.
-    "report": FaultPlan([Fault(2.0, "reset"), Fault(3.3, "reset"), Fault(6.1, "reset")], seed="report"),
-    **{f"seed-{s}": FaultPlan.generate(s, 3, kinds=("reset",), window=(1.0, 6.0)) for s in (5, 23)},
+    "report": FaultPlan([Fault(2.0, "reset"), Fault(3.3, "reset"), Fault(6.1, "reset")], seed="report",
+                        connection_wait=CONNECTION_WAIT),
+    **{
+        f"seed-{s}": FaultPlan.generate(s, 3, kinds=("reset",), window=(1.0, 6.0), connection_wait=CONNECTION_WAIT)
+        for s in (5, 23)
+    },
 }
 
 
