@@ -25,6 +25,7 @@ from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
+from pushsvc.kafka_options import client_options
 from pushsvc.logging import get_logger
 from pushsvc.outcomes import OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
@@ -81,7 +82,7 @@ class PushService:
         self.campaigns = CampaignStore(self.notifications)
         self.providers = providers if providers is not None else build_providers(settings, self.server_clock.now)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **client_options(settings.kafka),
             acks="all",
             linger_ms=5,
             max_request_size=producer_request_limit(settings.kafka),

@@ -67,6 +67,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import orjson
     from aiokafka import AIOKafkaProducer
 
+    from pushsvc.kafka_options import client_options
     from pushsvc.model import RequestError, parse_request
 
     settings = _load(args.config)
@@ -86,7 +87,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 2
 
     async def publish() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(settings.kafka.requests_topic, orjson.dumps(request),

@@ -74,6 +74,20 @@ class KafkaSettings:
     # so there this only sets the idle poll rate; brokers that hold the fetch for the whole wait (Tansu)
     # add up to this much to every request's latency (the 500 ms default measured p99 253 ms there).
     fetch_max_wait_ms: int = 50
+    # Transport security, for the consumer, the DLQ/outcome producer and `pushsvc send` alike
+    # (kafka_options.client_options). SSL verifies the broker's certificate and host name, always.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # CA bundle to trust besides the system's (a private CA); client certificate and key for mutual TLS
+    # (the key may sit in the certificate's file).
+    ssl_ca_file: str | None = None
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    # The password: from a file (a mounted Secret), or from the environment (PUSHSVC_KAFKA__SASL_PASSWORD
+    # from a Secret); never put it in a config file. Never logged.
+    sasl_password_file: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -388,6 +402,8 @@ def _check_semantics(settings: Settings) -> None:
             if getattr(getattr(settings, section), name) < 1:
                 raise ConfigError(f"{section}.{name}: must be at least 1")
     with problems.check():
+        _check_kafka_security(settings.kafka)
+    with problems.check():
         if not 0 <= settings.mongodb.min_pool_size <= settings.mongodb.max_pool_size:
             raise ConfigError("mongodb.min_pool_size: must be between 0 and mongodb.max_pool_size")
     with problems.check():
@@ -395,6 +411,41 @@ def _check_semantics(settings: Settings) -> None:
     with problems.check():
         if settings.retention.notification_days <= 0:
             raise ConfigError("retention.notification_days: must be greater than 0")
+    problems.raise_any()
+
+
+def _check_kafka_security(kafka: KafkaSettings) -> None:
+    tls = kafka.security_protocol in ("SSL", "SASL_SSL")
+    sasl = kafka.security_protocol.startswith("SASL_")
+    ssl_files = {"ssl_ca_file": kafka.ssl_ca_file, "ssl_cert_file": kafka.ssl_cert_file,
+                 "ssl_key_file": kafka.ssl_key_file}
+    sasl_values = {"sasl_mechanism": kafka.sasl_mechanism, "sasl_username": kafka.sasl_username,
+                   "sasl_password_file": kafka.sasl_password_file, "sasl_password": kafka.sasl_password}
+    problems = _Problems()
+    for name, value in ssl_files.items():
+        with problems.check():
+            if value and not tls:
+                raise ConfigError(f"kafka.{name}: needs kafka.security_protocol SSL or SASL_SSL")
+            if value:
+                _require_file(value, f"kafka.{name}")
+    with problems.check():
+        if kafka.ssl_key_file and not kafka.ssl_cert_file:
+            raise ConfigError("kafka.ssl_key_file: needs kafka.ssl_cert_file (the certificate it belongs to)")
+    if not sasl:
+        for name, value in sasl_values.items():
+            with problems.check():
+                if value:
+                    raise ConfigError(f"kafka.{name}: needs kafka.security_protocol SASL_SSL or SASL_PLAINTEXT")
+    else:
+        for name in ("sasl_mechanism", "sasl_username"):
+            with problems.check():
+                if not sasl_values[name]:
+                    raise ConfigError(f"kafka.{name}: required with security_protocol {kafka.security_protocol}")
+        with problems.check():
+            if bool(kafka.sasl_password) == bool(kafka.sasl_password_file):
+                raise ConfigError("kafka.sasl_password_file: set exactly one of sasl_password_file or sasl_password")
+            if kafka.sasl_password_file:
+                _require_file(kafka.sasl_password_file, "kafka.sasl_password_file")
     problems.raise_any()
 
 

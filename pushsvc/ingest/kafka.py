@@ -28,6 +28,7 @@ from pymongo.errors import BulkWriteError
 from pushsvc import metrics
 from pushsvc.config import KafkaSettings
 from pushsvc.ingest.intake import Accepted, Intake, Rejection, decode
+from pushsvc.kafka_options import client_options
 from pushsvc.logging import get_logger
 
 log = get_logger(__name__)
@@ -141,7 +142,7 @@ class KafkaIngest:
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             self._settings.requests_topic,
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **client_options(self._settings),
             group_id=self._settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
