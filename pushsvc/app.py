@@ -113,6 +113,7 @@ class PushService:
                 "kafka": self._kafka_ready,
                 "scheduler": self._scheduler_ready,
             },
+            consumer_state=self.ingest.membership,
             max_body_bytes=settings.http.max_body_bytes,
             store_timeout_seconds=settings.http.store_timeout_ms / 1000,
             campaign_store=self.campaigns,
@@ -136,9 +137,12 @@ class PushService:
             log.info("device_kinds_backfilled", devices=changed)
 
     async def _kafka_ready(self) -> None:
+        """The broker answers (outcome events and dead letters can go out); group membership is reported
+        apart (ingest.membership), since a rejoin must not take a replica whose API and dispatch work out
+        of service."""
         if not self._started:
             raise RuntimeError("starting")
-        await self.ingest.check()
+        await self.producer.client.fetch_all_metadata()
 
     async def _scheduler_ready(self) -> None:
         if not self.scheduler.healthy:
@@ -164,7 +168,6 @@ class PushService:
         await retry_until("mongodb", self._backfill_kinds, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self._backfill_request_ids, STARTUP_RETRY_SECONDS)
         await retry_until("kafka producer", self.producer.start, STARTUP_RETRY_SECONDS)
-        await retry_until("kafka consumer", self.ingest.start, STARTUP_RETRY_SECONDS)
         for provider in self.providers.values():
             await provider.start()
         self._tasks = [

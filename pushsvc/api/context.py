@@ -19,6 +19,8 @@ CAMPAIGNS = web.AppKey("campaigns", CampaignStore)
 INTAKE = web.AppKey("intake", Intake)
 KNOWN_APPS = web.AppKey("known_apps", frozenset)
 READINESS = web.AppKey("readiness", dict)
+# Kafka consumer group membership for /readyz: reported, not a readiness condition.
+CONSUMER_STATE: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("consumer_state")
 # Time source (epoch seconds) shared with the scheduler, so tests can inject a clock.
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Tell the scheduler something became due now (a campaign created or resumed).

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pushsvc.api.context import READINESS
+from pushsvc.api.context import CONSUMER_STATE, READINESS
 from pushsvc.logging import get_logger
 from pushsvc.metrics import REGISTRY
 
@@ -43,9 +43,8 @@ async def readyz(request: web.Request) -> web.Response:
         if isinstance(result, BaseException):
             log.warning("readiness_check_failed", check=name, error=f"{type(result).__name__}: {result}"[:300])
     ready = all(value == "ok" for value in report.values())
-    return web.json_response(
-        {"status": "ready" if ready else "not_ready", "checks": report}, status=200 if ready else 503
-    )
+    body = {"status": "ready" if ready else "not_ready", "checks": report, "consumer": request.app[CONSUMER_STATE]()}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 @routes.get("/metrics")

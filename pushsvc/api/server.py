@@ -14,6 +14,7 @@ from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, AppForbidden
 from pushsvc.api.context import (
     CAMPAIGNS,
     CLOCK,
+    CONSUMER_STATE,
     DEVICES,
     INTAKE,
     KNOWN_APPS,
@@ -77,6 +78,7 @@ def build_app(
     intake: Intake,
     known_apps: frozenset[str],
     readiness: dict[str, ReadinessCheck],
+    consumer_state: Callable[[], dict[str, object]] = lambda: {},
     max_body_bytes: int,
     store_timeout_seconds: float = 5.0,
     campaign_store: CampaignStore | None = None,
@@ -90,6 +92,7 @@ def build_app(
     app[INTAKE] = intake
     app[KNOWN_APPS] = known_apps
     app[READINESS] = readiness
+    app[CONSUMER_STATE] = consumer_state
     app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
     app[CLOCK] = clock
     app[WAKE] = wake

@@ -156,7 +156,11 @@ class KafkaIngest:
         await self._consumer.start()
 
     async def run(self) -> None:
-        assert self._consumer is not None, "start() first"
+        """Consume until stopped. Joins the group first if not a member yet: readiness does not wait for the
+        join (a rejoin after a restart takes up to the session timeout while API and dispatch already serve)."""
+        if self._consumer is None:
+            await self.start()
+        assert self._consumer is not None
         consumer = self._consumer
         await self._rewind_to_committed(consumer)
         while not self._stopping.is_set():
@@ -191,10 +195,12 @@ class KafkaIngest:
             await self._consumer.stop()
             self._consumer = None
 
-    async def check(self) -> None:
-        """Readiness: the broker answers a metadata request."""
-        assert self._consumer is not None
-        await self._consumer.topics()
+    def membership(self) -> dict[str, object]:
+        """What the consumer serves now, for /readyz (informational, not a readiness condition)."""
+        if self._consumer is None:
+            return {"state": "starting", "partitions": 0}
+        partitions = len(self._consumer.assignment())
+        return {"state": "assigned" if partitions else "joining_or_idle", "partitions": partitions}
 
     async def _handle(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> bool:
         accepted: list[Accepted] = []

@@ -318,7 +318,10 @@ async def test_health_readiness_and_metrics(stack: Stack) -> None:
         assert response.status == 200
     async with stack.http.get(stack.url("/readyz")) as response:
         assert response.status == 200, await response.text()
-        assert (await response.json())["checks"] == {"mongodb": "ok", "kafka": "ok", "scheduler": "ok"}
+        body = await response.json()
+        assert body["checks"] == {"mongodb": "ok", "kafka": "ok", "scheduler": "ok"}
+        # Group membership is reported beside the checks (a rejoin does not make the replica unready).
+        assert body["consumer"]["state"] == "assigned" and body["consumer"]["partitions"] >= 1, body
     async with stack.http.get(stack.url("/metrics")) as response:
         text = await response.text()
     assert 'pushsvc_requests_ingested_total{outcome="accepted",source="kafka"}' in text
