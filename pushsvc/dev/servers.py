@@ -65,6 +65,8 @@ class ServerProcess:
     command: list[str]
     log_file: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    # Extra environment for the process (on top of ours).
+    env: dict[str, str] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         wait_for_port(self.port, timeout, self.process)
         return self
@@ -95,9 +98,17 @@ class ServerProcess:
             self.process.wait()
 
 
-def tansu(work_dir: Path, port: int | None = None, advertised_port: int | None = None) -> ServerProcess:
+def tansu(
+    work_dir: Path,
+    port: int | None = None,
+    advertised_port: int | None = None,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
     """A broker on `port`; `advertised_port` (default: the same) is where it tells clients to connect,
-    e.g. a proxy in front of it (Kafka clients use the advertised address after bootstrapping)."""
+    e.g. a proxy in front of it (Kafka clients use the advertised address after bootstrapping). `storage`
+    memory:// loses everything when the process stops; s3://BUCKET/ (with `env` naming the S3 endpoint and
+    keys) keeps topics, messages and committed offsets across a restart."""
     port = port or free_port()
     return ServerProcess(
         "tansu",
@@ -110,9 +121,10 @@ def tansu(work_dir: Path, port: int | None = None, advertised_port: int | None =
             "--advertised-listener-url",
             f"tcp://127.0.0.1:{advertised_port or port}",
             "--storage-engine",
-            "memory://tansu/",
+            storage,
         ],
         work_dir / "tansu.log",
+        env=env,
     )
 
 
