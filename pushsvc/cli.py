@@ -1,4 +1,4 @@
-"""Command line: `pushsvc serve | dev | send | devices import | hash-key | check-config`."""
+"""Command line: `pushsvc serve | dev | send | topics create | devices import | hash-key | check-config`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     print(f"ok: {len(settings.apps)} app(s): {', '.join(sorted(settings.apps))}")
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    """Idempotent: prints topic -> created | exists as JSON."""
+    import json
+
+    from pushsvc.topics import TopicPlan, create_topics
+
+    settings = _load(args.config)
+    for name in ("partitions", "replication_factor", "dlq_retention_days", "outcomes_retention_days"):
+        if getattr(args, name) < 1:
+            print(f"pushsvc topics create: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    plan = TopicPlan(args.partitions, args.replication_factor, args.dlq_retention_days, args.outcomes_retention_days)
+    print(json.dumps(asyncio.run(create_topics(settings.kafka, plan))))
     return 0
 
 
@@ -276,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--body", default="It works.")
     send.add_argument("--id", help="request id (default: a new UUID)")
     send.set_defaults(func=cmd_send)
+    topics = sub.add_parser("topics", help="Kafka topic tools")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    creator = topics_sub.add_parser("create", help="create the requests, DLQ and outcomes topics if missing")
+    creator.add_argument("--config", help="YAML config file (default: $PUSHSVC_CONFIG)")
+    creator.add_argument("--partitions", type=int, default=12, help="of the requests topic (DLQ: 1/4, outcomes: 1/2)")
+    creator.add_argument("--replication-factor", type=int, default=3)
+    creator.add_argument("--dlq-retention-days", type=int, default=14)
+    creator.add_argument("--outcomes-retention-days", type=int, default=7)
+    creator.set_defaults(func=cmd_topics_create)
     devices = sub.add_parser("devices", help="device registry tools")
     devices_sub = devices.add_subparsers(dest="devices_command", required=True)
     importer = devices_sub.add_parser(

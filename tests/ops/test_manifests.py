@@ -129,6 +129,7 @@ def test_base_has_every_resource(rendered: list[dict[str, Any]]) -> None:
             "ConfigMap",
             "Deployment",
             "HorizontalPodAutoscaler",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "PrometheusRule",
             "Service",
@@ -452,6 +453,28 @@ def test_volumes_and_secrets(rendered: list[dict[str, Any]]) -> None:
     assert wanted <= set(example["stringData"])
 
 
+def test_network_policy_lets_through_what_the_config_needs(rendered: list[dict[str, Any]]) -> None:
+    """The pod's own port in; out: DNS, every Kafka and MongoDB port of the example config, APNs, FCM."""
+    policy = one(rendered, "NetworkPolicy")
+    pod_labels = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    container_ports = {p["containerPort"] for p in container(one(rendered, "Deployment"))["ports"]}
+    ingress = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress == container_ports
+
+    def egress_allows(port: int, protocol: str = "TCP") -> bool:
+        return any(p["protocol"] == protocol and p["port"] <= port <= p.get("endPort", p["port"])
+                   for rule in policy["spec"]["egress"] for p in rule["ports"])
+
+    config = yaml.safe_load(one(rendered, "ConfigMap")["data"]["config.yaml"])
+    kafka_ports = {int(server.rsplit(":", 1)[1]) for server in config["kafka"]["bootstrap_servers"].split(",")}
+    for port in [*kafka_ports, 9093, 27017, 443, 2197]:
+        assert egress_allows(port), port
+    assert egress_allows(53, "UDP") and egress_allows(53, "TCP")
+    assert not egress_allows(25), "no open egress beyond what pushsvc uses"
+
+
 def test_configmap_and_example_secret_make_valid_settings(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
     """The example config loads with pushsvc's own loader, with the Secret's files and env in place: its
     placeholder credentials are refused by name, and credentials of the right kinds in their place load."""
@@ -481,8 +504,8 @@ def test_configmap_and_example_secret_make_valid_settings(rendered: list[dict[st
     assert [p.split(":")[0] for p in placeholders.value.problems] == [
         "apps.demo.apns.key_file", "apps.demo.fcm.service_account_file"
     ]
-    apns_key(tmp_path / "secrets" / "apns" / "AuthKey.p8")
-    service_account(tmp_path / "secrets" / "fcm" / "service-account.json")
+    apns_key(tmp_path / "secrets" / "demo" / "apns" / "AuthKey.p8")
+    service_account(tmp_path / "secrets" / "demo" / "fcm" / "service-account.json")
     settings = load_settings(config, environ)
     assert settings.mongodb.uri == example["stringData"]["mongodb-uri"]
     assert settings.api_keys and settings.api_keys[0].hash.startswith("sha256:")

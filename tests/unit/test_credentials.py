@@ -41,9 +41,9 @@ def token_auth(key_file: Path, key_id: str = "KEYID12345", team_id: str = "TEAMI
 def test_the_example_secrets_placeholders_are_refused_naming_both_settings(tmp_path: Path) -> None:
     data = yaml.safe_load(K8S_EXAMPLE.read_text())["stringData"]
     key = tmp_path / "AuthKey.p8"
-    key.write_text(data["apns-authkey.p8"])
+    key.write_text(data["demo-apns-authkey.p8"])
     sa = tmp_path / "sa.json"
-    sa.write_text(data["fcm-service-account.json"])
+    sa.write_text(data["demo-fcm-service-account.json"])
     found = problems(tmp_path, settings_with(tmp_path, token_auth(key), sa))
     assert found == [
         "apps.demo.apns.key_file: the .p8 signing key is not a readable, unencrypted PEM private key",
