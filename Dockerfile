@@ -14,11 +14,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Dependencies first for layer caching: they change less often than the code.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY pushsvc ./pushsvc
 
-# Runtime dependencies only (no [dev] extra). All of them ship manylinux wheels for CPython 3.11.
-RUN pip wheel --wheel-dir /wheels . \
+# Runtime dependencies only (no [dev] extra), at the versions the suite ran against (constraints.txt,
+# `make lock`). All of them ship manylinux wheels for CPython 3.11.
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels . \
     && pip install --no-index --find-links /wheels /wheels/*.whl \
     && pip uninstall --yes pip setuptools wheel \
     && find /opt/venv -type d -name __pycache__ -prune -exec rm -rf {} +

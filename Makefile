@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint unit dev bench clean
+.PHONY: install test lint unit dev bench lock clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ dev: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Pin the runtime dependencies the image installs (constraints.txt) to what this venv holds.
+lock: install
+	$(PY) .ci/lock_runtime.py
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .ruff_cache

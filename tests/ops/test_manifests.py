@@ -825,6 +825,28 @@ def test_dockerfile_contract() -> None:
     assert not re.search(r"apt-get install|gcc|build-essential|\[dev\]", final), "no compilers or dev deps"
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") :].count("!pushsvc/") == 1
+    assert "!constraints.txt" in ignore and "--constraint constraints.txt" in text
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
+    """constraints.txt (make lock) pins each dependency pyproject names, at a version pyproject allows."""
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[name] = version
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for text in declared:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is not pinned in constraints.txt (run make lock)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    assert "motor" not in pins
 
 
 # --- (g) yamllint -----------------------------------------------------------------------------------------
