@@ -114,6 +114,7 @@ class PushService:
                 "scheduler": self._scheduler_ready,
             },
             consumer_state=self.ingest.membership,
+            kafka_topics=(settings.kafka.requests_topic, settings.kafka.dlq_topic, settings.kafka.outcomes_topic),
             max_body_bytes=settings.http.max_body_bytes,
             store_timeout_seconds=settings.http.store_timeout_ms / 1000,
             campaign_store=self.campaigns,

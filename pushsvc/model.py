@@ -388,11 +388,12 @@ def _child(path: str, key: Any) -> str:
 
 
 def _string(value: Any, path: str, max_length: int | None) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError(
-            path,
-            "required non-empty string" if value is None else f"must be a string, got {_json_type(value)}",
-        )
+    if value is None:
+        raise RequestError(path, "required non-empty string")
+    if not isinstance(value, str):
+        raise RequestError(path, f"must be a string, got {_json_type(value)}")
+    if not value.strip():
+        raise RequestError(path, "must not be empty or blank")
     if max_length is not None and len(value) > max_length:
         raise RequestError(path, f"longer than {max_length} characters")
     if not _encodable(value):

@@ -409,6 +409,13 @@ PATHS: dict[str, Any] = {
         )
     },
     "/openapi.json": {"get": _op("This document", None, {"200": _json({"type": "object"}, "OpenAPI 3")})},
+    "/asyncapi.json": {
+        "get": _op(
+            "The Kafka contract: requests, dead letters, outcome events",
+            None,
+            {"200": _json({"type": "object"}, "AsyncAPI 3 (schemas also in docs/contracts/)")},
+        )
+    },
     "/v1/devices": {
         "post": _op(
             "Register or refresh a device",

@@ -9,7 +9,7 @@ import pymongo
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
-from pushsvc.api import campaigns, devices, health, notifications, openapi
+from pushsvc.api import asyncapi, campaigns, devices, health, notifications, openapi
 from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, AppForbidden
 from pushsvc.api.context import (
     CAMPAIGNS,
@@ -79,6 +79,7 @@ def build_app(
     known_apps: frozenset[str],
     readiness: dict[str, ReadinessCheck],
     consumer_state: Callable[[], dict[str, object]] = lambda: {},
+    kafka_topics: tuple[str, str, str] = ("push.requests", "push.requests.dlq", "push.outcomes"),
     max_body_bytes: int,
     store_timeout_seconds: float = 5.0,
     campaign_store: CampaignStore | None = None,
@@ -93,6 +94,7 @@ def build_app(
     app[KNOWN_APPS] = known_apps
     app[READINESS] = readiness
     app[CONSUMER_STATE] = consumer_state
+    app[asyncapi.KAFKA_TOPICS] = kafka_topics
     app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
     app[CLOCK] = clock
     app[WAKE] = wake
@@ -103,4 +105,5 @@ def build_app(
     app.add_routes(notifications.routes)
     app.add_routes(campaigns.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(asyncapi.routes)
     return app

@@ -132,6 +132,15 @@ async def test_openapi_covers_every_route_and_nothing_else(stack: Stack) -> None
                 assert {"401", "403"} <= set(op["responses"]), (path, method)
     assert "bearer" in served["components"]["securitySchemes"]
 
+    # The Kafka contract, with this deployment's topic names.
+    from pushsvc.api import asyncapi
+
+    async with stack.http.get(stack.url("/asyncapi.json")) as response:
+        assert response.status == 200
+        kafka = stack.kafka
+        assert await response.json() == asyncapi.spec(kafka["requests_topic"], kafka["dlq_topic"],
+                                                      kafka["outcomes_topic"])
+
 
 async def test_bad_input_never_yields_5xx(stack: Stack) -> None:
     await stack.start()

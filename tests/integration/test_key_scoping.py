@@ -20,7 +20,7 @@ SHOP_KEY = "key-of-the-shop-backend-0123456789"
 DEMO_IOS = "d4" * 32
 OTHER_IOS = "e5" * 32
 # Served without a key (probes, scrapers, the API description).
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/asyncapi.json"}
 
 
 def bearer(key: str) -> dict[str, str]:

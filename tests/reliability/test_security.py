@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 SCOPES = ["devices:write", "notify", "campaigns", "read"]
 # Health and metrics are open to probes and scrapers; the API description documents only public shapes.
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/asyncapi.json"}
 # The documented scope of each route (README); routes added later are checked generically.
 DOCUMENTED = {
     ("POST", "/v1/devices"): "devices:write",
