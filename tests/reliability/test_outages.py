@@ -81,6 +81,22 @@ async def assert_recovered(
     await replica.terminate()
 
 
+async def loaded_replica_on(
+    stack: Stack, broker: ServerProcess, name: str, prefix: str
+) -> tuple[Replica, list[str], Load]:
+    """Point the stack at a dedicated `broker`, make its topics, start a replica with 20 devices and publish
+    300 requests through it (all acknowledged)."""
+    stack.bootstrap = f"127.0.0.1:{broker.port}"
+    await create_topics(
+        stack.bootstrap, {stack.requests_topic: 3, stack.kafka["dlq_topic"]: 1, stack.kafka["outcomes_topic"]: 1}
+    )
+    replica = await Replica(stack, name).start()
+    tokens = await register_devices(replica, 20)
+    load = Load()
+    await publish_load(stack, load, tokens, 300, 300, prefix=prefix)
+    return replica, tokens, load
+
+
 @pytest.mark.timeout(180)
 async def test_mongodb_stopped_for_10s(stack: Stack, work_dir: Path) -> None:
     mongo = nx27017(work_dir / f"mongo-chaos-{stack.database}").start()
@@ -105,14 +121,7 @@ async def test_mongodb_stopped_for_10s(stack: Stack, work_dir: Path) -> None:
 async def test_broker_unreachable_for_10s(stack: Stack, work_dir: Path) -> None:
     broker = tansu(work_dir / f"tansu-chaos-{stack.database}").start()
     try:
-        stack.bootstrap = f"127.0.0.1:{broker.port}"
-        await create_topics(
-            stack.bootstrap, {stack.requests_topic: 3, stack.kafka["dlq_topic"]: 1, stack.kafka["outcomes_topic"]: 1}
-        )
-        replica = await Replica(stack, "broker-outage").start()
-        tokens = await register_devices(replica, 20)
-        load = Load()
-        await publish_load(stack, load, tokens, 300, 300, prefix="bo1")
+        replica, tokens, load = await loaded_replica_on(stack, broker, "broker-outage", prefix="bo1")
         publisher = asyncio.create_task(publish_load(stack, load, tokens, 300, 60, prefix="bo2"))
         await asyncio.sleep(1.0)
         assert broker.process is not None
@@ -202,14 +211,7 @@ async def test_broker_stopped_for_10s_and_restarted_loses_nothing(stack: Stack, 
     s3, env = s3_server(work_dir / f"s3-{stack.database}")
     broker = tansu(work_dir / f"tansu-durable-{stack.database}", storage="s3://tansu/", env=env).start()
     try:
-        stack.bootstrap = f"127.0.0.1:{broker.port}"
-        await create_topics(
-            stack.bootstrap, {stack.requests_topic: 3, stack.kafka["dlq_topic"]: 1, stack.kafka["outcomes_topic"]: 1}
-        )
-        replica = await Replica(stack, "broker-restart").start()
-        tokens = await register_devices(replica, 20)
-        load = Load()
-        await publish_load(stack, load, tokens, 300, 300, prefix="br1")
+        replica, tokens, load = await loaded_replica_on(stack, broker, "broker-restart", prefix="br1")
         broker.stop()
         stopped = time.monotonic()
         seen = await watch_readiness(replica, OUTAGE_SECONDS, "kafka")
