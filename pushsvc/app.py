@@ -10,7 +10,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -43,6 +44,31 @@ STARTUP_RETRY_SECONDS = 60.0
 BACKLOG_REFRESH_SECONDS = 5.0
 # Each connection close at shutdown gets this long, so the whole stop stays inside the grace period.
 CLOSE_TIMEOUT_SECONDS = 3.0
+
+
+def swallowed_cancel() -> bool:
+    """True when this task was asked to stop but the request never reached it as a CancelledError: a
+    library caught it (seen with a MongoDB operation cancelled mid-flight, which PyMongo completed or turned
+    into another error). A cancel is delivered once, so a periodic loop must check before it goes on."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def pause(seconds: float) -> None:
+    """asyncio.sleep for periodic loops, which ends the loop if a stop was swallowed meanwhile."""
+    if swallowed_cancel():
+        raise asyncio.CancelledError
+    await asyncio.sleep(seconds)
+
+
+async def wait_cancelled(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait up to `timeout` for cancelled tasks to end. One that does not (a library swallowing the
+    cancellation, a wait nothing wakes) must not keep a stopping replica alive past its grace period: it is
+    named in the log with where it waits, and left behind."""
+    _, stuck = await asyncio.wait(set(tasks), timeout=timeout) if tasks else (set(), set())
+    for task in stuck:
+        frames = [f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}" for frame in task.get_stack()]
+        log.warning("stop_task_stuck", task=task.get_name(), waiting_in=frames[-3:])
 
 
 async def retry_until(what: str, attempt: Callable[[], Awaitable[None]], deadline_seconds: float) -> None:
@@ -196,24 +222,31 @@ class PushService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if swallowed_cancel():
+                    raise asyncio.CancelledError from exc
                 log.error("loop_crashed", loop=name, error=repr(exc))
-                await asyncio.sleep(1.0)
+                await pause(1.0)
 
     async def _sweep_outcomes(self) -> None:
         while True:
-            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+            await pause(BACKLOG_REFRESH_SECONDS)
             try:
                 await self.outcome_sweeper.sweep_once()
             except Exception as exc:  # MongoDB or broker down: the next round tries again
+                if swallowed_cancel():
+                    raise asyncio.CancelledError from exc
                 log.warning("outcome_sweep_failed", error=str(exc))
 
     async def _refresh_backlog(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 due, future = await self.notifications.backlog(self.server_clock.now())
                 metrics.SCHEDULED_BACKLOG.labels("due").set(due)
                 metrics.SCHEDULED_BACKLOG.labels("future").set(future)
-            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+            except Exception as exc:  # the gauge keeps its last value; the next round tries again
+                if swallowed_cancel():
+                    raise asyncio.CancelledError from exc
+            await pause(BACKLOG_REFRESH_SECONDS)
 
     async def stop(self) -> None:
         """Graceful, within dispatch.drain_timeout_seconds (plus closing connections):
@@ -236,7 +269,7 @@ class PushService:
         await asyncio.gather(self._wait_ingest(ingest_task, budget), self.scheduler.drain(budget))
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await wait_cancelled(self._tasks, CLOSE_TIMEOUT_SECONDS)
         await self._release_leases()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ingest.close(), CLOSE_TIMEOUT_SECONDS)
@@ -248,7 +281,8 @@ class PushService:
             return_exceptions=True,
         )
         if self._runner is not None:
-            await self._runner.cleanup()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._runner.cleanup(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.database.close(), CLOSE_TIMEOUT_SECONDS)
         log.info("pushsvc_stopped", owner=self.owner, seconds=round(time.monotonic() - started, 3))

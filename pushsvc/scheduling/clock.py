@@ -99,6 +99,9 @@ class ServerClock:
     async def keep_synced(self) -> None:
         """Re-read the server's time every resync_seconds (runs until cancelled); failures keep the last reading."""
         while True:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a stop a driver swallowed (see app.swallowed_cancel)
+                raise asyncio.CancelledError
             await asyncio.sleep(self._resync)
             try:
                 await self.sync()

@@ -207,5 +207,6 @@ class Scheduler:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            # Bounded too: a run that ignores its cancellation must not hold the replica past its grace period.
+            await asyncio.wait(pending, timeout=HAND_BACK_SECONDS)
             log.warning("drain_timeout", cancelled=len(pending))
