@@ -207,6 +207,7 @@ class Scheduler:
         for task in pending:
             task.cancel()
         if pending:
-            # Bounded too: a run that ignores its cancellation must not hold the replica past its grace period.
-            await asyncio.wait(pending, timeout=HAND_BACK_SECONDS)
+            # Its runs must have ended before stop() releases their leases (another replica would send
+            # what a still-running run sends): wait for the cancellation to land.
+            await asyncio.gather(*pending, return_exceptions=True)
             log.warning("drain_timeout", cancelled=len(pending))
