@@ -28,7 +28,7 @@ from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import OutcomeEvent, OutcomePublisher, announce
-from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
+from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
 from pushsvc.store.notifications import LANE_BATCH, Final, HandBack, NotificationStore, lane_for
 
 log = get_logger(__name__)
@@ -154,7 +154,7 @@ class BatchRunner:
             return
         lease.drop(ids)
         if len(finished) < len(finals):
-            log.warning("lease_lost", notifications=len(finals) - len(finished))
+            log_lease_event("lease_lost", set(ids) - finished, claim=token)
         events = []
         for (item, _), final in zip(ready, finals, strict=True):
             if final.notification_id not in finished:

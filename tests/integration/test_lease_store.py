@@ -6,11 +6,16 @@ after its answer was lost must not apply twice (counts added twice, a notificati
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from pushsvc.model import NotificationState, parse_request
+from pushsvc.scheduling.clock import ServerClock
+from pushsvc.scheduling.lease import Interruption, Lease
 from pushsvc.store.notifications import LANE_FANOUT, Final, HandBack, NotificationStore, new_document
 
 
@@ -112,3 +117,39 @@ async def test_a_finish_retried_after_a_lost_answer_reports_the_same_counts(stor
     finals = [Final(d["_id"], NotificationState.DONE, {"targeted": 1, "delivered": 1}) for d in docs]
     assert sorted(await store.finish_many(batch_token, finals, now)) == ["demo:n5", "demo:n6"]
     assert sorted(await store.finish_many(batch_token, finals, now)) == ["demo:n5", "demo:n6"]
+
+
+async def test_a_lost_lease_names_every_notification_it_held(store: NotificationStore) -> None:
+    """The lease events are how an operator (and the fault checker) tells an explained repeat from a bug: a
+    claim of 120 notifications taken over must name all 120, not a sample."""
+    now = time.time()
+    ids = [f"demo:many-{n:03d}" for n in range(120)]
+    for notification_id in ids:
+        await recorded(store, notification_id, now)
+    stale, docs = await store.claim_due("a", now, now + 1.0, now, 200, LANE_FANOUT)
+    assert len(docs) == 120
+    _, taken = await store.claim_due("b", now + 2.0, now + 30.0, now + 2.0, 200, LANE_FANOUT)
+    assert len(taken) == 120
+
+    async def server_time() -> float:
+        return time.time()
+
+    clock = ServerClock(server_time)
+    await clock.sync()
+    # Renewal falls due at once (until - 2/3 of the lease is now); it matches nothing: all 120 are lost.
+    lease = Lease(store, clock, stale, ids, clock.now() + 2.0, 3.0)
+    with capture_logs() as logs:
+        keeping = asyncio.create_task(lease.keep())
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(lease.stop_signal(i).wait() for i in ids))
+        finally:
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
+    lost = [entry for entry in logs if entry["event"] == "lease_lost"]
+    assert [(entry["part"], entry["parts"], entry["notifications"]) for entry in lost] == [
+        (1, 3, 120), (2, 3, 120), (3, 3, 120)
+    ]
+    assert [i for entry in lost for i in entry["ids"]] == ids
+    assert all(lease.interruption(i) is Interruption.LOST for i in ids)
