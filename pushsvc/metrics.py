@@ -102,6 +102,11 @@ MISCONFIG_GUARD_TRIPS = Counter(
     ["app", "provider"],
     registry=REGISTRY,
 )
+KAFKA_CONSUMER_RESTARTS = Counter(
+    "pushsvc_kafka_consumer_restarts_total",
+    "Request consumers replaced because their background fetching stopped (see ingest/kafka.py fetcher_stopped)",
+    registry=REGISTRY,
+)
 KAFKA_CONSUMER_LAG = Gauge(
     "pushsvc_kafka_consumer_lag",
     "Messages in the partition not yet consumed by this replica",

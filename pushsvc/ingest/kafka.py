@@ -42,6 +42,8 @@ ENVELOPE_ROOM_BYTES = 16 * 1024
 DLQ_MAX_KEY_BYTES = 1024
 DLQ_MAX_HEADER_BYTES = 8 * 1024
 LAG_REFRESH_SECONDS = 2.0
+# How long a consumer whose fetching died is given to leave the group before a new one joins.
+CONSUMER_STOP_SECONDS = 10.0
 
 
 def producer_request_limit(settings: KafkaSettings) -> int:
@@ -123,6 +125,23 @@ def _brief(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+def fetcher_stopped(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's background fetching has ended while the consumer runs.
+
+    aiokafka (0.14) fetches in a background task; when that task dies (seen: uvloop's RuntimeError writing to a
+    connection the broker had just closed, logged as "Unexpected error in fetcher routine"), nothing reports
+    it: getmany returns nothing for ever while the member keeps heartbeating, so its partitions stall with no
+    rebalance. The task is only reachable through a private attribute; if a release renames it, this check
+    reports False (no worse than before) rather than failing the loop.
+    """
+    task = getattr(getattr(consumer, "_fetcher", None), "error_future", None)
+    if not isinstance(task, asyncio.Future) or not task.done():
+        return False
+    error = None if task.cancelled() else task.exception()
+    log.error("consumer_fetcher_stopped", error=_brief(error) if isinstance(error, Exception) else "cancelled")
+    return True
+
+
 class KafkaIngest:
     def __init__(
         self,
@@ -164,12 +183,31 @@ class KafkaIngest:
         consumer = self._consumer
         await self._rewind_to_committed(consumer)
         while not self._stopping.is_set():
+            if fetcher_stopped(consumer):
+                consumer = await self._replace_consumer()
+                continue
             batch = await consumer.getmany(timeout_ms=500, max_records=self._settings.max_poll_records)
             if batch:
                 if not await self._handle(batch):
                     break  # stopping before the batch was recorded: leave it uncommitted
                 await self._commit(consumer, batch)
             await self._refresh_lag(consumer)
+
+    async def _replace_consumer(self) -> AIOKafkaConsumer:
+        """A new group member in place of one whose fetching died: its partitions go to a rebalance and are
+        read again from the committed offsets (what was fetched but not committed repeats; request ids absorb
+        it). A start that fails raises, and the supervisor's restart of the loop starts a consumer again."""
+        old, self._consumer = self._consumer, None
+        metrics.KAFKA_CONSUMER_RESTARTS.inc()
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.stop(), CONSUMER_STOP_SECONDS)
+            except Exception as exc:  # a dead member that cannot leave cleanly is expired by the group
+                log.warning("consumer_stop_failed", error=_brief(exc))
+        await self.start()
+        assert self._consumer is not None
+        await self._rewind_to_committed(self._consumer)
+        return self._consumer
 
     @staticmethod
     async def _rewind_to_committed(consumer: AIOKafkaConsumer) -> None:

@@ -273,3 +273,24 @@ async def test_json_body_with_an_odd_charset_is_a_400(stack: Stack, charset: str
         async with stack.http.post(stack.url(path), data=b"+2AA-", headers=headers) as response:
             assert response.status == 400, (path, await response.text())
             assert (await response.json())["error"]["field"] == "body"
+
+
+async def test_a_consumer_whose_fetching_died_is_replaced_and_its_partitions_move_on(stack: Stack) -> None:
+    """aiokafka fetches in a background task; when it died (seen under broker connection faults: uvloop's
+    RuntimeError on a just-closed connection) getmany returned nothing for ever while the member kept its
+    partitions by heartbeating: 2 of 3 partitions stalled for good in the fault checker. The task's death is
+    planted here by cancelling it (the race itself is not reproducible on demand); broker and MongoDB are real.
+    """
+    service = await stack.start()
+    await stack.publish(good("before-fetcher-died"), key=b"k")
+    await wait_until(lambda: recorded(stack, "before-fetcher-died"), 20)
+    consumer = service.ingest._consumer
+    assert consumer is not None
+    restarts = kafka_ingest.metrics.KAFKA_CONSUMER_RESTARTS._value.get()
+    consumer._fetcher.error_future.cancel()
+
+    await stack.publish(good("after-fetcher-died"), key=b"k")
+    await wait_until(lambda: recorded(stack, "after-fetcher-died"), 30)
+    assert service.ingest._consumer is not consumer
+    assert kafka_ingest.metrics.KAFKA_CONSUMER_RESTARTS._value.get() == restarts + 1
+    await wait_committed(stack, 2)
