@@ -41,8 +41,7 @@ import itertools
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import firebase_admin
@@ -59,6 +58,8 @@ from pushsvc.config import FcmSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
+from pushsvc.providers.h2client import H2Transport
+from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
 
 log = get_logger(__name__)
 
@@ -68,31 +69,6 @@ _app_names = itertools.count(1)
 
 
 # --------------------------------------------------------------------------------------------- transport
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReply:
-    status: int
-    headers: Mapping[str, str]  # case-insensitive lookups expected (httpx.Headers or lower-case keys)
-    body: bytes
-
-
-class TransportFailure(Exception):
-    """The request got no HTTP answer; ``reason`` is "timeout" or "connection_error"."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-class FcmTransport(Protocol):
-    """The one place where an FCM HTTP request is made (replaceable by a faster HTTP/2 client)."""
-
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HttpReply:
-        """POST and return the answer; raise TransportFailure when no answer arrived."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 class HttpxTransport:
@@ -372,8 +348,6 @@ class FcmProvider(Provider):
         self._token_request = _TokenRequest(self._token_session, timeout=send_timeout)
         self._refresh: asyncio.Future[None] | None = None
         if transport is None:
-            from pushsvc.providers.h2client import H2Transport  # imports this module's HttpReply
-
             # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
             transport = H2Transport(_ssl_context(settings.ca_file), settings.max_connections, None)
         self._transport: FcmTransport = transport

@@ -41,7 +41,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
-from pushsvc.providers.fcm import HttpReply, TransportFailure
+from pushsvc.providers.transport import HttpReply, TransportFailure
 
 # Our receive window: large, so answers flow without waiting for our WINDOW_UPDATEs.
 _RECEIVE_WINDOW = 16 * 1024 * 1024

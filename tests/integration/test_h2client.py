@@ -15,8 +15,8 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from h2.settings import SettingCodes
 
-from pushsvc.providers.fcm import TransportFailure
 from pushsvc.providers.h2client import H2Transport
+from pushsvc.providers.transport import TransportFailure
 from tests.peers import tls
 
 pytestmark = pytest.mark.integration
