@@ -211,6 +211,9 @@ class _Link:
             if trap.when == "reply":
                 self.lose_next_reply = True  # forwarded: the server applies it; its answer never arrives
                 return False
+            if trap.when == "hang":
+                self.flowing.clear()  # held with everything after it: a half-open connection, for good
+                return False
         self.close(reset=True)
         return True
 
@@ -468,12 +471,13 @@ class FaultProxy:
         return self._record("refuse", "new", 0, f"for {duration}s")
 
     def trap(self, matches: Callable[[bytes], bool], when: TrapWhen = "request", times: int = 1) -> Trap:
-        """Reset the connection carrying the next `times` client requests whose bytes `matches`.
+        """Fail the connection carrying the next `times` client requests whose bytes `matches`.
 
-        when="request": before the server sees it (the operation never happened); when="reply": the server
-        gets it and the connection is reset as its answer comes back (applied, answer lost: the case that
-        makes a retry ambiguous). A request is matched within the chunk read, which holds a whole small
-        command (MongoDB commands are one OP_MSG of a few hundred bytes).
+        when="request": reset before the server sees it (the operation never happened); when="reply": the
+        server gets it and the connection is reset as its answer comes back (applied, answer lost: the case
+        that makes a retry ambiguous); when="hang": the connection stays open and forwards nothing more, that
+        request included (a half-open connection; heal() releases it). A request is matched within the chunk
+        read, which holds a whole small command (MongoDB commands are one OP_MSG of a few hundred bytes).
         """
         trap = Trap(matches, when, times)
         self._call(self._traps.append, trap)
@@ -518,7 +522,7 @@ class FaultProxy:
         raise ValueError(f"unknown fault kind {fault.kind!r}")
 
 
-TrapWhen = Literal["request", "reply"]
+TrapWhen = Literal["request", "reply", "hang"]
 
 
 @dataclass

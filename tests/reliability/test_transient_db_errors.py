@@ -92,6 +92,33 @@ async def test_a_renewal_failing_once_neither_stops_nor_repeats_the_chunk(
 
 
 @pytest.mark.timeout(120)
+async def test_a_renewal_hanging_on_its_connection_is_retried_on_another_before_the_lease_lapses(
+    stack: Stack, mongo: ProxiedServer
+) -> None:
+    """The connection carrying a renewal goes silent and stays open (half-open, blackholed). One attempt is
+    abandoned after a quarter of the lease and retried on another connection: the lease never lapses. Before,
+    the attempt waited for all that was left of the lease and the lease lapsed (seen in the fault checker)."""
+    serve = await replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.9, chunk_size=50).start()
+    try:
+        devices = padded_tokens("h1", 20, "d")
+        await register_tagged(serve, devices, "hanging")
+        stack.apns.set_default(delay=2.5)
+        await stack.publish(alert("hung", {"segment": {"tags_any": ["hanging"]}}))
+        await stack.apns.wait_for_requests(1, timeout=20)
+        trap = mongo.proxy.trap(renewal, when="hang")
+        (doc,) = await finished(stack, ["hung"])
+        await asyncio.sleep(1.0)  # a repeat would be on its way by now
+        assert trap.sprung == 1, "no renewal came while the chunk was in flight"
+        assert doc["state"] == "done" and doc["counts"]["delivered"] == 20 and doc["counts"]["targeted"] == 20
+        assert set(sends(stack).values()) == {1}, "a device received the push twice"
+        assert serve.events("lease_lapsed") == [] and serve.events("lease_lost") == []
+        assert serve.events("lease_renewal_retry"), "the hung renewal was not retried"
+    finally:
+        mongo.proxy.heal()
+        await serve.terminate()
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("when", ["request", "reply"])
 async def test_a_progress_write_failing_once_is_retried_not_resent_and_counts_once(
     stack: Stack, mongo: ProxiedServer, when: str
