@@ -104,7 +104,7 @@ MISCONFIG_GUARD_TRIPS = Counter(
 )
 KAFKA_CONSUMER_RESTARTS = Counter(
     "pushsvc_kafka_consumer_restarts_total",
-    "Request consumers replaced because their background fetching stopped (see ingest/kafka.py fetcher_stopped)",
+    "Request consumers replaced because their background fetching stopped (see ingest/kafka.py fetcher_failure)",
     registry=REGISTRY,
 )
 KAFKA_CONSUMER_LAG = Gauge(

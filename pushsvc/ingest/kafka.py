@@ -125,21 +125,20 @@ def _brief(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def fetcher_stopped(consumer: AIOKafkaConsumer) -> bool:
-    """Whether the consumer's background fetching has ended while the consumer runs.
+def fetcher_failure(consumer: AIOKafkaConsumer) -> str | None:
+    """Why the consumer's background fetching ended while the consumer runs, or None while it goes on.
 
     aiokafka (0.14) fetches in a background task; when that task dies (seen: uvloop's RuntimeError writing to a
     connection the broker had just closed, logged as "Unexpected error in fetcher routine"), nothing reports
     it: getmany returns nothing for ever while the member keeps heartbeating, so its partitions stall with no
     rebalance. The task is only reachable through a private attribute; if a release renames it, this check
-    reports False (no worse than before) rather than failing the loop.
+    reports None (no worse than before) rather than failing the loop.
     """
     task = getattr(getattr(consumer, "_fetcher", None), "error_future", None)
     if not isinstance(task, asyncio.Future) or not task.done():
-        return False
+        return None
     error = None if task.cancelled() else task.exception()
-    log.error("consumer_fetcher_stopped", error=_brief(error) if isinstance(error, Exception) else "cancelled")
-    return True
+    return _brief(error) if isinstance(error, Exception) else "cancelled"
 
 
 class KafkaIngest:
@@ -177,13 +176,11 @@ class KafkaIngest:
     async def run(self) -> None:
         """Consume until stopped. Joins the group first if not a member yet: readiness does not wait for the
         join (a rejoin after a restart takes up to the session timeout while API and dispatch already serve)."""
-        if self._consumer is None:
-            await self.start()
-        assert self._consumer is not None
-        consumer = self._consumer
-        await self._rewind_to_committed(consumer)
+        consumer = await self._joined()
         while not self._stopping.is_set():
-            if fetcher_stopped(consumer):
+            failure = fetcher_failure(consumer)
+            if failure is not None:
+                log.error("consumer_fetcher_stopped", error=failure)
                 consumer = await self._replace_consumer()
                 continue
             batch = await consumer.getmany(timeout_ms=500, max_records=self._settings.max_poll_records)
@@ -192,6 +189,14 @@ class KafkaIngest:
                     break  # stopping before the batch was recorded: leave it uncommitted
                 await self._commit(consumer, batch)
             await self._refresh_lag(consumer)
+
+    async def _joined(self) -> AIOKafkaConsumer:
+        """The consumer (started if there is none), moved back to the committed offsets."""
+        if self._consumer is None:
+            await self.start()
+        assert self._consumer is not None
+        await self._rewind_to_committed(self._consumer)
+        return self._consumer
 
     async def _replace_consumer(self) -> AIOKafkaConsumer:
         """A new group member in place of one whose fetching died: its partitions go to a rebalance and are
@@ -204,10 +209,7 @@ class KafkaIngest:
                 await asyncio.wait_for(old.stop(), CONSUMER_STOP_SECONDS)
             except Exception as exc:  # a dead member that cannot leave cleanly is expired by the group
                 log.warning("consumer_stop_failed", error=_brief(exc))
-        await self.start()
-        assert self._consumer is not None
-        await self._rewind_to_committed(self._consumer)
-        return self._consumer
+        return await self._joined()
 
     @staticmethod
     async def _rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
