@@ -28,7 +28,7 @@ from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
 from pushsvc.kafka_options import client_options
 from pushsvc.logging import get_logger
-from pushsvc.outcomes import OutcomePublisher, OutcomeSweeper
+from pushsvc.outcomes import ACKNOWLEDGED_FLUSH_SECONDS, Announcer, OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.clock import ServerClock
@@ -115,17 +115,17 @@ class PushService:
         )
         # The database's clock: a send's moment is compared with registrations made through other replicas.
         self.sender = DeliverySender(self.providers, settings.dispatch, clock=self.server_clock.now)
-        outcomes = OutcomePublisher(self.producer, settings.kafka.outcomes_topic)
+        self.announcer = Announcer(OutcomePublisher(self.producer, settings.kafka.outcomes_topic), self.notifications)
         self.outcome_sweeper = OutcomeSweeper(
-            self.notifications, outcomes, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
+            self.notifications, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
         chunks = ChunkWorker(self.devices, self.sender, settings.dispatch.send_timeout_seconds)
-        self.runner = NotificationRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
-        batch_runner = BatchRunner(self.notifications, chunks, outcomes, settings.dispatch, clock=clock)
+        self.runner = NotificationRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
+        batch_runner = BatchRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
         self.scheduler = Scheduler(
             self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
         )
-        self.intake = Intake(self.notifications, on_due=self.scheduler.wake, clock=clock)
+        self.intake = Intake(self.notifications, self.scheduler, clock=clock)
         known_apps = frozenset(settings.apps)
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)
         self.http_app = build_app(
@@ -190,6 +190,7 @@ class PushService:
         # the first round trip also opens the connection, so its reading is the less precise.
         await retry_until("mongodb", self.server_clock.sync, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self.server_clock.sync, STARTUP_RETRY_SECONDS)
+        await retry_until("mongodb", self.database.identify_server, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self.database.ensure_indexes, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self.campaigns.ensure_indexes, STARTUP_RETRY_SECONDS)
         await retry_until("mongodb", self._backfill_kinds, STARTUP_RETRY_SECONDS)
@@ -202,6 +203,7 @@ class PushService:
             asyncio.create_task(self._supervise("scheduler", self.scheduler.run), name="scheduler"),
             asyncio.create_task(self._refresh_backlog(), name="backlog"),
             asyncio.create_task(self._sweep_outcomes(), name="outcome-sweep"),
+            asyncio.create_task(self._mark_announced(), name="outcome-marks"),
             asyncio.create_task(self.server_clock.keep_synced(), name="server-clock"),
         ]
         self._started = True
@@ -237,6 +239,12 @@ class PushService:
                     raise asyncio.CancelledError from exc
                 log.warning("outcome_sweep_failed", error=str(exc))
 
+    async def _mark_announced(self) -> None:
+        """Acknowledged outcome events no finish write marked (Announcer): marked within a second."""
+        while True:
+            await pause(ACKNOWLEDGED_FLUSH_SECONDS)
+            await self.announcer.flush()  # never raises
+
     async def _refresh_backlog(self) -> None:
         while True:
             try:
@@ -271,6 +279,9 @@ class PushService:
             task.cancel()
         await wait_cancelled(self._tasks, CLOSE_TIMEOUT_SECONDS)
         await self._release_leases()
+        # The marks of the last acknowledged outcome events, which no later finish write carried.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.announcer.flush(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ingest.close(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):

@@ -71,9 +71,10 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     # Longest a fetch waits on the broker for new messages. Apache Kafka answers as soon as data arrives,
-    # so there this only sets the idle poll rate; brokers that hold the fetch for the whole wait (Tansu)
-    # add up to this much to every request's latency (the 500 ms default measured p99 253 ms there).
-    fetch_max_wait_ms: int = 50
+    # so there this only sets the idle poll rate (500: two fetches a second while idle). A broker that holds
+    # the fetch for the whole wait (Tansu, which `pushsvc dev` and the tests run) adds up to this much to
+    # every request's latency: they set 50.
+    fetch_max_wait_ms: int = 500
     # Transport security, for the consumer, the DLQ/outcome producer and `pushsvc send` alike
     # (kafka_options.client_options). SSL verifies the broker's certificate and host name, always.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -126,7 +127,9 @@ class DispatchSettings:
     # How long a claim holds a notification without renewal; renewed every third of it. A crashed replica's
     # work is resumed by another after at most this long.
     lease_seconds: float = 30.0
-    poll_interval_seconds: float = 0.2
+    # The claim loop's safety poll: how soon expired leases (a crashed replica) and due times recorded by
+    # other replicas are found. New work does not wait for it: intake dispatches or wakes the loop at once.
+    poll_interval_seconds: float = 2.0
     # Fan-out notifications (segments, long lists, local-time waves, campaigns) one replica runs at once;
     # each has one chunk in flight, and one retrying against a slow provider holds its slot until the
     # chunk ends. Transactional pushes do not use these slots (see max_batched_notifications).

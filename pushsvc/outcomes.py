@@ -16,6 +16,9 @@ from pushsvc.store.notifications import NotificationStore, request_id_of
 
 log = get_logger(__name__)
 
+# How long an acknowledged event's `event_pending` mark waits for a finish write to carry it (Announcer).
+ACKNOWLEDGED_FLUSH_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class OutcomeEvent:
@@ -74,24 +77,54 @@ class OutcomePublisher:
         return acknowledged
 
 
-async def announce(
-    publisher: OutcomePublisher, notifications: NotificationStore, events: Sequence[OutcomeEvent]
-) -> int:
-    """Publish outcome events and clear `event_pending` on those the broker acknowledged; returns how many.
+class Announcer:
+    """Publishes outcome events, and clears `event_pending` on the notifications whose event the broker
+    acknowledged.
 
-    Best effort, never raises: the notifications are final already, and an event not confirmed here keeps
-    `event_pending`, so the sweep of some replica publishes it later. A failure must not stop the work that
-    announces (a batch would otherwise cancel its other sends).
+    The clearing is deferred and batched: the batch lane's next finish carries it in its own bulk write
+    (`take`; one write per batch for both), and `flush` (every ACKNOWLEDGED_FLUSH_SECONDS, and at shutdown)
+    writes what no finish took. Best effort throughout: the notifications are final already, and one whose
+    mark is lost keeps `event_pending`, so the sweep of some replica publishes its event again
+    (at-least-once). Acknowledged marks wait far less than the sweep's grace, so a live replica's events are
+    not repeated.
     """
-    if not events:
-        return 0
-    try:
-        published = await publisher.publish_many(events)
-        await notifications.mark_events_published(published)
-    except Exception as exc:
-        log.warning("outcome_events_deferred", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
-        return 0
-    return len(published)
+
+    def __init__(self, publisher: OutcomePublisher, notifications: NotificationStore) -> None:
+        self._publisher = publisher
+        self._notifications = notifications
+        self._acknowledged: list[str] = []
+
+    async def announce(self, events: Sequence[OutcomeEvent]) -> int:
+        """Publish events; never raises (a failure must not stop the work that announces: a batch would
+        otherwise cancel its other sends). Returns how many the broker acknowledged."""
+        if not events:
+            return 0
+        try:
+            published = await self._publisher.publish_many(events)
+        except Exception as exc:
+            log.warning("outcome_events_deferred", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
+            return 0
+        self._acknowledged.extend(published)
+        return len(published)
+
+    def take(self) -> list[str]:
+        """The acknowledged notifications not marked yet, for a write that marks them (see `give_back`)."""
+        taken, self._acknowledged = self._acknowledged, []
+        return taken
+
+    def give_back(self, ids: Sequence[str]) -> None:
+        """Marks a write took and did not make: the next write or flush makes them."""
+        self._acknowledged.extend(ids)
+
+    async def flush(self) -> None:
+        """Mark what no finish took; a failure leaves them to the sweep."""
+        ids = self.take()
+        if not ids:
+            return
+        try:
+            await self._notifications.mark_events_published(ids)
+        except Exception as exc:
+            log.warning("outcome_marks_deferred", count=len(ids), error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 class OutcomeSweeper:
@@ -104,12 +137,12 @@ class OutcomeSweeper:
     def __init__(
         self,
         notifications: NotificationStore,
-        publisher: OutcomePublisher,
+        announcer: Announcer,
         grace_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
-        self._publisher = publisher
+        self._announcer = announcer
         # The runner announces right after finishing; only events older than this are the sweep's.
         self._grace = grace_seconds
         self._clock = clock
@@ -120,7 +153,8 @@ class OutcomeSweeper:
             OutcomeEvent.of(doc, doc["state"], doc.get("counts", {}), doc.get("error"), float(doc["finished_at"]))
             for doc in pending
         ]
-        published = await announce(self._publisher, self._notifications, events)
+        published = await self._announcer.announce(events)
+        await self._announcer.flush()
         if published:
             log.info("outcome_events_swept", published=published)
         return published

@@ -24,7 +24,8 @@ CONSUMER_STATE: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("consum
 # Time source (epoch seconds) shared with the scheduler, so tests can inject a clock.
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Tell the scheduler something became due now (a campaign created or resumed).
-WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
+# Tells the scheduler something is due at a time (None: now), so it claims then rather than at its safety poll.
+WAKE: web.AppKey[Callable[[float | None], None]] = web.AppKey("wake")
 MAX_BODY = web.AppKey("max_body", int)
 # Seconds one API request may spend on MongoDB in all (http.store_timeout_ms).
 STORE_TIMEOUT = web.AppKey("store_timeout", float)

@@ -49,7 +49,9 @@ async def create_notification(request: web.Request) -> web.Response:
     result = await request.app[INTAKE].record([outcome], source="api")
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[0][1])
-    doc = await request.app[NOTIFICATIONS].find(outcome.request.app, outcome.request.id)
+    doc = result.documents.get(result.inserted[0]) if result.inserted else None
+    if doc is None:  # recorded before: answer with it as it is now
+        doc = await request.app[NOTIFICATIONS].find(outcome.request.app, outcome.request.id)
     assert doc is not None
     return web.json_response(notification_view(doc), status=201 if result.inserted else 200)
 

@@ -84,7 +84,7 @@ def build_app(
     store_timeout_seconds: float = 5.0,
     campaign_store: CampaignStore | None = None,
     clock: Callable[[], float] = time.time,
-    wake: Callable[[], None] = lambda: None,
+    wake: Callable[[float | None], None] = lambda due_at: None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[AUTH_KEY] = auth

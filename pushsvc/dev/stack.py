@@ -95,7 +95,8 @@ def run_dev_stack(directory: str, http_port: int) -> int:
         _write_service_account(work / "fcm-service-account.json", f"https://127.0.0.1:{fcm.port}/token")
         api_key = secrets.token_urlsafe(24)
         config = {
-            "kafka": {"bootstrap_servers": bootstrap},
+            # Tansu holds a fetch for the whole wait, even when data arrives: keep it short (config.py).
+            "kafka": {"bootstrap_servers": bootstrap, "fetch_max_wait_ms": 50},
             "mongodb": {"uri": f"mongodb://127.0.0.1:{mongo.port}", "database": "pushsvc"},
             "http": {"host": "127.0.0.1", "port": http_port},
             "apps": {

@@ -24,10 +24,10 @@ import orjson
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.chunks import ChunkWorker
+from pushsvc.dispatch.chunks import Chunk, ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
-from pushsvc.outcomes import OutcomeEvent, OutcomePublisher, announce
+from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
 from pushsvc.store.notifications import LANE_BATCH, Final, HandBack, NotificationStore, lane_for
 
@@ -77,13 +77,13 @@ class BatchRunner:
         self,
         notifications: NotificationStore,
         chunks: ChunkWorker,
-        outcomes: OutcomePublisher,
+        announcer: Announcer,
         settings: DispatchSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
         self._chunks = chunks
-        self._outcomes = outcomes
+        self._announcer = announcer
         self._settings = settings
         self._clock = clock
 
@@ -92,8 +92,13 @@ class BatchRunner:
     ) -> None:
         """Send and finish the batch held by `lease`; `on_done(n)` reports n more notifications off our hands."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:batch:{len(batch)}")
-        sending = {asyncio.ensure_future(self._send(item, lease)): item for item in batch}
+        sending: dict[asyncio.Future[_Sent], SmallNotification] = {}
         try:
+            firsts = await self._first_chunks(batch, lease)
+            sending = {
+                asyncio.ensure_future(self._send(item, lease, first)): item
+                for item, first in zip(batch, firsts, strict=True)
+            }
             pending = set(sending)
             while pending:
                 # Finish what is done every so often: one notification retrying against a slow provider
@@ -125,6 +130,19 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
+    async def _first_chunks(self, batch: Sequence[SmallNotification], lease: Lease) -> list[Chunk | None]:
+        """Every notification's first chunk, read together (one lookup per app, push type and target field).
+        If that read fails, each notification reads its own, so a failure concerns that one alone."""
+        try:
+            return list(
+                await self._chunks.first_chunks(
+                    [item.request for item in batch], self._settings.chunk_size, retry_while=lease.valid
+                )
+            )
+        except Exception as exc:
+            log.warning("batch_read_failed", notifications=len(batch), error=type(exc).__name__)
+            return [None] * len(batch)
+
     @staticmethod
     async def _contained(lease: Lease, group: Sequence[SmallNotification], work: Awaitable[None]) -> None:
         """Run a write about `group`; a failure concerns these notifications only (the others keep sending)."""
@@ -145,9 +163,16 @@ class BatchRunner:
         ]
         ids = [final.notification_id for final in finals]
         now = self._clock()
+        # The same bulk write marks the outcome events acknowledged since the last one (Announcer).
+        announced = self._announcer.take()
         try:
-            finished = set(await lease.write(ids, lambda: self._notifications.finish_many(token, finals, now)))
-        except LeaseLost as exc:
+            finished = set(
+                await lease.write(ids, lambda: self._notifications.finish_many(token, finals, now, announced))
+            )
+        except BaseException as exc:
+            self._announcer.give_back(announced)
+            if not isinstance(exc, LeaseLost):
+                raise
             # The database stayed out of reach for the whole lease: whoever claims them next sends them again.
             log.error("batch_finish_failed", notifications=len(ids), error=str(exc))
             lease.drop(ids)
@@ -168,7 +193,7 @@ class BatchRunner:
                 counts=final.counts,
             )
             events.append(OutcomeEvent.of(item.doc, str(final.state), final.counts, None, now))
-        await announce(self._outcomes, self._notifications, events)
+        await self._announcer.announce(events)
 
     async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[SmallNotification, _Sent]]) -> None:
         """Notifications stopped mid-chunk (drain deadline, lapsed lease): save what was answered, let go."""
@@ -191,8 +216,9 @@ class BatchRunner:
                 saved=notification_id in saved,
             )
 
-    async def _send(self, item: SmallNotification, lease: Lease) -> _Sent:
-        """All chunks of one notification (one, in practice), counted since the last saved progress."""
+    async def _send(self, item: SmallNotification, lease: Lease, first: Chunk | None) -> _Sent:
+        """All chunks of one notification (one, in practice; `first` if read already), counted since the last
+        saved progress."""
         notification_id = item.doc["_id"]
         hold = lease.hold(notification_id)
         due_at = float(item.doc["due_at"])
@@ -200,9 +226,11 @@ class BatchRunner:
         cursor = None
         skip = frozenset(item.doc.get("chunk_done") or ())
         while True:
-            chunk = await self._chunks.next_chunk(
-                item.request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
-            )
+            chunk, first = first, None
+            if chunk is None:
+                chunk = await self._chunks.next_chunk(
+                    item.request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
+                )
             outcome = await self._chunks.deliver(item.request, chunk, due_at, skip, hold)
             counts.update(outcome.counts)
             if not outcome.complete:

@@ -12,15 +12,15 @@ them: a stop repeats only the requests that were on the wire without an answer.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pushsvc import metrics
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
 from pushsvc.logging import get_logger
-from pushsvc.model import PushRequest
+from pushsvc.model import PushRequest, PushType
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.due import DEFAULT_TIMEZONE
 from pushsvc.scheduling.lease import Hold
@@ -30,6 +30,7 @@ from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 
 @dataclass
 class Chunk:
@@ -111,16 +112,45 @@ class ChunkWorker:
     ) -> Chunk:
         """The chunk starting at `cursor`; transient database errors are retried while `retry_while()` holds
         (the lease is still good: nothing was sent for this chunk yet, so waiting costs only time)."""
-        delay = 0.1
-        while True:
-            try:
-                return await self._read(request, cursor, wave, count_unknown, size)
-            except Exception as exc:
-                if retry_while is None or not is_transient(exc) or not retry_while():
-                    raise
-                log.warning("chunk_read_retry", notification_id=request.id, error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        read = lambda: self._read(request, cursor, wave, count_unknown, size)  # noqa: E731
+        return await _retrying(read, retry_while, notification_id=request.id)
+
+    async def first_chunks(
+        self, requests: Sequence[PushRequest], size: int, retry_while: Callable[[], bool] | None = None
+    ) -> list[Chunk]:
+        """The first chunk of each of many small requests (a few tokens or users, no waves), read together:
+        one lookup per app, push type and target field (DeviceStore.find_many) rather than one per request.
+        The same chunks `next_chunk(request, None, None, True, size)` reads one by one; retried alike."""
+        return await _retrying(lambda: self._read_first(requests, size), retry_while, notifications=len(requests))
+
+    async def _read_first(self, requests: Sequence[PushRequest], size: int) -> list[Chunk]:
+        wanted: dict[tuple[str, PushType, str], set[str]] = defaultdict(set)
+        for request in requests:
+            wanted[_lookup_key(request)].update(_lookup_values(request, size))
+        groups = list(wanted.items())
+        found = await asyncio.gather(
+            *(self._devices.find_many(app, kind, name, sorted(values)) for (app, kind, name), values in groups)
+        )
+        by_value: dict[tuple[str, PushType, str], dict[str, list[dict]]] = {}
+        for (group, _), docs in zip(groups, found, strict=True):
+            index = by_value[group] = defaultdict(list)
+            for doc in docs:
+                index[str(doc[group[2]])].append(doc)
+        chunks = []
+        for request in requests:
+            index = by_value[_lookup_key(request)]
+            values = _lookup_values(request, size)
+            docs = [doc for value in dict.fromkeys(values) for doc in index.get(value, ())]
+            if request.target.tokens:
+                chunks.append(_token_chunk(request, 0, values, docs, True, None))
+            else:
+                category = request.message.category
+                mine = sorted(
+                    (d for d in docs if not category or category not in (d.get("opt_out") or ())),
+                    key=lambda d: d["_id"],
+                )[:size]
+                chunks.append(_audience_chunk(request, mine, None, size))
+        return chunks
 
     async def _read(
         self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool, size: int
@@ -131,25 +161,14 @@ class ChunkWorker:
             start = int(cursor or 0)
             tokens = request.target.tokens[start : start + size]
             found = await self._devices.find_by_tokens(request.app, tokens, push_type) if tokens else []
-            found = [d for d in found if takes(d, push_type)]
-            # A token of another kind (a regular APNs token named in a VoIP push) is unknown to this push.
-            known = {d["token"] for d in found}
-            unknown = [t for t in tokens if t not in known] if count_unknown else []
-            if wave is not None:
-                zones = set(wave)
-                found = [d for d in found if (d.get("timezone") or DEFAULT_TIMEZONE) in zones]
-            end = start + len(tokens)
-            return Chunk(found, unknown, end, end >= len(request.target.tokens), by_token=True)
+            return _token_chunk(request, start, tokens, found, count_unknown, wave)
         timezones: list[str | None] | None = None
         if wave is not None:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
         found = await self._devices.find_audience(
             request.app, request.target, request.message.category, timezones, cursor, size, push_type
         )
-        # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
-        next_cursor = str(found[-1]["_id"]) if found else cursor
-        # Filtered after paging (the cursor and the end are those of what the query returned).
-        return Chunk([d for d in found if takes(d, push_type)], [], next_cursor, len(found) < size)
+        return _audience_chunk(request, found, cursor, size)
 
     async def deliver(
         self,
@@ -240,6 +259,60 @@ class ChunkWorker:
                 log.warning("deactivation_failed", app=request.app, tokens=len(settled.deactivations),
                             error=type(exc).__name__)
         return settled.counts
+
+
+def _token_chunk(
+    request: PushRequest,
+    start: int,
+    tokens: Sequence[str],
+    found: Sequence[dict],
+    count_unknown: bool,
+    wave: list[str] | None,
+) -> Chunk:
+    """The chunk of a tokens target at position `start`, from the active devices found among its tokens."""
+    found = [d for d in found if takes(d, request.options.push_type)]
+    # A token of another kind (a regular APNs token named in a VoIP push) is unknown to this push.
+    known = {d["token"] for d in found}
+    unknown = [t for t in tokens if t not in known] if count_unknown else []
+    if wave is not None:
+        zones = set(wave)
+        found = [d for d in found if (d.get("timezone") or DEFAULT_TIMEZONE) in zones]
+    end = start + len(tokens)
+    return Chunk(found, unknown, end, end >= len(request.target.tokens), by_token=True)
+
+
+def _audience_chunk(request: PushRequest, found: Sequence[dict], cursor: Any, size: int) -> Chunk:
+    """The chunk of a users or segment audience from one page of it (`found`, in _id order after `cursor`)."""
+    # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
+    next_cursor = str(found[-1]["_id"]) if found else cursor
+    # Filtered after paging (the cursor and the end are those of what the query returned).
+    devices = [d for d in found if takes(d, request.options.push_type)]
+    return Chunk(devices, [], next_cursor, len(found) < size)
+
+
+def _lookup_key(request: PushRequest) -> tuple[str, PushType, str]:
+    """What a batched first-chunk lookup groups by: app, push type (its token kinds), target field."""
+    return request.app, request.options.push_type, "token" if request.target.tokens else "user_id"
+
+
+def _lookup_values(request: PushRequest, size: int) -> list[str]:
+    return list(request.target.tokens[:size]) if request.target.tokens else list(request.target.users)
+
+
+async def _retrying(
+    read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool] | None, **about: object
+) -> T:
+    """A device read, its transient errors retried while `retry_while()` holds (`about`: for the log)."""
+    delay = 0.1
+    while True:
+        try:
+            return await read()
+        except Exception as exc:
+            if retry_while is None or not is_transient(exc) or not retry_while():
+                raise
+            log.warning("chunk_read_retry", error=type(exc).__name__, **about)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def _first(work: asyncio.Future[Any], signal: asyncio.Event, timeout: float | None = None) -> bool:

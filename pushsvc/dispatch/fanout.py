@@ -21,7 +21,7 @@ from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
-from pushsvc.outcomes import OutcomeEvent, OutcomePublisher, announce
+from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
@@ -64,13 +64,13 @@ class NotificationRunner:
         self,
         notifications: NotificationStore,
         chunks: ChunkWorker,
-        outcomes: OutcomePublisher,
+        announcer: Announcer,
         settings: DispatchSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
         self._chunks = chunks
-        self._outcomes = outcomes
+        self._announcer = announcer
         self._settings = settings
         self._clock = clock  # the scheduling clock: which local-time zones are due, quiet hours
         self._stopping = asyncio.Event()
@@ -190,7 +190,7 @@ class NotificationRunner:
             metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
             final = await self._notifications.get(run.id) or {}
             event = OutcomeEvent.of(doc, state, final.get("counts", {}), None, float(final.get("finished_at") or 0))
-            await announce(self._outcomes, self._notifications, [event])
+            await self._announcer.announce([event])
         elif state != PAUSED:
             log.warning("notification_state_changed", notification_id=run.id, state=state)
 
@@ -208,7 +208,7 @@ class NotificationRunner:
         log.info(
             "notification_finished", notification_id=notification_id, app=doc["app"], state=str(state), counts=counts
         )
-        await announce(self._outcomes, self._notifications, [OutcomeEvent.of(doc, str(state), counts, error, now)])
+        await self._announcer.announce([OutcomeEvent.of(doc, str(state), counts, error, now)])
 
 
 def _campaign_progress(doc: dict) -> Any:

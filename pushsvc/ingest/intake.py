@@ -8,23 +8,25 @@ would crash the consume loop with its neighbours in hand; over HTTP it would be 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pushsvc import metrics
+from pushsvc.dispatch.batch import SmallNotification
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.scheduling.due import initial_due_at
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
-from pushsvc.store.notifications import NotificationStore, new_document, notification_key
+from pushsvc.store.notifications import LANE_BATCH, NotificationStore, lane_for, new_document, notification_key
+
+if TYPE_CHECKING:
+    from pushsvc.scheduling.scheduler import Scheduler
 
 log = get_logger(__name__)
-
-
 
 @dataclass(frozen=True)
 class Rejection:
@@ -46,6 +48,8 @@ class Recorded:
     # Requests MongoDB refuses to store for good (e.g. a document over its size limit), with the reason:
     # Kafka dead-letters them (reason "store_rejected"), the API answers 400. Never retried.
     rejected: list[tuple[Accepted, str]]
+    # The documents inserted, by key: what the API answers with, without reading them back.
+    documents: Mapping[str, dict] = field(default_factory=dict)
 
 
 def decode(value: bytes | None, max_bytes: int, known_apps: frozenset[str]) -> Accepted | Rejection:
@@ -97,14 +101,21 @@ def _unforeseen(exc: Exception) -> Rejection:
 
 
 class Intake:
+    """The one way a request becomes a notification, for Kafka and the HTTP API alike.
+
+    A due-now request of the batch lane (a few tokens or users) is recorded already held by this replica and
+    sent at once (`Scheduler.reserve` / `dispatch`: the claim is part of the insert); everything else is
+    recorded unclaimed, and the scheduler is told when it is due (`Scheduler.wake`).
+    """
+
     def __init__(
         self,
         notifications: NotificationStore,
-        on_due: Callable[[], None],
+        scheduler: Scheduler | None,
         clock: Callable[[], float] = time.time,
     ):
         self._notifications = notifications
-        self._on_due = on_due
+        self._scheduler = scheduler
         self._clock = clock
 
     async def record(self, accepted: Sequence[Accepted], source: str) -> Recorded:
@@ -118,7 +129,7 @@ class Intake:
         inserted: list[str] = []
         duplicates: list[str] = []
         rejected: list[tuple[Accepted, str]] = []
-        due_now = False
+        documents: dict[str, dict] = {}
         pending = list(accepted)
         while pending:
             unique: dict[str, Accepted] = {}
@@ -128,24 +139,51 @@ class Intake:
                     later.append(item)
                 else:
                     unique[key(item)] = item
-            documents = [
-                new_document(a.request, a.raw, source, initial_due_at(a.request.options, now), now)
-                for a in unique.values()
-            ]
-            result = await self._notifications.record(documents)
-            inserted += result.inserted
-            duplicates += result.duplicates
-            rejected += [(unique[i], error) for i, error in result.rejected.items()]
-            stored = set(result.inserted)
-            due_now = due_now or any(d["due_at"] <= now for d in documents if d["_id"] in stored)
-            pending = [item for item in later if key(item) in result.rejected]
-            duplicates += [key(item) for item in later if key(item) not in result.rejected]
+            stored = await self._record_once(list(unique.values()), source, now)
+            inserted += stored.inserted
+            duplicates += stored.duplicates
+            rejected += stored.rejected
+            documents.update(stored.documents)
+            refused = {key(item) for item, _ in stored.rejected}
+            pending = [item for item in later if key(item) in refused]
+            duplicates += [key(item) for item in later if key(item) not in refused]
         if inserted:
             metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(inserted))
-            if due_now:
-                self._on_due()
         if duplicates:
             metrics.REQUESTS_INGESTED.labels(source, "duplicate").inc(len(duplicates))
         for item, error in rejected:
             log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
-        return Recorded(inserted, duplicates, rejected)
+        return Recorded(inserted, duplicates, rejected, documents)
+
+    async def _record_once(self, items: list[Accepted], source: str, now: float) -> Recorded:
+        """One insert of requests with distinct keys; the due-now batch-lane ones held by this replica if the
+        lane has room, and handed to the batch runner once inserted."""
+        due = [initial_due_at(item.request.options, now) for item in items]
+        direct = [n for n, item in enumerate(items) if due[n] <= now and lane_for(item.request) == LANE_BATCH]
+        reservation = self._scheduler.reserve(len(direct)) if direct and self._scheduler is not None else None
+        held = set(direct[: reservation.room]) if reservation is not None else set()
+        documents = [
+            new_document(item.request, item.raw, source, due[n], now, reservation.claim if n in held else None)
+            for n, item in enumerate(items)
+        ]
+        try:
+            result = await self._notifications.record(documents)
+        except BaseException:
+            if reservation is not None and self._scheduler is not None:
+                self._scheduler.abandon(reservation, [documents[n]["_id"] for n in sorted(held)])
+            raise
+        stored = set(result.inserted)
+        if reservation is not None and self._scheduler is not None:
+            recorded = [SmallNotification(documents[n], items[n].request) for n in sorted(held)]
+            await self._scheduler.dispatch(reservation, [item for item in recorded if item.doc["_id"] in stored])
+        if self._scheduler is not None:
+            waiting = [d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored]
+            if waiting:
+                self._scheduler.wake(min(waiting))
+        by_key = {key(item): item for item in items}
+        return Recorded(
+            result.inserted,
+            result.duplicates,
+            [(by_key[k], error) for k, error in result.rejected.items()],
+            {d["_id"]: d for d in documents if d["_id"] in stored},
+        )

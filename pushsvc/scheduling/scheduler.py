@@ -3,14 +3,23 @@
 Several replicas run this side by side: the lease (scheduling/lease.py: a claim token, `lease_until` on the
 database's clock) decides who works on what, and an expired lease (a crashed replica) makes the
 notification claimable again, resuming at its saved progress.
+
+Most transactional pushes never pass through a claim: intake records a due-now batch-lane request already
+held by this replica (`reserve`, then `dispatch`: the claim's fields are in the insert) and the batch runner
+sends it at once. The claim loop takes the rest: fan-outs, scheduled requests coming due, requests recorded
+while the batch lane was full, and expired leases. It sleeps until woken (intake, the API, a lane slot coming
+free), until the earliest due time it was told of, or until the safety poll (`poll_interval_seconds`), which
+finds what nobody announced: another replica's expired lease, a due time recorded elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pushsvc import metrics
@@ -21,7 +30,14 @@ from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.lease import Lease
-from pushsvc.store.notifications import ACTIVE_STATES, LANE_BATCH, LANE_FANOUT, NotificationStore
+from pushsvc.store.notifications import (
+    ACTIVE_STATES,
+    LANE_BATCH,
+    LANE_FANOUT,
+    Claim,
+    NotificationStore,
+    new_claim_token,
+)
 
 log = get_logger(__name__)
 
@@ -30,6 +46,16 @@ log = get_logger(__name__)
 BATCH_CLAIM_LIMIT = 500
 # After the drain deadline, how long interrupted work gets to hand back what it had answered.
 HAND_BACK_SECONDS = 5.0
+# Due times the scheduler remembers to wake for (see `wake`); past this many, the safety poll finds the rest.
+KNOWN_DUE_TIMES = 10_000
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Room in the batch lane for `room` notifications that intake records already held by `claim`."""
+
+    claim: Claim
+    room: int
 
 
 class Scheduler:
@@ -59,12 +85,23 @@ class Scheduler:
         self._batched = 0  # notifications inside running batches now
         self._stopping = False
         self._last_full_claim = -float("inf")
+        # Due times (scheduling clock) of work recorded through this replica, earliest first: `wake`.
+        self._due_times: list[float] = []
+        # Work this replica let go of outside a claim (an abandoned reservation) waits in a state only a full
+        # claim looks at.
+        self._full_claim_wanted = False
         self.healthy = True
         self._report()  # both lane series exist, at zero, before the first scrape
 
-    def wake(self) -> None:
-        """Called by ingest when something due now was recorded: skip the rest of the poll interval."""
-        self._wakeup.set()
+    def wake(self, due_at: float | None = None) -> None:
+        """Something was recorded that is due now (`due_at` None or past) or at `due_at` (scheduling clock):
+        claim it then, not at the next safety poll."""
+        if due_at is None or due_at <= self._clock():
+            self._wakeup.set()
+        elif len(self._due_times) < KNOWN_DUE_TIMES:
+            heapq.heappush(self._due_times, due_at)
+            if self._due_times[0] == due_at:
+                self._wakeup.set()  # earlier than what the loop sleeps for: let it compute its wait again
 
     async def run(self) -> None:
         backoff = self._settings.poll_interval_seconds
@@ -83,15 +120,33 @@ class Scheduler:
             if more:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), backoff)
+                await asyncio.wait_for(self._wakeup.wait(), self._sleep_for(backoff))
+
+    def _sleep_for(self, longest: float) -> float:
+        """Until the next full claim: the safety poll, or sooner the earliest due time we know of."""
+        until_poll = self._last_full_claim + self._settings.poll_interval_seconds - time.monotonic()
+        wait = min(longest, max(0.0, until_poll))
+        if self._due_times:
+            wait = min(wait, max(0.0, self._due_times[0] - self._clock()))
+        return wait
+
+    def _full_claim_due(self, now: float) -> bool:
+        """Whether this pass also looks for scheduled work coming due and expired leases (every state)."""
+        due = time.monotonic() - self._last_full_claim >= self._settings.poll_interval_seconds
+        while self._due_times and self._due_times[0] <= now:
+            heapq.heappop(self._due_times)
+            due = True
+        if self._full_claim_wanted:
+            self._full_claim_wanted, due = False, True
+        return due
 
     async def _claim_available(self) -> bool:
         """Claim and start what is due in each lane with room; True if more may be waiting right now."""
         now = self._clock()
-        # Wakes come from new requests, which are `accepted`; scheduled ones coming due and expired
-        # leases are looked for once per poll interval, which keeps busy wake-ups to one query per lane.
+        # Wakes come from new requests, which are `accepted`; scheduled ones coming due (a known due time)
+        # and expired leases (the safety poll) need every state, which keeps busy wake-ups to one query per lane.
         states = [NotificationState.ACCEPTED]
-        if time.monotonic() - self._last_full_claim >= self._settings.poll_interval_seconds:
+        if self._full_claim_due(now):
             states = ACTIVE_STATES
             self._last_full_claim = time.monotonic()
         more = False
@@ -135,6 +190,60 @@ class Scheduler:
             self._start(self._run_batch(small, lease), f"batch:{len(small)}")
         self._report()
         return docs
+
+    # --------------------------------------------------------------------------- direct dispatch at intake
+
+    def reserve(self, wanted: int) -> Reservation | None:
+        """Room in the batch lane for up to `wanted` due-now notifications that intake is about to record held
+        by a fresh claim of this replica (the claim's fields go into the insert: no poll, no claim write).
+
+        None while draining or when the lane is full: intake then records them unclaimed and wakes the claim
+        loop, which takes them as room frees. Every reservation ends in `dispatch` or `abandon`.
+        """
+        room = min(wanted, BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
+        if self._stopping or room <= 0:
+            return None
+        self._batched += room
+        # Read before the insert is written, like a claim's: the lease ends no earlier than this.
+        until = self._lease_clock.now() + self._settings.lease_seconds
+        return Reservation(Claim(new_claim_token(self.owner), self.owner, until), room)
+
+    async def dispatch(self, reservation: Reservation, recorded: Sequence[SmallNotification]) -> None:
+        """Run the notifications intake recorded under `reservation` (those it inserted; a duplicate or a
+        rejected request holds no lease of ours). Room not used is given back."""
+        self._batched -= reservation.room - len(recorded)
+        if not recorded:
+            self._report()
+            return
+        ids = [item.doc["_id"] for item in recorded]
+        if self._stopping:
+            # drain() began while intake was recording: hand them back at once, as a claim in flight does.
+            self._batched -= len(recorded)
+            self._report()
+            await self._notifications.release(ids, reservation.claim.token)
+            return
+        lease = self._lease(reservation.claim.token, ids, reservation.claim.until)
+        self._start(self._run_batch(list(recorded), lease), f"batch:{len(recorded)}")
+        self._report()
+
+    def abandon(self, reservation: Reservation, ids: Sequence[str]) -> None:
+        """Intake's insert failed (it raises and its caller retries): any of `ids` it may have written anyway
+        are held by a claim nobody runs. They are released in the background (fenced by the claim's token),
+        and the next pass claims every state; if the release fails too, their lease expires as after a crash.
+        """
+        self._batched -= reservation.room
+        self._report()
+        self._start(self._release_abandoned(reservation.claim.token, list(ids)), f"release:{len(ids)}")
+
+    async def _release_abandoned(self, token: str, ids: list[str]) -> None:
+        try:
+            released = await self._notifications.release(ids, token)
+        except Exception as exc:
+            log.warning("abandoned_claim_not_released", notifications=len(ids), error=type(exc).__name__)
+            return
+        if released:
+            self._full_claim_wanted = True
+            self._wakeup.set()
 
     def _lease(self, token: str, ids: list[str], until: float) -> Lease:
         lease = Lease(self._notifications, self._lease_clock, token, ids, until, self._settings.lease_seconds)

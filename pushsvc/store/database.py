@@ -94,6 +94,9 @@ def client_options(settings: MongoSettings) -> dict[str, Any]:
 class Database:
     client: AsyncMongoClient[Document]
     db: AsyncDatabase[Document]
+    # The server answers `$in` on an indexed field by scanning the collection (nx-27017, the MongoDB wire
+    # server used for tests and benchmarks here): see DeviceStore._find_values, the one place that uses it.
+    scans_for_in: bool = False
 
     @classmethod
     def connect(cls, settings: MongoSettings) -> Database:
@@ -112,6 +115,14 @@ class Database:
     async def ensure_indexes(self) -> None:
         await self.devices.create_indexes(DEVICE_INDEXES)
         await self.notifications.create_indexes(NOTIFICATION_INDEXES)
+
+    async def identify_server(self) -> None:
+        """Learn whether the server is nx-27017 (its buildInfo names its process; MongoDB's has no such field).
+
+        Only to pick how a set of values is looked up (`scans_for_in`); every query means the same on both.
+        """
+        info = await self.client.admin.command("buildInfo")
+        self.scans_for_in = info.get("process") == "nx_27017"
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")

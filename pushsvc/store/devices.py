@@ -30,8 +30,11 @@ _EXHAUSTED = "exhausted"
 _LOOKUP_PAGE = 1000
 # A user's devices read at once (listing, erasure); far above what one person registers.
 USER_DEVICES_LIMIT = 1000
-# Up to this many users/tokens are looked up one equality query each (concurrently) instead of one `$in`.
+# A request naming up to this many users or tokens is "small": the batch lane runs it (store/notifications.py).
 SMALL_LOOKUP = 16
+# On nx-27017 only, up to this many values are looked up one equality query each (concurrently) instead of
+# one `$in` (see _find_values; measured with benchmarks/store_op_cost.py).
+POINT_LOOKUPS_UP_TO = 300
 # The marker (in the `migrations` collection) saying backfill_kinds has run on this database.
 KIND_BACKFILL = "devices.kind"
 # Only what the dispatcher needs travels back from MongoDB.
@@ -205,6 +208,7 @@ def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
 
 class DeviceStore:
     def __init__(self, database: Database, clock: Callable[[], float] = time.time) -> None:
+        self._database = database
         self._collection = database.devices
         # registered_at and deactivation times are compared with the moment a request went out, possibly on
         # another replica: the service passes the database's clock (scheduling/clock.py).
@@ -271,13 +275,29 @@ class DeviceStore:
         merged = {doc["_id"]: doc for docs in results for doc in docs}
         return [merged[key] for key in sorted(merged)]
 
+    async def _find_values(self, query: dict, field: str, values: Sequence[str]) -> list[dict]:
+        """The devices matching `query` whose `field` is one of `values`, in _id order.
+
+        On MongoDB one `$in` query: an index point lookup per value, one round trip for any number of them.
+        nx-27017 answers `$in` by scanning the collection (~270 ms of its CPU at 100k devices, whatever the
+        count of values) but an equality from its index (~0.8 ms): there, up to POINT_LOOKUPS_UP_TO values go
+        as one equality query each, and more as the one scan (benchmarks/store_op_cost.py: 500 values cost
+        ~310 ms as a scan, ~390 ms as equalities). Chosen here only, by `Database.scans_for_in`.
+        """
+        if len(values) == 1 or (self._database.scans_for_in and len(values) <= POINT_LOOKUPS_UP_TO):
+            return await self._find_each(query, field, values)
+        return await self._find_all({**query, field: {"$in": list(dict.fromkeys(values))}})
+
     async def find_by_tokens(self, app: str, tokens: Sequence[str], push_type: PushType) -> list[dict]:
         """The active devices among `tokens` whose kind takes the push type (a regular APNs token named in a
         VoIP push is not one of them: the caller counts it as unknown)."""
+        return await self.find_many(app, push_type, "token", tokens)
+
+    async def find_many(self, app: str, push_type: PushType, field: str, values: Sequence[str]) -> list[dict]:
+        """The active devices of `app` whose kind takes the push type and whose `field` (token, user_id) is one
+        of `values`, in _id order: the devices of many small requests read at once (dispatch/chunks.py)."""
         query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(push_type)}
-        if len(tokens) <= SMALL_LOOKUP:
-            return await self._find_each(query, "token", tokens)
-        return await self._find_all({**query, "token": {"$in": list(tokens)}})
+        return await self._find_values(query, field, values)
 
     async def find_audience(
         self,
@@ -291,9 +311,9 @@ class DeviceStore:
     ) -> list[dict]:
         """Next `limit` devices of a users/segment audience by _id after the cursor (hex ObjectId)."""
         if target.users and len(target.users) <= SMALL_LOOKUP:
-            # A few users: their devices are point lookups (all of them; a user has a handful), paged here.
+            # A few users: their devices read whole (a user has a handful), paged here.
             base = _active_devices_filter(app, category, timezones, push_type)
-            docs = await self._find_each(base, "user_id", target.users)
+            docs = await self._find_values(base, "user_id", target.users)
             if after_id is not None:
                 after = ObjectId(after_id)
                 docs = [d for d in docs if d["_id"] > after]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState, PushRequest
@@ -131,11 +131,40 @@ def _legacy_fields(doc: Mapping[str, Any], store: NotificationStore) -> dict[str
     return fields
 
 
+def new_claim_token(owner: str) -> str:
+    """A fresh claim token (scheduling/lease.py): names the replica for people, unique for fencing."""
+    return f"{owner}/{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease taken on notifications: written by `claim_due`, or by intake into a new document (direct
+    dispatch: the replica recording a due-now request holds it from the start)."""
+
+    token: str
+    owner: str
+    until: float  # lease_until, on the database's clock
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "state": str(NotificationState.DISPATCHING),
+            "lease_owner": self.owner,
+            "lease_until": self.until,
+            "claim": self.token,
+        }
+
+
 def new_document(
-    request: PushRequest, raw: Mapping[str, Any], source: str, due_at: float, now: float
+    request: PushRequest,
+    raw: Mapping[str, Any],
+    source: str,
+    due_at: float,
+    now: float,
+    claim: Claim | None = None,
 ) -> dict:
+    """The notification a request becomes; with `claim`, recorded already held by that lease."""
     state = NotificationState.SCHEDULED if due_at > now else NotificationState.ACCEPTED
-    return {
+    document = {
         "_id": notification_key(request.app, request.id),
         "request_id": request.id,
         "app": request.app,
@@ -157,6 +186,14 @@ def new_document(
         "cursor": None,
         "counts": dict.fromkeys(COUNT_KEYS, 0),
     }
+    if claim is not None:
+        document.update(claim.fields())
+    return document
+
+
+def _events_published(ids: list[str]) -> UpdateMany:
+    """Clear `event_pending` on notifications whose outcome event the broker acknowledged."""
+    return UpdateMany({"_id": {"$in": ids}, "event_pending": {"$eq": True}}, {"$set": {"event_pending": False}})
 
 
 class NotificationStore:
@@ -301,16 +338,10 @@ class NotificationStore:
             for state in states
         ]
         candidates = sorted((c for found in await asyncio.gather(*lookups) for c in found), key=_due_at)[:limit]
-        token = f"{owner}/{uuid.uuid4().hex}"
+        token = new_claim_token(owner)
         if not candidates:
             return token, []
         ids = [c["_id"] for c in candidates]
-        claimed = {
-            "state": str(NotificationState.DISPATCHING),
-            "lease_owner": owner,
-            "lease_until": until,
-            "claim": token,
-        }
         won = await self._collection.update_many(
             {
                 "_id": {"$in": ids},
@@ -318,7 +349,7 @@ class NotificationStore:
                 "due_at": {"$lte": due_by},
                 "lease_until": {"$lte": expired_by},
             },
-            {"$set": claimed},
+            {"$set": Claim(token, owner, until).fields()},
         )
         if not won.modified_count:
             return token, []
@@ -500,29 +531,40 @@ class NotificationStore:
             "event_pending": True,
         }
 
-    async def finish_many(self, token: str, finals: Sequence[Final], now: float) -> list[str]:
+    async def finish_many(
+        self, token: str, finals: Sequence[Final], now: float, announced: Sequence[str] = ()
+    ) -> list[str]:
         """Final state and counts for notifications still held under `token`, finished at `now`, in one round
-        trip.
+        trip; the same bulk write clears `event_pending` on `announced` (notifications whose outcome event the
+        broker acknowledged since: outcomes.Announcer).
 
-        Returns the ids finished by us (now, or by an earlier attempt whose answer was lost): one taken over
-        by another replica is left to its new holder.
+        Notifications ending alike (state, counts, error: most single-device pushes) share one update, so a
+        batch is a few updates, not one per notification. Returns the ids finished by us (now, or by an
+        earlier attempt whose answer was lost): one taken over by another replica is left to its new holder.
         """
         if not finals:
             return []
-        operations = [
-            UpdateOne(
-                {
-                    "_id": final.notification_id,
-                    "claim": {"$eq": token},
-                    "state": {"$eq": str(NotificationState.DISPATCHING)},
-                },
-                {"$set": {**self._final_fields(token, final.state, final.error, now), "counts": final.counts}},
+        alike: dict[tuple[str, str | None, tuple[tuple[str, int], ...]], list[str]] = {}
+        for final in finals:
+            group = (str(final.state), final.error, tuple(sorted(final.counts.items())))
+            alike.setdefault(group, []).append(final.notification_id)
+        operations: list[UpdateMany] = [
+            UpdateMany(
+                {"_id": {"$in": ids}, "claim": {"$eq": token}, "state": {"$eq": str(NotificationState.DISPATCHING)}},
+                {"$set": {**self._final_fields(token, NotificationState(state), error, now), "counts": dict(counts)}},
             )
-            for final in finals
+            for (state, error, counts), ids in alike.items()
         ]
+        announced = [i for i in dict.fromkeys(announced)]
+        if announced:
+            operations.append(_events_published(announced))
         result = await self._collection.bulk_write(operations, ordered=False)
         ids = [final.notification_id for final in finals]
-        return ids if result.modified_count == len(ids) else await self._released_by_token(ids, token)
+        # Every finish applied exactly when the total reaches it with every mark too (a mark matches at most
+        # its own notification); short of that, the holder of each is read back.
+        if result.modified_count == len(ids) + len(announced):
+            return ids
+        return await self._released_by_token(ids, token)
 
     async def erase_user(self, app: str, user_id: str, tokens: Sequence[str]) -> int:
         """GDPR erasure: remove a user id and their device tokens from every stored request of `app`.
@@ -582,9 +624,7 @@ class NotificationStore:
 
     async def mark_events_published(self, notification_ids: Sequence[str]) -> None:
         if notification_ids:
-            await self._collection.update_many(
-                {"_id": {"$in": list(notification_ids)}, "event_pending": True}, {"$set": {"event_pending": False}}
-            )
+            await self._collection.bulk_write([_events_published(list(notification_ids))])
 
     async def release_all(self, owner: str) -> int:
         """Let every dispatching lease `owner` still holds run out now (shutdown); cursors stay where they are.

@@ -65,7 +65,9 @@ def write_config(
     aimed at the test peers; `extra` adds or replaces top-level sections."""
     config = {
         # Short group timings: the broker holds a join for half the session timeout.
-        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, **kafka},
+        # Tansu holds a fetch for the whole wait, even when data arrives: keep it short (config.py).
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "heartbeat_interval_ms": 500,
+                  "fetch_max_wait_ms": 50, **kafka},
         "mongodb": {"uri": mongo_uri, "database": database},
         "http": {"host": "127.0.0.1", "port": 0},
         "dispatch": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5, "send_timeout_seconds": 5.0,

@@ -165,6 +165,38 @@ async def test_a_batch_finish_failing_once_sends_nothing_again_and_announces_eac
         await serve.terminate()
 
 
+def claimed_insert(data: bytes) -> bool:
+    """Intake's insert of due-now requests recorded already held by the replica (direct dispatch)."""
+    return b"insert" in data and b"notifications" in data and b"dispatching" in data
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["request", "reply"])
+async def test_an_insert_of_held_requests_failing_once_sends_each_once_without_waiting_for_the_lease(
+    stack: Stack, mongo: ProxiedServer, when: str
+) -> None:
+    """Intake records a due-now request already held by its replica. If that insert fails ("reply": written,
+    answer lost), Kafka redelivers the batch and the written requests come back as duplicates, held by a
+    claim nobody runs: they must be released at once and sent once, not left for the 30 s lease."""
+    serve = await replica(stack, mongo, lease_seconds=30.0, poll_interval_seconds=2.0).start()
+    try:
+        devices = padded_tokens("i1", 8, "d")
+        await register_tagged(serve, devices, "intake")
+        trap = mongo.proxy.trap(claimed_insert, when=when)  # type: ignore[arg-type]
+        ids = [f"held-{n}" for n in range(8)]
+        published = asyncio.get_running_loop().time()
+        await stack.publish(*(alert(i, {"tokens": [t]}) for i, t in zip(ids, devices, strict=True)))
+        docs = await finished(stack, ids, timeout=25)
+        took = asyncio.get_running_loop().time() - published
+        assert trap.sprung == 1
+        assert took < 15, f"took {took:.1f}s: the held requests waited for their lease to expire"
+        assert all(d["state"] == "done" and d["counts"]["delivered"] == 1 for d in docs), docs
+        await asyncio.sleep(1.0)
+        assert set(sends(stack).values()) == {1} and len(sends(stack)) == 8, sends(stack)
+    finally:
+        await serve.terminate()
+
+
 def announcement(data: bytes) -> bool:
     """Clearing event_pending once the outcome events are acknowledged (not a finish, which also writes it)."""
     return b"update" in data and b"event_pending" in data and b"$in" in data and b"released_claim" not in data
