@@ -360,6 +360,15 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
         warm_up = [(f"warm-{tag}-{i}", {"users": [f"u{u}" for u in range(i * 50, i * 50 + 50)]}) for i in range(4)]
         warm = await bench.run_phase("warm-up", warm_up, None)
         print(f"  warm-up: delivered {warm['delivered']}", flush=True)
+        if "idle" in args.phases:
+            # Nothing to do: what the replica costs while it waits (polls, heartbeats, refreshes), over a minute.
+            await asyncio.sleep(5)  # the warm-up's tail (outcome sweep, lease releases) out of the window
+            cpu0, wall0 = cpu_seconds(bench.pid), time.monotonic()
+            await asyncio.sleep(args.idle_seconds)
+            share = (cpu_seconds(bench.pid) - cpu0) / (time.monotonic() - wall0)
+            r = {"phase": "idle", "seconds": args.idle_seconds, "pushsvc_cpu_share_of_one_core": round(share, 4)}
+            results.append(r)
+            print(f"  idle: pushsvc used {share * 100:.2f}% of a core over {args.idle_seconds:.0f}s", flush=True)
         for name, seg in (("apns_peak", "ios-peak"), ("fcm_peak", "android-peak")):
             if name.split("_")[0] not in args.phases:
                 continue
@@ -391,6 +400,35 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
             r["offered_deliveries_per_s"] = round(rate * per)
             results.append(r)
             print_row(r)
+        if "single" in args.phases:
+            # One push to one user with one device, per provider: its peak (--single-peak-requests published at
+            # once), then a steady stream at --single-rate requests/s (the latency target). Users from
+            # --devices/4 upwards, away from the warm-up's and the transactional phase's.
+            next_user = {"apns": args.devices // 4, "fcm": args.devices // 4 + 1}  # even: iOS, odd: Android
+
+            def single(provider: str, count: int, prefix: str) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+                token_request: dict[str, str] = {}
+                reqs = []
+                for k in range(count):
+                    u = next_user[provider]
+                    next_user[provider] = (u + 2) % args.devices
+                    rid = f"{prefix}-{tag}-{k}"
+                    token_request[device_token(u)] = rid
+                    reqs.append((rid, {"users": [f"u{u}"]}))
+                return reqs, token_request
+
+            for provider in ("apns", "fcm"):
+                reqs, token_request = single(provider, args.single_peak_requests, f"single-{provider}-peak")
+                r = await bench.run_phase(f"single_{provider}_peak", reqs, None, token_request)
+                results.append(r)
+                print_row(r)
+            for provider in ("apns", "fcm"):
+                count = int(args.single_rate * args.latency_seconds)
+                reqs, token_request = single(provider, count, f"single-{provider}")
+                r = await bench.run_phase(f"single_{provider}_{args.single_rate:g}rps", reqs, args.single_rate,
+                                          token_request)
+                results.append(r)
+                print_row(r)
         if "txn" in args.phases:
             # Transactional traffic: many small `users` requests (1-3 users, one device each). Its own peak
             # (requests published all at once) first, then a steady stream at --latency-load of that peak.
@@ -445,7 +483,8 @@ def print_table(results: list[dict]) -> None:
              r["provider"].get("apns", {}).get("acks_per_s", "-"), r["provider"].get("fcm", {}).get("acks_per_s", "-"),
              r["pushsvc_cpu_us_per_delivery"], r["pushsvc_cpu_share_of_one_core"],
              r["request_latency_ms"]["p50"], r["request_latency_ms"]["p99"],
-             r["apns_delivery_latency_ms"]["p50"], r["apns_delivery_latency_ms"]["p99"]] for r in results]
+             r["apns_delivery_latency_ms"]["p50"], r["apns_delivery_latency_ms"]["p99"]]
+            for r in results if "delivered" in r]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for row in [head, *rows]:
         print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
@@ -471,8 +510,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--profile", choices=["py-spy", "none"], default="none",
                         help="record py-spy collapsed stacks of pushsvc into WORK/profile.txt")
-    parser.add_argument("--phases", default="apns,fcm,campaign,latency,txn",
-                        help="which phases to run (comma separated: apns,fcm,campaign,latency,txn)")
+    parser.add_argument("--phases", default="idle,apns,fcm,campaign,latency,single,txn",
+                        help="which phases to run (comma separated: idle,apns,fcm,campaign,latency,single,txn)")
     parser.add_argument("--peak-rate", type=float, default=None,
                         help="campaign peak deliveries/s for the latency phase when the campaign phase is skipped")
     parser.add_argument("--txn-rate", type=float, default=None,
@@ -480,6 +519,15 @@ def main() -> int:
                              "default: --latency-load of the transactional peak, measured first")
     parser.add_argument("--txn-peak-requests", type=int, default=10_000,
                         help="requests published at once to measure the transactional peak")
+    parser.add_argument("--single-peak-requests", type=int, default=10_000,
+                        help="single-device requests published at once per provider (the single phase's peak)")
+    parser.add_argument("--poll-interval", type=float, default=None,
+                        help="dispatch.poll_interval_seconds (default: the service's own)")
+    parser.add_argument("--fetch-wait-ms", type=int, default=50,
+                        help="kafka.fetch_max_wait_ms (Tansu holds every fetch this long: latency against idle CPU)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="length of the idle phase")
+    parser.add_argument("--single-rate", type=float, default=350.0,
+                        help="requests/s of the single phase's steady stream (one device each)")
     args = parser.parse_args()
     args.peak_devices = min(args.peak_devices, args.devices // 2)
 
@@ -514,12 +562,14 @@ def main() -> int:
         apns_key, sa = write_credentials(work, nginx_port)
         http_port = free_port()
         config = {
-            "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500},
+            # Tansu holds a fetch for the whole wait, even when data arrives (config.py: Kafka answers at once).
+            "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500, "fetch_max_wait_ms": args.fetch_wait_ms},
             "mongodb": {"uri": mongo_uri, "database": "pushsvc"},
             "http": {"host": "127.0.0.1", "port": http_port},
             "log_level": "warning",
             "dispatch": {"chunk_size": args.chunk_size, "concurrency_per_provider": args.concurrency,
-                         "max_active_notifications": args.max_active, "poll_interval_seconds": 0.05},
+                         "max_active_notifications": args.max_active,
+                         **({"poll_interval_seconds": args.poll_interval} if args.poll_interval else {})},
             "apps": {APP: {
                 "apns": {"topic": "com.example.bench", "key_file": str(apns_key), "key_id": "BENCHKEY01",
                          "team_id": "BENCHTEAM1", "endpoint": f"https://127.0.0.1:{nginx_port}",
@@ -566,6 +616,7 @@ def main() -> int:
                 spy.wait(30)
         print()
         print_table(results)
+        per_delivery = [r["pushsvc_cpu_us_per_delivery"] for r in results if r.get("pushsvc_cpu_us_per_delivery")]
         out = {
             "machine": machine(),
             "settings": {k: getattr(args, k) for k in ("devices", "peak_devices", "per_request", "latency_seconds",
@@ -576,8 +627,7 @@ def main() -> int:
             "note": "pushsvc CPU is its own process's utime+stime; the broker, MongoDB server, nginx and this "
                     "load generator share the same cores, so wall throughput is bounded by them too.",
             "phases": results,
-            "median_cpu_us_per_delivery": statistics.median(
-                [r["pushsvc_cpu_us_per_delivery"] for r in results if r["pushsvc_cpu_us_per_delivery"]]),
+            "median_cpu_us_per_delivery": statistics.median(per_delivery) if per_delivery else None,
         }
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         print(f"\nmachine: {out['machine']}\nwritten to {args.out}")
