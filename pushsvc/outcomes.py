@@ -125,6 +125,9 @@ class Announcer:
             await self._notifications.mark_events_published(ids)
         except Exception as exc:
             log.warning("outcome_marks_deferred", count=len(ids), error=f"{type(exc).__name__}: {exc}"[:200])
+        except BaseException:  # cancelled (shutdown): the final flush makes them
+            self.give_back(ids)
+            raise
 
 
 class OutcomeSweeper:

@@ -177,7 +177,7 @@ async def create_campaign(request: web.Request) -> web.Response:
     if stored is None:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
     if result.inserted:
-        request.app[WAKE](doc["due_at"])
+        request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
     return web.json_response(campaign_view(stored), status=201 if result.inserted else 200)
 
 
@@ -219,7 +219,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
             return json_error(404, "not_found", "no campaign with that id")
         return json_error(409, "invalid_state", f"cannot {action} a campaign that is {current['state']}")
     if action == "resume":
-        request.app[WAKE](None)
+        request.app[WAKE](request.app[CLOCK]())  # scheduled again: a pass looking at every state
     return web.json_response(campaign_view(doc))
 
 

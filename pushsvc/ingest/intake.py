@@ -162,24 +162,26 @@ class Intake:
         direct = [n for n, item in enumerate(items) if due[n] <= now and lane_for(item.request) == LANE_BATCH]
         reservation = self._scheduler.reserve(len(direct)) if direct and self._scheduler is not None else None
         held = set(direct[: reservation.room]) if reservation is not None else set()
-        documents = [
-            new_document(item.request, item.raw, source, due[n], now, reservation.claim if n in held else None)
-            for n, item in enumerate(items)
-        ]
         try:
+            documents = [
+                new_document(item.request, item.raw, source, due[n], now, reservation.claim if n in held else None)
+                for n, item in enumerate(items)
+            ]
             result = await self._notifications.record(documents)
         except BaseException:
             if reservation is not None and self._scheduler is not None:
-                self._scheduler.abandon(reservation, [documents[n]["_id"] for n in sorted(held)])
+                self._scheduler.abandon(reservation, [key(items[n]) for n in sorted(held)])
             raise
         stored = set(result.inserted)
         if reservation is not None and self._scheduler is not None:
             recorded = [SmallNotification(documents[n], items[n].request) for n in sorted(held)]
             await self._scheduler.dispatch(reservation, [item for item in recorded if item.doc["_id"] in stored])
         if self._scheduler is not None:
-            waiting = [d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored]
-            if waiting:
-                self._scheduler.wake(min(waiting))
+            waiting = {d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored}
+            if any(at <= now for at in waiting):
+                self._scheduler.wake()  # due now, recorded unclaimed (a full lane, or the fan-out lane)
+            for at in sorted(at for at in waiting if at > now):
+                self._scheduler.wake(at)
         by_key = {key(item): item for item in items}
         return Recorded(
             result.inserted,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -94,9 +95,10 @@ class Scheduler:
         self._report()  # both lane series exist, at zero, before the first scrape
 
     def wake(self, due_at: float | None = None) -> None:
-        """Something was recorded that is due now (`due_at` None or past) or at `due_at` (scheduling clock):
-        claim it then, not at the next safety poll."""
-        if due_at is None or due_at <= self._clock():
+        """Claim now, not at the next safety poll: new requests (`due_at` None: a pass looking at `accepted`
+        only), or work due at `due_at` on the scheduling clock (a pass looking at every state then: scheduled
+        requests, a resumed campaign). Past KNOWN_DUE_TIMES remembered times the safety poll finds the rest."""
+        if due_at is None:
             self._wakeup.set()
         elif len(self._due_times) < KNOWN_DUE_TIMES:
             heapq.heappush(self._due_times, due_at)
@@ -203,9 +205,9 @@ class Scheduler:
         room = min(wanted, BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
         if self._stopping or room <= 0:
             return None
-        self._batched += room
         # Read before the insert is written, like a claim's: the lease ends no earlier than this.
         until = self._lease_clock.now() + self._settings.lease_seconds
+        self._batched += room
         return Reservation(Claim(new_claim_token(self.owner), self.owner, until), room)
 
     async def dispatch(self, reservation: Reservation, recorded: Sequence[SmallNotification]) -> None:
@@ -255,7 +257,10 @@ class Scheduler:
         metrics.ACTIVE_NOTIFICATIONS.labels(LANE_FANOUT).set(self._fanouts)
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(work, name=name)
+        # A fresh context: work started from an API request (direct dispatch) must not inherit that request's
+        # context, in particular its `pymongo.timeout` (http.store_timeout_ms), which would fail every write
+        # of the run once the request's deadline passed, lapse the lease and get the push sent again.
+        task = asyncio.create_task(work, name=name, context=contextvars.Context())
         self._active.add(task)
         task.add_done_callback(self._active.discard)
 

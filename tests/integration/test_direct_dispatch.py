@@ -126,3 +126,19 @@ async def test_a_request_recorded_while_the_replica_drains_is_handed_back_not_ke
         return [r.token for r in stack.apns.requests] == [token(5)]
 
     await wait_until(sent_once, timeout=5)
+
+
+async def test_a_push_posted_over_http_outlives_the_api_deadline_and_is_sent_once(stack: Stack) -> None:
+    """The API bounds its own MongoDB work (http.store_timeout_ms); the batch a POST starts must not inherit
+    that deadline: its finish, renewals and hand-back would all fail once it passed, the lease would lapse and
+    another pass would send the push again."""
+    await stack.start(dispatch={"lease_seconds": 4.0, "send_timeout_seconds": 3.0},
+                      extra={"http": {"host": "127.0.0.1", "port": 0, "store_timeout_ms": 300}})
+    await stack.register(token(7), "ios", user_id="u7")
+    stack.apns.set_default(delay=1.5)  # answered long after the API's 0.3 s deadline
+    async with stack.http.post(stack.url("/v1/notifications"), json=alert("slow", "u7"), headers=auth_headers()) as r:
+        assert r.status == 201, await r.text()
+    doc = await stack.wait_finished("slow", timeout=10)
+    assert doc["state"] == "done" and doc["counts"]["delivered"] == 1, doc
+    await asyncio.sleep(5.0)  # past the lease: a lapsed one would have been claimed and sent again by now
+    assert [r.token for r in stack.apns.requests] == [token(7)]
