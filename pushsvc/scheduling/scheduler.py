@@ -91,6 +91,9 @@ class Scheduler:
         # Work this replica let go of outside a claim (an abandoned reservation) waits in a state only a full
         # claim looks at.
         self._full_claim_wanted = False
+        # Due batch-lane work may be waiting for room (intake found the lane full, or a claim filled it): a
+        # batch finishing then wakes the claim loop; otherwise it does not.
+        self._batch_backlog = False
         self.healthy = True
         self._report()  # both lane series exist, at zero, before the first scrape
 
@@ -158,6 +161,8 @@ class Scheduler:
         if room > 0 and not self._stopping:
             docs = await self._claim(now, room, LANE_BATCH, states)
             more |= len(docs) == room
+            # A short claim took all that was waiting; a full one may have left some for the next free room.
+            self._batch_backlog = len(docs) == room
         room = self._settings.max_active_notifications - self._fanouts
         if room > 0 and not self._stopping:
             docs = await self._claim(now, room, LANE_FANOUT, states)
@@ -203,6 +208,8 @@ class Scheduler:
         loop, which takes them as room frees. Every reservation ends in `dispatch` or `abandon`.
         """
         room = min(wanted, BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
+        if room < wanted:
+            self._batch_backlog = True  # the rest is recorded unclaimed: claimed as room frees
         if self._stopping or room <= 0:
             return None
         # Read before the insert is written, like a claim's: the lease ends no earlier than this.
@@ -286,7 +293,10 @@ class Scheduler:
             remaining -= count
             self._batched -= count
             self._report()
-            self._wakeup.set()
+            # Only if something may wait for that room: a claim pass per finished batch is two queries, and
+            # most batches (direct dispatch) leave nobody waiting.
+            if self._batch_backlog:
+                self._wakeup.set()
 
         try:
             await self._batch_runner.run(batch, lease, done)
