@@ -33,7 +33,7 @@ USER_DEVICES_LIMIT = 1000
 # A request naming up to this many users or tokens is "small": the batch lane runs it (store/notifications.py).
 SMALL_LOOKUP = 16
 # On nx-27017 only, up to this many values are looked up one equality query each (concurrently) instead of
-# one `$in` (see _find_values; measured with benchmarks/store_op_cost.py).
+# one `$in` (see _find_values; measured with benchmarks/store_op_cost.py, kept below the ~500 break-even).
 POINT_LOOKUPS_UP_TO = 300
 # The marker (in the `migrations` collection) saying backfill_kinds has run on this database.
 KIND_BACKFILL = "devices.kind"
@@ -279,10 +279,11 @@ class DeviceStore:
         """The devices matching `query` whose `field` is one of `values`, in _id order.
 
         On MongoDB one `$in` query: an index point lookup per value, one round trip for any number of them.
-        nx-27017 answers `$in` by scanning the collection (~270 ms of its CPU at 100k devices, whatever the
-        count of values) but an equality from its index (~0.8 ms): there, up to POINT_LOOKUPS_UP_TO values go
-        as one equality query each, and more as the one scan (benchmarks/store_op_cost.py: 500 values cost
-        ~310 ms as a scan, ~390 ms as equalities). Chosen here only, by `Database.scans_for_in`.
+        nx-27017 answers `$in` by scanning the collection (~260-320 ms of its CPU at 100k devices, whatever the
+        count of values) but an equality from its index (~0.5 ms): there, up to POINT_LOOKUPS_UP_TO values go
+        as one equality query each, and more as the one scan (benchmarks/store_op_cost.py: the break-even in
+        its CPU is ~500-650 values; below it the equalities, sent concurrently, also answer sooner). Chosen
+        here only, by `Database.scans_for_in`.
         """
         if len(values) == 1 or (self._database.scans_for_in and len(values) <= POINT_LOOKUPS_UP_TO):
             return await self._find_each(query, field, values)
