@@ -144,6 +144,8 @@ class ChunkWorker:
             if request.target.tokens:
                 chunks.append(_token_chunk(request, 0, values, docs, True, None))
             else:
+                # One query serves requests of several categories, so the opt-out clause of a users audience
+                # (store/devices.py `_active_devices_filter`) is applied here, per request.
                 category = request.message.category
                 mine = sorted(
                     (d for d in docs if not category or category not in (d.get("opt_out") or ())),

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+
 @dataclass(frozen=True)
 class Rejection:
     reason: str  # invalid_json | invalid_request | too_large | store_rejected

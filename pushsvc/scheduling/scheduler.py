@@ -193,8 +193,7 @@ class Scheduler:
                 small.append(item)
         if small:
             self._batched += len(small)
-            lease = self._lease(token, [item.doc["_id"] for item in small], until)
-            self._start(self._run_batch(small, lease), f"batch:{len(small)}")
+            self._start_batch(small, token, until)
         self._report()
         return docs
 
@@ -224,15 +223,13 @@ class Scheduler:
         if not recorded:
             self._report()
             return
-        ids = [item.doc["_id"] for item in recorded]
         if self._stopping:
             # drain() began while intake was recording: hand them back at once, as a claim in flight does.
             self._batched -= len(recorded)
             self._report()
-            await self._notifications.release(ids, reservation.claim.token)
+            await self._notifications.release([item.doc["_id"] for item in recorded], reservation.claim.token)
             return
-        lease = self._lease(reservation.claim.token, ids, reservation.claim.until)
-        self._start(self._run_batch(list(recorded), lease), f"batch:{len(recorded)}")
+        self._start_batch(list(recorded), reservation.claim.token, reservation.claim.until)
         self._report()
 
     def abandon(self, reservation: Reservation, ids: Sequence[str]) -> None:
@@ -253,6 +250,11 @@ class Scheduler:
         if released:
             self._full_claim_wanted = True
             self._wakeup.set()
+
+    def _start_batch(self, batch: list[SmallNotification], token: str, until: float) -> None:
+        """Run `batch` under one lease (claimed, or recorded held by intake); its room is counted already."""
+        lease = self._lease(token, [item.doc["_id"] for item in batch], until)
+        self._start(self._run_batch(batch, lease), f"batch:{len(batch)}")
 
     def _lease(self, token: str, ids: list[str], until: float) -> Lease:
         lease = Lease(self._notifications, self._lease_clock, token, ids, until, self._settings.lease_seconds)

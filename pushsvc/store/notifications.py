@@ -555,7 +555,7 @@ class NotificationStore:
             )
             for (state, error, counts), ids in alike.items()
         ]
-        announced = [i for i in dict.fromkeys(announced)]
+        announced = list(dict.fromkeys(announced))
         if announced:
             operations.append(_events_published(announced))
         result = await self._collection.bulk_write(operations, ordered=False)
