@@ -197,6 +197,38 @@ async def test_an_insert_of_held_requests_failing_once_sends_each_once_without_w
         await serve.terminate()
 
 
+def device_read(data: bytes) -> bool:
+    """A read of the devices a batch targets (`ChunkWorker.first_chunks`)."""
+    return b"find" in data and b"devices" in data and b"token" in data
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["request", "reply"])
+async def test_a_batch_device_read_failing_once_is_read_again_and_each_is_sent_once(
+    stack: Stack, mongo: ProxiedServer, when: str
+) -> None:
+    """The devices of a whole batch are read together: one reset on that read must neither drop the batch's
+    notifications (to a lease expiry) nor count a device twice."""
+    serve = await replica(stack, mongo, lease_seconds=30.0).start()
+    try:
+        devices = padded_tokens("g1", 8, "d")
+        await register_tagged(serve, devices, "read")
+        trap = mongo.proxy.trap(device_read, when=when)  # type: ignore[arg-type]
+        ids = [f"read-{n}" for n in range(8)]
+        published = asyncio.get_running_loop().time()
+        await stack.publish(*(alert(i, {"tokens": [t]}) for i, t in zip(ids, devices, strict=True)))
+        docs = await finished(stack, ids, timeout=25)
+        took = asyncio.get_running_loop().time() - published
+        assert trap.sprung == 1
+        assert took < 15, f"took {took:.1f}s: a notification waited for its lease to expire"
+        assert all(d["state"] == "done" and d["counts"] == {**d["counts"], "targeted": 1, "delivered": 1}
+                   for d in docs), docs
+        await asyncio.sleep(1.0)
+        assert set(sends(stack).values()) == {1} and len(sends(stack)) == 8, sends(stack)
+    finally:
+        await serve.terminate()
+
+
 def announcement(data: bytes) -> bool:
     """Clearing event_pending once the outcome events are acknowledged (not a finish, which also writes it)."""
     return b"update" in data and b"event_pending" in data and b"$in" in data and b"released_claim" not in data
