@@ -79,19 +79,22 @@ class NotificationRunner:
         """Draining: every run stops after its current chunk, saving its cursor and releasing the lease."""
         self._stopping.set()
 
-    async def run(self, doc: dict, lease: Lease) -> None:
-        """Work the notification while `lease` holds it; returns when done, handed back, or lost."""
+    async def run(self, doc: dict, lease: Lease) -> float | None:
+        """Work the notification while `lease` holds it; returns when done, handed back, lost, or rescheduled
+        for its next local-time wave: then with that wave's due time (scheduling clock), so the scheduler can
+        wake for it rather than wait for its safety poll."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:{doc['_id']}")
         try:
-            await self._run(doc, lease)
+            return await self._run(doc, lease)
         except LeaseLost as exc:
             log.warning("lease_lost", notification_id=doc["_id"], detail=str(exc) or None)
+            return None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _run(self, doc: dict, lease: Lease) -> None:
+    async def _run(self, doc: dict, lease: Lease) -> float | None:
         try:
             request = parse_request(orjson.loads(doc["request"]))
         except Exception as exc:
@@ -99,7 +102,7 @@ class NotificationRunner:
             # a parser bug). Whatever it is, this one notification fails, saying why; nothing else waits on it.
             detail = f"{type(exc).__name__}: {exc}"[:300]
             await self._finish(doc, lease, NotificationState.FAILED, f"stored request unreadable: {detail}")
-            return
+            return None
         run = _Run(doc, request, lease, int(doc.get("progress_seq") or 0))
         quiet = quiet_from_doc(doc.get("quiet_hours"))
         wave: list[str] | None = None
@@ -120,7 +123,7 @@ class NotificationRunner:
             await throttle.wait()
             if self._stopping.is_set():
                 await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
-                return
+                return None
             chunk = await self._chunks.next_chunk(
                 request, run.cursor, wave, first_wave, size, retry_while=lease.valid
             )
@@ -128,14 +131,14 @@ class NotificationRunner:
             throttle.sent(outcome.counts["targeted"])
             if not outcome.complete:
                 await self._stopped_mid_chunk(run, outcome)
-                return
+                return None
             after = await self._advance(run, chunk.next_cursor, outcome.counts)
             if "audience_estimate" in after:
                 _campaign_progress(run.doc).set(progress_ratio(after))
             run.cursor, run.skip = chunk.next_cursor, frozenset()
             if after["state"] != str(NotificationState.DISPATCHING):
                 await self._interrupted(run, after["state"])
-                return
+                return None
             if chunk.exhausted:
                 break
         if wave is not None:
@@ -149,8 +152,9 @@ class NotificationRunner:
                 ):
                     raise LeaseLost
                 lease.drop([run.id])
-                return
+                return next_at
         await self._finish(doc, lease, NotificationState.DONE, None)
+        return None
 
     async def _advance(
         self, run: _Run, cursor: object, counts: Counter[str] | dict, extra: dict | None = None

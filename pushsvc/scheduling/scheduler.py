@@ -275,7 +275,9 @@ class Scheduler:
 
     async def _run_one(self, doc: dict, lease: Lease) -> None:
         try:
-            await self._runner.run(doc, lease)
+            next_wave = await self._runner.run(doc, lease)
+            if next_wave is not None:
+                self.wake(next_wave)  # rescheduled for its next local-time wave: claimed at its time
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -4,7 +4,9 @@ timezones with an injected clock, and a restart mid-campaign that loses nothing 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +33,9 @@ def token(i: int, prefix: str = "e") -> str:
     return f"{prefix}{i:063x}"
 
 
-async def start_with_clock(stack: Stack, clock: FakeClock, dispatch: dict[str, Any] | None = None) -> PushService:
+async def start_with_clock(
+    stack: Stack, clock: Callable[[], float], dispatch: dict[str, Any] | None = None
+) -> PushService:
     service = PushService(stack.settings(dispatch), clock=clock)
     stack.services.append(service)
     await service.start()
@@ -185,6 +189,25 @@ async def test_quiet_hours_defer_devices_until_their_morning(stack: Stack) -> No
     doc = await stack.wait_finished("campaign:polite")
     assert doc["state"] == "done" and doc["counts"]["delivered"] == 2
     assert received(stack) == Counter({tokyo: 1, new_york: 1})
+
+
+async def test_a_deferred_wave_is_claimed_when_its_quiet_hours_end_not_at_the_safety_poll(stack: Stack) -> None:
+    # A clock that runs in real time from 07:59:57 in Tokyo (17:59:57 in New York); the safety poll is 60 s
+    # away, so Tokyo's wave reaches the provider in time only if the rescheduled run woke the claim loop.
+    offset = datetime.fromisoformat("2026-12-01T22:59:57+00:00").timestamp() - time.time()
+    await start_with_clock(stack, lambda: time.time() + offset, dispatch={"poll_interval_seconds": 60.0})
+    tokyo, new_york = token(1, "w"), token(2, "w")
+    await stack.register(tokyo, "ios", tags=["promo"], timezone="Asia/Tokyo")
+    await stack.register(new_york, "ios", tags=["promo"], timezone="America/New_York")
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "dawn", quiet_hours={"start": "22:00", "end": "08:00"}))
+    assert status == 201, view
+    await wait_until(lambda: asyncio.sleep(0, set(received(stack)) == {new_york}), 10)
+    await wait_until(lambda: asyncio.sleep(0, set(received(stack)) == {new_york, tokyo}), 10)
+    assert received(stack) == Counter({tokyo: 1, new_york: 1})
+    eight_in_tokyo = datetime.fromisoformat("2026-12-01T23:00:00+00:00").timestamp() - offset
+    (sent,) = [r for r in stack.apns.requests if r.token == tokyo]
+    assert eight_in_tokyo - 0.05 <= sent.time < eight_in_tokyo + 3.0, sent.time - eight_in_tokyo
 
 
 async def _state(stack: Stack, notification_id: str, state: str) -> dict | None:
