@@ -129,7 +129,8 @@ class DispatchSettings:
     lease_seconds: float = 30.0
     # The claim loop's safety poll: how soon expired leases (a crashed replica) and due times recorded by
     # other replicas are found. New work does not wait for it: intake dispatches or wakes the loop at once.
-    poll_interval_seconds: float = 2.0
+    # Each poll is a candidate query per lane and active state: 5 s keeps an idle replica under 0.5% of a core.
+    poll_interval_seconds: float = 5.0
     # Fan-out notifications (segments, long lists, local-time waves, campaigns) one replica runs at once;
     # each has one chunk in flight, and one retrying against a slow provider holds its slot until the
     # chunk ends. Transactional pushes do not use these slots (see max_batched_notifications).

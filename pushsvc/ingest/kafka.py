@@ -44,6 +44,12 @@ DLQ_MAX_HEADER_BYTES = 8 * 1024
 LAG_REFRESH_SECONDS = 2.0
 # How long a consumer whose fetching died is given to leave the group before a new one joins.
 CONSUMER_STOP_SECONDS = 10.0
+# How long one poll waits for records when there are none (records end it at once; stop() cancels it). It sets
+# how often an idle loop checks the fetcher and the lag gauge; each idle round costs CPU for nothing.
+POLL_SECONDS = 2.0
+# aiokafka's background fetcher wakes this often with nothing to do (default 0.2 s); it is woken anyway by
+# fetched data, consumed records and assignment changes, so a longer tick only saves idle wake-ups.
+FETCHER_TICK_MS = 1000
 
 
 def producer_request_limit(settings: KafkaSettings) -> int:
@@ -156,6 +162,7 @@ class KafkaIngest:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._lag_refreshed = 0.0
+        self._poll: asyncio.Future[Mapping[TopicPartition, list[ConsumerRecord]]] | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -168,6 +175,7 @@ class KafkaIngest:
             session_timeout_ms=self._settings.session_timeout_ms,
             heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
             fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            consumer_timeout_ms=FETCHER_TICK_MS,
             # Fetch messages a bit over the accepted size so oversize ones reach the DLQ instead of stalling.
             max_partition_fetch_bytes=max(1_048_576, self._settings.max_message_bytes * 2),
         )
@@ -183,12 +191,32 @@ class KafkaIngest:
                 log.error("consumer_fetcher_stopped", error=failure)
                 consumer = await self._replace_consumer()
                 continue
-            batch = await consumer.getmany(timeout_ms=500, max_records=self._settings.max_poll_records)
+            batch = await self._next_batch(consumer)
+            if batch is None:
+                break  # stopping, with no batch in hand
             if batch:
                 if not await self._handle(batch):
                     break  # stopping before the batch was recorded: leave it uncommitted
                 await self._commit(consumer, batch)
             await self._refresh_lag(consumer)
+
+    async def _next_batch(
+        self, consumer: AIOKafkaConsumer
+    ) -> Mapping[TopicPartition, list[ConsumerRecord]] | None:
+        """Records fetched (empty after POLL_SECONDS without any), or None when stop() ended the wait: the
+        poll runs as its own task so that a stop does not wait out an idle poll."""
+        poll = asyncio.ensure_future(
+            consumer.getmany(timeout_ms=int(POLL_SECONDS * 1000), max_records=self._settings.max_poll_records)
+        )
+        self._poll = poll
+        try:
+            await asyncio.wait({poll})
+        except asyncio.CancelledError:
+            poll.cancel()
+            raise
+        finally:
+            self._poll = None
+        return None if poll.cancelled() else poll.result()
 
     async def _joined(self) -> AIOKafkaConsumer:
         """The consumer (started if there is none), moved back to the committed offsets."""
@@ -229,6 +257,10 @@ class KafkaIngest:
     async def stop(self) -> None:
         """Stop after the current batch is recorded and committed; then leave the group."""
         self._stopping.set()
+        if self._poll is not None:
+            # Waiting for records, none in hand: end the wait. Records it fetched stay uncommitted; they are
+            # read again by whoever takes the partition, as after any stop between batches.
+            self._poll.cancel()
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -105,9 +105,9 @@ async def test_an_idle_replica_claims_only_at_its_safety_poll(stack: Stack) -> N
     service = await stack.start(dispatch={"poll_interval_seconds": DispatchSettings().poll_interval_seconds})
     await asyncio.sleep(0.5)  # the first pass at start is out of the window
     claims = count_claims(service)
-    await asyncio.sleep(4.2)
-    # At most three passes in 4.2 s (one query per lane each); the former 0.2 s default made ~40.
-    assert 2 <= len(claims) <= 6, claims
+    await asyncio.sleep(5.5)
+    # One or two passes in 5.5 s (a claim per lane each); the former 0.2 s default made ~55.
+    assert 2 <= len(claims) <= 4, claims
 
 
 async def test_a_request_recorded_while_the_replica_drains_is_handed_back_not_kept(stack: Stack) -> None:

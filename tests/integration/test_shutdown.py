@@ -6,7 +6,7 @@ flight when SIGTERM arrives. Checked: exit status and time against dispatch.drai
 in-flight deliveries finished (or, past the drain deadline, cancelled with the lease released and the
 cursor saved so a new instance repeats only that chunk), committed offsets covering every recorded
 request, a request published after SIGTERM delivered by the next instance, and logs that are JSON lines
-without a full device token.
+without a full device token. In process: an idle replica's stop does not wait out its Kafka poll.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pushsvc.ingest import kafka as kafka_ingest
 from tests.integration.stack import Stack, auth_headers, consume, wait_until, write_config
 
 pytestmark = pytest.mark.integration
@@ -299,3 +300,24 @@ async def test_drain_deadline_hands_back_what_was_answered_and_a_new_instance_se
         assert set(sends(stack, last).values()) == {1}
     finally:
         await serve.kill()
+
+
+async def test_an_idle_replica_stops_without_waiting_out_its_kafka_poll(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A poll far longer than the assertion: stopping in time means the wait for records was ended, not run out.
+    monkeypatch.setattr(kafka_ingest, "POLL_SECONDS", 30.0)
+    service = await stack.start()
+    await stack.register(ios_tokens("f1", 1)[0], "ios", user_id="idle-1")
+    await stack.publish({"id": "before-stop", "app": "demo", "target": {"users": ["idle-1"]},
+                         "message": {"title": "t", "body": "b"}})
+    doc = await stack.wait_finished("before-stop", timeout=10)
+    assert doc["state"] == "done", doc
+    await asyncio.sleep(0.5)  # the consume loop is back waiting for records
+    started = time.monotonic()
+    await stack.stop(service)
+    assert time.monotonic() - started < 5.0
+    # Stopped between batches: the one recorded was committed, so a new replica does not take it in again.
+    await stack.start()
+    await asyncio.sleep(2.0)
+    assert len(stack.apns.requests) == 1, stack.apns.requests
