@@ -119,7 +119,9 @@ class PushService:
         self.outcome_sweeper = OutcomeSweeper(
             self.notifications, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
-        chunks = ChunkWorker(self.devices, self.sender, settings.dispatch.send_timeout_seconds)
+        chunks = ChunkWorker(
+            self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds
+        )
         self.runner = NotificationRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
         batch_runner = BatchRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
         self.scheduler = Scheduler(

@@ -131,6 +131,10 @@ class DispatchSettings:
     # other replicas are found. New work does not wait for it: intake dispatches or wakes the loop at once.
     # Each poll is a candidate query per lane and active state: 5 s keeps an idle replica under 0.5% of a core.
     poll_interval_seconds: float = 5.0
+    # A notification whose runs keep ending without progress (a lost lease, a query that always times out, a
+    # crash it causes) is failed with that reason at its next claim once this many runs in a row made none,
+    # instead of being claimed again for ever (the alert PushsvcNotificationStalled fires).
+    max_runs_without_progress: int = 5
     # Fan-out notifications (segments, long lists, local-time waves, campaigns) one replica runs at once;
     # each has one chunk in flight, and one retrying against a slow provider holds its slot until the
     # chunk ends. Transactional pushes do not use these slots (see max_batched_notifications).
@@ -519,6 +523,11 @@ def _check_dispatch(d: DispatchSettings) -> None:
             # would spend most of their time inside it.
             raise ConfigError(
                 f"dispatch.lease_seconds: must be at least {MIN_LEASE_SECONDS:g}, got {d.lease_seconds:g}"
+            )
+    with problems.check():
+        if d.max_runs_without_progress < 1:
+            raise ConfigError(
+                f"dispatch.max_runs_without_progress: must be at least 1, got {d.max_runs_without_progress}"
             )
     problems.raise_any()
 

@@ -131,6 +131,12 @@ NOTIFICATIONS_FINISHED = Counter(
     ["app", "state"],
     registry=REGISTRY,
 )
+NOTIFICATIONS_STALLED = Counter(
+    "pushsvc_notifications_stalled_total",
+    "Notifications failed because their runs kept ending without progress (dispatch.max_runs_without_progress)",
+    ["app", "lane"],
+    registry=REGISTRY,
+)
 DEVICES_TARGETED = Counter(
     "pushsvc_devices_targeted_total",
     "Devices resolved for notifications (fan-out size)",
@@ -147,6 +153,7 @@ CAMPAIGN_PROGRESS = Gauge(
 # Closed label sets, used to create every known series at start.
 DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
 FINISHED_STATES = ("done", "failed", "cancelled")
+LANES = ("batch", "fanout")  # store/notifications.py LANE_BATCH, LANE_FANOUT
 DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected")
 INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
 # Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error
@@ -203,6 +210,8 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
         DEVICES_TARGETED.labels(app)
         for state in FINISHED_STATES:
             NOTIFICATIONS_FINISHED.labels(app, state)
+        for lane in LANES:
+            NOTIFICATIONS_STALLED.labels(app, lane)
     for source, outcomes in INGEST_OUTCOMES.items():
         for outcome in outcomes:
             REQUESTS_INGESTED.labels(source, outcome)

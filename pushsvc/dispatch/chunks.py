@@ -12,6 +12,7 @@ them: a stop repeats only the requests that were on the wire without an answer.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -95,11 +96,17 @@ def settle(
 
 
 class ChunkWorker:
-    def __init__(self, devices: DeviceStore, sender: DeliverySender, answer_seconds: float) -> None:
+    def __init__(
+        self, devices: DeviceStore, sender: DeliverySender, answer_seconds: float, read_retry_seconds: float = 30.0
+    ) -> None:
         self._devices = devices
         self._sender = sender
         # The longest a provider answer can take (the send timeout): how long a lapsed lease awaits them.
         self._answer_seconds = answer_seconds
+        # How long a device read keeps failing before the run ends with its error (the service: one lease's
+        # length, a primary election's worth). Retrying for ever under a lease that renewals keep alive would
+        # hold the notification with no progress and no end; ending the run lets the scheduler count it.
+        self._read_retry_seconds = read_retry_seconds
 
     async def next_chunk(
         self,
@@ -113,7 +120,7 @@ class ChunkWorker:
         """The chunk starting at `cursor`; transient database errors are retried while `retry_while()` holds
         (the lease is still good: nothing was sent for this chunk yet, so waiting costs only time)."""
         read = lambda: self._read(request, cursor, wave, count_unknown, size)  # noqa: E731
-        return await _retrying(read, retry_while, notification_id=request.id)
+        return await _retrying(read, retry_while, self._read_retry_seconds, notification_id=request.id)
 
     async def first_chunks(
         self, requests: Sequence[PushRequest], size: int, retry_while: Callable[[], bool] | None = None
@@ -121,7 +128,9 @@ class ChunkWorker:
         """The first chunk of each of many small requests (a few tokens or users, no waves), read together:
         one lookup per app, push type and target field (DeviceStore.find_many) rather than one per request.
         The same chunks `next_chunk(request, None, None, True, size)` reads one by one; retried alike."""
-        return await _retrying(lambda: self._read_first(requests, size), retry_while, notifications=len(requests))
+        return await _retrying(
+            lambda: self._read_first(requests, size), retry_while, self._read_retry_seconds, notifications=len(requests)
+        )
 
     async def _read_first(self, requests: Sequence[PushRequest], size: int) -> list[Chunk]:
         wanted: dict[tuple[str, PushType, str], set[str]] = defaultdict(set)
@@ -302,15 +311,19 @@ def _lookup_values(request: PushRequest, size: int) -> list[str]:
 
 
 async def _retrying(
-    read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool] | None, **about: object
+    read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool] | None, for_seconds: float, **about: object
 ) -> T:
-    """A device read, its transient errors retried while `retry_while()` holds (`about`: for the log)."""
+    """A device read, its transient errors retried while `retry_while()` holds, for at most `for_seconds` from
+    the first failure (`about`: for the log)."""
     delay = 0.1
+    give_up_at: float | None = None
     while True:
         try:
             return await read()
         except Exception as exc:
-            if retry_while is None or not is_transient(exc) or not retry_while():
+            if give_up_at is None:
+                give_up_at = time.monotonic() + for_seconds
+            if retry_while is None or not is_transient(exc) or not retry_while() or time.monotonic() >= give_up_at:
                 raise
             log.warning("chunk_read_retry", error=type(exc).__name__, **about)
             await asyncio.sleep(delay)

@@ -25,7 +25,14 @@ from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
-from pushsvc.store.notifications import FINAL_KEYS, PAUSED, HandBack, NotificationStore, request_id_of
+from pushsvc.store.notifications import (
+    FINAL_KEYS,
+    PAUSED,
+    STALLED_RUNS,
+    HandBack,
+    NotificationStore,
+    request_id_of,
+)
 
 log = get_logger(__name__)
 
@@ -94,6 +101,21 @@ class NotificationRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
+    async def give_up(self, doc: dict, lease: Lease) -> None:
+        """Fail a notification (of either lane) whose runs keep ending without progress, with that reason and
+        its outcome event, under the lease just claimed for it: claiming it again would only repeat them."""
+        stalled = int(doc.get(STALLED_RUNS) or 0) - 1  # the runs before this claim
+        reason = (
+            f"stalled: {stalled} runs in a row ended without progress (a lost lease, a failing query or a crash; "
+            "see notification_run_failed and lease_lost in the replicas' logs)"
+        )
+        metrics.NOTIFICATIONS_STALLED.labels(doc["app"], doc.get("lane") or "fanout").inc()
+        log.error("notification_stalled", notification_id=doc["_id"], app=doc["app"], runs=stalled)
+        try:
+            await self._finish(doc, lease, NotificationState.FAILED, reason)
+        except LeaseLost:
+            log.warning("lease_lost", notification_id=doc["_id"], detail="while failing a stalled notification")
+
     async def _run(self, doc: dict, lease: Lease) -> float | None:
         try:
             request = parse_request(orjson.loads(doc["request"]))
@@ -132,7 +154,7 @@ class NotificationRunner:
             if not outcome.complete:
                 await self._stopped_mid_chunk(run, outcome)
                 return None
-            after = await self._advance(run, chunk.next_cursor, outcome.counts)
+            after = await self._advance(run, chunk.next_cursor, outcome.counts, {STALLED_RUNS: 0})
             if "audience_estimate" in after:
                 _campaign_progress(run.doc).set(progress_ratio(after))
             run.cursor, run.skip = chunk.next_cursor, frozenset()

@@ -35,6 +35,7 @@ from pushsvc.store.notifications import (
     ACTIVE_STATES,
     LANE_BATCH,
     LANE_FANOUT,
+    STALLED_RUNS,
     Claim,
     NotificationStore,
     new_claim_token,
@@ -184,6 +185,10 @@ class Scheduler:
             return []
         small = []
         for doc in docs:
+            if int(doc.get(STALLED_RUNS) or 0) > self._settings.max_runs_without_progress:
+                lease = self._lease(token, [doc["_id"]], until)
+                self._start(self._give_up(doc, lease), f"give-up:{doc['_id']}")
+                continue
             item = as_small(doc)
             if item is None:
                 self._fanouts += 1
@@ -288,6 +293,14 @@ class Scheduler:
             self._fanouts -= 1
             self._report()
             self._wakeup.set()  # a slot is free
+
+    async def _give_up(self, doc: dict, lease: Lease) -> None:
+        try:
+            await self._runner.give_up(doc, lease)
+        except Exception as exc:  # not failed this time: its lease expires and the next claim tries again
+            log.error("notification_give_up_failed", notification_id=doc["_id"], error=repr(exc))
+        finally:
+            self._leases.discard(lease)
 
     async def _run_batch(self, batch: list[SmallNotification], lease: Lease) -> None:
         remaining = len(batch)

@@ -90,6 +90,11 @@ def client_options(settings: MongoSettings) -> dict[str, Any]:
     }
 
 
+# Connections of the lease client: renewals of every lease a replica holds go in one update per lease every
+# third of the lease, and the server clock is read every few seconds; a handful never waits.
+LEASE_POOL_SIZE = 4
+
+
 @dataclass
 class Database:
     client: AsyncMongoClient[Document]
@@ -97,12 +102,24 @@ class Database:
     # The server answers `$in` on an indexed field by scanning the collection (nx-27017, the MongoDB wire
     # server used for tests and benchmarks here): see DeviceStore._find_values, the one place that uses it.
     scans_for_in: bool = False
+    # A second client, with its own small pool, for what keeps leases alive (renewals, the server clock):
+    # with one pool, a replica whose connections are all busy with long reads (a large audience page, a slow
+    # server) would queue its renewals behind them until its leases lapsed and another replica sent again.
+    lease_client: AsyncMongoClient[Document] | None = None
 
     @classmethod
     def connect(cls, settings: MongoSettings) -> Database:
-        """A client for `settings` (connects lazily, on the first operation)."""
-        client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **client_options(settings))
-        return cls(client=client, db=client[settings.database])
+        """The clients for `settings` (they connect lazily, on the first operation)."""
+        options = client_options(settings)
+        client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **options)
+        lease_options = {**options, "maxPoolSize": LEASE_POOL_SIZE, "minPoolSize": 0, "appname": "pushsvc-leases"}
+        lease_client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **lease_options)
+        return cls(client=client, db=client[settings.database], lease_client=lease_client)
+
+    @property
+    def lease_db(self) -> AsyncDatabase[Document]:
+        """The database through the lease client (the main client when there is none)."""
+        return self.db if self.lease_client is None else self.lease_client[self.db.name]
 
     @property
     def devices(self) -> AsyncCollection[Document]:
@@ -129,8 +146,10 @@ class Database:
 
     async def server_time(self) -> float:
         """The server's clock (epoch seconds) from `hello`'s localTime: the one clock leases are judged by."""
-        reply = await self.client.admin.command("hello")
+        reply = await (self.lease_client or self.client).admin.command("hello")
         return float(reply["localTime"].timestamp())
 
     async def close(self) -> None:
         await self.client.close()
+        if self.lease_client is not None:
+            await self.lease_client.close()

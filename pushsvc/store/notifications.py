@@ -154,6 +154,11 @@ class Claim:
         }
 
 
+# `stalled_runs`: how many runs (claims, including one written at birth) a notification has had since it last
+# made progress (a chunk saved, a wave rescheduled). The scheduler gives up on one past its limit.
+STALLED_RUNS = "stalled_runs"
+
+
 def new_document(
     request: PushRequest,
     raw: Mapping[str, Any],
@@ -188,6 +193,7 @@ def new_document(
     }
     if claim is not None:
         document.update(claim.fields())
+        document[STALLED_RUNS] = 1
     return document
 
 
@@ -204,6 +210,8 @@ class NotificationStore:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self._collection = database.notifications
+        # Renewals go through the lease client's own pool (Database.lease_client).
+        self._leases = database.lease_db["notifications"]
         # Time stamps written here (finished_at) are compared by other replicas (the outcome sweep): the
         # service passes the database's clock (scheduling/clock.py) rather than this host's.
         self._clock = clock
@@ -349,7 +357,7 @@ class NotificationStore:
                 "due_at": {"$lte": due_by},
                 "lease_until": {"$lte": expired_by},
             },
-            {"$set": Claim(token, owner, until).fields()},
+            {"$set": Claim(token, owner, until).fields(), "$inc": {STALLED_RUNS: 1}},
         )
         if not won.modified_count:
             return token, []
@@ -362,12 +370,14 @@ class NotificationStore:
         """Extend the lease of `ids` held under `token`; returns those still held (the rest were taken over)."""
         if not ids:
             return set()
-        result = await self._collection.update_many(
+        result = await self._leases.update_many(
             {"_id": {"$in": list(ids)}, "claim": {"$eq": token}}, {"$set": {"lease_until": until}}
         )
         if result.matched_count == len(ids):
             return set(ids)
-        held = await self._one_reply({"_id": {"$in": list(ids)}, "claim": {"$eq": token}}, len(ids), {"_id": 1})
+        held = await self._one_reply(
+            {"_id": {"$in": list(ids)}, "claim": {"$eq": token}}, len(ids), {"_id": 1}, self._leases
+        )
         return {doc["_id"] for doc in held}
 
     async def advance(
@@ -451,7 +461,9 @@ class NotificationStore:
         )
         return list(ids) if result.matched_count == len(ids) else await self._released_by_token(ids, token)
 
-    async def _one_reply(self, query: dict, count: int, projection: dict | None = None) -> list[dict]:
+    async def _one_reply(
+        self, query: dict, count: int, projection: dict | None = None, collection: Any = None
+    ) -> list[dict]:
         """At most `count` documents, all in the server's first reply.
 
         These reads say which notifications a claim holds or wrote; one cut short would make the lease
@@ -459,7 +471,8 @@ class NotificationStore:
         connection lost between replies (nx-27017 then answers a getMore as if the cursor were exhausted).
         """
         size = max(1, count)
-        return await self._collection.find(query, projection).limit(size).batch_size(size).to_list(length=size)
+        cursor = (collection if collection is not None else self._collection).find(query, projection)
+        return await cursor.limit(size).batch_size(size).to_list(length=size)
 
     async def _released_by_token(self, ids: Sequence[str], token: str) -> list[str]:
         """Those of `ids` whose last give-up write was ours: applied now, or by an attempt whose answer was lost
@@ -489,6 +502,7 @@ class NotificationStore:
                     "released_claim": token,
                     "lease_owner": None,
                     "lease_until": 0.0,
+                    STALLED_RUNS: 0,
                     **extra,
                 }
             },
