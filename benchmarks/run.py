@@ -87,6 +87,34 @@ http {{
 """
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def sample_rss(pid: int, samples: list[tuple[float, float]], every: float = 1.0) -> None:
+    """Append (seconds since start, RSS MB) of `pid` every `every` seconds until cancelled."""
+    start = time.monotonic()
+    while True:
+        samples.append((time.monotonic() - start, rss_mb(pid)))
+        await asyncio.sleep(every)
+
+
+def rss_summary(samples: list[tuple[float, float]]) -> dict:
+    """RSS at start, peak and end, and its range from the second minute on (the issue's flatness check)."""
+    if not samples:
+        return {}
+    later = [mb for t, mb in samples if t >= 60] or [samples[-1][1]]
+    return {"start_mb": round(samples[0][1], 1), "max_mb": round(max(mb for _, mb in samples), 1),
+            "end_mb": round(samples[-1][1], 1), "from_second_minute_min_mb": round(min(later), 1),
+            "from_second_minute_max_mb": round(max(later), 1),
+            "every_10s_mb": [round(mb) for t, mb in samples if int(t) % 10 == 0]}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15 of stat)
@@ -268,6 +296,8 @@ class Bench:
         metrics0 = scrape(self.metrics_url)
         cpu0, wall0 = cpu_seconds(self.pid), time.time()
         others0 = {k: cpu_seconds(p) for k, p in self.others.items()}
+        rss: list[tuple[float, float]] = []
+        rss_task = asyncio.create_task(sample_rss(self.pid, rss))
         published: dict[str, float] = {}
         start = time.monotonic()
         for i, (rid, target) in enumerate(requests):
@@ -285,6 +315,7 @@ class Bench:
         except TimeoutError:
             print(f"  {name}: timed out waiting for outcomes", file=sys.stderr)
         cpu1, wall1 = cpu_seconds(self.pid), time.time()
+        rss_task.cancel()
         others1 = {k: cpu_seconds(p) for k, p in self.others.items()}
         metrics1 = scrape(self.metrics_url)
         await asyncio.sleep(1.3)  # nginx flushes its access log buffer every second
@@ -318,6 +349,8 @@ class Bench:
             "delivered": delivered,
             "outcomes_received": len(events),
             "publish_seconds": round(publish_end - first_pub, 3),
+            "first_ack_after_publish_s": round(min(t for t, _, _ in lines) - first_pub, 3) if lines else None,
+            "pushsvc_rss": rss_summary(rss),
             "seconds": round(finished - first_pub, 3),
             "deliveries_per_s": round(delivered / (finished - first_pub)) if delivered else 0,
             "provider": per_provider,
@@ -377,8 +410,8 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
             print_row(r)
         peak = args.peak_rate
         if "campaign" in args.phases:
-            r = await bench.run_phase("campaign_100k", [(f"campaign-{tag}", {"segment": {"tags_any": ["all"]}})],
-                                      None)
+            name = f"campaign_{args.devices // 1000}k"
+            r = await bench.run_phase(name, [(f"campaign-{tag}", {"segment": {"tags_any": ["all"]}})], None)
             results.append(r)
             print_row(r)
             peak = r["deliveries_per_s"] or peak

@@ -26,7 +26,15 @@ from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.due import DEFAULT_TIMEZONE
 from pushsvc.scheduling.lease import Hold
 from pushsvc.store.database import is_transient
-from pushsvc.store.devices import Deactivation, DeviceStore, takes, to_device
+from pushsvc.store.devices import (
+    AudienceCursor,
+    Deactivation,
+    DeviceStore,
+    audience_cursor_after,
+    by_token,
+    takes,
+    to_device,
+)
 from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
@@ -157,8 +165,7 @@ class ChunkWorker:
                 # (store/devices.py `_active_devices_filter`) is applied here, per request.
                 category = request.message.category
                 mine = sorted(
-                    (d for d in docs if not category or category not in (d.get("opt_out") or ())),
-                    key=lambda d: d["_id"],
+                    (d for d in docs if not category or category not in (d.get("opt_out") or ())), key=by_token
                 )[:size]
                 chunks.append(_audience_chunk(request, mine, None, size))
         return chunks
@@ -292,10 +299,9 @@ def _token_chunk(
     return Chunk(found, unknown, end, end >= len(request.target.tokens), by_token=True)
 
 
-def _audience_chunk(request: PushRequest, found: Sequence[dict], cursor: Any, size: int) -> Chunk:
-    """The chunk of a users or segment audience from one page of it (`found`, in _id order after `cursor`)."""
-    # Saved as hex text: a plain string cursor is portable across MongoDB implementations and JSON.
-    next_cursor = str(found[-1]["_id"]) if found else cursor
+def _audience_chunk(request: PushRequest, found: Sequence[dict], cursor: AudienceCursor, size: int) -> Chunk:
+    """The chunk of a users or segment audience from one page of it (`found`, in order after `cursor`)."""
+    next_cursor = audience_cursor_after(found[-1], cursor) if found else cursor
     # Filtered after paging (the cursor and the end are those of what the query returned).
     devices = [d for d in found if takes(d, request.options.push_type)]
     return Chunk(devices, [], next_cursor, len(found) < size)

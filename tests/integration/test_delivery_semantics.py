@@ -303,7 +303,10 @@ async def test_a_request_that_hangs_times_out_and_is_retried(stack: Stack) -> No
 
     for requests in (stack.apns.requests_for(ios(1)), stack.fcm.requests_for(android(1))):
         first, second = requests
-        assert 0.95 <= second.time - first.time < 3.0
+        # The retry follows the 1 s timeout plus a full-jitter backoff (0-0.5 s). The timeout runs from when
+        # the sender began the first attempt while the peer stamps its arrival, which on a loaded box can
+        # trail that start by tens of milliseconds or more: the bound leaves 0.25 s (0.95 flaked).
+        assert 0.75 <= second.time - first.time < 3.0
     after = await metrics_snapshot(stack, queries)
     assert {key: after[key] - before[key] for key in queries} == {"apns": 1, "fcm": 1}
 

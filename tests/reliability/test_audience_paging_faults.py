@@ -1,10 +1,11 @@
-"""Audience paging (DeviceStore.find_chunk) when the connection under an open cursor is reset.
+"""Audience paging (DeviceStore.find_chunk) when the connection under it is reset.
 
-The mechanism behind "a dropped database connection ends a fan-out early": nx-27017 drops the cursors of a
-connection when it closes, and answers a getMore for a cursor it no longer has with an empty batch and
-cursor id 0, not an error. The driver notices a reset connection (its monitor's connection was reset
-too, so it clears the pool) and sends the next getMore on a new connection: the page comes back empty
-and looked like the end of the audience.
+Pages are keyset reads in token order, each one query answered in one reply: no server cursor is left open
+between pages. The history: pages continued one open cursor, and nx-27017 drops a connection's cursors when
+the connection closes and answers a getMore for a cursor it no longer has with an empty batch and cursor id
+0, not an error: the page came back empty and looked like the end of the audience. The first test keeps
+that server behaviour in view; the others check that a reset between or under pages costs a retry, never
+a device.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pymongo.errors import PyMongoError
 from pushsvc.dev.servers import ServerProcess
 from pushsvc.model import Segment, Target
 from pushsvc.store.database import Database
-from pushsvc.store.devices import DeviceRecord, DeviceStore, audience_filter
+from pushsvc.store.devices import AudienceCursor, DeviceRecord, DeviceStore, audience_cursor_after, audience_filter
 from tests.conftest import unique
 from tests.reliability.faultproxy import FaultProxy
 
@@ -102,17 +103,21 @@ def segment_query() -> dict:
 async def read_all(
     store: DeviceStore, limit: int, after_page: int | None = None, fault: Callable[[], Awaitable[None]] | None = None
 ) -> list[str]:
-    """Page through the audience like the fan-out runner; `fault` runs after page `after_page`."""
+    """Page through the audience like the fan-out runner (a failed read is read again); `fault` runs after
+    page `after_page`. Returns the _ids in the order read."""
     ids: list[str] = []
-    cursor: str | None = None
+    cursor: AudienceCursor = None
     page_no = 0
     while True:
-        page = await store.find_chunk(segment_query(), cursor, limit)
+        try:
+            page = await store.find_chunk(segment_query(), cursor, limit)
+        except PyMongoError:
+            continue  # the runner retries a failed read from the same cursor
         ids.extend(str(d["_id"]) for d in page)
         page_no += 1
         if len(page) < limit:
             return ids
-        cursor = ids[-1]
+        cursor = audience_cursor_after(page[-1], cursor)
         if page_no == after_page and fault is not None:
             await fault()
 
@@ -134,24 +139,24 @@ async def test_nx27017_answers_a_lost_cursor_like_an_exhausted_one(proxy: FaultP
 
 
 @pytest.mark.parametrize("count", [1000, 1050])
-async def test_happy_path_pages_one_server_cursor(proxy: FaultProxy, mongo_uri: str, count: int) -> None:
-    """No fault: one find for the whole audience, then getMores; an exactly full last page (1000 = 10 x 100)
-    costs no extra query either (the server closed the cursor with it)."""
+async def test_happy_path_reads_each_page_with_one_query_and_no_cursor(
+    proxy: FaultProxy, mongo_uri: str, count: int
+) -> None:
+    """No fault: one find per page and never a getMore (a page is one reply); an exactly full last page
+    (1000 = 10 x 100) costs one more query, which finds nothing."""
     database, ids = await seeded(mongo_uri, count)
     watch = Watch()
     store, db = store_via(proxy, database, watch)
     try:
         assert await read_all(store, 100) == ids
-        assert watch.commands["find"] == 1
-        assert watch.commands["getMore"] == (count - 1) // 100
+        assert watch.commands["find"] == count // 100 + 1
+        assert watch.commands["getMore"] == 0
     finally:
         await db.close()
 
 
 @pytest.mark.parametrize("after_page", [1, 3, 9])
-async def test_a_cursor_lost_between_pages_is_resumed_not_ended(
-    proxy: FaultProxy, mongo_uri: str, after_page: int
-) -> None:
+async def test_a_reset_between_pages_costs_nothing(proxy: FaultProxy, mongo_uri: str, after_page: int) -> None:
     database, ids = await seeded(mongo_uri, 1000)
     watch = Watch()
     store, db = store_via(proxy, database, watch, **NOTICE_RESETS)
@@ -164,24 +169,35 @@ async def test_a_cursor_lost_between_pages_is_resumed_not_ended(
     try:
         got = await read_all(store, 100, after_page, reset_and_let_the_driver_notice)
         assert len(got) == len(ids) and got == ids  # every device once, in order
-        assert watch.commands["find"] == 2  # the first query, and one fresh query from the last _id returned
     finally:
         await db.close()
 
 
-async def test_a_cursor_reset_under_a_getmore_is_resumed(proxy: FaultProxy, mongo_uri: str) -> None:
-    """Reset right before the next page, before the driver noticed: the getMore fails, the page is read
-    again with a fresh query from the last _id."""
+async def test_a_reset_under_a_page_read_is_read_again(proxy: FaultProxy, mongo_uri: str) -> None:
+    """Reset while the next page's query is on the wire: it fails (an error, not a short page) and the same
+    cursor reads the same page."""
     database, ids = await seeded(mongo_uri, 500)
     watch = Watch()
     store, db = store_via(proxy, database, watch, serverMonitoringMode="poll", heartbeatFrequencyMS=60_000)
-
-    async def reset() -> None:
-        proxy.reset()
-
+    trap = proxy.trap(lambda data: b"find" in data and b"devices" in data and b"$gt" in data, when="reply")
     try:
-        assert await read_all(store, 100, 2, reset) == ids
-        assert watch.commands["find"] == 2
+        assert await read_all(store, 100) == ids
+        assert trap.sprung == 1
+    finally:
+        await db.close()
+
+
+async def test_a_cursor_saved_before_token_order_goes_on_in_id_order(proxy: FaultProxy, mongo_uri: str) -> None:
+    """A run in flight across the upgrade saved a hex _id: its audience is read on in _id order, to the end."""
+    database, ids = await seeded(mongo_uri, 300)
+    watch = Watch()
+    store, db = store_via(proxy, database, watch)
+    try:
+        page = await store.find_chunk(segment_query(), ids[99], 150)
+        assert [str(d["_id"]) for d in page] == ids[100:250]
+        cursor = audience_cursor_after(page[-1], ids[99])
+        assert cursor == ids[249]
+        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), cursor, 150)] == ids[250:]
     finally:
         await db.close()
 
@@ -193,12 +209,13 @@ async def test_an_unreachable_database_is_an_error_not_the_end(proxy: FaultProxy
     try:
         first = await store.find_chunk(segment_query(), None, 100)
         assert [str(d["_id"]) for d in first] == ids[:100]
+        cursor = audience_cursor_after(first[-1], None)
         proxy.refuse()
         proxy.reset()
         with pytest.raises(PyMongoError):
-            await store.find_chunk(segment_query(), ids[99], 100)
+            await store.find_chunk(segment_query(), cursor, 100)
         proxy.heal()  # the runner's retry then reads the same page
-        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), ids[99], 100)] == ids[100:200]
+        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), cursor, 100)] == ids[100:200]
     finally:
         await db.close()
 
@@ -233,25 +250,6 @@ async def test_a_token_lookup_is_never_cut_short(proxy: FaultProxy, mongo_uri: s
         assert watch.done  # the reset landed between the replies of one lookup ...
         assert watch.commands["find"] >= 2  # ... and the page it cost was read again with a fresh query
         assert [str(d["_id"]) for d in found] == ids
-    finally:
-        await db.close()
-
-
-async def test_a_cursor_is_only_continued_with_its_own_page_size(proxy: FaultProxy, mongo_uri: str) -> None:
-    """A page must be one server reply for its end to be trusted: a cursor left at an _id by a run paging
-    by 100 (a throttled campaign) is not continued by one paging by 300 over the same audience there."""
-    database, ids = await seeded(mongo_uri, 1000)
-    watch = Watch()
-    store, db = store_via(proxy, database, watch)
-    try:
-        first = await store.find_chunk(segment_query(), None, 100)
-        assert [str(d["_id"]) for d in first] == ids[:100]
-        page = await store.find_chunk(segment_query(), ids[99], 300)
-        assert [str(d["_id"]) for d in page] == ids[100:400]
-        assert watch.commands["find"] == 2 and watch.commands["getMore"] == 0
-        page = await store.find_chunk(segment_query(), ids[99], 100)  # the 100-page cursor is still there
-        assert [str(d["_id"]) for d in page] == ids[100:200]
-        assert watch.commands["find"] == 2 and watch.commands["getMore"] == 1
     finally:
         await db.close()
 
