@@ -55,6 +55,7 @@ from pushsvc.logging import get_logger, mask_token
 from pushsvc.metrics import APNS_CERTIFICATE_EXPIRY
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
+from pushsvc.providers.transport import BoundedH2Connection
 
 log = get_logger(__name__)
 
@@ -186,6 +187,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = BoundedH2Connection(self.conn.config)  # before any use (connection_made initiates it)
         # Our own, known-good request headers (the token is percent-quoted): skipping h2's per-header
         # validation saves ~15% of a send's CPU.
         self.conn.config.validate_outbound_headers = False

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -41,7 +40,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
-from pushsvc.providers.transport import HttpReply, TransportFailure
+from pushsvc.providers.transport import BoundedH2Connection, HttpReply, TransportFailure
 
 # Our receive window: large, so answers flow without waiting for our WINDOW_UPDATEs.
 _RECEIVE_WINDOW = 16 * 1024 * 1024
@@ -70,7 +69,7 @@ class _Connection(asyncio.Protocol):
             client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
             normalize_outbound_headers=False, validate_inbound_headers=False,
         )
-        self.conn = H2Connection(config)
+        self.conn = BoundedH2Connection(config)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.usable = False  # connected and neither closing nor after GOAWAY

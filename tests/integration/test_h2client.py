@@ -16,7 +16,7 @@ from h2.events import DataReceived, RequestReceived, StreamEnded
 from h2.settings import SettingCodes
 
 from pushsvc.providers.h2client import H2Transport
-from pushsvc.providers.transport import TransportFailure
+from pushsvc.providers.transport import CLOSED_STREAMS_KEPT, TransportFailure
 from tests.peers import tls
 
 pytestmark = pytest.mark.integration
@@ -169,3 +169,25 @@ async def test_no_answer_is_a_timeout(server: Server, pki: tls.TestPki) -> None:
     finally:
         await transport.aclose()
     assert failure.value.reason == "timeout"
+
+
+async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams(
+    server: Server, pki: tls.TestPki
+) -> None:
+    # h2 remembers 65,536 closed streams per connection by default: ~100 MB over a replica's provider
+    # connections after a 1M-device campaign. Ours keep CLOSED_STREAMS_KEPT, whatever went through them.
+    transport = H2Transport(client_context(pki), max_connections=1, timeout=5.0)
+    sent = CLOSED_STREAMS_KEPT + 1500
+    try:
+        for start in range(0, sent, 500):
+            replies = await asyncio.gather(
+                *(transport.post(f"https://localhost:{server.port}/p", {}, b"x") for _ in range(start, start + 500))
+            )
+            assert {r.status for r in replies} == {200}
+        (pool,) = transport._pools.values()
+        (connection,) = pool._connections
+        assert connection.conn.highest_outbound_stream_id >= 2 * sent - 1  # all on this one connection
+        assert len(connection.conn._closed_streams) <= CLOSED_STREAMS_KEPT
+    finally:
+        await transport.aclose()
+    assert server.connections == 1
