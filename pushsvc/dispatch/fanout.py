@@ -25,6 +25,7 @@ from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
+from pushsvc.store.devices import AUDIENCE_START, resume_point
 from pushsvc.store.notifications import (
     FINAL_KEYS,
     PAUSED,
@@ -135,7 +136,7 @@ class NotificationRunner:
                 send_at = request.options.send_at
                 wave = ready_zones(send_at, request.options.local_time, quiet, self._clock(), done_zones)
                 await self._advance(run, None, {}, {"wave_zones": wave})
-                run.cursor, run.skip = None, frozenset()
+                run.restart()
         first_wave = not doc.get("zones_done")
         due_at = float(doc["due_at"])
         rate = doc.get("throttle_per_second")
@@ -251,5 +252,13 @@ class _Run:
         self.request = request
         self.lease = lease
         self.seq = seq
-        self.cursor: object = doc.get("cursor")
         self.skip: frozenset[str] = frozenset(doc.get("chunk_done") or ())
+        # Explicit tokens are paged by position (None: 0); audiences by a cursor (store/devices.py).
+        self.cursor: object = (
+            doc.get("cursor") if request.target.tokens else resume_point(doc.get("cursor"), self.skip)
+        )
+
+    def restart(self) -> None:
+        """From the start of the audience, nothing of it answered (a new local-time wave)."""
+        self.cursor = None if self.request.target.tokens else AUDIENCE_START
+        self.skip = frozenset()

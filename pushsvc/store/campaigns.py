@@ -14,7 +14,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from pushsvc.model import NotificationState
-from pushsvc.store.notifications import ACTIVE_STATES, PAUSED, NotificationStore
+from pushsvc.store.notifications import ACTIVE_STATES, PAUSED, STALLED_RUNS, NotificationStore
 
 CAMPAIGN_PREFIX = "campaign:"
 KIND = "campaign"
@@ -58,7 +58,8 @@ class CampaignStore:
 
     async def resume(self, app: str, campaign_id: str, now: float) -> dict | None:
         # Claimable again as soon as it is due; a runner still holding the lease notices and lets go.
-        update = {"state": str(NotificationState.SCHEDULED), "resumed_at": now}
+        # Resumed by an operator (often after fixing why it stalled): its runs start counting again.
+        update = {"state": str(NotificationState.SCHEDULED), "resumed_at": now, STALLED_RUNS: 0}
         return await self._transition(app, campaign_id, [PAUSED], update)
 
     async def cancel(self, app: str, campaign_id: str, now: float) -> dict | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -131,6 +131,22 @@ def takes(doc: dict, push_type: PushType) -> bool:
 # Where an audience read stands: None at the start, {"token": last token returned} after a page (keyset
 # pages in token order, find_chunk), or the hex _id text a run saved before token order.
 AudienceCursor = dict[str, str] | str | None
+
+
+# The start of a read in token order. Saved (rather than None) with a first chunk's answered devices, so no
+# replica takes that for the start of a read in `_id` order, the order of the previous version.
+AUDIENCE_START: dict[str, str] = {"token": ""}
+# Before every ObjectId: the start of a read in `_id` order.
+_ID_ORDER_START = "0" * 24
+
+
+def resume_point(saved: AudienceCursor, answered: Collection[str]) -> AudienceCursor:
+    """Where a run of a users/segment audience starts: the saved cursor; with none, the start in token order,
+    unless devices of that first chunk were answered already (`chunk_done`) with no cursor saved, which only
+    the previous version wrote (it read in `_id` order, so that chunk is the first one by `_id`)."""
+    if saved is not None:
+        return saved
+    return _ID_ORDER_START if answered else AUDIENCE_START
 
 
 def audience_cursor_after(last: dict, cursor: AudienceCursor) -> AudienceCursor:
@@ -362,7 +378,7 @@ class DeviceStore:
 
     async def _page(self, query: dict, after_token: str | None, limit: int) -> list[dict]:
         """The first `limit` devices of `query` with a token after `after_token`, sorted by token, one reply."""
-        filtered = query if after_token is None else {**query, "token": {"$gt": after_token}}
+        filtered = {**query, "token": {"$gt": after_token}} if after_token else query
         size = max(1, limit)
         cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort("token", 1)
         return await cursor.limit(size).batch_size(size).to_list(length=size)

@@ -440,6 +440,8 @@ class NotificationStore:
                     "released_claim": token,
                     "lease_owner": None,
                     "lease_until": 0.0,
+                    # Devices answered before it stopped are progress.
+                    **({STALLED_RUNS: 0} if item.chunk_done else {}),
                 }
             }
             increments = {f"counts.{k}": v for k, v in item.counts.items() if v}
@@ -457,7 +459,16 @@ class NotificationStore:
             return []
         result = await self._collection.update_many(
             {"_id": {"$in": list(ids)}, "claim": {"$eq": token}},
-            {"$set": {"claim": None, "released_claim": token, "lease_owner": None, "lease_until": 0.0}},
+            # Let go of cleanly by its holder (a drain, an abandoned reservation): not a stalled run.
+            {
+                "$set": {
+                    "claim": None,
+                    "released_claim": token,
+                    "lease_owner": None,
+                    "lease_until": 0.0,
+                    STALLED_RUNS: 0,
+                }
+            },
         )
         return list(ids) if result.matched_count == len(ids) else await self._released_by_token(ids, token)
 
@@ -541,6 +552,8 @@ class NotificationStore:
             "lease_owner": None,
             "lease_until": 0.0,
             "chunk_done": None,
+            # A finished notification keeps no cursor: an audience cursor holds a device token.
+            "cursor": None,
             # Cleared once push.outcomes has the event; the outcome sweep publishes any left behind.
             "event_pending": True,
         }

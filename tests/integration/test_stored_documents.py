@@ -70,3 +70,32 @@ async def test_a_stored_request_that_no_longer_parses_fails_alone(stack: Stack) 
     assert fine["counts"]["delivered"] == 1
     assert failed["state"] == "failed" and "stored request unreadable" in failed["error"], failed
     assert "send_at" in failed["error"]
+
+
+async def test_a_first_chunk_handed_back_by_the_previous_version_resumes_in_its_order(stack: Stack) -> None:
+    """The previous version read audiences in `_id` order and saved a first chunk cut short as no cursor plus
+    the answered devices (`chunk_done`). Resumed now (token order elsewhere), that chunk must be the same
+    one: every device is sent once, the answered ones not again. Tokens are registered so that token order
+    and `_id` order differ."""
+    tokens = [f"{n:02x}".ljust(64, "a") for n in range(30)]
+    tokens.reverse()  # registered in descending token order: `_id` order is the reverse of token order
+    await stack.start(dispatch={"chunk_size": 10})
+    for token in tokens:
+        await stack.register(token, "ios", tags=["legacy-resume"])
+    devices = [d async for d in stack.db.devices.find({"tags": {"$in": ["legacy-resume"]}}).sort("_id", 1)]
+    assert len(devices) == 30
+    first_by_id = devices[:10]  # the previous version's first chunk (chunk_size 10)
+    answered = first_by_id[:4]
+    now = time.time()
+    request = alert("legacy-resume", {"segment": {"tags_any": ["legacy-resume"]}})
+    await stack.db.notifications.insert_one(
+        {"_id": "demo:legacy-resume", "request_id": "legacy-resume", "app": "demo",
+         "request": orjson.dumps(request).decode(), "source": "kafka", "state": "dispatching", "lane": "fanout",
+         "created_at": now, "due_at": now - 1, "lease_owner": None, "lease_until": 0.0, "claim": None,
+         "progress_seq": 0, "cursor": None, "chunk_done": [str(d["_id"]) for d in answered],
+         "counts": {"targeted": 4, "delivered": 4}}
+    )  # found by the next claim pass
+    doc = await stack.wait_finished("legacy-resume")
+    sent = [r.token for r in stack.apns.requests]
+    assert doc["state"] == "done" and doc["counts"]["delivered"] == 30 and doc["counts"]["targeted"] == 30, doc
+    assert sorted(sent) == sorted(d["token"] for d in devices[4:])  # each once, the answered four not again

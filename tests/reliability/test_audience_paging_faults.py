@@ -11,10 +11,12 @@ a device.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -69,15 +71,27 @@ async def proxy(mongo_server: ServerProcess) -> AsyncIterator[FaultProxy]:
         yield proxy
 
 
-async def seeded(mongo_uri: str, count: int) -> tuple[str, list[str]]:
-    """A fresh database with `count` devices carrying TAG; returns its name and their _ids in order."""
+class Seeded(NamedTuple):
+    database: str
+    ids: list[str]  # the devices' _ids in _id order (registration order)
+    by_token: list[str]  # the same _ids in token order: the order audiences are read in
+
+
+async def seeded(mongo_uri: str, count: int) -> Seeded:
+    """A fresh database with `count` devices carrying TAG, registered in a shuffled token order so that
+    token order and `_id` order differ (a read in the wrong order cannot pass for the right one)."""
     name = unique("paging")
     client = AsyncMongoClient(mongo_uri)
     try:
         store = DeviceStore(Database(client, client[name]))
-        await store.upsert_many([DeviceRecord("demo", f"{i:064x}", "ios", tags=(TAG,)) for i in range(count)])
-        ids = [str(d["_id"]) async for d in client[name].devices.find({}, {"_id": 1}).sort("_id", 1)]
-        return name, ids
+        tokens = [f"{i:064x}" for i in range(count)]
+        random.Random(count).shuffle(tokens)
+        for start in range(0, count, 500):
+            await store.upsert_many([DeviceRecord("demo", t, "ios", tags=(TAG,)) for t in tokens[start : start + 500]])
+        docs = [d async for d in client[name].devices.find({}, {"_id": 1, "token": 1}).sort("_id", 1)]
+        ids = [str(d["_id"]) for d in docs]
+        assert ids != [str(d["_id"]) for d in sorted(docs, key=lambda d: d["token"])], "orders must differ"
+        return Seeded(name, ids, [str(d["_id"]) for d in sorted(docs, key=lambda d: d["token"])])
     finally:
         await client.close()
 
@@ -124,7 +138,7 @@ async def read_all(
 
 async def test_nx27017_answers_a_lost_cursor_like_an_exhausted_one(proxy: FaultProxy, mongo_uri: str) -> None:
     """The server behaviour the fix relies on knowing (if nx-27017 changes, this says so)."""
-    database, _ = await seeded(mongo_uri, 50)
+    database = (await seeded(mongo_uri, 50)).database
     watch = Watch()
     client = AsyncMongoClient(f"mongodb://{proxy.address}", event_listeners=[watch], **NOTICE_RESETS)
     try:
@@ -144,11 +158,11 @@ async def test_happy_path_reads_each_page_with_one_query_and_no_cursor(
 ) -> None:
     """No fault: one find per page and never a getMore (a page is one reply); an exactly full last page
     (1000 = 10 x 100) costs one more query, which finds nothing."""
-    database, ids = await seeded(mongo_uri, count)
+    database, _, by_token = await seeded(mongo_uri, count)
     watch = Watch()
     store, db = store_via(proxy, database, watch)
     try:
-        assert await read_all(store, 100) == ids
+        assert await read_all(store, 100) == by_token
         assert watch.commands["find"] == count // 100 + 1
         assert watch.commands["getMore"] == 0
     finally:
@@ -157,7 +171,7 @@ async def test_happy_path_reads_each_page_with_one_query_and_no_cursor(
 
 @pytest.mark.parametrize("after_page", [1, 3, 9])
 async def test_a_reset_between_pages_costs_nothing(proxy: FaultProxy, mongo_uri: str, after_page: int) -> None:
-    database, ids = await seeded(mongo_uri, 1000)
+    database, _, by_token = await seeded(mongo_uri, 1000)
     watch = Watch()
     store, db = store_via(proxy, database, watch, **NOTICE_RESETS)
 
@@ -168,7 +182,7 @@ async def test_a_reset_between_pages_costs_nothing(proxy: FaultProxy, mongo_uri:
 
     try:
         got = await read_all(store, 100, after_page, reset_and_let_the_driver_notice)
-        assert len(got) == len(ids) and got == ids  # every device once, in order
+        assert len(got) == len(by_token) and got == by_token  # every device once, in order
     finally:
         await db.close()
 
@@ -176,12 +190,12 @@ async def test_a_reset_between_pages_costs_nothing(proxy: FaultProxy, mongo_uri:
 async def test_a_reset_under_a_page_read_is_read_again(proxy: FaultProxy, mongo_uri: str) -> None:
     """Reset while the next page's query is on the wire: it fails (an error, not a short page) and the same
     cursor reads the same page."""
-    database, ids = await seeded(mongo_uri, 500)
+    database, _, by_token = await seeded(mongo_uri, 500)
     watch = Watch()
     store, db = store_via(proxy, database, watch, serverMonitoringMode="poll", heartbeatFrequencyMS=60_000)
     trap = proxy.trap(lambda data: b"find" in data and b"devices" in data and b"$gt" in data, when="reply")
     try:
-        assert await read_all(store, 100) == ids
+        assert await read_all(store, 100) == by_token
         assert trap.sprung == 1
     finally:
         await db.close()
@@ -189,7 +203,7 @@ async def test_a_reset_under_a_page_read_is_read_again(proxy: FaultProxy, mongo_
 
 async def test_a_cursor_saved_before_token_order_goes_on_in_id_order(proxy: FaultProxy, mongo_uri: str) -> None:
     """A run in flight across the upgrade saved a hex _id: its audience is read on in _id order, to the end."""
-    database, ids = await seeded(mongo_uri, 300)
+    database, ids, _ = await seeded(mongo_uri, 300)
     watch = Watch()
     store, db = store_via(proxy, database, watch)
     try:
@@ -203,19 +217,19 @@ async def test_a_cursor_saved_before_token_order_goes_on_in_id_order(proxy: Faul
 
 
 async def test_an_unreachable_database_is_an_error_not_the_end(proxy: FaultProxy, mongo_uri: str) -> None:
-    database, ids = await seeded(mongo_uri, 300)
+    database, _, by_token = await seeded(mongo_uri, 300)
     watch = Watch()
     store, db = store_via(proxy, database, watch, serverSelectionTimeoutMS=1000)
     try:
         first = await store.find_chunk(segment_query(), None, 100)
-        assert [str(d["_id"]) for d in first] == ids[:100]
+        assert [str(d["_id"]) for d in first] == by_token[:100]
         cursor = audience_cursor_after(first[-1], None)
         proxy.refuse()
         proxy.reset()
         with pytest.raises(PyMongoError):
             await store.find_chunk(segment_query(), cursor, 100)
         proxy.heal()  # the runner's retry then reads the same page
-        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), cursor, 100)] == ids[100:200]
+        assert [str(d["_id"]) for d in await store.find_chunk(segment_query(), cursor, 100)] == by_token[100:200]
     finally:
         await db.close()
 
@@ -242,7 +256,7 @@ class ResetAfterFirstReply(Watch):
 async def test_a_token_lookup_is_never_cut_short(proxy: FaultProxy, mongo_uri: str) -> None:
     """The lookups read whole (a chunk's tokens, a few users' devices) page the same way: a cursor lost
     between two replies is read again from the last _id, never taken for all there is."""
-    database, ids = await seeded(mongo_uri, 1200)
+    database, ids, _ = await seeded(mongo_uri, 1200)
     watch = ResetAfterFirstReply(proxy)
     store, db = store_via(proxy, database, watch, **NOTICE_RESETS)
     try:
