@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from pushsvc.api.auth import hash_api_key
 from pushsvc.dev.servers import free_port
 from tests.integration.stack import API_KEY, Stack, write_config
+from tests.reliability.faultproxy import ProxiedServer
 
 # The code the subprocesses run (the benchmarks can point this at a snapshot of a commit).
 ROOT = Path(os.environ.get("CHAOS_CODE_ROOT") or Path(__file__).resolve().parents[2])
@@ -186,6 +187,15 @@ class Replica:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     found.append(orjson.loads(line))
         return found
+
+
+def proxied_replica(
+    stack: Stack, mongo: ProxiedServer, mongodb: dict[str, Any] | None = None, **dispatch: object
+) -> Replica:
+    """A replica that reaches MongoDB through `mongo`'s fault proxy (with more `mongodb` settings if given),
+    with these dispatch settings."""
+    proxied = {"uri": f"mongodb://{mongo.address}", "database": stack.database, **(mongodb or {})}
+    return Replica(stack, "replica", dispatch=dispatch, extra={"mongodb": proxied})
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:

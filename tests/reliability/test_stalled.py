@@ -10,29 +10,15 @@ read of one campaign, or holds one read until the socket timeout while renewals 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from tests.integration.stack import Stack, wait_until
-from tests.reliability.faultproxy import ProxiedServer, proxied_nx27017
-from tests.reliability.harness import Replica, metric_sum, outcome_ids, padded_tokens, register_tagged
+from tests.reliability.faultproxy import ProxiedServer
+from tests.reliability.harness import metric_sum, outcome_ids, padded_tokens, proxied_replica, register_tagged
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def mongo(stack: Stack, tmp_path: Path) -> AsyncIterator[ProxiedServer]:
-    """A dedicated nx-27017 behind the proxy; the test's own reads and writes bypass the proxy."""
-    async with proxied_nx27017(tmp_path / "nx") as server:
-        await stack.use_mongo(f"mongodb://{server.direct_address}")
-        yield server
-
-
-def replica(stack: Stack, mongo: ProxiedServer, **dispatch: object) -> Replica:
-    proxied = {"uri": f"mongodb://{mongo.address}", "database": stack.database}
-    return Replica(stack, "replica", dispatch=dispatch, extra={"mongodb": proxied})
 
 
 def audience_read_of(tag: bytes) -> Callable[[bytes], bool]:
@@ -45,7 +31,7 @@ async def test_runs_that_never_progress_end_in_failed_with_the_reason_an_event_a
     stack: Stack, mongo: ProxiedServer
 ) -> None:
     # Each run retries its failing read for one lease (3 s), ends, and its lease lapses (3 s more).
-    serve = replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.0, max_runs_without_progress=2)
+    serve = proxied_replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.0, max_runs_without_progress=2)
     await serve.start()
     try:
         await register_tagged(serve, padded_tokens("s1", 3, "d"), "stalling")
@@ -83,10 +69,9 @@ async def test_renewals_do_not_queue_behind_a_slow_audience_read(stack: Stack, m
     # One connection in the main pool, and the campaign's first audience read hangs on it until the socket
     # timeout (8 s, well past the 3 s lease). Renewals go through the lease client's own pool: the lease holds,
     # the read is retried, and each device is sent once by the first run.
-    proxied = {"uri": f"mongodb://{mongo.address}", "database": stack.database,
-               "max_pool_size": 1, "socket_timeout_ms": 8000}
-    serve = Replica(stack, "replica", dispatch={"lease_seconds": 3.0, "send_timeout_seconds": 2.0},
-                    extra={"mongodb": proxied})
+    serve = proxied_replica(
+        stack, mongo, {"max_pool_size": 1, "socket_timeout_ms": 8000}, lease_seconds=3.0, send_timeout_seconds=2.0
+    )
     await serve.start()
     try:
         tokens = padded_tokens("q1", 4, "d")

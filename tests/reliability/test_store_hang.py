@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.stack import Stack, auth_headers, wait_until
-from tests.reliability.faultproxy import ProxiedServer, proxied_nx27017
+from tests.reliability.faultproxy import ProxiedServer
 
 pytestmark = pytest.mark.integration
 
 STORE_TIMEOUT_MS = 1000
 IOS = "f6" * 32
-
-
-@pytest.fixture
-async def mongo(stack: Stack, tmp_path: Path) -> AsyncIterator[ProxiedServer]:
-    async with proxied_nx27017(tmp_path / "nx") as server:
-        await stack.use_mongo(f"mongodb://{server.direct_address}")
-        yield server
 
 
 async def timed(stack: Stack, method: str, path: str, body: Any = None) -> tuple[int, dict, float, str | None]:

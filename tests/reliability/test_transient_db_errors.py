@@ -11,29 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from tests.integration.stack import Stack, wait_until
-from tests.reliability.faultproxy import ProxiedServer, proxied_nx27017
-from tests.reliability.harness import FINISHED, Replica, outcome_ids, padded_tokens, register_tagged
+from tests.reliability.faultproxy import ProxiedServer
+from tests.reliability.harness import FINISHED, outcome_ids, padded_tokens, proxied_replica, register_tagged
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def mongo(stack: Stack, tmp_path: Path) -> AsyncIterator[ProxiedServer]:
-    """A dedicated nx-27017 behind the proxy; the test's own reads and writes bypass the proxy."""
-    async with proxied_nx27017(tmp_path / "nx") as server:
-        await stack.use_mongo(f"mongodb://{server.direct_address}")
-        yield server
-
-
-def replica(stack: Stack, mongo: ProxiedServer, **dispatch: object) -> Replica:
-    proxied = {"uri": f"mongodb://{mongo.address}", "database": stack.database}
-    return Replica(stack, "replica", dispatch=dispatch, extra={"mongodb": proxied})
 
 
 def alert(request_id: str, target: dict) -> dict:
@@ -73,7 +58,7 @@ async def test_a_renewal_failing_once_neither_stops_nor_repeats_the_chunk(
     stack: Stack, mongo: ProxiedServer, when: str
 ) -> None:
     # A 3 s lease is renewed every second; the chunk of 20 is answered after 2.5 s, so renewals fall in it.
-    serve = await replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.9, chunk_size=50).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.9, chunk_size=50).start()
     try:
         devices = padded_tokens("r1", 20, "d")
         await register_tagged(serve, devices, "renewal")
@@ -98,7 +83,7 @@ async def test_a_renewal_hanging_on_its_connection_is_retried_on_another_before_
     """The connection carrying a renewal goes silent and stays open (half-open, blackholed). One attempt is
     abandoned after a quarter of the lease and retried on another connection: the lease never lapses. Before,
     the attempt waited for all that was left of the lease and the lease lapsed (seen in the fault checker)."""
-    serve = await replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.9, chunk_size=50).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=3.0, send_timeout_seconds=2.9, chunk_size=50).start()
     try:
         devices = padded_tokens("h1", 20, "d")
         await register_tagged(serve, devices, "hanging")
@@ -123,7 +108,7 @@ async def test_a_renewal_hanging_on_its_connection_is_retried_on_another_before_
 async def test_a_progress_write_failing_once_is_retried_not_resent_and_counts_once(
     stack: Stack, mongo: ProxiedServer, when: str
 ) -> None:
-    serve = await replica(stack, mongo, lease_seconds=10.0, chunk_size=10).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=10.0, chunk_size=10).start()
     try:
         devices = padded_tokens("p1", 40, "d")
         await register_tagged(serve, devices, "progress")
@@ -145,7 +130,7 @@ async def test_a_progress_write_failing_once_is_retried_not_resent_and_counts_on
 async def test_a_batch_finish_failing_once_sends_nothing_again_and_announces_each_once(
     stack: Stack, mongo: ProxiedServer, when: str
 ) -> None:
-    serve = await replica(stack, mongo, lease_seconds=6.0).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=6.0).start()
     try:
         devices = padded_tokens("b1", 10, "d")
         await register_tagged(serve, devices, "batch")
@@ -178,7 +163,7 @@ async def test_an_insert_of_held_requests_failing_once_sends_each_once_without_w
     """Intake records a due-now request already held by its replica. If that insert fails ("reply": written,
     answer lost), Kafka redelivers the batch and the written requests come back as duplicates, held by a
     claim nobody runs: they must be released at once and sent once, not left for the 30 s lease."""
-    serve = await replica(stack, mongo, lease_seconds=30.0, poll_interval_seconds=2.0).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=30.0, poll_interval_seconds=2.0).start()
     try:
         devices = padded_tokens("i1", 8, "d")
         await register_tagged(serve, devices, "intake")
@@ -209,7 +194,7 @@ async def test_a_batch_device_read_failing_once_is_read_again_and_each_is_sent_o
 ) -> None:
     """The devices of a whole batch are read together: one reset on that read must neither drop the batch's
     notifications (to a lease expiry) nor count a device twice."""
-    serve = await replica(stack, mongo, lease_seconds=30.0).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=30.0).start()
     try:
         devices = padded_tokens("g1", 8, "d")
         await register_tagged(serve, devices, "read")
@@ -240,7 +225,7 @@ async def test_a_failed_announcement_cancels_nothing_and_the_sweep_repeats_it(
 ) -> None:
     """Marking outcome events published is best effort: when it fails, the rest of the batch goes on and the
     sweep publishes the events again (at-least-once). It used to end the batch run and cancel its sends."""
-    serve = await replica(stack, mongo, lease_seconds=6.0, outcome_sweep_grace_seconds=1.0).start()
+    serve = await proxied_replica(stack, mongo, lease_seconds=6.0, outcome_sweep_grace_seconds=1.0).start()
     try:
         devices = padded_tokens("m1", 10, "d")
         await register_tagged(serve, devices, "announce")
