@@ -25,7 +25,7 @@ from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
-from pushsvc.store.devices import AUDIENCE_START, resume_point
+from pushsvc.store.devices import resume_point
 from pushsvc.store.notifications import (
     FINAL_KEYS,
     PAUSED,
@@ -253,12 +253,14 @@ class _Run:
         self.lease = lease
         self.seq = seq
         self.skip: frozenset[str] = frozenset(doc.get("chunk_done") or ())
-        # Explicit tokens are paged by position (None: 0); audiences by a cursor (store/devices.py).
-        self.cursor: object = (
-            doc.get("cursor") if request.target.tokens else resume_point(doc.get("cursor"), self.skip)
-        )
+        self.cursor: object = self._start(doc.get("cursor"))
 
     def restart(self) -> None:
         """From the start of the audience, nothing of it answered (a new local-time wave)."""
-        self.cursor = None if self.request.target.tokens else AUDIENCE_START
         self.skip = frozenset()
+        self.cursor = self._start(None)
+
+    def _start(self, saved: Any) -> Any:
+        """Where reading starts: explicit tokens are paged by position (None: 0), audiences by a cursor
+        (store/devices.py `resume_point`)."""
+        return saved if self.request.target.tokens else resume_point(saved, self.skip)

@@ -155,7 +155,7 @@ def audience_cursor_after(last: dict, cursor: AudienceCursor) -> AudienceCursor:
 
 
 def by_token(doc: dict) -> str:
-    """The order audiences and lookups are read in."""
+    """The order audiences are read in (find_chunk)."""
     return str(doc["token"])
 
 
@@ -370,17 +370,15 @@ class DeviceStore:
         document in Python: slow, but only for runs in flight across the upgrade).
         """
         if isinstance(after, str):
-            filtered = {**query, "_id": {"$gt": ObjectId(after)}}
-            size = max(1, limit)
-            cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort("_id", 1)
-            return await cursor.limit(size).batch_size(size).to_list(length=size)
-        return await self._page(query, None if after is None else after["token"], limit)
+            return await self._page(query, "_id", ObjectId(after), limit)
+        return await self._page(query, "token", after["token"] if after else None, limit)
 
-    async def _page(self, query: dict, after_token: str | None, limit: int) -> list[dict]:
-        """The first `limit` devices of `query` with a token after `after_token`, sorted by token, one reply."""
-        filtered = {**query, "token": {"$gt": after_token}} if after_token else query
+    async def _page(self, query: dict, key: str, after: object, limit: int) -> list[dict]:
+        """The first `limit` devices of `query` whose `key` comes after `after` (falsy: from the start), sorted
+        by `key`, in one reply."""
+        filtered = {**query, key: {"$gt": after}} if after else query
         size = max(1, limit)
-        cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort("token", 1)
+        cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort(key, 1)
         return await cursor.limit(size).batch_size(size).to_list(length=size)
 
     async def _read_page(self, query: dict, after_id: str | None, limit: int, stream: Any) -> tuple[list[dict], Any]:
