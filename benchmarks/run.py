@@ -115,6 +115,10 @@ def rss_summary(samples: list[tuple[float, float]]) -> dict:
             "every_10s_mb": [round(mb) for t, mb in samples if int(t) % 10 == 0]}
 
 
+def replicas_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15 of stat)
@@ -238,12 +242,12 @@ def device_token(i: int) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, bootstrap: str, pushsvc_pid: int, access_log: Path,
+    def __init__(self, args: argparse.Namespace, bootstrap: str, pushsvc_pids: list[int], access_log: Path,
                  others: dict[str, int], metrics_url: str) -> None:
         self.metrics_url = metrics_url
         self.args = args
         self.bootstrap = bootstrap
-        self.pid = pushsvc_pid
+        self.pids = pushsvc_pids  # every replica: CPU is their sum, RSS is sampled per replica
         self.access_log = access_log
         self.others = others
         self.outcomes: dict[str, dict] = {}
@@ -294,10 +298,10 @@ class Bench:
         for rid, _ in requests:
             self.arrived[rid] = asyncio.Event()
         metrics0 = scrape(self.metrics_url)
-        cpu0, wall0 = cpu_seconds(self.pid), time.time()
+        cpu0, wall0 = replicas_cpu(self.pids), time.time()
         others0 = {k: cpu_seconds(p) for k, p in self.others.items()}
-        rss: list[tuple[float, float]] = []
-        rss_task = asyncio.create_task(sample_rss(self.pid, rss))
+        rss: list[list[tuple[float, float]]] = [[] for _ in self.pids]
+        rss_tasks = [asyncio.create_task(sample_rss(pid, samples)) for pid, samples in zip(self.pids, rss, strict=True)]
         published: dict[str, float] = {}
         start = time.monotonic()
         for i, (rid, target) in enumerate(requests):
@@ -314,8 +318,9 @@ class Bench:
                                    self.args.phase_timeout)
         except TimeoutError:
             print(f"  {name}: timed out waiting for outcomes", file=sys.stderr)
-        cpu1, wall1 = cpu_seconds(self.pid), time.time()
-        rss_task.cancel()
+        cpu1, wall1 = replicas_cpu(self.pids), time.time()
+        for task in rss_tasks:
+            task.cancel()
         others1 = {k: cpu_seconds(p) for k, p in self.others.items()}
         metrics1 = scrape(self.metrics_url)
         await asyncio.sleep(1.3)  # nginx flushes its access log buffer every second
@@ -350,7 +355,9 @@ class Bench:
             "outcomes_received": len(events),
             "publish_seconds": round(publish_end - first_pub, 3),
             "first_ack_after_publish_s": round(min(t for t, _, _ in lines) - first_pub, 3) if lines else None,
-            "pushsvc_rss": rss_summary(rss),
+            "pushsvc_rss": rss_summary(rss[0]),
+            **({"replicas": len(self.pids), "replicas_rss": [rss_summary(r) for r in rss]}
+               if len(self.pids) > 1 else {}),
             "seconds": round(finished - first_pub, 3),
             "deliveries_per_s": round(delivered / (finished - first_pub)) if delivered else 0,
             "provider": per_provider,
@@ -396,9 +403,9 @@ async def run_phases(args: argparse.Namespace, bench: Bench) -> list[dict]:
         if "idle" in args.phases:
             # Nothing to do: what the replica costs while it waits (polls, heartbeats, refreshes), over a minute.
             await asyncio.sleep(5)  # the warm-up's tail (outcome sweep, lease releases) out of the window
-            cpu0, wall0 = cpu_seconds(bench.pid), time.monotonic()
+            cpu0, wall0 = replicas_cpu(bench.pids), time.monotonic()
             await asyncio.sleep(args.idle_seconds)
-            share = (cpu_seconds(bench.pid) - cpu0) / (time.monotonic() - wall0)
+            share = (replicas_cpu(bench.pids) - cpu0) / (time.monotonic() - wall0)
             r = {"phase": "idle", "seconds": args.idle_seconds, "pushsvc_cpu_share_of_one_core": round(share, 4)}
             results.append(r)
             print(f"  idle: pushsvc used {share * 100:.2f}% of a core over {args.idle_seconds:.0f}s", flush=True)
@@ -538,6 +545,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1000, help="dispatch.concurrency_per_provider")
     parser.add_argument("--max-connections", type=int, default=10, help="apns/fcm max_connections")
     parser.add_argument("--max-active", type=int, default=64, help="dispatch.max_active_notifications")
+    parser.add_argument("--range-devices", type=int, default=None,
+                        help="dispatch.range_devices (0: never cut a fan-out into ranges; default: the service's)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="pushsvc processes sharing the work (CPU summed, RSS per replica)")
     parser.add_argument("--phase-timeout", type=float, default=300.0)
     parser.add_argument("--work", default="/tmp/pushsvc-bench")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
@@ -593,16 +604,16 @@ def main() -> int:
         print(f"seeded {args.devices} devices in {time.monotonic() - t:.1f}s", flush=True)
 
         apns_key, sa = write_credentials(work, nginx_port)
-        http_port = free_port()
         config = {
             # Tansu holds a fetch for the whole wait, even when data arrives (config.py: Kafka answers at once).
             "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500, "fetch_max_wait_ms": args.fetch_wait_ms},
             "mongodb": {"uri": mongo_uri, "database": "pushsvc"},
-            "http": {"host": "127.0.0.1", "port": http_port},
+            "http": {"host": "127.0.0.1", "port": 0},
             "log_level": "warning",
             "dispatch": {"chunk_size": args.chunk_size, "concurrency_per_provider": args.concurrency,
                          "max_active_notifications": args.max_active,
-                         **({"poll_interval_seconds": args.poll_interval} if args.poll_interval else {})},
+                         **({"poll_interval_seconds": args.poll_interval} if args.poll_interval else {}),
+                         **({"range_devices": args.range_devices} if args.range_devices is not None else {})},
             "apps": {APP: {
                 "apns": {"topic": "com.example.bench", "key_file": str(apns_key), "key_id": "BENCHKEY01",
                          "team_id": "BENCHTEAM1", "endpoint": f"https://127.0.0.1:{nginx_port}",
@@ -611,25 +622,36 @@ def main() -> int:
                         "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
             }},
         }
-        config_file = work / "config.yaml"
-        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SSL_CERT_FILE": str(pki.bundle_file),
                "REQUESTS_CA_BUNDLE": str(pki.bundle_file)}
-        service = subprocess.Popen([sys.executable, "-m", "pushsvc.cli", "serve", "--config", str(config_file)],
-                                   env=env, cwd=REPO_ROOT, stdout=(work / "pushsvc.log").open("wb"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(service)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except Exception:
-                if service.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"pushsvc did not become ready; see {work}/pushsvc.log") from None
-                time.sleep(0.3)
-        print(f"pushsvc ready (pid {service.pid}); indexes built", flush=True)
+        services: list[subprocess.Popen] = []
+        http_ports: list[int] = []
+        for n in range(args.replicas):
+            http_ports.append(free_port())
+            config["http"]["port"] = http_ports[-1]
+            config["instance_name"] = f"bench-{n}"
+            config_file = work / f"config-{n}.yaml"
+            config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+            services.append(subprocess.Popen(
+                [sys.executable, "-m", "pushsvc.cli", "serve", "--config", str(config_file)],
+                env=env, cwd=REPO_ROOT, stdout=(work / f"pushsvc-{n}.log").open("wb"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+            procs.append(services[-1])
+        service = services[0]
+        for service_n, port in zip(services, http_ports, strict=True):
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except Exception:
+                    if service_n.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"pushsvc did not become ready; see {work}/pushsvc-*.log") from None
+                    time.sleep(0.3)
+        http_port = http_ports[0]
+        print(f"pushsvc ready ({len(services)} replica(s), pids {[p.pid for p in services]}); indexes built",
+              flush=True)
         spy = None
         if args.profile == "py-spy":
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "-p",
@@ -638,7 +660,7 @@ def main() -> int:
             procs.append(spy)
         others = {"nginx_worker": int(subprocess.check_output(["pgrep", "-P", str(nginx.pid)]).split()[0]),
                   "tansu": broker.process.pid, "nx-27017": mongo.process.pid}
-        bench = Bench(args, bootstrap, service.pid, ngx / "access.log", others,
+        bench = Bench(args, bootstrap, [p.pid for p in services], ngx / "access.log", others,
                       f"http://127.0.0.1:{http_port}/metrics")
         self_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         results = asyncio.run(run_phases(args, bench))
@@ -654,7 +676,7 @@ def main() -> int:
             "machine": machine(),
             "settings": {k: getattr(args, k) for k in ("devices", "peak_devices", "per_request", "latency_seconds",
                                                        "latency_load", "chunk_size", "concurrency",
-                                                       "max_connections", "max_active")},
+                                                       "max_connections", "max_active", "replicas", "range_devices")},
             "load_generator_cpu_seconds": round(self_cpu1.ru_utime + self_cpu1.ru_stime
                                                 - self_cpu0.ru_utime - self_cpu0.ru_stime, 2),
             "note": "pushsvc CPU is its own process's utime+stime; the broker, MongoDB server, nginx and this "

@@ -23,6 +23,7 @@ from pushsvc.config import Settings
 from pushsvc.dispatch.batch import BatchRunner
 from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
+from pushsvc.dispatch.ranges import RangeSettler
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
@@ -37,6 +38,7 @@ from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.database import Database
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.ranges import RangeStore
 
 log = get_logger(__name__)
 
@@ -122,7 +124,10 @@ class PushService:
         chunks = ChunkWorker(
             self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds
         )
-        self.runner = NotificationRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
+        self.settler = RangeSettler(RangeStore(self.notifications), self.announcer, self.server_clock, clock)
+        self.runner = NotificationRunner(
+            self.notifications, chunks, self.announcer, settings.dispatch, self.devices, self.settler, clock=clock
+        )
         batch_runner = BatchRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
         self.scheduler = Scheduler(
             self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
@@ -234,6 +239,12 @@ class PushService:
     async def _sweep_outcomes(self) -> None:
         while True:
             await pause(BACKLOG_REFRESH_SECONDS)
+            try:
+                await self.settler.check_due()  # split campaigns whose last range's runner did not settle them
+            except Exception as exc:  # MongoDB down: the next round tries again; the sweep below still runs
+                if swallowed_cancel():
+                    raise asyncio.CancelledError from exc
+                log.warning("settle_check_failed", error=str(exc))
             try:
                 await self.outcome_sweeper.sweep_once()
             except Exception as exc:  # MongoDB or broker down: the next round tries again

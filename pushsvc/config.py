@@ -141,6 +141,14 @@ class DispatchSettings:
     max_active_notifications: int = 64
     # Transactional notifications (a few tokens or users, sent now) in flight in the batch lane at once.
     max_batched_notifications: int = 5000
+    # A campaign whose audience (counted at creation) exceeds this many devices is cut into ranges of about
+    # this size before its first chunk, each a unit of work any replica takes (store/ranges.py); 0: never cut.
+    range_devices: int = 50_000
+    # At most this many ranges per campaign (powers of two: each level of cutting halves every range).
+    max_ranges: int = 64
+    # Ranges one replica runs at once: enough to keep its one core busy (a range reads its next page while
+    # another sends), few enough that the other replicas find ranges of a new campaign left to take.
+    max_active_ranges: int = 2
     # After an authentication error the app's provider is paused this long (no request reaches it).
     auth_pause_seconds: float = 60.0
     # Misconfiguration guard, per app and provider: when at least this share of the provider's answers in
@@ -403,8 +411,11 @@ def _check_semantics(settings: Settings) -> None:
         ("http", "store_timeout_ms"),
         *(("dispatch", name) for name in ("chunk_size", "concurrency_per_provider", "max_attempts",
                                           "max_active_notifications", "max_batched_notifications",
-                                          "misconfig_guard_min_answers")),
+                                          "misconfig_guard_min_answers", "max_ranges", "max_active_ranges")),
     ]
+    with problems.check():
+        if settings.dispatch.range_devices < 0:
+            raise ConfigError("dispatch.range_devices: must be 0 (never cut) or more")
     for section, name in at_least_one:
         with problems.check():
             if getattr(getattr(settings, section), name) < 1:

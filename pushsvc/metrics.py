@@ -115,7 +115,8 @@ KAFKA_CONSUMER_LAG = Gauge(
 )
 ACTIVE_NOTIFICATIONS = Gauge(
     "pushsvc_active_notifications",
-    "Notifications this replica is working on, by claim lane (batch: transactional, fanout: chunked)",
+    "Notifications this replica is working on, by claim lane (batch: transactional, fanout: chunked, "
+    "range: ranges of split campaigns)",
     ["lane"],
     registry=REGISTRY,
 )
@@ -153,7 +154,7 @@ CAMPAIGN_PROGRESS = Gauge(
 # Closed label sets, used to create every known series at start.
 DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
 FINISHED_STATES = ("done", "failed", "cancelled")
-LANES = ("batch", "fanout")  # store/notifications.py LANE_BATCH, LANE_FANOUT
+LANES = ("batch", "fanout", "range")  # store/notifications.py LANE_BATCH, LANE_FANOUT; store/ranges.py LANE_RANGE
 DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected")
 INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
 # Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error

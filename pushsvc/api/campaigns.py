@@ -18,7 +18,7 @@ from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICAT
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import counts_view
 from pushsvc.api.validation import app_of, field_name, json_body, known_app
-from pushsvc.dispatch.fanout import progress_ratio
+from pushsvc.dispatch.progress import progress_ratio
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import RequestError, parse_request
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm

@@ -13,6 +13,7 @@ from pushsvc.api.validation import app_of, json_body
 from pushsvc.ingest.intake import Rejection, validate
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.notifications import FINAL_KEYS, request_id_of
+from pushsvc.store.ranges import RangeStore
 
 routes = web.RouteTableDef()
 
@@ -61,7 +62,9 @@ async def create_notification(request: web.Request) -> web.Response:
 async def get_notification(request: web.Request) -> web.Response:
     """A notification by its request id within `?app=` (optional when the key acts for one app only)."""
     app = app_of(request)
-    doc = await request.app[NOTIFICATIONS].find(app, request.match_info["notification_id"])
+    notifications = request.app[NOTIFICATIONS]
+    doc = await notifications.find(app, request.match_info["notification_id"])
     if doc is None:
         return json_error(404, "not_found", "no notification with that id")
-    return web.json_response(notification_view(doc))
+    # A campaign split into ranges counts in its ranges until it is settled.
+    return web.json_response(notification_view(await RangeStore(notifications).live_counts(doc)))

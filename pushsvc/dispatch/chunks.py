@@ -124,11 +124,20 @@ class ChunkWorker:
         count_unknown: bool,
         size: int,
         retry_while: Callable[[], bool] | None = None,
+        upto: str | None = None,
     ) -> Chunk:
-        """The chunk starting at `cursor`; transient database errors are retried while `retry_while()` holds
-        (the lease is still good: nothing was sent for this chunk yet, so waiting costs only time)."""
-        read = lambda: self._read(request, cursor, wave, count_unknown, size)  # noqa: E731
+        """The chunk starting at `cursor` (and, for a range of an audience, ending at token `upto`); transient
+        database errors are retried while `retry_while()` holds (the lease is still good: nothing was sent
+        for this chunk yet, so waiting costs only time)."""
+        read = lambda: self._read(request, cursor, wave, count_unknown, size, upto)  # noqa: E731
         return await _retrying(read, retry_while, self._read_retry_seconds, notification_id=request.id)
+
+    async def read_retried(
+        self, read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool], **about: object
+    ) -> T:
+        """Another read of the devices before sending (cutting an audience into ranges), retried like a
+        chunk's: transient errors while `retry_while()` holds, for at most the read retry time."""
+        return await _retrying(read, retry_while, self._read_retry_seconds, **about)
 
     async def first_chunks(
         self, requests: Sequence[PushRequest], size: int, retry_while: Callable[[], bool] | None = None
@@ -171,7 +180,13 @@ class ChunkWorker:
         return chunks
 
     async def _read(
-        self, request: PushRequest, cursor: Any, wave: list[str] | None, count_unknown: bool, size: int
+        self,
+        request: PushRequest,
+        cursor: Any,
+        wave: list[str] | None,
+        count_unknown: bool,
+        size: int,
+        upto: str | None = None,
     ) -> Chunk:
         push_type = request.options.push_type
         if request.target.tokens:
@@ -184,7 +199,7 @@ class ChunkWorker:
         if wave is not None:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
         found = await self._devices.find_audience(
-            request.app, request.target, request.message.category, timezones, cursor, size, push_type
+            request.app, request.target, request.message.category, timezones, cursor, size, push_type, upto
         )
         return _audience_chunk(request, found, cursor, size)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,21 +20,25 @@ import orjson
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
+from pushsvc.dispatch.progress import campaign_progress, progress_ratio
+from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
-from pushsvc.store.campaigns import CAMPAIGN_PREFIX
-from pushsvc.store.devices import resume_point
+from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, audience_filter, resume_point
 from pushsvc.store.notifications import (
-    FINAL_KEYS,
     PAUSED,
     STALLED_RUNS,
     HandBack,
     NotificationStore,
-    request_id_of,
 )
+from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore
+
+# A range throttled below this many deliveries a second gains nothing from another replica: a throttled
+# campaign is cut into at most rate / RANGE_MIN_RATE ranges.
+RANGE_MIN_RATE = 1000
 
 log = get_logger(__name__)
 
@@ -59,14 +64,6 @@ class _Throttle:
         self._sent += count
 
 
-def progress_ratio(doc: dict) -> float:
-    """Share of the audience with a final outcome (the audience estimate is counted at campaign creation)."""
-    counts = doc.get("counts") or {}
-    finished = sum(int(counts.get(k, 0)) for k in FINAL_KEYS)
-    total = max(int(doc.get("audience_estimate") or 0), int(counts.get("targeted", 0)), 1)
-    return min(1.0, finished / total)
-
-
 class NotificationRunner:
     def __init__(
         self,
@@ -74,12 +71,17 @@ class NotificationRunner:
         chunks: ChunkWorker,
         announcer: Announcer,
         settings: DispatchSettings,
+        devices: DeviceStore,
+        settler: RangeSettler,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
         self._chunks = chunks
         self._announcer = announcer
         self._settings = settings
+        self._devices = devices
+        self._ranges = RangeStore(notifications)
+        self._settler = settler
         self._clock = clock  # the scheduling clock: which local-time zones are due, quiet hours
         self._stopping = asyncio.Event()
 
@@ -116,6 +118,9 @@ class NotificationRunner:
             await self._finish(doc, lease, NotificationState.FAILED, reason)
         except LeaseLost:
             log.warning("lease_lost", notification_id=doc["_id"], detail="while failing a stalled notification")
+            return
+        if doc.get("boundaries") is not None:
+            await self._ranges.follow(doc["_id"])  # a split that kept failing: its ranges inserted so far stop
 
     async def _run(self, doc: dict, lease: Lease) -> float | None:
         try:
@@ -127,6 +132,9 @@ class NotificationRunner:
             await self._finish(doc, lease, NotificationState.FAILED, f"stored request unreadable: {detail}")
             return None
         run = _Run(doc, request, lease, int(doc.get("progress_seq") or 0))
+        parts = await self._parts(doc, request, lease)
+        if parts > 1:
+            return await self._split(run, parts)
         quiet = quiet_from_doc(doc.get("quiet_hours"))
         wave: list[str] | None = None
         if request.options.local_time or quiet is not None:
@@ -148,7 +156,7 @@ class NotificationRunner:
                 await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
                 return None
             chunk = await self._chunks.next_chunk(
-                request, run.cursor, wave, first_wave, size, retry_while=lease.valid
+                request, run.cursor, wave, first_wave, size, retry_while=lease.valid, upto=run.upto
             )
             outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id))
             throttle.sent(outcome.counts["targeted"])
@@ -157,7 +165,7 @@ class NotificationRunner:
                 return None
             after = await self._advance(run, chunk.next_cursor, outcome.counts, {STALLED_RUNS: 0})
             if "audience_estimate" in after:
-                _campaign_progress(run.doc).set(progress_ratio(after))
+                campaign_progress(run.doc).set(progress_ratio(after))
             run.cursor, run.skip = chunk.next_cursor, frozenset()
             if after["state"] != str(NotificationState.DISPATCHING):
                 await self._interrupted(run, after["state"])
@@ -178,6 +186,80 @@ class NotificationRunner:
                 return next_at
         await self._finish(doc, lease, NotificationState.DONE, None)
         return None
+
+    async def _parts(self, doc: dict, request: PushRequest, lease: Lease) -> int:
+        """How many ranges to cut this notification into before its first chunk (1: run it whole).
+
+        A users or segment audience larger than `range_devices` is cut: a campaign's size was counted at its
+        creation; a request from Kafka was not counted, and is estimated from its first page of tokens
+        (`estimate_audience`). A run that has begun whole goes on whole, a range is never cut again, and a
+        parent that recorded its boundaries (then crashed) is cut at those again.
+        """
+        if doc.get("boundaries") is not None or doc.get("ranges"):
+            return 2  # any count above 1: the saved boundaries decide
+        size = self._settings.range_devices
+        target = request.target
+        few_users = bool(target.users) and len(target.users) <= SMALL_LOOKUP  # one chunk: read whole
+        if not size or doc.get("kind") == RANGE_KIND or target.tokens or few_users:
+            return 1
+        began = doc.get("cursor") is not None or doc.get("chunk_done") or doc.get("zones_done")
+        if began or doc.get("wave_zones") is not None or int(doc.get("progress_seq") or 0):
+            return 1
+        estimate = doc.get("audience_estimate")
+        if estimate is None:
+            audience = self._audience(request)
+            estimate = await self._chunks.read_retried(
+                lambda: estimate_audience(self._devices, audience, size), lease.valid, notification_id=doc["_id"]
+            )
+        # An unbounded estimate (tokens the sample could not measure) takes the most ranges allowed.
+        wanted = float(estimate) / size
+        most = self._settings.max_ranges
+        parts = min(most, math.ceil(wanted)) if math.isfinite(wanted) else most
+        rate = doc.get("throttle_per_second")
+        if rate:
+            # Each range is throttled at rate/parts; one replica serves a slower campaign whole.
+            parts = min(parts, int(rate // RANGE_MIN_RATE))
+        return parts
+
+    @staticmethod
+    def _audience(request: PushRequest) -> dict:
+        """The whole audience of a users or segment request, every timezone: what ranges are cut from."""
+        return audience_filter(request.app, request.target, request.message.category, None, request.options.push_type)
+
+    async def _split(self, run: _Run, parts: int) -> float | None:
+        """Cut the audience into ranges for every replica to take (store/ranges.py); the parent then waits
+        for them (never claimed again) and is settled when they are over. Returns when its ranges are due,
+        so this replica claims them at once; other replicas find them at their next poll.
+
+        Three fenced steps, each repeatable: the boundaries are saved, the ranges inserted (ids derived from
+        the parent, duplicates absorbed), the parent marked split and let go.
+        """
+        doc, request = run.doc, run.request
+        cuts = doc.get("boundaries")
+        if cuts is None:
+            audience = self._audience(request)
+            cuts = await self._chunks.read_retried(
+                lambda: boundaries(self._devices, audience, parts), run.lease.valid, notification_id=run.id
+            )
+            after = await self._advance(run, None, {}, {"boundaries": cuts})
+            if after["state"] != str(NotificationState.DISPATCHING):
+                # Paused or cancelled before any range exists: stop as an unsplit run does; a resume cuts it
+                # at these boundaries.
+                await self._interrupted(run, after["state"])
+                return None
+        count = len(cuts) + 1
+        rate = doc.get("throttle_per_second")
+        await self._ranges.create(run.id, cuts, rate / count if rate else None)
+        token, check_at = run.lease.token, self._clock() + SETTLE_CHECK_SECONDS
+        parent = await run.lease.write([run.id], lambda: self._ranges.mark_split(run.id, token, count, check_at))
+        if parent is None:
+            raise LeaseLost
+        run.lease.drop([run.id])
+        if parent["state"] != str(NotificationState.DISPATCHING):  # paused or cancelled during the split
+            await self._ranges.follow(run.id)
+        log.info("notification_split", notification_id=run.id, app=doc["app"], ranges=count,
+                 audience_estimate=doc.get("audience_estimate"))
+        return float(doc["due_at"])
 
     async def _advance(
         self, run: _Run, cursor: object, counts: Counter[str] | dict, extra: dict | None = None
@@ -213,6 +295,10 @@ class NotificationRunner:
         run.lease.drop([run.id])
         doc = run.doc
         log.info("notification_interrupted", notification_id=run.id, state=state)
+        if doc.get("kind") == RANGE_KIND:
+            if state == str(NotificationState.CANCELLED):
+                await self._settle_parent(doc)  # this range's last counts are in: the campaign may be over
+            return
         if state == str(NotificationState.CANCELLED):
             metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
             final = await self._notifications.get(run.id) or {}
@@ -223,14 +309,21 @@ class NotificationRunner:
 
     async def _finish(self, doc: dict, lease: Lease, state: NotificationState, error: str | None) -> None:
         notification_id, token, now = doc["_id"], lease.token, self._clock()
+        # A range is not announced: its parent is, once, with the sum of its ranges (store/ranges.py).
+        announce = doc.get("kind") != RANGE_KIND
         counts = await lease.write(
-            [notification_id], lambda: self._notifications.finish(notification_id, token, state, error, now)
+            [notification_id],
+            lambda: self._notifications.finish(notification_id, token, state, error, now, announce=announce),
         )
         if counts is None:
             raise LeaseLost
         lease.drop([notification_id])
+        if not announce:
+            log.info("range_finished", notification_id=notification_id, state=str(state), counts=counts)
+            await self._settle_parent(doc)
+            return
         if doc.get("kind") == "campaign":
-            _campaign_progress(doc).set(1.0)
+            campaign_progress(doc).set(1.0)
         metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
         log.info(
             "notification_finished", notification_id=notification_id, app=doc["app"], state=str(state), counts=counts
@@ -238,8 +331,12 @@ class NotificationRunner:
         await self._announcer.announce([OutcomeEvent.of(doc, str(state), counts, error, now)])
 
 
-def _campaign_progress(doc: dict) -> Any:
-    return metrics.CAMPAIGN_PROGRESS.labels(doc["app"], request_id_of(doc).removeprefix(CAMPAIGN_PREFIX))
+    async def _settle_parent(self, range_doc: dict) -> None:
+        """Settle the parent if this was its last range over; a failure is left to the outcome sweep's check."""
+        try:
+            await self._settler.settle(range_doc["parent"])
+        except Exception as exc:
+            log.warning("settle_failed", notification_id=range_doc["parent"], error=type(exc).__name__)
 
 
 class _Run:
@@ -253,6 +350,10 @@ class _Run:
         self.lease = lease
         self.seq = seq
         self.skip: frozenset[str] = frozenset(doc.get("chunk_done") or ())
+        # A range reads its slice of the audience: tokens after bounds[0], up to bounds[1] (store/ranges.py).
+        bounds = doc.get("bounds") or (None, None)
+        self.after: str | None = bounds[0]
+        self.upto: str | None = bounds[1]
         self.cursor: object = self._start(doc.get("cursor"))
 
     def restart(self) -> None:
@@ -263,4 +364,8 @@ class _Run:
     def _start(self, saved: Any) -> Any:
         """Where reading starts: explicit tokens are paged by position (None: 0), audiences by a cursor
         (store/devices.py `resume_point`)."""
-        return saved if self.request.target.tokens else resume_point(saved, self.skip)
+        if self.request.target.tokens:
+            return saved
+        if self.doc.get("kind") == RANGE_KIND:
+            return saved if saved is not None else {"token": self.after or ""}
+        return resume_point(saved, self.skip)

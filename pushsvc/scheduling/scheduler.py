@@ -40,6 +40,7 @@ from pushsvc.store.notifications import (
     NotificationStore,
     new_claim_token,
 )
+from pushsvc.store.ranges import LANE_RANGE
 
 log = get_logger(__name__)
 
@@ -50,6 +51,8 @@ BATCH_CLAIM_LIMIT = 500
 HAND_BACK_SECONDS = 5.0
 # Due times the scheduler remembers to wake for (see `wake`); past this many, the safety poll finds the rest.
 KNOWN_DUE_TIMES = 10_000
+# The states a range is claimed in: created scheduled, dispatching once run (never accepted).
+RANGE_STATES = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
         self._fanouts = 0  # notifications run by the fan-out runner now
+        self._ranges = 0  # ranges of split campaigns run now (their own lane and room: max_active_ranges)
+        # Ranges may be waiting for room here: a claim filled the lane, a range ended, or one was split.
+        # A wake-up pass then claims ranges too; otherwise only the safety poll looks for them.
+        self._ranges_waiting = False
         self._batched = 0  # notifications inside running batches now
         self._stopping = False
         self._last_full_claim = -float("inf")
@@ -168,6 +175,11 @@ class Scheduler:
         if room > 0 and not self._stopping:
             docs = await self._claim(now, room, LANE_FANOUT, states)
             more |= len(docs) == room
+        room = self._settings.max_active_ranges - self._ranges
+        if room > 0 and not self._stopping and (self._ranges_waiting or states is ACTIVE_STATES):
+            docs = await self._claim(now, room, LANE_RANGE, RANGE_STATES)
+            self._ranges_waiting = len(docs) == room
+            more |= len(docs) == room
         return more and not self._stopping
 
     async def _claim(self, due_by: float, limit: int, lane: str, states: list[NotificationState]) -> list[dict]:
@@ -191,9 +203,9 @@ class Scheduler:
                 continue
             item = as_small(doc)
             if item is None:
-                self._fanouts += 1
+                self._count(lane, 1)
                 lease = self._lease(token, [doc["_id"]], until)
-                self._start(self._run_one(doc, lease), f"notification:{doc['_id']}")
+                self._start(self._run_one(doc, lease, lane), f"notification:{doc['_id']}")
             else:
                 small.append(item)
         if small:
@@ -269,6 +281,14 @@ class Scheduler:
     def _report(self) -> None:
         metrics.ACTIVE_NOTIFICATIONS.labels(LANE_BATCH).set(self._batched)
         metrics.ACTIVE_NOTIFICATIONS.labels(LANE_FANOUT).set(self._fanouts)
+        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_RANGE).set(self._ranges)
+
+    def _count(self, lane: str, change: int) -> None:
+        """Runs of the fan-out runner now, in its lane's room (a range, or any other fan-out)."""
+        if lane == LANE_RANGE:
+            self._ranges += change
+        else:
+            self._fanouts += change
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         # A fresh context: work started from an API request (direct dispatch) must not inherit that request's
@@ -278,11 +298,14 @@ class Scheduler:
         self._active.add(task)
         task.add_done_callback(self._active.discard)
 
-    async def _run_one(self, doc: dict, lease: Lease) -> None:
+    async def _run_one(self, doc: dict, lease: Lease, lane: str) -> None:
         try:
             next_wave = await self._runner.run(doc, lease)
             if next_wave is not None:
-                self.wake(next_wave)  # rescheduled for its next local-time wave: claimed at its time
+                # Rescheduled for its next local-time wave, or split into ranges: claimed at that time (and
+                # ranges looked for at the next pass even if the known due times are full).
+                self.wake(next_wave)
+                self._ranges_waiting = True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -290,7 +313,9 @@ class Scheduler:
             log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
         finally:
             self._leases.discard(lease)
-            self._fanouts -= 1
+            self._count(lane, -1)
+            if lane == LANE_RANGE:
+                self._ranges_waiting = True  # other ranges may wait for this room
             self._report()
             self._wakeup.set()  # a slot is free
 

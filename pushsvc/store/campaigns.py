@@ -15,6 +15,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from pushsvc.model import NotificationState
 from pushsvc.store.notifications import ACTIVE_STATES, PAUSED, STALLED_RUNS, NotificationStore
+from pushsvc.store.ranges import SPLIT_PARENT, RangeStore
 
 CAMPAIGN_PREFIX = "campaign:"
 KIND = "campaign"
@@ -35,13 +36,15 @@ class CampaignStore:
     def __init__(self, notifications: NotificationStore) -> None:
         self._collection = notifications.collection
         self._notifications = notifications
+        self._ranges = RangeStore(notifications)
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_indexes(CAMPAIGN_INDEXES)
 
     async def get(self, app: str, campaign_id: str) -> dict | None:
+        """The campaign, with its counts so far (the sum of its ranges' while a split campaign runs)."""
         doc = await self._notifications.find(app, campaign_request_id(campaign_id))
-        return doc if doc is not None and doc.get("kind") == KIND else None
+        return await self._ranges.live_counts(doc) if doc is not None and doc.get("kind") == KIND else None
 
     async def list(self, apps: Collection[str], status: str | None, limit: int) -> list[dict]:
         """Campaigns of `apps`, newest first."""
@@ -51,7 +54,7 @@ class CampaignStore:
         if status is not None:
             query["state"] = status
         cursor = self._collection.find(query).sort("created_at", -1).limit(limit).batch_size(limit)
-        return [doc async for doc in cursor]
+        return [await self._ranges.live_counts(doc) async for doc in cursor]
 
     async def pause(self, app: str, campaign_id: str, now: float) -> dict | None:
         return await self._transition(app, campaign_id, _ACTIVE, {"state": PAUSED, "paused_at": now})
@@ -74,8 +77,22 @@ class CampaignStore:
     async def _transition(
         self, app: str, campaign_id: str, from_states: list[str], update: dict[str, Any]
     ) -> dict | None:
-        """The campaign after the change, or None (no such campaign, or not in one of `from_states`)."""
+        """The campaign after the change, or None (no such campaign, or not in one of `from_states`).
+
+        A split campaign (store/ranges.py) moves with its ranges: paused, resumed or cancelled together. Its
+        parent is only ever worked through its ranges, so a resume makes it `dispatching` again (not claimable:
+        its lease is `NEVER`), and a cancel is announced when it is settled (its ranges' last counts in),
+        which the outcome sweep checks at once (`settle_at`).
+        """
         doc = await self.get(app, campaign_id)  # its _id: a campaign created before ids were per app has another
         if doc is None:
             return None
-        return await self._notifications.transition(doc["_id"], from_states, update)
+        if doc.get("boundaries") is not None:
+            update = {**update, **SPLIT_PARENT[update["state"]](update)}
+        after = await self._notifications.transition(doc["_id"], from_states, update)
+        if after is not None and after.get("boundaries") is not None:
+            # Split meanwhile or before: its ranges follow (a failure here is repaired by the outcome sweep's
+            # check of split campaigns, within its interval).
+            await self._ranges.follow(after["_id"])
+            after = await self._ranges.live_counts(await self._notifications.get(after["_id"]) or after)
+        return after

@@ -67,6 +67,9 @@ NOTIFICATION_INDEXES = [
     # erase_user: the stored requests that name a user or one of their tokens (multikey).
     IndexModel([("app", ASCENDING), ("target_users", ASCENDING)], name="app_target_users"),
     IndexModel([("app", ASCENDING), ("target_tokens", ASCENDING)], name="app_target_tokens"),
+    # store/ranges.py: the ranges of a split campaign, and split campaigns whose settle check is due.
+    IndexModel([("parent", ASCENDING)], sparse=True, name="range_parent"),
+    IndexModel([("settle_at", ASCENDING)], sparse=True, name="settle_at"),
 ]
 
 

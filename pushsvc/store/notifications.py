@@ -502,9 +502,14 @@ class NotificationStore:
         )
 
     async def reschedule(self, notification_id: str, token: str, due_at: float, extra: Mapping[str, Any]) -> bool:
-        """Hand the notification back to the scheduler for a later wave (local time); fenced, idempotent."""
+        """Hand the notification back to the scheduler for a later wave (local time); fenced, idempotent.
+
+        Only from dispatching: a pause or cancel that landed since the last chunk is kept, and the lease is
+        just released (`wave_zones` and the cursor at the wave's end stay, so a resume finishes that wave
+        without a send and reschedules then).
+        """
         result = await self._collection.update_one(
-            {"_id": notification_id, "claim": {"$eq": token}},
+            {"_id": notification_id, "claim": {"$eq": token}, "state": str(NotificationState.DISPATCHING)},
             {
                 "$set": {
                     "state": str(NotificationState.SCHEDULED),
@@ -518,20 +523,30 @@ class NotificationStore:
                 }
             },
         )
-        return result.matched_count == 1 or bool(await self._released_by_token([notification_id], token))
+        if result.matched_count == 1 or await self._released_by_token([notification_id], token):
+            return True
+        return bool(await self.release([notification_id], token))
 
     async def finish(
-        self, notification_id: str, token: str, state: NotificationState, error: str | None, now: float
+        self,
+        notification_id: str,
+        token: str,
+        state: NotificationState,
+        error: str | None,
+        now: float,
+        announce: bool = True,
     ) -> dict | None:
         """Final state under the lease, finished at `now`; returns the final counts, or None if another replica
         holds it now.
 
         Only from dispatching: a cancel that landed meanwhile is not overwritten. Fenced and idempotent
-        (`released_claim` read back after a lost answer).
+        (`released_claim` read back after a lost answer). Without `announce` it is a range (store/ranges.py):
+        no outcome event is owed (its parent is announced) and it expires with its parent, set when that
+        is settled.
         """
         doc = await self._collection.find_one_and_update(
             {"_id": notification_id, "claim": {"$eq": token}, "state": str(NotificationState.DISPATCHING)},
-            {"$set": self._final_fields(token, state, error, now)},
+            {"$set": self._final_fields(token, state, error, now, announce)},
             projection={"counts": 1},
             return_document=ReturnDocument.AFTER,
         )
@@ -541,7 +556,9 @@ class NotificationStore:
                 return None
         return dict(doc.get("counts", {}))
 
-    def _final_fields(self, token: str, state: NotificationState, error: str | None, now: float) -> dict[str, Any]:
+    def _final_fields(
+        self, token: str, state: NotificationState, error: str | None, now: float, announce: bool = True
+    ) -> dict[str, Any]:
         return {
             "state": str(state),
             "error": error,
@@ -555,7 +572,8 @@ class NotificationStore:
             # A finished notification keeps no cursor: an audience cursor holds a device token.
             "cursor": None,
             # Cleared once push.outcomes has the event; the outcome sweep publishes any left behind.
-            "event_pending": True,
+            "event_pending": announce,
+            **({} if announce else {"expire_at": None}),
         }
 
     async def finish_many(

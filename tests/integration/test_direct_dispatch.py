@@ -64,8 +64,8 @@ async def test_a_due_now_request_is_sent_by_the_replica_that_recorded_it_without
     assert time.monotonic() - started < 5
     assert [won for lane, won in claims if lane == LANE_BATCH and won] == [], claims
     # Nor did a finished batch wake the claim loop for nothing (a pass is a query per lane): at most the
-    # pass at start, if it came after the counting began.
-    assert len(claims) <= 2, claims
+    # pass at start (batch, fanout and range lanes), if it came after the counting began.
+    assert len(claims) <= 3, claims
     assert Counter(r.token for r in stack.apns.requests) == Counter({token(0): 1, token(1): 1, token(2): 1})
 
 
