@@ -547,6 +547,8 @@ def main() -> int:
     parser.add_argument("--max-active", type=int, default=64, help="dispatch.max_active_notifications")
     parser.add_argument("--range-devices", type=int, default=None,
                         help="dispatch.range_devices (0: never cut a fan-out into ranges; default: the service's)")
+    parser.add_argument("--max-active-ranges", type=int, default=None,
+                        help="dispatch.max_active_ranges (default: the service's)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="pushsvc processes sharing the work (CPU summed, RSS per replica)")
     parser.add_argument("--phase-timeout", type=float, default=300.0)
@@ -613,7 +615,8 @@ def main() -> int:
             "dispatch": {"chunk_size": args.chunk_size, "concurrency_per_provider": args.concurrency,
                          "max_active_notifications": args.max_active,
                          **({"poll_interval_seconds": args.poll_interval} if args.poll_interval else {}),
-                         **({"range_devices": args.range_devices} if args.range_devices is not None else {})},
+                         **({"range_devices": args.range_devices} if args.range_devices is not None else {}),
+                         **({"max_active_ranges": args.max_active_ranges} if args.max_active_ranges else {})},
             "apps": {APP: {
                 "apns": {"topic": "com.example.bench", "key_file": str(apns_key), "key_id": "BENCHKEY01",
                          "team_id": "BENCHTEAM1", "endpoint": f"https://127.0.0.1:{nginx_port}",
@@ -676,7 +679,8 @@ def main() -> int:
             "machine": machine(),
             "settings": {k: getattr(args, k) for k in ("devices", "peak_devices", "per_request", "latency_seconds",
                                                        "latency_load", "chunk_size", "concurrency",
-                                                       "max_connections", "max_active", "replicas", "range_devices")},
+                                                       "max_connections", "max_active", "replicas", "range_devices",
+                                                       "max_active_ranges")},
             "load_generator_cpu_seconds": round(self_cpu1.ru_utime + self_cpu1.ru_stime
                                                 - self_cpu0.ru_utime - self_cpu0.ru_stime, 2),
             "note": "pushsvc CPU is its own process's utime+stime; the broker, MongoDB server, nginx and this "
