@@ -82,7 +82,7 @@ class CampaignStore:
         A split campaign (store/ranges.py) moves with its ranges: paused, resumed or cancelled together. Its
         parent is only ever worked through its ranges, so a resume makes it `dispatching` again (not claimable:
         its lease is `NEVER`), and a cancel is announced when it is settled (its ranges' last counts in),
-        which the outcome sweep checks at once (`settle_at`).
+        by the runner of its last range still running, or by the outcome sweep's next check (`settle_at`).
         """
         doc = await self.get(app, campaign_id)  # its _id: a campaign created before ids were per app has another
         if doc is None:
