@@ -20,7 +20,7 @@ import orjson
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
-from pushsvc.dispatch.progress import campaign_progress, progress_ratio
+from pushsvc.dispatch.progress import announce_finished, campaign_progress, progress_ratio
 from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
@@ -322,14 +322,7 @@ class NotificationRunner:
             log.info("range_finished", notification_id=notification_id, state=str(state), counts=counts)
             await self._settle_parent(doc)
             return
-        if doc.get("kind") == "campaign":
-            campaign_progress(doc).set(1.0)
-        metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], str(state)).inc()
-        log.info(
-            "notification_finished", notification_id=notification_id, app=doc["app"], state=str(state), counts=counts
-        )
-        await self._announcer.announce([OutcomeEvent.of(doc, str(state), counts, error, now)])
-
+        await announce_finished(self._announcer, doc, str(state), counts, error, now)
 
     async def _settle_parent(self, range_doc: dict) -> None:
         """Settle the parent if this was its last range over; a failure is left to the outcome sweep's check."""

@@ -1,4 +1,5 @@
-"""A campaign's progress: the share of its audience with a final outcome, and its gauge."""
+"""A notification's progress and its end: the share of a campaign's audience with a final outcome, its gauge,
+and how a finished notification is told (metrics, log, outcome event) by whoever finishes it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from pushsvc import metrics
+from pushsvc.logging import get_logger
+from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
+from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
 from pushsvc.store.notifications import FINAL_KEYS, request_id_of
+
+log = get_logger(__name__)
 
 
 def progress_ratio(doc: Mapping[str, Any]) -> float:
@@ -21,3 +27,22 @@ def progress_ratio(doc: Mapping[str, Any]) -> float:
 def campaign_progress(doc: Mapping[str, Any]) -> Any:
     """The progress gauge of the campaign `doc` (its app and campaign id)."""
     return metrics.CAMPAIGN_PROGRESS.labels(doc["app"], request_id_of(doc).removeprefix(CAMPAIGN_PREFIX))
+
+
+async def announce_finished(
+    announcer: Announcer,
+    doc: Mapping[str, Any],
+    state: str,
+    counts: Mapping[str, int],
+    error: str | None,
+    finished_at: float,
+    **log_fields: object,
+) -> None:
+    """Tell that `doc` finished, once: the finished counter, a campaign's gauge at 1, the log line and the
+    outcome event (the fan-out runner's finish, and the settle of a campaign cut into ranges)."""
+    if doc.get("kind") == CAMPAIGN_KIND:
+        campaign_progress(doc).set(1.0)
+    metrics.NOTIFICATIONS_FINISHED.labels(doc["app"], state).inc()
+    log.info("notification_finished", notification_id=doc["_id"], app=doc["app"], state=state, counts=counts,
+             **log_fields)
+    await announcer.announce([OutcomeEvent.of(doc, state, counts, error, finished_at)])

@@ -17,10 +17,9 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 
-from pushsvc import metrics
-from pushsvc.dispatch.progress import campaign_progress, progress_ratio
+from pushsvc.dispatch.progress import announce_finished, campaign_progress, progress_ratio
 from pushsvc.logging import get_logger
-from pushsvc.outcomes import Announcer, OutcomeEvent
+from pushsvc.outcomes import Announcer
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
 from pushsvc.store.devices import DeviceStore
@@ -165,14 +164,10 @@ class RangeSettler:
         parent = await self._ranges.settle(parent_id, expired_by, self._clock())
         if parent is None:
             return False
-        state, counts = parent["state"], parent["counts"]
-        metrics.NOTIFICATIONS_FINISHED.labels(parent["app"], state).inc()
-        if parent.get("kind") == CAMPAIGN_KIND:
-            campaign_progress(parent).set(1.0)
-        log.info("notification_finished", notification_id=parent_id, app=parent["app"], state=state,
-                 counts=counts, ranges=parent["ranges"])
-        event = OutcomeEvent.of(parent, state, counts, parent.get("error"), float(parent["finished_at"]))
-        await self._announcer.announce([event])
+        await announce_finished(
+            self._announcer, parent, parent["state"], parent["counts"], parent.get("error"),
+            float(parent["finished_at"]), ranges=parent["ranges"],
+        )
         return True
 
     async def check_due(self, limit: int = 100) -> int:

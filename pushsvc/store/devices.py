@@ -154,6 +154,17 @@ def audience_cursor_after(last: dict, cursor: AudienceCursor) -> AudienceCursor:
     return str(last["_id"]) if isinstance(cursor, str) else {"token": str(last["token"])}
 
 
+def _between(after: object, upto: object) -> dict[str, object]:
+    """The range clause of a page: after `after` (falsy: from the start), up to and including `upto` (None: to
+    the end); empty when neither bounds it."""
+    bounds: dict[str, object] = {}
+    if after:
+        bounds["$gt"] = after
+    if upto is not None:
+        bounds["$lte"] = upto
+    return bounds
+
+
 def by_token(doc: dict) -> str:
     """The order audiences are read in (find_chunk)."""
     return str(doc["token"])
@@ -380,11 +391,7 @@ class DeviceStore:
     async def _page(self, query: dict, key: str, after: object, limit: int, upto: object = None) -> list[dict]:
         """The first `limit` devices of `query` whose `key` comes after `after` (falsy: from the start) and,
         with `upto`, not after it, sorted by `key`, in one reply."""
-        bounds: dict[str, object] = {}
-        if after:
-            bounds["$gt"] = after
-        if upto is not None:
-            bounds["$lte"] = upto
+        bounds = _between(after, upto)
         filtered = {**query, key: bounds} if bounds else query
         size = max(1, limit)
         cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort(key, 1)
@@ -399,11 +406,7 @@ class DeviceStore:
         token is 2-3 ms and a page of 1,000 tens of milliseconds at 1M devices. Used to cut an audience into
         ranges and to estimate its size (dispatch/ranges.py).
         """
-        bounds: dict[str, object] = {}
-        if after is not None:
-            bounds["$gt"] = after
-        if upto is not None:
-            bounds["$lte"] = upto
+        bounds = _between(after, upto)
         filtered = {**query, "token": bounds} if bounds else query
         cursor = self._collection.find(filtered, {"token": 1, "_id": 0}).sort("token", -1 if last else 1)
         return [str(doc["token"]) for doc in await cursor.limit(limit).batch_size(limit).to_list(length=limit)]
