@@ -12,8 +12,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from pushsvc.app import PushService
+from pushsvc.model import NotificationState
+from pushsvc.store.ranges import LANE_RANGE
 from tests.integration.stack import Stack, wait_until
 from tests.integration.test_campaigns import api, campaign, received, register_many, token
+from tests.integration.test_range_store import PARENT, split_parent
 
 # Small ranges, one at a time per replica and a quick safety poll, so a few hundred devices make a campaign
 # that several replicas share within a second or two.
@@ -84,15 +87,21 @@ async def test_a_large_campaign_is_cut_into_ranges_that_every_replica_works(stac
     assert view["status"] == "done" and view["counts"]["delivered"] == 400 and view["progress"]["ratio"] == 1.0
 
 
-async def test_pause_and_resume_move_every_range_and_each_device_is_sent_once(stack: Stack) -> None:
+async def campaign_under_way(stack: Stack, campaign_id: str, prefix: str, dispatch: dict[str, object]) -> list[str]:
+    """Two replicas running a 200-device campaign cut into 4 ranges, slowed by the peer (0.1 s an answer), once
+    20 devices have been sent; returns the audience's tokens."""
     for _ in range(2):
-        await stack.start(dispatch=SPLIT)
-    tokens = [token(i, "d") for i in range(200)]
+        await stack.start(dispatch=dispatch)
+    tokens = [token(i, prefix) for i in range(200)]
     await register_many(stack, tokens, tags=["promo"])
     stack.apns.set_default(delay=0.1)
-
-    await api(stack, "POST", "/v1/campaigns", campaign("paced"))
+    await api(stack, "POST", "/v1/campaigns", campaign(campaign_id))
     await wait_until(lambda: asyncio.sleep(0, len(stack.apns.requests) >= 20), 20)
+    return tokens
+
+
+async def test_pause_and_resume_move_every_range_and_each_device_is_sent_once(stack: Stack) -> None:
+    tokens = await campaign_under_way(stack, "paced", "d", SPLIT)
     status, view = await api(stack, "POST", "/v1/campaigns/paced/pause")
     assert status == 200 and view["status"] == "paused"
     await asyncio.sleep(1.0)  # chunks in flight end
@@ -113,14 +122,7 @@ async def test_pause_and_resume_move_every_range_and_each_device_is_sent_once(st
 async def test_cancel_stops_every_range_and_the_campaign_is_announced_once_with_what_was_sent(
     stack: Stack,
 ) -> None:
-    for _ in range(2):
-        await stack.start(dispatch={**SPLIT, "outcome_sweep_grace_seconds": 0.5})
-    tokens = [token(i, "e") for i in range(200)]
-    await register_many(stack, tokens, tags=["promo"])
-    stack.apns.set_default(delay=0.1)
-
-    await api(stack, "POST", "/v1/campaigns", campaign("halt"))
-    await wait_until(lambda: asyncio.sleep(0, len(stack.apns.requests) >= 20), 20)
+    await campaign_under_way(stack, "halt", "e", {**SPLIT, "outcome_sweep_grace_seconds": 0.5})
     status, view = await api(stack, "POST", "/v1/campaigns/halt/cancel")
     assert status == 200 and view["status"] == "cancelled"
 
@@ -161,3 +163,26 @@ async def test_a_large_segment_request_from_kafka_is_cut_too(stack: Stack) -> No
     doc = await stack.wait_finished("news-1", timeout=60)
     assert doc["state"] == "done" and doc["ranges"] == 4 and doc["counts"]["delivered"] == 300
     assert received(stack) == Counter({t: 1 for t in tokens})
+
+
+async def test_a_campaign_whose_last_range_runner_died_before_settling_is_settled_by_the_sweep_check(
+    stack: Stack,
+) -> None:
+    """The backstop: every range is done but nobody settled the parent (its runner was killed in between)."""
+    # No claim pass after the start: the test plays the replicas that split and ran the campaign.
+    service = await stack.start(dispatch={**SPLIT, "poll_interval_seconds": 600.0})
+    store = service.notifications
+    await split_parent(store, time.time(), ["m"])
+    now = time.time()
+    token, docs = await store.claim_due("gone", now, now + 30, now, 10, LANE_RANGE,
+                                        [NotificationState.SCHEDULED, NotificationState.DISPATCHING])
+    for doc in docs:
+        await store.advance(doc["_id"], token, 0, {"token": "x"}, {"targeted": 2, "delivered": 2})
+        await store.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
+    await store.collection.update_one({"_id": PARENT}, {"$set": {"settle_at": 0.0}})
+    assert await service.settler.check_due() == 1
+    parent = await store.get(PARENT)
+    assert parent is not None and parent["state"] == "done" and parent["counts"]["delivered"] == 4
+    (event,) = await outcome_events(stack, "split")
+    assert event["state"] == "done" and event["counts"]["delivered"] == 4
+    assert await service.settler.check_due() == 0  # settled once

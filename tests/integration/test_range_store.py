@@ -3,6 +3,7 @@ parent is settled once, with the exact sum, after every range is final and no ho
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -106,3 +107,14 @@ async def test_a_wave_reschedule_keeps_a_pause_that_landed_after_the_last_chunk(
     after = await store.get(held["_id"])
     assert after is not None and after["state"] == "paused" and after["claim"] is None
     assert after.get("zones_done") is None  # the wave is finished by the resume, not skipped
+
+
+async def test_two_settlers_at_once_write_the_end_once(store: NotificationStore) -> None:
+    now = time.time()
+    ranges, _ = await split_parent(store, now, ["m"])
+    states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
+    token, docs = await store.claim_due("b", now, now + 30, now, 10, LANE_RANGE, states)
+    for doc in docs:
+        assert await store.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False) is not None
+    both = await asyncio.gather(*(ranges.settle(PARENT, now, now) for _ in range(2)))
+    assert sum(result is not None for result in both) == 1, both
