@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from pushsvc import __version__, metrics
 from pushsvc.api.auth import ApiKeyAuth
 from pushsvc.api.server import build_app
-from pushsvc.config import Settings
+from pushsvc.config import Settings, web_allowed_hosts
 from pushsvc.dispatch.batch import BatchRunner
 from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
@@ -142,6 +142,7 @@ class PushService:
             notification_store=self.notifications,
             intake=self.intake,
             known_apps=known_apps,
+            web_hosts=web_allowed_hosts(settings),
             readiness={
                 "mongodb": self.database.ping,
                 "kafka": self._kafka_ready,

@@ -205,6 +205,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
     import json
 
     from pushsvc.api.devices import parse_device
+    from pushsvc.config import web_allowed_hosts
     from pushsvc.model import RequestError
     from pushsvc.scheduling.clock import ServerClock
     from pushsvc.store.database import Database
@@ -212,6 +213,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     known_apps = frozenset(settings.apps)
+    web_hosts = web_allowed_hosts(settings)
     if not os.path.isfile(args.file):
         print(f"pushsvc devices import: no such file: {args.file}", file=sys.stderr)
         return 2
@@ -243,7 +245,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
                     summary["errors"].append({"line": number, "field": row.field, "error": row.reason})
                 else:
                     try:
-                        batch.append(parse_device(row, known_apps))
+                        batch.append(parse_device(row, known_apps, web_hosts))
                     except RequestError as exc:
                         summary["errors"].append({"line": number, "field": exc.field, "error": exc.reason})
                 if len(batch) >= args.batch_size:

@@ -25,6 +25,7 @@ from pushsvc.credentials import (
     apns_certificate_expiry,
     check_apns_signing_key,
     check_fcm_service_account,
+    check_vapid_private_key,
 )
 
 ENV_PREFIX = "PUSHSVC_"
@@ -200,9 +201,47 @@ class FcmSettings:
 
 
 @dataclass(frozen=True)
+class WebPushSettings:
+    """Web Push (RFC 8030) with VAPID (RFC 8292) for the app's browser subscriptions."""
+
+    # The application server's VAPID key: a PEM EC P-256 private key (its public key is the
+    # applicationServerKey the web app subscribed with).
+    vapid_private_key_file: str
+    # The contact in every VAPID token: "mailto:..." or an https URL (RFC 8292 section 2.1).
+    subject: str
+    # Hosts a subscription endpoint may name although they are, or resolve to, loopback, private or link-local
+    # addresses. Empty in production: a registered endpoint must never make pushsvc call an internal service.
+    # Tests and `pushsvc dev` list their local push service here.
+    allowed_hosts: list[str] = field(default_factory=list)
+    # Extra CA bundle to trust (a test push service); verification itself can never be turned off.
+    ca_file: str | None = None
+    # Connections per push-service origin (each browser vendor's service is one origin).
+    max_connections_per_origin: int = 10
+
+
+@dataclass(frozen=True)
+class HmsSettings:
+    """Huawei Push Kit (HMS Core) for Android devices without Google services."""
+
+    # The app id in AppGallery Connect (the {app_id} of /v1/{app_id}/messages:send) and its OAuth 2 client.
+    app_id: str
+    client_id: str
+    # The client secret: from a file (a mounted Secret) or the environment (PUSHSVC_APPS__<APP>__HMS__CLIENT_SECRET).
+    client_secret_file: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    # Base URLs instead of Huawei's hosts (simulators, tests): the push endpoint and the OAuth token endpoint.
+    endpoint: str | None = None
+    token_url: str | None = None
+    ca_file: str | None = None
+    max_connections: int = 10
+
+
+@dataclass(frozen=True)
 class AppSettings:
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
+    webpush: WebPushSettings | None = None
+    hms: HmsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +266,13 @@ class Settings:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Free-form name shown in logs and used as lease owner prefix.
     instance_name: str | None = None
+
+
+def web_allowed_hosts(settings: Settings) -> dict[str, frozenset[str]]:
+    """Per app, the hosts its web subscriptions may name although internal (webpush.allowed_hosts)."""
+    return {
+        app_id: frozenset(app.webpush.allowed_hosts) for app_id, app in settings.apps.items() if app.webpush is not None
+    }
 
 
 API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
@@ -474,8 +520,8 @@ def _check_app(app_id: str, app: AppSettings) -> None:
     if not APP_ID.match(app_id):
         # Notification keys are "<app>:<request id>": an app id must not hold the separator.
         raise ConfigError(f"{base}: app ids are 1-64 letters, digits, '.', '_' or '-' (starting alphanumeric)")
-    if app.apns is None and app.fcm is None:
-        raise ConfigError(f"{base}: configure apns, fcm or both")
+    if app.apns is None and app.fcm is None and app.webpush is None and app.hms is None:
+        raise ConfigError(f"{base}: configure at least one provider (apns, fcm, hms, webpush)")
     problems = _Problems()
     if app.apns is not None:
         with problems.check():
@@ -489,7 +535,52 @@ def _check_app(app_id: str, app: AppSettings) -> None:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
             if app.fcm.endpoint:
                 endpoint_address(app.fcm.endpoint, f"{base}.fcm.endpoint", path_allowed=True)
+    if app.webpush is not None:
+        with problems.check():
+            _check_webpush(app.webpush, f"{base}.webpush")
+    if app.hms is not None:
+        with problems.check():
+            _check_hms(app.hms, f"{base}.hms")
     problems.raise_any()
+
+
+def _check_webpush(webpush: WebPushSettings, base: str) -> None:
+    _require_file(webpush.vapid_private_key_file, f"{base}.vapid_private_key_file")
+    with _credential():
+        check_vapid_private_key(webpush.vapid_private_key_file, f"{base}.vapid_private_key_file")
+    subject = urlsplit(webpush.subject)
+    if not (
+        (subject.scheme == "mailto" and "@" in subject.path) or (subject.scheme == "https" and subject.hostname)
+    ):
+        raise ConfigError(f"{base}.subject: expected 'mailto:you@example.com' or an https URL (RFC 8292)")
+    for i, host in enumerate(webpush.allowed_hosts):
+        # A bare host: "push.example" or an address; "host:port" (one colon) and URLs are refused.
+        if not host or "/" in host or host.count(":") == 1:
+            raise ConfigError(f"{base}.allowed_hosts[{i}]: a host name or address, without scheme or port")
+    if webpush.ca_file:
+        _require_file(webpush.ca_file, f"{base}.ca_file")
+    if webpush.max_connections_per_origin < 1:
+        raise ConfigError(f"{base}.max_connections_per_origin: must be at least 1")
+
+
+def _check_hms(hms: HmsSettings, base: str) -> None:
+    for name in ("app_id", "client_id"):
+        if not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", getattr(hms, name)):
+            raise ConfigError(f"{base}.{name}: expected the id from AppGallery Connect (letters, digits)")
+    if bool(hms.client_secret_file) == bool(hms.client_secret):
+        raise ConfigError(
+            f"{base}.client_secret_file: required (or the environment's {ENV_PREFIX}APPS__<APP>__HMS__CLIENT_SECRET),"
+            " not both"
+        )
+    if hms.client_secret_file:
+        _require_file(hms.client_secret_file, f"{base}.client_secret_file")
+        if not Path(hms.client_secret_file).read_text().strip():
+            raise ConfigError(f"{base}.client_secret_file: empty")
+    for name in ("endpoint", "token_url"):
+        if getattr(hms, name):
+            endpoint_address(getattr(hms, name), f"{base}.{name}", path_allowed=True)
+    if hms.ca_file:
+        _require_file(hms.ca_file, f"{base}.ca_file")
 
 
 def _check_api_key(i: int, key: ApiKeySettings, settings: Settings) -> None:

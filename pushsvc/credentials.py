@@ -81,6 +81,13 @@ def check_fcm_service_account(path: str, base: str) -> None:
         raise CredentialError(key, "private_key must be an RSA key")
 
 
+def check_vapid_private_key(path: str, key: str) -> None:
+    """A VAPID key: a PEM EC private key on P-256 (RFC 8292 signs with ES256)."""
+    private = _private_key(Path(path).read_bytes(), key, "the VAPID private key")
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(private.curve, ec.SECP256R1):
+        raise CredentialError(key, "expected an EC P-256 private key (VAPID signs with ES256)")
+
+
 def _private_key(data: bytes, key: str, what: str) -> Any:
     try:
         return load_pem_private_key(data, password=None)

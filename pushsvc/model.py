@@ -39,10 +39,13 @@ SEND_AT_MAX = datetime(2100, 1, 1, tzinfo=UTC)
 RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type"})
 RESERVED_DATA_PREFIXES = ("google", "gcm")
 
-Platform = Literal["ios", "android"]
-PushType = Literal["alert", "background", "voip"]
+Platform = Literal["ios", "android", "huawei", "web"]
+PushType = Literal["alert", "background", "voip", "liveactivity"]
 PUSH_TYPES: tuple[str, ...] = typing.get_args(PushType)
-PLATFORMS: tuple[str, ...] = ("ios", "android")
+PLATFORMS: tuple[str, ...] = typing.get_args(Platform)
+LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
+# Apple documents relevance scores as any number; a bound keeps stored requests sane.
+MAX_RELEVANCE_SCORE = 1e9
 
 
 class RequestError(ValueError):
@@ -97,6 +100,29 @@ class LocalizedText:
 
 
 @dataclass(frozen=True)
+class LiveActivity:
+    """An APNs Live Activity push (options.push_type liveactivity): `aps.event` and what goes with it.
+
+    Times are epoch seconds. A start goes to push-to-start tokens and carries the activity's type and
+    attributes; an update or an end goes to the activity's own update token(s).
+    """
+
+    event: Literal["start", "update", "end"]
+    content_state: Mapping[str, Any]
+    # aps.timestamp: when the content state was current; Apple drops an update older than the one shown.
+    # None: the moment the push is sent.
+    timestamp: int | None = None
+    # The activity an update/end is for: with a users or segment target, only update tokens registered with
+    # this activity id receive it.
+    activity_id: str | None = None
+    stale_date: int | None = None
+    dismissal_date: int | None = None
+    relevance_score: float | None = None
+    attributes_type: str | None = None
+    attributes: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     title: str | None = None
     body: str | None = None
@@ -107,6 +133,7 @@ class Message:
     thread_id: str | None = None
     mutable_content: bool = False
     localized: Mapping[str, LocalizedText] = field(default_factory=dict)
+    live_activity: LiveActivity | None = None
 
     def text_for(self, locale: str | None) -> LocalizedText:
         """Title and body for a device locale: exact match ("pt-BR"), then language ("pt"), then default."""
@@ -131,6 +158,8 @@ class Options:
     push_type: PushType = "alert"
     send_at: datetime | None = None
     local_time: bool = False
+    # Build and check every device's payload (FCM: validate_only) without delivering it.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,38 @@ class PushRequest:
     target: Target
     message: Message
     options: Options
+
+    @property
+    def route(self) -> str:
+        """Which tokens the push is for (token_kinds.TokenKind.push_types): its push type, except a Live
+        Activity's start, which goes to push-to-start tokens."""
+        return route_of(self.options, self.message)
+
+    def takes(self, kind: str, activity_id: str | None) -> bool:
+        """Whether a device of token `kind` (registered for `activity_id`) receives this push."""
+        from pushsvc.token_kinds import receives
+
+        if not receives(kind, self.route):
+            return False
+        activity = self.message.live_activity
+        wanted = activity.activity_id if activity is not None and activity.event != "start" else None
+        return wanted is None or wanted == activity_id
+
+
+def route_of(options: Options, message: Message) -> str:
+    activity = message.live_activity
+    if options.push_type == "liveactivity" and activity is not None and activity.event == "start":
+        return "liveactivity_start"
+    return options.push_type
+
+
+@dataclass(frozen=True)
+class WebSubscription:
+    """A browser's Web Push subscription (the PushSubscription JSON: endpoint and keys)."""
+
+    endpoint: str
+    p256dh: str  # base64url of the client's P-256 public key (65 bytes, uncompressed)
+    auth: str  # base64url of the 16-byte authentication secret
 
 
 @dataclass(frozen=True)
@@ -152,9 +213,13 @@ class Device:
     locale: str | None = None
     timezone: str | None = None
     user_id: str | None = None
-    # What the token is for (pushsvc/token_kinds.py: apns, apns_voip, fcm). Left empty, the platform's
+    # What the token is for (pushsvc/token_kinds.py: apns, apns_voip, fcm, ...). Left empty, the platform's
     # default (as for devices registered before kinds existed).
     kind: str = ""
+    # Web Push devices only: where and how to send (the token is then pushsvc's name for the subscription).
+    subscription: WebSubscription | None = None
+    # Live Activity update tokens only: the activity the token belongs to.
+    activity_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -217,7 +282,10 @@ def _parse_message(obj: Any, options: Options) -> Message:
     _no_unknown(
         msg,
         "message",
-        {"title", "body", "data", "badge", "sound", "category", "thread_id", "mutable_content", "localized"},
+        {
+            "title", "body", "data", "badge", "sound", "category", "thread_id", "mutable_content", "localized",
+            "live_activity",
+        },
     )
     title = _opt_string(msg.get("title"), "message.title", 1024)
     body = _opt_string(msg.get("body"), "message.body", 4096)
@@ -252,8 +320,15 @@ def _parse_message(obj: Any, options: Options) -> Message:
         thread_id=_opt_string(msg.get("thread_id"), "message.thread_id", 256),
         mutable_content=mutable,
         localized=localized,
+        live_activity=_parse_live_activity(msg.get("live_activity"), options),
     )
     has_text = bool(title or body or any(t.title or t.body for t in localized.values()))
+    if options.push_type == "liveactivity":
+        # An alert may come with it (title/body/sound light the screen); the rest is for regular alerts.
+        for name in ("data", "badge", "category", "thread_id", "mutable_content"):
+            if msg.get(name) not in (None, {}, False):
+                raise RequestError(f"message.{name}", "not part of a Live Activity push (use live_activity)")
+        return message
     if options.push_type == "alert" and not has_text:
         raise RequestError(
             "message", "an alert needs a title or body (use push_type background for data only)"
@@ -296,14 +371,116 @@ def _parse_data(obj: Any) -> dict[str, Any]:
     return dict(data)
 
 
+LIVE_ACTIVITY_FIELDS = {
+    "event", "content_state", "timestamp", "activity_id", "stale_date", "dismissal_date", "relevance_score",
+    "attributes_type", "attributes",
+}
+
+
+def _parse_live_activity(obj: Any, options: Options) -> LiveActivity | None:
+    """`message.live_activity`: required with push type liveactivity, refused with any other."""
+    path = "message.live_activity"
+    if options.push_type != "liveactivity":
+        if obj is not None:
+            raise RequestError(path, "only with options.push_type 'liveactivity'")
+        return None
+    activity = _mapping(obj, path)
+    _no_unknown(activity, path, LIVE_ACTIVITY_FIELDS)
+    event = activity.get("event")
+    if event not in LIVE_ACTIVITY_EVENTS:
+        raise RequestError(f"{path}.event", f"must be one of {', '.join(LIVE_ACTIVITY_EVENTS)}")
+    # A start and an update say what to show; an end may leave the last content shown.
+    if event != "end" and "content_state" not in activity:
+        raise RequestError(f"{path}.content_state", "required (the activity's ContentState as JSON)")
+    content_state = _json_object(activity.get("content_state", {}), f"{path}.content_state")
+    attributes_type = _opt_string(activity.get("attributes_type"), f"{path}.attributes_type", 256)
+    attributes = activity.get("attributes")
+    if event == "start":
+        if attributes_type is None:
+            raise RequestError(f"{path}.attributes_type", "required to start an activity (its ActivityAttributes type)")
+        attributes = _json_object(attributes, f"{path}.attributes")
+    elif attributes_type is not None or attributes is not None:
+        raise RequestError(
+            f"{path}.{'attributes_type' if attributes_type is not None else 'attributes'}", "only for event 'start'"
+        )
+    dismissal_date = _epoch(activity.get("dismissal_date"), f"{path}.dismissal_date")
+    if dismissal_date is not None and event != "end":
+        raise RequestError(f"{path}.dismissal_date", "only for event 'end'")
+    score = activity.get("relevance_score")
+    if score is not None and (
+        not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
+        or not -MAX_RELEVANCE_SCORE <= score <= MAX_RELEVANCE_SCORE
+    ):
+        raise RequestError(f"{path}.relevance_score", "must be a finite number")
+    return LiveActivity(
+        event=event,
+        content_state=content_state,
+        timestamp=_epoch(activity.get("timestamp"), f"{path}.timestamp"),
+        activity_id=_opt_string(activity.get("activity_id"), f"{path}.activity_id", MAX_ID_LENGTH),
+        stale_date=_epoch(activity.get("stale_date"), f"{path}.stale_date"),
+        dismissal_date=dismissal_date,
+        relevance_score=score,
+        attributes_type=attributes_type,
+        attributes=attributes,
+    )
+
+
+def _epoch(value: Any, path: str) -> int | None:
+    """A time as integer epoch seconds (what APNs takes), within SEND_AT_MIN..SEND_AT_MAX."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RequestError(path, "must be an integer (seconds since the epoch)")
+    if not SEND_AT_MIN.timestamp() <= value < SEND_AT_MAX.timestamp():
+        raise RequestError(path, f"must be between {SEND_AT_MIN:%Y-%m-%d} and {SEND_AT_MAX:%Y-%m-%d} (UTC)")
+    return value
+
+
+MAX_JSON_DEPTH = 16
+
+
+def _json_object(obj: Any, path: str) -> dict[str, Any]:
+    """A JSON object passed through to the device as it is (a Live Activity's state or attributes): any JSON
+    values, nested at most MAX_JSON_DEPTH deep, strings valid Unicode, numbers finite."""
+    mapping = _mapping(obj, path)
+    _check_json(mapping, path, 0)
+    return dict(mapping)
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(path, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _encodable(key):
+                raise RequestError(path, "keys must be strings of valid Unicode")
+            _check_json(item, _child(path, key), depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, str):
+        if not _encodable(value):
+            raise RequestError(path, NOT_UNICODE)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise RequestError(path, "numbers must be finite")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not MIN_DATA_INT <= value <= MAX_DATA_INT:
+            raise RequestError(path, "integers must fit in 64 bits")
+    elif value is not None and not isinstance(value, bool):
+        raise RequestError(path, f"not a JSON value ({_json_type(value)})")
+
+
 def _parse_options(obj: Any) -> Options:
     opts = _mapping(obj, "options")
     _no_unknown(
-        opts, "options", {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time"}
+        opts,
+        "options",
+        {"priority", "ttl_seconds", "collapse_key", "push_type", "send_at", "local_time", "dry_run"},
     )
     push_type = opts.get("push_type", "alert")
     if push_type not in PUSH_TYPES:
-        raise RequestError("options.push_type", "must be 'alert', 'background' or 'voip'")
+        raise RequestError("options.push_type", f"must be one of {', '.join(PUSH_TYPES)}")
     # Apple requires priority 5 for background pushes and 10 for VoIP; the default follows the push type.
     priority = opts.get("priority", "normal" if push_type == "background" else "high")
     if priority not in ("high", "normal"):
@@ -323,6 +500,9 @@ def _parse_options(obj: Any) -> Options:
     local_time = opts.get("local_time", False)
     if not isinstance(local_time, bool):
         raise RequestError("options.local_time", "must be true or false")
+    dry_run = opts.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise RequestError("options.dry_run", "must be true or false")
     send_at = _parse_send_at(opts.get("send_at"), local_time)
     if local_time and send_at is None:
         raise RequestError("options.send_at", "required when local_time is true")
@@ -333,6 +513,7 @@ def _parse_options(obj: Any) -> Options:
         push_type=push_type,
         send_at=send_at,
         local_time=local_time,
+        dry_run=dry_run,
     )
 
 

@@ -3,8 +3,13 @@
 A token belongs to one route of one provider. An iOS app holds two APNs tokens: a regular one (alerts and
 background pushes, on the app's topic) and a PushKit one (VoIP, on ``<topic>.voip``); APNs refuses either on
 the other's topic (``DeviceTokenNotForTopic``). An FCM registration token takes every push type: FCM has no
-separate VoIP route and sends VoIP as a high-priority data message. A provider still to come (web push,
-Huawei) is one more row here plus its adapter in providers/, not another branch in the code that reads it.
+separate VoIP route and sends VoIP as a high-priority data message; neither has Huawei Push Kit (hms), whose
+tokens take VoIP the same way. A Live Activity has its own tokens: a per-activity update token (updates and
+the end) and a push-to-start token (starts one). A Web Push subscription (webpush) takes alerts and data.
+A provider is one more row here plus its adapter in providers/, not another branch in the code that reads it.
+
+Tokens are chosen by *route*: the push type, except that a Live Activity's start goes to push-to-start tokens
+(model.PushRequest.route).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class TokenKind:
     provider: str
     # Device platforms a token of this kind can be registered for.
     platforms: frozenset[str]
-    # Push types (options.push_type) sent to tokens of this kind.
+    # Routes (model.PushRequest.route: the push type, or liveactivity_start) sent to tokens of this kind.
     push_types: frozenset[str]
     # The platforms for which a registration without `kind` means this one (and so do device documents
     # written before kinds existed).
@@ -33,12 +38,26 @@ KINDS: dict[str, TokenKind] = {
             "apns", "apns", frozenset({"ios"}), frozenset({"alert", "background"}), default_for=frozenset({"ios"})
         ),
         TokenKind("apns_voip", "apns", frozenset({"ios"}), frozenset({"voip"})),
+        # A Live Activity's update token: registered with its activity id, takes its updates and its end.
+        TokenKind("apns_liveactivity", "apns", frozenset({"ios"}), frozenset({"liveactivity"})),
+        # A push-to-start token (per app and activity type, iOS 17.2+): takes the start of an activity.
+        TokenKind("apns_pushtostart", "apns", frozenset({"ios"}), frozenset({"liveactivity_start"})),
         TokenKind(
             "fcm",
             "fcm",
             frozenset({"android"}),
             frozenset({"alert", "background", "voip"}),
             default_for=frozenset({"android"}),
+        ),
+        TokenKind(
+            "hms",
+            "hms",
+            frozenset({"huawei"}),
+            frozenset({"alert", "background", "voip"}),
+            default_for=frozenset({"huawei"}),
+        ),
+        TokenKind(
+            "webpush", "webpush", frozenset({"web"}), frozenset({"alert", "background"}), default_for=frozenset({"web"})
         ),
     )
 }
@@ -56,7 +75,7 @@ def kinds_for_platform(platform: str) -> tuple[str, ...]:
 
 
 def kinds_for_push_type(push_type: str) -> tuple[str, ...]:
-    """The kinds a push of this type is sent to (alert: apns + fcm; voip: apns_voip + fcm)."""
+    """The kinds a push of this route is sent to (alert: apns + fcm + hms + webpush; voip: apns_voip + fcm + hms)."""
     return tuple(name for name, kind in KINDS.items() if push_type in kind.push_types)
 
 

@@ -18,6 +18,8 @@ NOTIFICATIONS = web.AppKey("notifications", NotificationStore)
 CAMPAIGNS = web.AppKey("campaigns", CampaignStore)
 INTAKE = web.AppKey("intake", Intake)
 KNOWN_APPS = web.AppKey("known_apps", frozenset)
+# Per app, the hosts a web subscription may name although internal (apps.<app>.webpush.allowed_hosts).
+WEB_ALLOWED_HOSTS = web.AppKey("web_allowed_hosts", dict)
 READINESS = web.AppKey("readiness", dict)
 # Kafka consumer group membership for /readyz: reported, not a readiness condition.
 CONSUMER_STATE: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("consumer_state")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from pushsvc.api.auth import permit, permitted_apps, require
-from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS
+from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS, WEB_ALLOWED_HOSTS
 from pushsvc.api.errors import json_error
 from pushsvc.api.validation import (
     LOCALE_PATTERN,
@@ -19,9 +20,10 @@ from pushsvc.api.validation import (
     opt_str,
     str_list,
 )
-from pushsvc.model import PLATFORMS, RequestError
+from pushsvc.model import MAX_ID_LENGTH, PLATFORMS, RequestError
 from pushsvc.scheduling.due import is_known_timezone
 from pushsvc.store.devices import DeviceRecord, kind_of
+from pushsvc.subscriptions import parse_subscription, subscription_token
 from pushsvc.token_kinds import KIND_NAMES, default_kind, kinds_for_platform
 
 routes = web.RouteTableDef()
@@ -37,10 +39,16 @@ DEVICE_FIELDS = {
     "timezone",
     "app_version",
     "opt_out",
+    "subscription",
+    "activity_id",
 }
 
 
-def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
+def parse_device(
+    body: Any, known_apps: frozenset[str], web_hosts: Mapping[str, Collection[str]] | None = None
+) -> DeviceRecord:
+    """A device registration, checked strictly. `web_hosts`: per app, the hosts a web subscription's endpoint
+    may name although internal (apps.<app>.webpush.allowed_hosts)."""
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object")
     unknown = sorted(set(body) - DEVICE_FIELDS)
@@ -51,13 +59,25 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
         raise RequestError("app", "required")
     if app not in known_apps:
         raise RequestError("app", f"unknown app {app!r}")
-    token = opt_str(body, "token", 4096, TOKEN_PATTERN)
-    if token is None:
-        raise RequestError("token", "required")
     platform = body.get("platform")
     if platform not in PLATFORMS:
         raise RequestError("platform", f"must be one of {', '.join(PLATFORMS)}")
     kind = parse_kind(body.get("kind"), platform)
+    subscription = None
+    if platform == "web":
+        subscription = parse_subscription(body.get("subscription"), "subscription", (web_hosts or {}).get(app, ()))
+    elif "subscription" in body:
+        raise RequestError("subscription", "only for platform web")
+    token = opt_str(body, "token", 4096, TOKEN_PATTERN)
+    if token is None:
+        if subscription is None:
+            raise RequestError("token", "required")
+        token = subscription_token(subscription.endpoint)
+    activity_id = opt_str(body, "activity_id", MAX_ID_LENGTH)
+    if kind == "apns_liveactivity" and activity_id is None:
+        raise RequestError("activity_id", "required for a Live Activity update token (the activity it belongs to)")
+    if kind != "apns_liveactivity" and activity_id is not None:
+        raise RequestError("activity_id", "only for kind apns_liveactivity")
     timezone = opt_str(body, "timezone", 64)
     if timezone is not None and not is_known_timezone(timezone):
         raise RequestError("timezone", f"not an IANA timezone name: {timezone!r}")
@@ -72,6 +92,8 @@ def parse_device(body: Any, known_apps: frozenset[str]) -> DeviceRecord:
         timezone=timezone,
         app_version=opt_str(body, "app_version", 64),
         opt_out=str_list(body, "opt_out"),
+        subscription=subscription,
+        activity_id=activity_id,
     )
 
 
@@ -100,7 +122,9 @@ def device_view(doc: dict) -> dict[str, Any]:
         "timezone": doc.get("timezone"),
         "app_version": doc.get("app_version"),
         "opt_out": doc.get("opt_out", []),
-        "active": doc.get("active", True),
+        "subscription": doc.get("subscription"),
+        "activity_id": doc.get("activity_id"),
+        "active": bool(doc.get("active", True)),
         "deactivated_reason": doc.get("deactivated_reason"),
         # Epoch seconds of the last registration; null for devices registered before it was recorded.
         "registered_at": doc.get("registered_at"),
@@ -111,7 +135,7 @@ def device_view(doc: dict) -> dict[str, Any]:
 @require("devices:write")
 async def register_device(request: web.Request) -> web.Response:
     """Register or refresh a device token (idempotent: 201 when new, 200 when it existed)."""
-    device = parse_device(await json_body(request), request.app[KNOWN_APPS])
+    device = parse_device(await json_body(request), request.app[KNOWN_APPS], request.app[WEB_ALLOWED_HOSTS])
     permit(request, device.app)
     doc, created = await request.app[DEVICES].upsert(device)
     return web.json_response(device_view(doc), status=201 if created else 200)

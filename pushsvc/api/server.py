@@ -23,6 +23,7 @@ from pushsvc.api.context import (
     READINESS,
     STORE_TIMEOUT,
     WAKE,
+    WEB_ALLOWED_HOSTS,
     ReadinessCheck,
 )
 from pushsvc.api.errors import json_error
@@ -77,6 +78,7 @@ def build_app(
     notification_store: NotificationStore,
     intake: Intake,
     known_apps: frozenset[str],
+    web_hosts: dict[str, frozenset[str]] | None = None,
     readiness: dict[str, ReadinessCheck],
     consumer_state: Callable[[], dict[str, object]] = lambda: {},
     kafka_topics: tuple[str, str, str] = ("push.requests", "push.requests.dlq", "push.outcomes"),
@@ -92,6 +94,7 @@ def build_app(
     app[NOTIFICATIONS] = notification_store
     app[INTAKE] = intake
     app[KNOWN_APPS] = known_apps
+    app[WEB_ALLOWED_HOSTS] = web_hosts or {}
     app[READINESS] = readiness
     app[CONSUMER_STATE] = consumer_state
     app[asyncapi.KAFKA_TOPICS] = kafka_topics

@@ -188,7 +188,7 @@ class ChunkWorker:
         size: int,
         upto: str | None = None,
     ) -> Chunk:
-        push_type = request.options.push_type
+        push_type = request.route
         if request.target.tokens:
             # Explicit tokens are paged by position in the request.
             start = int(cursor or 0)
@@ -281,7 +281,7 @@ class ChunkWorker:
         self, request: PushRequest, results: list[FinalResult], misconfig_tripped: Callable[[str], bool]
     ) -> Counter[str]:
         """Count the final outcomes and deactivate the tokens found dead (see `settle`)."""
-        settled = settle(request.app, request.options.push_type, results, misconfig_tripped)
+        settled = settle(request.app, request.route, results, misconfig_tripped)
         if settled.deactivations:
             # Deactivate before saving progress: if we crash in between, the retried chunk skips these. A
             # failure here must not cost the chunk (its sends are done): the tokens stay active for now and
@@ -303,7 +303,7 @@ def _token_chunk(
     wave: list[str] | None,
 ) -> Chunk:
     """The chunk of a tokens target at position `start`, from the active devices found among its tokens."""
-    found = [d for d in found if takes(d, request.options.push_type)]
+    found = [d for d in found if takes(d, request)]
     # A token of another kind (a regular APNs token named in a VoIP push) is unknown to this push.
     known = {d["token"] for d in found}
     unknown = [t for t in tokens if t not in known] if count_unknown else []
@@ -318,13 +318,13 @@ def _audience_chunk(request: PushRequest, found: Sequence[dict], cursor: Audienc
     """The chunk of a users or segment audience from one page of it (`found`, in order after `cursor`)."""
     next_cursor = audience_cursor_after(found[-1], cursor) if found else cursor
     # Filtered after paging (the cursor and the end are those of what the query returned).
-    devices = [d for d in found if takes(d, request.options.push_type)]
+    devices = [d for d in found if takes(d, request)]
     return Chunk(devices, [], next_cursor, len(found) < size)
 
 
 def _lookup_key(request: PushRequest) -> tuple[str, PushType, str]:
     """What a batched first-chunk lookup groups by: app, push type (its token kinds), target field."""
-    return request.app, request.options.push_type, "token" if request.target.tokens else "user_id"
+    return request.app, request.route, "token" if request.target.tokens else "user_id"
 
 
 def _lookup_values(request: PushRequest, size: int) -> list[str]:

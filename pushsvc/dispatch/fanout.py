@@ -224,7 +224,7 @@ class NotificationRunner:
     @staticmethod
     def _audience(request: PushRequest) -> dict:
         """The whole audience of a users or segment request, every timezone: what ranges are cut from."""
-        return audience_filter(request.app, request.target, request.message.category, None, request.options.push_type)
+        return audience_filter(request.app, request.target, request.message.category, None, request.route)
 
     async def _split(self, run: _Run, parts: int) -> float | None:
         """Cut the audience into ranges for every replica to take (store/ranges.py); the parent then waits

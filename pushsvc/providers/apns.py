@@ -54,7 +54,7 @@ from pushsvc.credentials import apns_certificate_expiry
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.metrics import APNS_CERTIFICATE_EXPIRY
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
+from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
 from pushsvc.providers.transport import BoundedH2Connection
 
 log = get_logger(__name__)
@@ -469,14 +469,27 @@ class ApnsProvider(Provider):
         client.pool.protocol_class = self._protocol_class
         return client
 
-    async def send(self, delivery: Delivery) -> SendResult:
+    def render(self, delivery: Delivery) -> Rendered:
+        payload = self._checked_payload(delivery)
+        headers = {name: value for name, value in self._headers(delivery, "") if name != "apns-id"}
+        return Rendered(headers, json.loads(payload))
+
+    def _checked_payload(self, delivery: Delivery) -> bytes:
+        """The payload, or PayloadRejected with the reason APNs would give."""
         try:
             payload = self._payload(delivery)
-        except (TypeError, ValueError):  # NaN/unserialisable data values: the request can never succeed
-            return SendResult(Outcome.REJECTED, "InvalidPayload")
+        except (TypeError, ValueError) as exc:  # NaN/unserialisable data values: the request can never succeed
+            raise PayloadRejected("InvalidPayload") from exc
         voip = delivery.options.push_type == "voip"
         if len(payload) > (MAX_VOIP_PAYLOAD_BYTES if voip else MAX_PAYLOAD_BYTES):
-            return SendResult(Outcome.REJECTED, "PayloadTooLarge")
+            raise PayloadRejected("PayloadTooLarge")
+        return payload
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        try:
+            payload = self._checked_payload(delivery)
+        except PayloadRejected as exc:
+            return SendResult(Outcome.REJECTED, exc.reason)
         apns_id = str(uuid.uuid4())
         headers = self._headers(delivery, apns_id)
         token = delivery.device.token

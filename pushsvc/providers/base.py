@@ -10,8 +10,9 @@ import abc
 import email.utils
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pushsvc.model import Device, Message, Options, Outcome
 
@@ -43,6 +44,23 @@ class SendResult:
     invalid_since: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A provider request as a dry run shows it: headers (no credentials) and the JSON body before any
+    encryption (Web Push encrypts it per subscription)."""
+
+    headers: Mapping[str, str]
+    body: Mapping[str, Any]
+
+
+class PayloadRejected(ValueError):
+    """The provider would refuse this payload whatever the device (too large, a field it forbids)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 class Provider(abc.ABC):
     """A push provider for one app (e.g. APNs with that app's key and topic)."""
 
@@ -60,6 +78,23 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, delivery: Delivery) -> SendResult:
         """One attempt; bounded by the adapter's own timeout; never raises for provider/transport errors."""
+
+    @abc.abstractmethod
+    def render(self, delivery: Delivery) -> Rendered:
+        """What `send` would put on the wire for this delivery, for a dry run and a campaign's preview: the
+        provider's request headers and body, without credentials (no authorization header, no device
+        secret). Raises PayloadRejected (with the provider's reason) when the provider would refuse the
+        payload itself, e.g. too large; never contacts the provider."""
+
+    async def validate(self, delivery: Delivery) -> SendResult:
+        """A dry run's attempt (options.dry_run): the payload built and checked for this device, nothing
+        delivered. DELIVERED means valid. Providers that offer a server-side check (FCM's validate_only)
+        override this to ask it; the others check locally and never call out."""
+        try:
+            self.render(delivery)
+        except PayloadRejected as exc:
+            return SendResult(Outcome.REJECTED, exc.reason)
+        return SendResult(Outcome.DELIVERED)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

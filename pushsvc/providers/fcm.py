@@ -57,7 +57,7 @@ from google.auth.transport import requests as google_auth_requests
 from pushsvc.config import FcmSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, Provider, SendResult, parse_retry_after
+from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
 
@@ -399,7 +399,19 @@ class FcmProvider(Provider):
         message["token"] = token
         return orjson.dumps({"message": message})
 
-    async def send(self, delivery: Delivery) -> SendResult:
+    def render(self, delivery: Delivery) -> Rendered:
+        try:
+            body = orjson.loads(self._encode(delivery))
+        except (ValueError, TypeError) as exc:
+            raise PayloadRejected("invalid_message", str(exc)) from exc
+        body["message"]["token"] = mask_token(delivery.device.token)
+        return Rendered({"content-type": "application/json"}, body)
+
+    async def validate(self, delivery: Delivery) -> SendResult:
+        """FCM checks the message itself without delivering it (`validate_only`, the v1 API's dry run)."""
+        return await self.send(delivery, validate_only=True)
+
+    async def send(self, delivery: Delivery, validate_only: bool = False) -> SendResult:
         try:
             body = self._encode(delivery)
         except (ValueError, TypeError) as exc:
@@ -407,6 +419,8 @@ class FcmProvider(Provider):
                 "fcm_message_invalid", app=self.app_id, device=mask_token(delivery.device.token), error=str(exc)
             )
             return SendResult(Outcome.REJECTED, reason="invalid_message")
+        if validate_only:
+            body = b'{"validate_only":true,' + body[1:]
         try:
             async with asyncio.timeout(self._send_timeout):  # no extra task per send, unlike wait_for
                 return await self._attempt(body)

@@ -23,4 +23,12 @@ def build_providers(settings: Settings, clock: Callable[[], float] = time.time) 
             providers[(app_id, "apns")] = ApnsProvider(app_id, app.apns, timeout)
         if app.fcm is not None:
             providers[(app_id, "fcm")] = FcmProvider(app_id, app.fcm, timeout, clock=clock)
+        if app.hms is not None:
+            from pushsvc.providers.hms import HmsProvider
+
+            providers[(app_id, "hms")] = HmsProvider(app_id, app.hms, timeout, clock=clock)
+        if app.webpush is not None:
+            from pushsvc.providers.webpush import WebPushProvider
+
+            providers[(app_id, "webpush")] = WebPushProvider(app_id, app.webpush, timeout, clock=clock)
     return providers

@@ -17,7 +17,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
-from pushsvc.model import Device, PushType, Target
+from pushsvc.model import Device, PushRequest, Target, WebSubscription
 from pushsvc.store.database import Database
 from pushsvc.token_kinds import KIND_NAMES, KINDS, default_kind, receives
 
@@ -45,6 +45,8 @@ DISPATCH_PROJECTION = {
     "user_id": 1,
     "opt_out": 1,
     "kind": 1,
+    "subscription": 1,
+    "activity_id": 1,
 }
 
 
@@ -61,6 +63,10 @@ class DeviceRecord:
     timezone: str | None = None
     app_version: str | None = None
     opt_out: tuple[str, ...] = ()
+    # Web Push devices: the browser's subscription (where to send, and the keys to encrypt for).
+    subscription: WebSubscription | None = None
+    # Live Activity update tokens: the activity the token belongs to.
+    activity_id: str | None = None
 
 
 class Deactivation(NamedTuple):
@@ -99,33 +105,56 @@ def to_device(doc: dict) -> Device:
         timezone=doc.get("timezone"),
         user_id=doc.get("user_id"),
         kind=kind_of(doc),
+        subscription=subscription_of(doc),
+        activity_id=doc.get("activity_id"),
     )
 
 
-def kind_filter(push_type: PushType) -> dict[str, Any]:
-    """The clause leaving out devices whose token kind does not take this push type; `takes` has the last word.
+def subscription_of(doc: dict) -> WebSubscription | None:
+    stored = doc.get("subscription")
+    if not stored:
+        return None
+    keys = stored.get("keys") or {}
+    return WebSubscription(str(stored["endpoint"]), str(keys.get("p256dh", "")), str(keys.get("auth", "")))
 
-    Alert and background pushes go to apns + fcm tokens, VoIP pushes to apns_voip + fcm tokens. The natural
-    spelling names those: `{"kind": {"$in": [...kinds, null]}}`. It is spelled by exclusion instead (`$ne`, or
-    `$nin` for several kinds) only for nx-27017: there `$in` (and `$nin`) made the queries it answers by
+
+def subscription_fields(subscription: WebSubscription | None) -> dict[str, Any] | None:
+    """A subscription as stored and shown: the PushSubscription JSON shape browsers give."""
+    if subscription is None:
+        return None
+    return {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
+
+
+def kind_filter(route: str) -> dict[str, Any]:
+    """The clause leaving out most devices whose token kind does not take this route; `takes` has the last word.
+
+    The natural spelling names the kinds that take it: `{"kind": {"$in": [...kinds, null]}}`. It is spelled by
+    excluding one kind with `$ne` instead only for nx-27017: there `$in` and `$nin` made the queries it answers by
     scanning 20-30% slower (100k devices, benchmarks/kind_filter_cost.py: 100 users 174 -> 210 ms, a segment
-    179 -> 228 ms), while `$ne` costs nothing (164-180, 161-165 ms); the few-users point lookups take 0.5 ms
-    with any spelling. On MongoDB both mean the same once `takes` has checked each document read, which the
-    exclusion lets through in two cases:
+    179 -> 228 ms), while `$ne` costs nothing (164-180, 161-165 ms). The kind left out is the most numerous
+    one that does not take the route (EXCLUSION_ORDER: an alert leaves out VoIP tokens, a VoIP push regular
+    APNs tokens, as before there were more kinds); the few devices of the rarer kinds the query lets through
+    (Live Activity tokens for an alert, web subscriptions for a VoIP push) are dropped by `takes` after the
+    read. On MongoDB the results mean the same once `takes` has checked each document read, which the
+    exclusion also lets through in two cases:
     - a document without `kind` (a device registered before kinds; backfill_kinds records it once, but a
-      replica predating kinds may still write one during a rolling upgrade): it takes the push type if its
+      replica predating kinds may still write one during a rolling upgrade): it takes the route if its
       platform's default kind does (an old iOS device is a regular APNs token: alerts, not VoIP);
     - a kind this version does not know (written by a newer one): not sent.
     """
-    excluded = [name for name in KIND_NAMES if not receives(name, push_type)]
-    if not excluded:
-        return {}
-    return {"kind": {"$ne": excluded[0]} if len(excluded) == 1 else {"$nin": excluded}}
+    excluded = [name for name in EXCLUSION_ORDER if not receives(name, route)]
+    return {"kind": {"$ne": excluded[0]}} if excluded else {}
 
 
-def takes(doc: dict, push_type: PushType) -> bool:
-    """Whether this device's token takes the push type (a document without `kind` by its platform's default)."""
-    return receives(kind_of(doc), push_type)
+# The token kinds by how many devices an app usually holds of each, most first (kind_filter). Every kind is in it.
+EXCLUSION_ORDER = ("apns", "fcm", "apns_voip", "webpush", "hms", "apns_pushtostart", "apns_liveactivity")
+assert set(EXCLUSION_ORDER) == set(KIND_NAMES)
+
+
+def takes(doc: dict, request: PushRequest) -> bool:
+    """Whether this device receives the request: its token kind takes the request's route (a document without
+    `kind` by its platform's default), and a Live Activity update/end naming an activity is for its activity."""
+    return request.takes(kind_of(doc), doc.get("activity_id"))
 
 
 # Where an audience read stands: None at the start, {"token": last token returned} after a page (keyset
@@ -175,7 +204,7 @@ def audience_filter(
     target: Target,
     category: str | None,
     timezones: Sequence[str | None] | None,
-    push_type: PushType,
+    route: str,
 ) -> dict:
     """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly).
 
@@ -185,7 +214,7 @@ def audience_filter(
     a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
     an array-containment OR that forces a scan of the whole collection.
     """
-    query = _active_devices_filter(app, category, timezones, push_type)
+    query = _active_devices_filter(app, category, timezones, route)
     if target.users:
         users = list(target.users)
         query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
@@ -201,11 +230,11 @@ def audience_filter(
 
 
 def _active_devices_filter(
-    app: str, category: str | None, timezones: Sequence[str | None] | None, push_type: PushType
+    app: str, category: str | None, timezones: Sequence[str | None] | None, route: str
 ) -> dict:
     """The clauses every audience shares: the app's active devices whose token kind takes the push type,
     minus opt-outs, within the wave's zones."""
-    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(push_type)}
+    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route)}
     if category:
         query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
@@ -239,6 +268,8 @@ def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
         "timezone": device.timezone,
         "app_version": device.app_version,
         "opt_out": list(device.opt_out),
+        "subscription": subscription_fields(device.subscription),
+        "activity_id": device.activity_id,
         "active": True,
         "deactivated_reason": None,
         "deactivated_at": None,
@@ -330,15 +361,15 @@ class DeviceStore:
             return await self._find_each(query, field, values)
         return await self._find_all({**query, field: {"$in": list(dict.fromkeys(values))}})
 
-    async def find_by_tokens(self, app: str, tokens: Sequence[str], push_type: PushType) -> list[dict]:
+    async def find_by_tokens(self, app: str, tokens: Sequence[str], route: str) -> list[dict]:
         """The active devices among `tokens` whose kind takes the push type (a regular APNs token named in a
         VoIP push is not one of them: the caller counts it as unknown)."""
-        return await self.find_many(app, push_type, "token", tokens)
+        return await self.find_many(app, route, "token", tokens)
 
-    async def find_many(self, app: str, push_type: PushType, field: str, values: Sequence[str]) -> list[dict]:
+    async def find_many(self, app: str, route: str, field: str, values: Sequence[str]) -> list[dict]:
         """The active devices of `app` whose kind takes the push type and whose `field` (token, user_id) is one
         of `values`, in _id order: the devices of many small requests read at once (dispatch/chunks.py)."""
-        query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(push_type)}
+        query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route)}
         return await self._find_values(query, field, values)
 
     async def find_audience(
@@ -349,7 +380,7 @@ class DeviceStore:
         timezones: Sequence[str | None] | None,
         after: AudienceCursor,
         limit: int,
-        push_type: PushType,
+        route: str,
         upto: str | None = None,
     ) -> list[dict]:
         """Next `limit` devices of a users/segment audience after the cursor, up to token `upto` if given (the
@@ -357,7 +388,7 @@ class DeviceStore:
         if target.users and len(target.users) <= SMALL_LOOKUP:
             # Never split into ranges (a few users' devices are one chunk): `upto` is always None here.
             # A few users: their devices read whole (a user has a handful), paged here in the same order.
-            base = _active_devices_filter(app, category, timezones, push_type)
+            base = _active_devices_filter(app, category, timezones, route)
             docs = await self._find_values(base, "user_id", target.users)
             if isinstance(after, str):  # a cursor saved before token order: _id order
                 return [d for d in docs if d["_id"] > ObjectId(after)][:limit]
@@ -365,7 +396,7 @@ class DeviceStore:
             if after is not None:
                 docs = [d for d in docs if d["token"] > after["token"]]
             return docs[:limit]
-        query = audience_filter(app, target, category, timezones, push_type)
+        query = audience_filter(app, target, category, timezones, route)
         return await self.find_chunk(query, after, limit, upto)
 
     async def find_chunk(self, query: dict, after: AudienceCursor, limit: int, upto: str | None = None) -> list[dict]:
