@@ -23,6 +23,7 @@ from pushsvc.config import Settings, web_allowed_hosts
 from pushsvc.dispatch.batch import BatchRunner
 from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
+from pushsvc.dispatch.preview import preview_payloads
 from pushsvc.dispatch.ranges import RangeSettler
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
@@ -155,6 +156,7 @@ class PushService:
             campaign_store=self.campaigns,
             clock=clock,
             wake=self.scheduler.wake,
+            preview=lambda request: preview_payloads(self.providers, request),
         )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -39,6 +39,14 @@ DELIVERIES = Counter(
     ["app", "provider", "outcome"],
     registry=REGISTRY,
 )
+# Kept apart from deliveries: a dry run delivers nothing, and its rejections (what it is run to find) must not
+# count toward the failure-ratio alert.
+DRY_RUN_OUTCOMES = Counter(
+    "pushsvc_dry_run_outcomes_total",
+    "Final outcomes of dry-run devices (validated|invalid_token|rejected|failed|auth_error): checked, not delivered",
+    ["app", "provider", "outcome"],
+    registry=REGISTRY,
+)
 DELIVERY_ERRORS = Counter(
     "pushsvc_delivery_errors_total",
     "Provider error answers by provider reason code (BadDeviceToken, UNREGISTERED, timeout, ...)",

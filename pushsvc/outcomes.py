@@ -12,7 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pushsvc.logging import get_logger
-from pushsvc.store.notifications import NotificationStore, request_id_of
+from pushsvc.store.notifications import NotificationStore, request_id_of, split_counts
 
 log = get_logger(__name__)
 
@@ -37,16 +37,18 @@ class OutcomeEvent:
         return cls(doc["_id"], request_id_of(doc), doc["app"], state, counts, error, finished_at)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.request_id,
-                "app": self.app,
-                "state": self.state,
-                "counts": dict(self.counts),
-                "error": self.error,
-                "finished_at": self.finished_at,
-            }
-        )
+        counts, by_platform = split_counts(self.counts)
+        event: dict[str, Any] = {
+            "id": self.request_id,
+            "app": self.app,
+            "state": self.state,
+            "counts": counts,
+            "error": self.error,
+            "finished_at": self.finished_at,
+        }
+        if by_platform:  # a dry run
+            event["dry_run"] = {"by_platform": by_platform}
+        return orjson.dumps(event)
 
 
 class OutcomePublisher:

@@ -16,6 +16,8 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import re
+import socket
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ P256_POINT_BYTES = 65  # an uncompressed P-256 public key: 0x04 || X || Y
 AUTH_SECRET_BYTES = 16  # RFC 8291 section 3.2
 # The token of a web device registered without one: "web:" and 43 characters of its endpoint's SHA-256.
 TOKEN_PREFIX = "web:"
+_LEGACY_IPV4 = re.compile(r"[0-9a-fA-FxX.]+")
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -84,11 +87,25 @@ def endpoint_problem(endpoint: str, allowed_hosts: Collection[str] = ()) -> str 
         return None
     if host.lower() in LOCAL_NAMES or host.lower().endswith(".localhost"):
         return f"must not point to this machine ({host})"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _address_literal(host)
+    if address is None:
         return None  # a name: its addresses are checked when the adapter connects
     return _refused_because(address)
+
+
+def _address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` spells, including the legacy IPv4 forms the resolver still accepts ("2130706433",
+    "127.1", "0x7f.0.0.1": all 127.0.0.1); None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def address_refused(address: str, host: str, allowed_hosts: Collection[str] = ()) -> str | None:

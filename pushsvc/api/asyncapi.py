@@ -67,6 +67,20 @@ OUTCOME_EVENT = {
         },
         "error": {"type": ["string", "null"]},
         "finished_at": {"type": "number", "description": "epoch seconds, as stored"},
+        "dry_run": {
+            "type": "object",
+            "description": "present only for a dry run (options.dry_run): its final outcomes per device platform",
+            "required": ["by_platform"],
+            "properties": {
+                "by_platform": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                    },
+                }
+            },
+        },
     },
 }
 
@@ -94,7 +108,7 @@ DEAD_LETTER_EXAMPLE = {
 OUTCOME_EXAMPLE = {
     "id": "order-1234-shipped", "app": "demo", "state": "done",
     "counts": {"targeted": 2, "delivered": 1, "invalid_token": 1, "rejected": 0, "failed": 0, "auth_error": 0,
-               "unknown_token": 0, "opted_out": 0},
+               "unknown_token": 0, "opted_out": 0, "validated": 0},
     "error": None, "finished_at": 1764000001.5,
 }
 

@@ -14,13 +14,13 @@ import orjson
 from aiohttp import web
 
 from pushsvc.api.auth import permit, permitted_apps, require
-from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, WAKE
+from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
 from pushsvc.api.errors import json_error
-from pushsvc.api.notifications import counts_view
+from pushsvc.api.notifications import counts_view, dry_run_view
 from pushsvc.api.validation import app_of, field_name, json_body, known_app
 from pushsvc.dispatch.progress import progress_ratio
 from pushsvc.ingest.payload_limits import check_payload_size
-from pushsvc.model import RequestError, parse_request
+from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, KIND, STATUSES, campaign_request_id
 from pushsvc.store.devices import audience_filter
@@ -40,7 +40,7 @@ CAMPAIGN_FIELDS = {
     "quiet_hours",
     "throttle_per_second",
 }
-OPTION_FIELDS = {"priority", "ttl_seconds", "collapse_key", "push_type"}
+OPTION_FIELDS = {"priority", "ttl_seconds", "collapse_key", "push_type", "dry_run"}
 MAX_THROTTLE = 100_000
 
 
@@ -139,6 +139,7 @@ def campaign_view(doc: dict) -> dict[str, Any]:
         "next_run_at": epoch_to_iso(doc["due_at"]),
         "finished_at": epoch_to_iso(doc["finished_at"]) if doc.get("finished_at") else None,
         "counts": counts_view(doc),
+        "dry_run": dry_run_view(doc),
         "progress": {
             "audience_estimate": int(doc.get("audience_estimate") or 0),
             "ratio": 1.0 if state == "done" else round(progress_ratio(doc), 4),
@@ -159,13 +160,13 @@ async def create_campaign(request: web.Request) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200."""
     campaign_id, raw, fields = parse_campaign(await json_body(request), request.app[KNOWN_APPS])
     permit(request, raw["app"])
+    parsed = parse_request(raw)
     existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if existing is not None:
-        return web.json_response(campaign_view(existing), status=200)
-    parsed = parse_request(raw)
+        return web.json_response(_created_view(request, existing, parsed), status=200)
     now = request.app[CLOCK]()
     estimate = await request.app[DEVICES].count(
-        audience_filter(parsed.app, parsed.target, parsed.message.category, None, parsed.options.push_type)
+        audience_filter(parsed.app, parsed.target, parsed.message.category, None, parsed.route)
     )
     doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
     # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.
@@ -178,7 +179,20 @@ async def create_campaign(request: web.Request) -> web.Response:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
     if result.inserted:
         request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
-    return web.json_response(campaign_view(stored), status=201 if result.inserted else 200)
+    return web.json_response(_created_view(request, stored, parsed), status=201 if result.inserted else 200)
+
+
+def _created_view(request: web.Request, doc: dict, parsed: PushRequest) -> dict[str, Any]:
+    """The campaign as created; a dry run adds what a marketer checks first: how many devices it reaches (the
+    active devices whose token takes it, opted-out devices excluded)
+    and the payload each platform would get, per locale."""
+    view = campaign_view(doc)
+    if parsed.options.dry_run:
+        view["preview"] = {
+            "audience": int(doc.get("audience_estimate") or 0),
+            "payloads": request.app[PREVIEW](parsed),
+        }
+    return view
 
 
 @routes.get("/v1/campaigns")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from pushsvc.ingest.intake import Intake
+from pushsvc.model import PushRequest
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
@@ -29,5 +31,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Tells the scheduler something is due at a time (None: now), so it claims then rather than at its safety poll.
 WAKE: web.AppKey[Callable[[float | None], None]] = web.AppKey("wake")
 MAX_BODY = web.AppKey("max_body", int)
+# A request's rendered payload per platform and locale (dispatch/preview.py, with the service's providers).
+PREVIEW: web.AppKey[Callable[[PushRequest], dict[str, Any]]] = web.AppKey("preview")
 # Seconds one API request may spend on MongoDB in all (http.store_timeout_ms).
 STORE_TIMEOUT = web.AppKey("store_timeout", float)

@@ -12,16 +12,24 @@ from pushsvc.api.errors import json_error
 from pushsvc.api.validation import app_of, json_body
 from pushsvc.ingest.intake import Rejection, validate
 from pushsvc.scheduling.due import epoch_to_iso
-from pushsvc.store.notifications import FINAL_KEYS, request_id_of
+from pushsvc.store.notifications import FINAL_KEYS, request_id_of, split_counts
 from pushsvc.store.ranges import RangeStore
 
 routes = web.RouteTableDef()
 
 
 def counts_view(doc: dict) -> dict[str, int]:
-    counts = {k: int(v) for k, v in (doc.get("counts") or {}).items()}
+    counts, _ = split_counts(doc.get("counts") or {})
     counts["pending"] = max(0, counts.get("targeted", 0) - sum(counts.get(k, 0) for k in FINAL_KEYS))
     return counts
+
+
+def dry_run_view(doc: dict) -> dict[str, Any] | None:
+    """A dry run's counts per device platform ({"ios": {"validated": 3, "rejected": 1}, ...}); None otherwise."""
+    if not doc.get("dry_run"):
+        return None
+    _, by_platform = split_counts(doc.get("counts") or {})
+    return {"by_platform": by_platform}
 
 
 def notification_view(doc: dict) -> dict[str, Any]:
@@ -36,6 +44,7 @@ def notification_view(doc: dict) -> dict[str, Any]:
         "finished_at": epoch_to_iso(doc["finished_at"]) if doc.get("finished_at") else None,
         "error": doc.get("error"),
         "counts": counts,
+        "dry_run": dry_run_view(doc),
     }
 
 

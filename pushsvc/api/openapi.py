@@ -110,6 +110,7 @@ MESSAGE = {
         "category": {"type": "string", "minLength": 1, "maxLength": 256},
         "thread_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "mutable_content": {"type": "boolean"},
+        "live_activity": _ref("LiveActivity"),
         "localized": {
             "type": "object",
             "description": "per-locale variants: exact tag, then language, then the defaults; each variant within "
@@ -135,13 +136,62 @@ BASE_OPTIONS = {
     "priority": {"type": "string", "enum": ["high", "normal"]},
     "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 2419200},
     "collapse_key": {"type": "string", "minLength": 1, "maxLength": 64},
-    "push_type": {"type": "string", "enum": list(PUSH_TYPES)},
+    "push_type": {
+        "type": "string",
+        "enum": list(PUSH_TYPES),
+        "description": "alert and background: apns, fcm, hms and webpush tokens; voip: apns_voip, fcm and hms tokens; "
+        "liveactivity (with message.live_activity): an update or end to apns_liveactivity tokens (of "
+        "live_activity.activity_id when the target is users or a segment), a start to apns_pushtostart tokens",
+    },
+    "dry_run": {
+        "type": "boolean",
+        "description": "build and check every targeted device's payload without delivering it (FCM: validate_only; "
+        "APNs, HMS and Web Push are not called); counts come back as validated/rejected, also per platform",
+    },
 }
+# A subscription as the browser's PushSubscription.toJSON() gives it.
+SUBSCRIPTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["endpoint", "keys"],
+    "properties": {
+        "endpoint": {
+            "type": "string",
+            "maxLength": 2048,
+            "description": "the push service URL: https, and never an address on this machine or an internal "
+            "network (unless the app's webpush.allowed_hosts lists its host)",
+        },
+        "expirationTime": {"type": "number", "nullable": True, "description": "accepted and ignored"},
+        "keys": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["p256dh", "auth"],
+            "properties": {
+                "p256dh": {"type": "string", "description": "base64url, the 65-byte uncompressed P-256 key"},
+                "auth": {"type": "string", "description": "base64url, the 16-byte authentication secret"},
+            },
+        },
+    },
+}
+EPOCH = {"type": "integer", "minimum": 946684800, "maximum": 4102444799, "description": "epoch seconds"}
+JSON_OBJECT = {"type": "object", "additionalProperties": True}
 COUNTS = {
     "type": "object",
     "properties": {
         k: {"type": "integer", "minimum": 0}
         for k in (*COUNT_KEYS, "pending")
+    },
+}
+DRY_RUN = {
+    "type": "object",
+    "nullable": True,
+    "description": "a dry run's final outcomes per device platform (null for a real send)",
+    "required": ["by_platform"],
+    "properties": {
+        "by_platform": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+        }
     },
 }
 STATES = ["accepted", "scheduled", "dispatching", "paused", "done", "failed", "cancelled"]
@@ -161,17 +211,30 @@ SCHEMAS: dict[str, Any] = {
     "DeviceInput": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["app", "token", "platform"],
+        "required": ["app", "platform"],
         "properties": {
             "app": {"type": "string", "minLength": 1, "maxLength": 128},
-            "token": TOKEN,
+            "token": {
+                **TOKEN,
+                "description": "required, except for a web device: then it defaults to 'web:' and a hash of the "
+                "subscription's endpoint (the response shows it)",
+            },
             "platform": {"type": "string", "enum": list(PLATFORMS)},
             "kind": {
                 "type": "string",
                 "enum": list(KIND_NAMES),
-                "description": "what the token is for: apns (regular APNs token), apns_voip (PushKit token; "
-                "ios only), fcm (android). Default: the platform's, ios -> apns, android -> fcm. Alert and "
-                "background pushes go to apns and fcm tokens, VoIP pushes to apns_voip and fcm tokens.",
+                "description": "what the token is for: apns (regular APNs token), apns_voip (PushKit token), "
+                "apns_liveactivity (a Live Activity's update token; needs activity_id), apns_pushtostart (a "
+                "push-to-start token) on ios; fcm on android; hms on huawei; webpush on web. Default: the "
+                "platform's (ios -> apns, android -> fcm, huawei -> hms, web -> webpush). See push_type for which "
+                "pushes reach which kinds.",
+            },
+            "subscription": {**SUBSCRIPTION, "description": "required for platform web, refused for the others"},
+            "activity_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "kind apns_liveactivity only (required): the activity the update token belongs to",
             },
             "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
             "tags": TAGS,
@@ -202,6 +265,8 @@ SCHEMAS: dict[str, Any] = {
             "timezone": NULLABLE_STRING,
             "app_version": NULLABLE_STRING,
             "opt_out": STRING_LIST,
+            "subscription": {**SUBSCRIPTION, "nullable": True},
+            "activity_id": NULLABLE_STRING,
             "active": {"type": "boolean"},
             "deactivated_reason": NULLABLE_STRING,
             "registered_at": {
@@ -227,6 +292,32 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Message": MESSAGE,
+    "LiveActivity": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["event"],
+        "description": "an APNs Live Activity push (options.push_type liveactivity, iOS tokens only). title, body "
+        "and sound of the message become its alert; data, badge, category, thread_id and mutable_content are refused",
+        "properties": {
+            "event": {"type": "string", "enum": ["start", "update", "end"]},
+            "content_state": {**JSON_OBJECT, "description": "the activity's ContentState; required for start and "
+                              "update"},
+            "timestamp": {**EPOCH, "description": "when the state was current (default: the send time)"},
+            "activity_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "update/end: only update tokens registered with this activity id (needed with a "
+                "users or segment target)",
+            },
+            "stale_date": EPOCH,
+            "dismissal_date": {**EPOCH, "description": "end only"},
+            "relevance_score": {"type": "number"},
+            "attributes_type": {"type": "string", "minLength": 1, "maxLength": 256, "description": "start only "
+                                "(required): the ActivityAttributes type name"},
+            "attributes": {**JSON_OBJECT, "description": "start only (required): the activity's attributes"},
+        },
+    },
     "NotificationRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -290,6 +381,7 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": {**NULLABLE_STRING, "format": "date-time"},
             "error": NULLABLE_STRING,
             "counts": COUNTS,
+            "dry_run": DRY_RUN,
         },
     },
     "CampaignInput": {
@@ -358,6 +450,22 @@ SCHEMAS: dict[str, Any] = {
             "next_run_at": {"type": "string", "format": "date-time"},
             "finished_at": {**NULLABLE_STRING, "format": "date-time"},
             "counts": COUNTS,
+            "dry_run": DRY_RUN,
+            "preview": {
+                "type": "object",
+                "description": "a dry run's answer to its creation only: the audience and the payload per platform "
+                "and locale",
+                "required": ["audience", "payloads"],
+                "properties": {
+                    "audience": {"type": "integer", "minimum": 0, "description": "active devices it targets"},
+                    "payloads": {
+                        "type": "object",
+                        "description": "{platform: {locale or 'default': {headers, body} or {rejected: reason}}}: "
+                        "the provider request each would get (no credentials, before Web Push encryption)",
+                        "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
+                    },
+                },
+            },
             "progress": {
                 "type": "object",
                 "required": ["audience_estimate", "ratio"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pymongo
 from aiohttp import web
@@ -20,6 +21,7 @@ from pushsvc.api.context import (
     KNOWN_APPS,
     MAX_BODY,
     NOTIFICATIONS,
+    PREVIEW,
     READINESS,
     STORE_TIMEOUT,
     WAKE,
@@ -29,7 +31,7 @@ from pushsvc.api.context import (
 from pushsvc.api.errors import json_error
 from pushsvc.ingest.intake import Intake
 from pushsvc.logging import get_logger
-from pushsvc.model import RequestError
+from pushsvc.model import PushRequest, RequestError
 from pushsvc.scheduling.clock import ClockNotSynced
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
@@ -87,6 +89,7 @@ def build_app(
     campaign_store: CampaignStore | None = None,
     clock: Callable[[], float] = time.time,
     wake: Callable[[float | None], None] = lambda due_at: None,
+    preview: Callable[[PushRequest], dict[str, Any]] = lambda request: {},
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[AUTH_KEY] = auth
@@ -101,6 +104,7 @@ def build_app(
     app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
     app[CLOCK] = clock
     app[WAKE] = wake
+    app[PREVIEW] = preview
     app[MAX_BODY] = max_body_bytes
     app[STORE_TIMEOUT] = store_timeout_seconds
     app.add_routes(health.routes)

@@ -35,6 +35,7 @@ from pushsvc.store.devices import (
     takes,
     to_device,
 )
+from pushsvc.store.notifications import platform_key
 from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
@@ -72,7 +73,11 @@ class Settled:
 
 
 def settle(
-    app: str, push_type: str, results: Iterable[FinalResult], misconfig_tripped: Callable[[str], bool]
+    app: str,
+    route: str,
+    results: Iterable[FinalResult],
+    misconfig_tripped: Callable[[str], bool],
+    dry_run: bool = False,
 ) -> Settled:
     """Count the final outcomes of delivered results (and their metrics) and pick the tokens to deactivate.
 
@@ -85,6 +90,8 @@ def settle(
       for (APNs: DeviceTokenNotForTopic for a regular token on the VoIP topic), not about the token; it is
       counted invalid_token and the device is kept (targeting sends no such push; this is the last check).
     The store spares, in addition, a device registered again after the answer (Deactivation.registered_by).
+    A dry run deactivates nothing (it must change nothing but its own counts) and counts each outcome per
+    device platform too (store.notifications.platform_key).
     """
     counts: Counter[str] = Counter()
     deactivations: list[Deactivation] = []
@@ -95,11 +102,15 @@ def settle(
         if outcome == "invalid_token":
             if result.misconfiguration and misconfig_tripped(provider):
                 outcome = "auth_error"
-            elif receives(device.kind, push_type):
+            elif receives(device.kind, route) and not dry_run:
                 deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
                 metrics.INVALID_TOKENS.labels(app, provider).inc()
         counts[outcome] += 1
-        metrics.DELIVERIES.labels(app, provider, outcome).inc()
+        if dry_run:
+            counts[platform_key(outcome, device.platform)] += 1
+            metrics.DRY_RUN_OUTCOMES.labels(app, provider, outcome).inc()
+        else:
+            metrics.DELIVERIES.labels(app, provider, outcome).inc()
     return Settled(counts, deactivations)
 
 
@@ -281,7 +292,7 @@ class ChunkWorker:
         self, request: PushRequest, results: list[FinalResult], misconfig_tripped: Callable[[str], bool]
     ) -> Counter[str]:
         """Count the final outcomes and deactivate the tokens found dead (see `settle`)."""
-        settled = settle(request.app, request.route, results, misconfig_tripped)
+        settled = settle(request.app, request.route, results, misconfig_tripped, request.options.dry_run)
         if settled.deactivations:
             # Deactivate before saving progress: if we crash in between, the retried chunk skips these. A
             # failure here must not cost the chunk (its sends are done): the tokens stay active for now and

@@ -143,6 +143,8 @@ class DeliverySender:
             attempt += 1
             result, sent_at = await self._attempt(slot, delivery, may_send)
             if result.outcome is Outcome.DELIVERED:
+                if delivery.options.dry_run:
+                    return FinalResult(delivery, "validated", "", attempt)
                 slot.end_to_end.observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
             reason = result.reason or "unknown"
@@ -213,7 +215,11 @@ class DeliverySender:
         guard = asyncio.timeout(self._settings.send_timeout_seconds + 5.0)
         try:
             async with guard:
-                result = await slot.provider.send(delivery)
+                if delivery.options.dry_run:
+                    # Built and checked, not delivered (FCM asks its validate_only check; the others call no one).
+                    result = await slot.provider.validate(delivery)
+                else:
+                    result = await slot.provider.send(delivery)
         except TimeoutError:
             if guard.expired():
                 log.error("provider_send_overran", provider=name, app=slot.provider.app_id)

@@ -41,9 +41,31 @@ COUNT_KEYS = (
     "auth_error",
     "unknown_token",
     "opted_out",
+    # A dry run's devices whose payload was built and accepted (FCM: by its validate_only check).
+    "validated",
 )
 # The counters that are final outcomes for a targeted device.
 FINAL_KEYS = COUNT_KEYS[1:]
+# A dry run also counts each final outcome per device platform, as "<outcome>:<platform>" (flat keys, so the
+# same $inc per chunk, sums and hand-backs carry them; split_counts shows them nested).
+PLATFORM_SEPARATOR = ":"
+
+
+def platform_key(outcome: str, platform: str) -> str:
+    return f"{outcome}{PLATFORM_SEPARATOR}{platform}"
+
+
+def split_counts(counts: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Stored counts as (the COUNT_KEYS counters, {platform: {outcome: n}} of a dry run)."""
+    plain: dict[str, int] = {}
+    by_platform: dict[str, dict[str, int]] = {}
+    for key, value in counts.items():
+        outcome, separator, platform = key.partition(PLATFORM_SEPARATOR)
+        if separator:
+            by_platform.setdefault(platform, {})[outcome] = int(value)
+        else:
+            plain[key] = int(value)
+    return plain, by_platform
 ACTIVE_STATES = [NotificationState.ACCEPTED, NotificationState.SCHEDULED, NotificationState.DISPATCHING]
 _ACTIVE = [str(s) for s in ACTIVE_STATES]
 # A paused notification (a campaign) keeps its cursor and is not claimed until resumed.
@@ -69,8 +91,10 @@ def _due_at(doc: Mapping[str, Any]) -> float:
 
 
 def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
-    """Every counter of COUNT_KEYS, zero where `counts` has none."""
-    return {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
+    """Every counter of COUNT_KEYS, zero where `counts` has none, and a dry run's per-platform counters."""
+    full = {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
+    full.update((key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key)
+    return full
 
 
 @dataclass(frozen=True)
@@ -191,6 +215,9 @@ def new_document(
         "cursor": None,
         "counts": dict.fromkeys(COUNT_KEYS, 0),
     }
+    if request.options.dry_run:
+        # Shown by the API and the outcome event: nothing of it was delivered.
+        document["dry_run"] = True
     if claim is not None:
         document.update(claim.fields())
         document[STALLED_RUNS] = 1

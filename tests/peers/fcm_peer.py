@@ -115,6 +115,11 @@ class RecordedRequest:
     def message(self) -> dict[str, Any]:
         return self.body["message"]
 
+    @property
+    def validate_only(self) -> bool:
+        """A dry run's check: FCM validates the message and delivers nothing."""
+        return isinstance(self.body, dict) and self.body.get("validate_only") is True
+
 
 @dataclass
 class TokenRequest:
@@ -277,7 +282,7 @@ class _Core:
         if script and (script.error_code or script.status):
             reply = self._scripted_error(script)
         else:
-            reply = self._validate(payload) or self._success(project)
+            reply = self._validate(payload) or self._success(project, record.validate_only)
         record.status = reply.status
         if self.log_messages and payload is not None:
             self._log(record)
@@ -346,7 +351,10 @@ class _Core:
             return self._error(400, "INVALID_ARGUMENT", "Android message is too big", "INVALID_ARGUMENT")
         return None
 
-    def _success(self, project: str) -> _Reply:
+    def _success(self, project: str, validate_only: bool = False) -> _Reply:
+        if validate_only:  # FCM answers a validate_only request with a fixed fake message name
+            name = f"projects/{project}/messages/fake_message_id"
+            return _Reply(200, _json({"name": name}), [("content-type", "application/json; charset=utf-8")])
         self._counter += 1
         name = f"projects/{project}/messages/0:{int(time.time() * 1000)}%{self._counter:08x}"
         return _Reply(200, _json({"name": name}), [("content-type", "application/json; charset=utf-8")])
