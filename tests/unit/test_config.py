@@ -225,3 +225,75 @@ def test_provider_endpoints_are_https_urls(files: dict[str, Path], provider: str
         return
     with pytest.raises(ConfigError, match=rf"apps\.demo\.{provider}\.endpoint: .*{re.escape(error)}"):
         load(files, config)
+
+
+def with_web_and_huawei(files: dict[str, Path], **changes: dict) -> dict:
+    """`base` plus Web Push and Huawei Push Kit for app demo; `changes` update either section."""
+    config = base(files)
+    secret = files["dir"] / "hms-secret"
+    secret.write_text("s3cret\n")
+    config["apps"]["demo"]["webpush"] = {
+        "vapid_private_key_file": str(apns_key(files["dir"] / "vapid.pem")),
+        "subject": "mailto:push@example.com",
+        **changes.get("webpush", {}),
+    }
+    config["apps"]["demo"]["hms"] = {
+        "app_id": "104567890",
+        "client_id": "104567890",
+        "client_secret_file": str(secret),
+        **changes.get("hms", {}),
+    }
+    return config
+
+
+def test_web_push_and_huawei_settings(files: dict[str, Path]) -> None:
+    settings = load(files, with_web_and_huawei(files, webpush={"allowed_hosts": ["push.test", "127.0.0.1"]}))
+    app = settings.apps["demo"]
+    assert app.webpush is not None and app.webpush.allowed_hosts == ["push.test", "127.0.0.1"]
+    assert app.hms is not None and app.hms.client_secret is None
+    # An app may use only the newer providers.
+    config = with_web_and_huawei(files)
+    del config["apps"]["demo"]["apns"], config["apps"]["demo"]["fcm"]
+    assert load(files, config).apps["demo"].apns is None
+
+
+def test_the_hms_secret_may_come_from_the_environment_and_is_never_shown(files: dict[str, Path]) -> None:
+    config = with_web_and_huawei(files)
+    del config["apps"]["demo"]["hms"]["client_secret_file"]
+    settings = load(files, config, {"PUSHSVC_APPS__DEMO__HMS__CLIENT_SECRET": "from-env"})
+    assert settings.apps["demo"].hms is not None and settings.apps["demo"].hms.client_secret == "from-env"
+    assert "from-env" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"webpush": {"subject": "push@example.com"}}, "apps.demo.webpush.subject: expected 'mailto:"),
+        ({"webpush": {"subject": "http://example.com"}}, "apps.demo.webpush.subject"),
+        ({"webpush": {"vapid_private_key_file": "/nope.pem"}}, "apps.demo.webpush.vapid_private_key_file: file not"),
+        ({"webpush": {"allowed_hosts": ["push.test:8443"]}}, "apps.demo.webpush.allowed_hosts[0]"),
+        ({"webpush": {"allowed_hosts": ["https://push.test"]}}, "apps.demo.webpush.allowed_hosts[0]"),
+        ({"webpush": {"max_connections_per_origin": 0}}, "apps.demo.webpush.max_connections_per_origin"),
+        ({"hms": {"client_secret_file": None}}, "apps.demo.hms.client_secret_file: required"),
+        ({"hms": {"client_secret": "both"}}, "apps.demo.hms.client_secret_file: required"),
+        ({"hms": {"app_id": "a b"}}, "apps.demo.hms.app_id"),
+        ({"hms": {"endpoint": "http://push-api.cloud.huawei.com"}}, "apps.demo.hms.endpoint: expected https"),
+        ({"hms": {"token_url": "ftp://x"}}, "apps.demo.hms.token_url"),
+    ],
+)
+def test_web_push_and_huawei_mistakes_name_the_key(files: dict[str, Path], changes: dict, message: str) -> None:
+    config = with_web_and_huawei(files, **changes)
+    for section in config["apps"]["demo"].values():
+        for key in [k for k, v in section.items() if v is None]:
+            del section[key]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(files, config)
+
+
+def test_a_vapid_key_must_be_p256(files: dict[str, Path]) -> None:
+    from tests.unit.credential_files import pem, rsa_key
+
+    wrong = files["dir"] / "vapid-rsa.pem"
+    wrong.write_bytes(pem(rsa_key()))
+    with pytest.raises(ConfigError, match=re.escape("apps.demo.webpush.vapid_private_key_file: expected an EC P-256")):
+        load(files, with_web_and_huawei(files, webpush={"vapid_private_key_file": str(wrong)}))
