@@ -118,6 +118,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 CSV_LIST_SEPARATOR = ";"
 CSV_LIST_FIELDS = ("tags", "opt_out")
+# A web device's subscription in CSV: three flat columns (JSONL carries the `subscription` object as it is).
+CSV_SUBSCRIPTION_COLUMNS = {"endpoint": ("endpoint",), "p256dh": ("keys", "p256dh"), "auth": ("keys", "auth")}
 
 
 def read_device_rows(path: str, fmt: str | None) -> Iterator[tuple[int, Any]]:
@@ -172,6 +174,12 @@ def read_device_rows(path: str, fmt: str | None) -> Iterator[tuple[int, Any]]:
                     continue
                 if key in CSV_LIST_FIELDS:
                     record[key] = [v.strip() for v in value.split(CSV_LIST_SEPARATOR) if v.strip()]
+                elif key in CSV_SUBSCRIPTION_COLUMNS:
+                    *parents, name = CSV_SUBSCRIPTION_COLUMNS[key]
+                    place = record.setdefault("subscription", {})
+                    for parent in parents:
+                        place = place.setdefault(parent, {})
+                    place[name] = value
                 else:
                     record[key] = value
             yield reader.line_num, record

@@ -68,3 +68,33 @@ async def test_jsonl_import_reports_bad_json_and_fields(
     assert "line 3: line: not valid JSON" in err
     assert "line 7: tags:" in err
     assert await stack.db.devices.count_documents({"app": "demo"}) == 5
+
+
+async def test_every_platform_imports_and_a_web_subscription_is_checked_like_the_api(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.test_device_platforms import web_subscription
+
+    good = web_subscription()
+    inside = web_subscription("https://169.254.169.254/latest")
+    lines = [
+        "app,token,platform,kind,activity_id,endpoint,p256dh,auth",
+        f"demo,,web,,,{good['endpoint']},{good['keys']['p256dh']},{good['keys']['auth']}",
+        f"demo,{tok(1)},huawei,,,,,",
+        f"demo,{tok(2)},ios,apns_liveactivity,order-7,,,",
+        f"demo,,web,,,{inside['endpoint']},{inside['keys']['p256dh']},{inside['keys']['auth']}",  # line 5: SSRF
+        f"demo,{tok(3)},ios,apns_liveactivity,,,,",  # line 6: no activity id
+        f"demo,,web,,,{good['endpoint']},,",  # line 7: no keys
+    ]
+    file = tmp_path / "devices.csv"
+    file.write_text("\n".join(lines) + "\n")
+    code, summary, err = await run_import(stack, file, capsys)
+    assert code == 1
+    assert summary["imported"] == 3 and summary["errors"] == 3
+    assert "line 5: subscription.endpoint:" in err
+    assert "line 6: activity_id:" in err
+    assert "line 7: subscription.keys:" in err
+    web = await stack.db.devices.find_one({"platform": "web"})
+    assert web["kind"] == "webpush" and web["subscription"] == good and web["token"].startswith("web:")
+    assert (await stack.db.devices.find_one({"token": tok(1)}))["kind"] == "hms"
+    assert (await stack.db.devices.find_one({"token": tok(2)}))["activity_id"] == "order-7"

@@ -159,8 +159,8 @@ async def test_registration_records_kind_and_validates_it_against_the_platform(s
     for body, message in [
         ({"token": regular(2), "platform": "android", "kind": "apns_voip"}, "not a token kind for platform android"),
         ({"token": regular(2), "platform": "ios", "kind": "fcm"}, "not a token kind for platform ios"),
-        ({"token": regular(2), "platform": "ios", "kind": "pushkit"}, "must be one of apns, apns_voip, fcm"),
-        ({"token": regular(2), "platform": "ios", "kind": 3}, "must be one of apns, apns_voip, fcm"),
+        ({"token": regular(2), "platform": "ios", "kind": "pushkit"}, "must be one of apns, apns_voip, apns_live"),
+        ({"token": regular(2), "platform": "ios", "kind": 3}, "must be one of apns, apns_voip, apns_live"),
     ]:
         status, answer = await register(body)
         assert status == 400, (body, answer)
