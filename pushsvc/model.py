@@ -108,7 +108,9 @@ class LiveActivity:
     """
 
     event: Literal["start", "update", "end"]
-    content_state: Mapping[str, Any]
+    # aps.content-state, the activity's ContentState as JSON. None only for an end that leaves the last state
+    # shown (the payload then has no content-state: an empty object would not decode as the app's type).
+    content_state: Mapping[str, Any] | None
     # aps.timestamp: when the content state was current; Apple drops an update older than the one shown.
     # None: the moment the push is sent.
     timestamp: int | None = None
@@ -324,10 +326,7 @@ def _parse_message(obj: Any, options: Options) -> Message:
     )
     has_text = bool(title or body or any(t.title or t.body for t in localized.values()))
     if options.push_type == "liveactivity":
-        # An alert may come with it (title/body/sound light the screen); the rest is for regular alerts.
-        for name in ("data", "badge", "category", "thread_id", "mutable_content"):
-            if msg.get(name) not in (None, {}, False):
-                raise RequestError(f"message.{name}", "not part of a Live Activity push (use live_activity)")
+        _check_live_activity_alert(msg, message)
         return message
     if options.push_type == "alert" and not has_text:
         raise RequestError(
@@ -346,6 +345,23 @@ def _parse_message(obj: Any, options: Options) -> Message:
         if not data:
             raise RequestError("message.data", "a voip push needs data (the call details for the app)")
     return message
+
+
+def _check_live_activity_alert(msg: Mapping[str, Any], message: Message) -> None:
+    """A Live Activity push's alert is title, body and sound (ActivityKit's AlertConfiguration); the other
+    message fields belong to regular alerts."""
+    for name in ("data", "badge", "category", "thread_id", "mutable_content"):
+        if msg.get(name) not in (None, {}, False):
+            raise RequestError(f"message.{name}", "not part of a Live Activity push (use live_activity)")
+    # Every device's text falls back to these two, so with one of them every locale has an alert.
+    has_text = bool(message.title or message.body)
+    activity = message.live_activity
+    if activity is not None and activity.event == "start" and not has_text:
+        # Apple: a push that starts an activity carries an alert; without one no activity starts.
+        raise RequestError("message", "starting a Live Activity needs an alert: give message.title or message.body")
+    if message.sound and not has_text:
+        # The sound is part of the alert, which Apple defines by its text; a sound alone is undefined behaviour.
+        raise RequestError("message.sound", "a Live Activity alert's sound needs message.title or message.body")
 
 
 def _parse_data(obj: Any) -> dict[str, Any]:
@@ -390,9 +406,11 @@ def _parse_live_activity(obj: Any, options: Options) -> LiveActivity | None:
     if event not in LIVE_ACTIVITY_EVENTS:
         raise RequestError(f"{path}.event", f"must be one of {', '.join(LIVE_ACTIVITY_EVENTS)}")
     # A start and an update say what to show; an end may leave the last content shown.
-    if event != "end" and "content_state" not in activity:
+    content_state = activity.get("content_state")
+    if content_state is None and event != "end":
         raise RequestError(f"{path}.content_state", "required (the activity's ContentState as JSON)")
-    content_state = _json_object(activity.get("content_state", {}), f"{path}.content_state")
+    if content_state is not None:
+        content_state = _json_object(content_state, f"{path}.content_state")
     attributes_type = _opt_string(activity.get("attributes_type"), f"{path}.attributes_type", 256)
     attributes = activity.get("attributes")
     if event == "start":

@@ -1,5 +1,7 @@
 """APNs adapter: one HTTP/2 request per delivery on aioapns 4.0, classified into a SendResult.
 
+What each request carries (body, topic, priority, expiry, per push type) is built in apns_payload.py.
+
 aioapns provides the connection pool, TLS (client certificate) and provider-token (JWT) handling. Its
 request/response handling on a connection falls short in ways that bite in production, so ``_ApnsProtocol``
 replaces that part and keeps the rest:
@@ -54,13 +56,23 @@ from pushsvc.credentials import apns_certificate_expiry
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.metrics import APNS_CERTIFICATE_EXPIRY
 from pushsvc.model import Outcome
+
+# The limits are re-exported: ingest/payload_limits.py and tests read them as apns.MAX_*.
+from pushsvc.providers.apns_payload import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from pushsvc.providers.apns_payload import MAX_VOIP_PAYLOAD_BYTES as MAX_VOIP_PAYLOAD_BYTES
+from pushsvc.providers.apns_payload import (
+    build_payload,
+    embeds_send_time,
+    expiration_header,
+    payload_limit,
+    priority_for,
+    topic_for,
+)
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
 from pushsvc.providers.transport import BoundedH2Connection
 
 log = get_logger(__name__)
 
-MAX_PAYLOAD_BYTES = 4096  # alert and background pushes; Apple answers 413 above it
-MAX_VOIP_PAYLOAD_BYTES = 5120  # Apple's larger limit for VoIP pushes
 APNS_HOSTS = {"production": "api.push.apple.com", "sandbox": "api.sandbox.push.apple.com"}
 APNS_PORT = 443
 
@@ -83,52 +95,6 @@ def classify(status: int, reason: str) -> Outcome:
     if status == 429 or status >= 500 or reason in _RETRYABLE_REASONS:
         return Outcome.RETRYABLE
     return Outcome.REJECTED  # 413 and every other 4xx: resending the same request cannot succeed
-
-
-def build_payload(delivery: Delivery) -> bytes:
-    """The JSON body: ``aps`` plus message.data as custom top-level keys (original JSON types kept)."""
-    message = delivery.message
-    aps: dict[str, Any]
-    if delivery.options.push_type == "background":
-        # A background push must not alert, badge or play a sound, or Apple treats it as an alert.
-        aps = {"content-available": 1}
-    elif delivery.options.push_type == "voip":
-        # PushKit hands the whole payload to the app (which reports the call to CallKit): data only.
-        aps = {}
-    else:
-        text = message.text_for(delivery.device.locale)
-        alert = {
-            key: value for key, value in (("title", text.title), ("body", text.body)) if value is not None
-        }
-        aps = {}
-        if alert:
-            aps["alert"] = alert
-        if message.badge is not None:
-            aps["badge"] = message.badge
-        if message.sound:
-            aps["sound"] = message.sound
-        if message.category:
-            aps["category"] = message.category
-        if message.thread_id:
-            aps["thread-id"] = message.thread_id
-        if message.mutable_content:
-            aps["mutable-content"] = 1
-    body: dict[str, Any] = {"aps": aps}
-    body.update((key, value) for key, value in message.data.items() if key != "aps")  # never overwrite aps
-    # Compact separators: every byte counts against the 4096-byte limit.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-def expiration_header(delivery: Delivery) -> str | None:
-    """apns-expiration: "0" = try once, store nothing; epoch seconds; None = omit (Apple's default)."""
-    ttl = delivery.options.ttl_seconds
-    if ttl == 0:
-        return "0"
-    if delivery.expires_at is not None:
-        return str(int(delivery.expires_at))
-    if ttl is not None:  # no request time known: count from now
-        return str(int(time.time()) + ttl)
-    return None
 
 
 MAX_TIMESTAMP_MS = 10**15
@@ -424,19 +390,32 @@ class ApnsProvider(Provider):
         # Read the signing key now so a bad path fails at start-up, not at the first push.
         self._signing_key = Path(settings.key_file).read_text() if settings.key_file else None
         self._client: APNs | None = None
-        # (notification, locale) -> (message, options, body): the body never depends on the token.
-        self._payloads: dict[tuple[str, str | None], tuple[Any, Any, bytes]] = {}
+        # (notification, locale) -> (message, options, send second, body): the body never depends on the token.
+        self._payloads: dict[tuple[str, str | None], tuple[Any, Any, int | None, bytes]] = {}
 
     def _payload(self, delivery: Delivery) -> bytes:
-        """build_payload(delivery), built once per (notification, locale): only the token (in the path) varies."""
+        """build_payload(delivery), built once per (notification, locale): only the token (in the path) varies.
+
+        A Live Activity push without its own timestamp carries its send time, and the device ignores a push
+        older than the state it shows: a body cached at the first device and reused minutes later (a slow
+        fan-out, a retry) would lose to an update sent in between, or make a later one look stale. Such a body
+        is reused within the second it was built only: aps.timestamp counts whole seconds, so within that
+        second it is byte for byte what a fresh build would give, and it is built at most once a second.
+        """
         key = (delivery.notification_id, delivery.device.locale)
+        second = int(time.time()) if embeds_send_time(delivery) else None
         cached = self._payloads.get(key)
-        if cached is None or cached[0] is not delivery.message or cached[1] is not delivery.options:
-            payload = build_payload(delivery)  # TypeError/ValueError propagate and are never cached
+        if (
+            cached is None
+            or cached[0] is not delivery.message
+            or cached[1] is not delivery.options
+            or cached[2] != second
+        ):
+            payload = build_payload(delivery, second)  # TypeError/ValueError propagate and are never cached
             if len(self._payloads) >= 1024:
                 self._payloads.clear()
-            cached = self._payloads[key] = (delivery.message, delivery.options, payload)
-        return cached[2]
+            cached = self._payloads[key] = (delivery.message, delivery.options, second, payload)
+        return cached[3]
 
     async def start(self) -> None:
         self._pool()
@@ -480,8 +459,7 @@ class ApnsProvider(Provider):
             payload = self._payload(delivery)
         except (TypeError, ValueError) as exc:  # NaN/unserialisable data values: the request can never succeed
             raise PayloadRejected("InvalidPayload") from exc
-        voip = delivery.options.push_type == "voip"
-        if len(payload) > (MAX_VOIP_PAYLOAD_BYTES if voip else MAX_PAYLOAD_BYTES):
+        if len(payload) > payload_limit(delivery.options.push_type):
             raise PayloadRejected("PayloadTooLarge")
         return payload
 
@@ -528,13 +506,12 @@ class ApnsProvider(Provider):
 
     def _headers(self, delivery: Delivery, apns_id: str) -> list[tuple[str, str]]:
         options = delivery.options
-        voip = options.push_type == "voip"
         headers = [
             NeverIndexedHeaderTuple("apns-id", apns_id),
-            # VoIP pushes go to the app's PushKit topic, always at once (Apple: priority 10).
-            ("apns-topic", f"{self._settings.topic}.voip" if voip else self._settings.topic),
+            # VoIP and Live Activity pushes go to their own topics (<topic>.voip, <topic>.push-type.liveactivity).
+            ("apns-topic", topic_for(self._settings.topic, options.push_type)),
             ("apns-push-type", options.push_type),
-            ("apns-priority", "10" if voip or options.priority == "high" else "5"),
+            ("apns-priority", priority_for(options)),
         ]
         expiration = expiration_header(delivery)
         if expiration is not None:

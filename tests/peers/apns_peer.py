@@ -13,6 +13,13 @@ requests the way Apple does (auth, apns-* headers, payload size) and can be scri
         peer.bind_topic("tok-voip", "com.example.app.voip")  # any other topic: 400 DeviceTokenNotForTopic
         ... peer.port, peer.requests, peer.connections_opened ...
 
+Live Activity pushes (apns-push-type liveactivity) are checked like APNs checks them: the topic must be
+``<bundle id>.push-type.liveactivity`` exactly when the push type is liveactivity (else 400 InvalidPushType),
+and a certificate-authenticated one is refused (Apple takes them with token auth only; 400 TopicDisallowed is
+this peer's choice of reason). APNs does not read the payload: a push with no ``aps.event`` gets its 200 and
+the device drops it. So does the peer, and it records what a device would read and would drop it for in
+``request.live_activity`` (``.problems`` is empty for a push a device acts on), for tests to assert.
+
 Standalone developer simulator (delivers everything, one JSON line per notification on stdout):
 
     python -m tests.peers.apns_peer --port 8443 --cert server.pem --key server.key
@@ -60,6 +67,12 @@ from pushsvc.logging import mask_token
 from tests.peers.tls import TestPki
 
 MAX_PAYLOAD_BYTES = 4096
+MAX_VOIP_PAYLOAD_BYTES = 5120  # Apple's limit for VoIP pushes ("Generating a remote notification")
+LIVE_ACTIVITY_TOPIC_SUFFIX = ".push-type.liveactivity"
+LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
+# A Live Activity lives at most 8 hours: a timestamp further ahead than that is dropped by the device (Apple
+# developer forums, "Broadcast Push Notifications - Update ignored"); mostly milliseconds sent for seconds.
+LIVE_ACTIVITY_MAX_FUTURE_SECONDS = 8 * 3600
 MAX_COLLAPSE_ID_BYTES = 64
 JWT_MAX_AGE_SECONDS = 3600  # Apple refuses provider tokens older than one hour
 _PATH = re.compile(r"^/3/device/([^/?]+)$")
@@ -105,6 +118,86 @@ class ReceivedRequest:
     connection_id: int
     stream_id: int
     client_cert: dict[str, str] | None  # subject of the TLS client certificate, if one was presented
+    live_activity: LiveActivityPush | None = None  # read from the body of an apns-push-type liveactivity push
+
+
+@dataclass(frozen=True)
+class LiveActivityPush:
+    """What a device reads from an ActivityKit push (the aps keys of Apple's "Starting and updating Live
+    Activities with ActivityKit push notifications"), and why it would drop the push (``problems``)."""
+
+    event: Any
+    timestamp: Any
+    content_state: Any
+    stale_date: Any = None
+    dismissal_date: Any = None
+    relevance_score: Any = None
+    attributes_type: Any = None
+    attributes: Any = None
+    input_push_token: Any = None
+    alert: Any = None
+    problems: tuple[str, ...] = ()
+
+
+def read_live_activity(body: Any, now: float) -> LiveActivityPush:
+    """The Live Activity keys of a decoded body, and what a device would not act on."""
+    aps = body.get("aps") if isinstance(body, dict) else None
+    if not isinstance(aps, dict):
+        return LiveActivityPush(None, None, None, problems=("aps: missing or not an object",))
+    push = LiveActivityPush(
+        event=aps.get("event"),
+        timestamp=aps.get("timestamp"),
+        content_state=aps.get("content-state"),
+        stale_date=aps.get("stale-date"),
+        dismissal_date=aps.get("dismissal-date"),
+        relevance_score=aps.get("relevance-score"),
+        attributes_type=aps.get("attributes-type"),
+        attributes=aps.get("attributes"),
+        input_push_token=aps.get("input-push-token"),
+        alert=aps.get("alert"),
+    )
+    return replace(push, problems=tuple(_live_activity_problems(push, aps, now)))
+
+
+def _live_activity_problems(push: LiveActivityPush, aps: dict[str, Any], now: float) -> list[str]:
+    problems = []
+    if push.event not in LIVE_ACTIVITY_EVENTS:
+        problems.append("aps.event: must be start, update or end")
+    if not _is_int(push.timestamp):
+        problems.append("aps.timestamp: required, integer epoch seconds")
+    elif push.timestamp > now + LIVE_ACTIVITY_MAX_FUTURE_SECONDS:
+        problems.append("aps.timestamp: more than 8 hours ahead (milliseconds instead of seconds?)")
+    if push.content_state is not None and not isinstance(push.content_state, dict):
+        problems.append("aps.content-state: must be an object (the activity's ContentState)")
+    elif push.content_state is None and push.event in ("start", "update"):
+        problems.append(f"aps.content-state: required to {push.event} an activity")
+    for key in ("stale-date", "dismissal-date"):
+        if key in aps and not _is_int(aps[key]):
+            problems.append(f"aps.{key}: must be integer epoch seconds")
+    if "relevance-score" in aps and not _is_number(aps["relevance-score"]):
+        problems.append("aps.relevance-score: must be a number")
+    if push.event == "start":
+        if not isinstance(push.attributes_type, str) or not push.attributes_type:
+            problems.append("aps.attributes-type: required to start an activity")
+        if not isinstance(push.attributes, dict):
+            problems.append("aps.attributes: required (an object) to start an activity")
+        if push.alert is None:
+            problems.append("aps.alert: required to start an activity")
+    alert = push.alert
+    if alert is not None and not (isinstance(alert, dict) and ("title" in alert or "body" in alert)):
+        problems.append("aps.alert: must be an object with a title or body")
+    if "sound" in aps:
+        # Apple's Live Activity alert is one key holding title, body and sound (ActivityKit's AlertConfiguration).
+        problems.append("aps.sound: a Live Activity alert's sound goes in aps.alert")
+    return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -275,15 +368,19 @@ class ApnsPeer:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        received_at = time.time()
         request = ReceivedRequest(
             token=token,
             headers=dict(headers),
             body=body,
             raw_body=raw,
-            time=time.time(),
+            time=received_at,
             connection_id=connection.id,
             stream_id=stream_id,
             client_cert=connection.client_cert,
+            live_activity=(
+                read_live_activity(body, received_at) if headers.get("apns-push-type") == "liveactivity" else None
+            ),
         )
         self.requests.append(request)
         self._arrived.set()
@@ -345,8 +442,14 @@ class ApnsPeer:
             return Rule(400, "MissingTopic")
         if "apns-priority" in h and h["apns-priority"] not in ("1", "5", "10"):
             return Rule(400, "BadPriority")
-        if "apns-push-type" in h and h["apns-push-type"] not in _PUSH_TYPES:
+        push_type = h.get("apns-push-type")
+        if push_type is not None and push_type not in _PUSH_TYPES:
             return Rule(400, "InvalidPushType")
+        # Live Activity pushes have their own topic, and that topic takes nothing else.
+        if (push_type == "liveactivity") != h.get("apns-topic", "").endswith(LIVE_ACTIVITY_TOPIC_SUFFIX):
+            return Rule(400, "InvalidPushType")
+        if push_type == "liveactivity" and "authorization" not in h and self.auth == "cert":
+            return Rule(400, "TopicDisallowed")  # Apple: token-based authentication only for Live Activities
         if "apns-expiration" in h and not h["apns-expiration"].isdigit():
             return Rule(400, "BadExpirationDate")
         if len(h.get("apns-collapse-id", "").encode()) > MAX_COLLAPSE_ID_BYTES:
@@ -355,7 +458,7 @@ class ApnsPeer:
             return Rule(400, "BadMessageId")
         if not request.raw_body:
             return Rule(400, "PayloadEmpty")
-        if len(request.raw_body) > MAX_PAYLOAD_BYTES:
+        if len(request.raw_body) > (MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES):
             return Rule(413, "PayloadTooLarge")
         return None
 
@@ -406,6 +509,8 @@ class ApnsPeer:
             "reason": rule.reason,
             "payload": request.body,
         }
+        if request.live_activity is not None:
+            line["live_activity_problems"] = list(request.live_activity.problems)
         print(json.dumps(line, ensure_ascii=False), flush=True)
 
     def _opened(self, connection: _PeerConnection) -> None:
