@@ -6,6 +6,7 @@ unknown keys are rejected so that a producer's typo ("ttl_second") fails loudly 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import typing
@@ -112,7 +113,8 @@ class LiveActivity:
     # shown (the payload then has no content-state: an empty object would not decode as the app's type).
     content_state: Mapping[str, Any] | None
     # aps.timestamp: when the content state was current; Apple drops an update older than the one shown.
-    # None: the moment the push is sent.
+    # None in a request: intake stamps the moment it was accepted (stamp_live_activity) and stores it; an
+    # adapter given none (a delivery built outside intake) uses the moment it sends.
     timestamp: int | None = None
     # The activity an update/end is for: with a users or segment target, only update tokens registered with
     # this activity id receive it.
@@ -187,6 +189,24 @@ class PushRequest:
         activity = self.message.live_activity
         wanted = activity.activity_id if activity is not None and activity.event != "start" else None
         return wanted is None or wanted == activity_id
+
+
+def stamp_live_activity(request: PushRequest, raw: Mapping[str, Any], now: float) -> tuple[PushRequest, dict]:
+    """The request (and its JSON) with a Live Activity's missing `timestamp` set to `now`, its acceptance.
+
+    Apple orders a Live Activity's updates by aps.timestamp and drops one older than what the device shows.
+    Stamped once when the request is accepted and stored with it, every attempt and every replica sends the
+    same time: a retry of an older update can never overtake a newer one by being stamped later.
+    """
+    activity = request.message.live_activity
+    if activity is None or activity.timestamp is not None:
+        return request, dict(raw)
+    stamp = int(now)
+    message = dict(raw["message"])
+    message["live_activity"] = {**message["live_activity"], "timestamp": stamp}
+    stamped_activity = dataclasses.replace(activity, timestamp=stamp)
+    stamped = dataclasses.replace(request, message=dataclasses.replace(request.message, live_activity=stamped_activity))
+    return stamped, {**raw, "message": message}
 
 
 def route_of(options: Options, message: Message) -> str:

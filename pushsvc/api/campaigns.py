@@ -20,7 +20,7 @@ from pushsvc.api.notifications import counts_view, dry_run_view
 from pushsvc.api.validation import app_of, field_name, json_body, known_app
 from pushsvc.dispatch.progress import progress_ratio
 from pushsvc.ingest.payload_limits import check_payload_size
-from pushsvc.model import PushRequest, RequestError, parse_request
+from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, KIND, STATUSES, campaign_request_id
 from pushsvc.store.devices import audience_filter
@@ -165,6 +165,7 @@ async def create_campaign(request: web.Request) -> web.Response:
     if existing is not None:
         return web.json_response(_created_view(request, existing, parsed), status=200)
     now = request.app[CLOCK]()
+    parsed, raw = stamp_live_activity(parsed, raw, now)
     estimate = await request.app[DEVICES].count(
         audience_filter(parsed.app, parsed.target, parsed.message.category, None, parsed.route)
     )

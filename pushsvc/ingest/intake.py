@@ -18,7 +18,7 @@ from pushsvc import metrics
 from pushsvc.dispatch.batch import SmallNotification
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.logging import get_logger
-from pushsvc.model import PushRequest, RequestError, parse_request
+from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
 from pushsvc.scheduling.due import initial_due_at
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.notifications import LANE_BATCH, NotificationStore, lane_for, new_document, notification_key
@@ -127,6 +127,7 @@ class Intake:
         but if MongoDB refuses the first one for good, the next copy gets its own try instead.
         """
         now = self._clock()
+        accepted = [Accepted(*stamp_live_activity(item.request, item.raw, now)) for item in accepted]
         inserted: list[str] = []
         duplicates: list[str] = []
         rejected: list[tuple[Accepted, str]] = []

@@ -455,6 +455,10 @@ class ApnsProvider(Provider):
 
     def _checked_payload(self, delivery: Delivery) -> bytes:
         """The payload, or PayloadRejected with the reason APNs would give."""
+        if delivery.options.push_type == "liveactivity" and self._settings.cert_file:
+            # Apple takes Live Activity pushes over token-based (.p8) connections only: refused here, named,
+            # rather than sent to fail at Apple with a reason that does not say why.
+            raise PayloadRejected("LiveActivityNeedsTokenAuth")
         try:
             payload = self._payload(delivery)
         except (TypeError, ValueError) as exc:  # NaN/unserialisable data values: the request can never succeed

@@ -323,11 +323,13 @@ async def test_a_regular_token_is_not_for_the_live_activity_topic(provider: Apns
 async def test_certificate_auth_cannot_send_live_activities(
     apns_pki: Pki, apns_client_cert: ApnsClientCert, make_provider: MakeProvider
 ) -> None:
-    """Apple takes Live Activity pushes over token-based connections only."""
+    """Apple takes Live Activity pushes over token-based connections only: the adapter refuses them with a
+    reason that says so, before any request (the peer would answer TopicDisallowed, which says nothing)."""
     async with ApnsPeer(apns_pki, auth="cert", client_ca_file=str(apns_client_cert.ca_file)) as cert_peer:
         provider = make_provider(apns_cert_settings(cert_peer, apns_pki, apns_client_cert))
         result = await provider.send(delivery(la_request({"event": "update", "content_state": STATE})))
-        assert (result.outcome, result.reason, result.status) == (Outcome.REJECTED, "TopicDisallowed", 400)
+        assert (result.outcome, result.reason, result.status) == (Outcome.REJECTED, "LiveActivityNeedsTokenAuth", None)
+        assert cert_peer.requests == []
 
 
 # ------------------------------------------------------------------------------ the peer is no rubber stamp
