@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from pushsvc import __version__, metrics
 from pushsvc.api.auth import ApiKeyAuth
 from pushsvc.api.server import build_app
-from pushsvc.config import Settings, web_allowed_hosts
+from pushsvc.config import Settings, configured_providers, web_allowed_hosts
 from pushsvc.dispatch.batch import BatchRunner
 from pushsvc.dispatch.chunks import ChunkWorker
 from pushsvc.dispatch.fanout import NotificationRunner
@@ -136,7 +136,8 @@ class PushService:
         )
         self.intake = Intake(self.notifications, self.scheduler, clock=clock)
         known_apps = frozenset(settings.apps)
-        self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps)
+        providers_of = configured_providers(settings)
+        self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps, providers_of)
         self.http_app = build_app(
             auth=ApiKeyAuth(settings.api_keys, known_apps),
             device_store=self.devices,
@@ -144,6 +145,7 @@ class PushService:
             intake=self.intake,
             known_apps=known_apps,
             web_hosts=web_allowed_hosts(settings),
+            app_providers=providers_of,
             readiness={
                 "mongodb": self.database.ping,
                 "kafka": self._kafka_ready,

@@ -268,6 +268,14 @@ class Settings:
     instance_name: str | None = None
 
 
+def configured_providers(settings: Settings) -> dict[str, frozenset[str]]:
+    """Per app, the providers it configures (the keys of providers/registry.py)."""
+    return {
+        app_id: frozenset(name for name in ("apns", "fcm", "hms", "webpush") if getattr(app, name) is not None)
+        for app_id, app in settings.apps.items()
+    }
+
+
 def web_allowed_hosts(settings: Settings) -> dict[str, frozenset[str]]:
     """Per app, the hosts its web subscriptions may name although internal (webpush.allowed_hosts)."""
     return {

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from pushsvc.api.auth import permit, permitted_apps, require
-from pushsvc.api.context import CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
+from pushsvc.api.context import APP_PROVIDERS, CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import counts_view, dry_run_view
 from pushsvc.api.validation import app_of, field_name, json_body, known_app
@@ -44,7 +45,9 @@ OPTION_FIELDS = {"priority", "ttl_seconds", "collapse_key", "push_type", "dry_ru
 MAX_THROTTLE = 100_000
 
 
-def parse_campaign(body: Any, known_apps: frozenset[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def parse_campaign(
+    body: Any, known_apps: frozenset[str], providers: Mapping[str, Collection[str]] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Validate a campaign body; returns (campaign id, the notification request, the campaign fields)."""
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object")
@@ -102,7 +105,8 @@ def parse_campaign(body: Any, known_apps: frozenset[str]) -> tuple[str, dict[str
         "options": options,
     }
     try:
-        check_payload_size(parse_request(raw, known_apps))
+        parsed = parse_request(raw, known_apps)
+        check_payload_size(parsed, None if providers is None else providers.get(parsed.app, ()))
     except RequestError as exc:
         field = exc.field or "body"
         if field.startswith("target"):
@@ -158,7 +162,9 @@ def _campaign_id(request: web.Request) -> str:
 @require("campaigns")
 async def create_campaign(request: web.Request) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200."""
-    campaign_id, raw, fields = parse_campaign(await json_body(request), request.app[KNOWN_APPS])
+    campaign_id, raw, fields = parse_campaign(
+        await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS]
+    )
     permit(request, raw["app"])
     parsed = parse_request(raw)
     existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)

@@ -20,6 +20,8 @@ NOTIFICATIONS = web.AppKey("notifications", NotificationStore)
 CAMPAIGNS = web.AppKey("campaigns", CampaignStore)
 INTAKE = web.AppKey("intake", Intake)
 KNOWN_APPS = web.AppKey("known_apps", frozenset)
+# Per app, the providers it configures (None: not known, every provider's payload limit applies).
+APP_PROVIDERS: web.AppKey[dict[str, frozenset[str]] | None] = web.AppKey("app_providers")
 # Per app, the hosts a web subscription may name although internal (apps.<app>.webpush.allowed_hosts).
 WEB_ALLOWED_HOSTS = web.AppKey("web_allowed_hosts", dict)
 READINESS = web.AppKey("readiness", dict)

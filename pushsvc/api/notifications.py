@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc.api.auth import permit, require
-from pushsvc.api.context import INTAKE, KNOWN_APPS, NOTIFICATIONS
+from pushsvc.api.context import APP_PROVIDERS, INTAKE, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
 from pushsvc.api.validation import app_of, json_body
 from pushsvc.ingest.intake import Rejection, validate
@@ -52,7 +52,7 @@ def notification_view(doc: dict) -> dict[str, Any]:
 @require("notify")
 async def create_notification(request: web.Request) -> web.Response:
     """Record a request; repeating the same id returns the existing record with 200 instead of 201."""
-    outcome = validate(await json_body(request), request.app[KNOWN_APPS])
+    outcome = validate(await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS])
     if isinstance(outcome, Rejection):
         return json_error(400, outcome.reason, outcome.detail, outcome.field)
     permit(request, outcome.request.app)

@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 from pushsvc.api import asyncapi, campaigns, devices, health, notifications, openapi
 from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, AppForbidden
 from pushsvc.api.context import (
+    APP_PROVIDERS,
     CAMPAIGNS,
     CLOCK,
     CONSUMER_STATE,
@@ -81,6 +82,7 @@ def build_app(
     intake: Intake,
     known_apps: frozenset[str],
     web_hosts: dict[str, frozenset[str]] | None = None,
+    app_providers: dict[str, frozenset[str]] | None = None,
     readiness: dict[str, ReadinessCheck],
     consumer_state: Callable[[], dict[str, object]] = lambda: {},
     kafka_topics: tuple[str, str, str] = ("push.requests", "push.requests.dlq", "push.outcomes"),
@@ -98,6 +100,7 @@ def build_app(
     app[INTAKE] = intake
     app[KNOWN_APPS] = known_apps
     app[WEB_ALLOWED_HOSTS] = web_hosts or {}
+    app[APP_PROVIDERS] = app_providers
     app[READINESS] = readiness
     app[CONSUMER_STATE] = consumer_state
     app[asyncapi.KAFKA_TOPICS] = kafka_topics

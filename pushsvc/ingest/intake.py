@@ -8,7 +8,7 @@ would crash the consume loop with its neighbours in hand; over HTTP it would be 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,13 @@ class Recorded:
     documents: Mapping[str, dict] = field(default_factory=dict)
 
 
-def decode(value: bytes | None, max_bytes: int, known_apps: frozenset[str]) -> Accepted | Rejection:
+# Per app, the providers it configures (config.configured_providers): whose payload limits its requests meet.
+AppProviders = Mapping[str, Collection[str]]
+
+
+def decode(
+    value: bytes | None, max_bytes: int, known_apps: frozenset[str], providers: AppProviders | None = None
+) -> Accepted | Rejection:
     """Raw Kafka value -> Accepted, or the Rejection that dead-letters it; never raises."""
     if value is None:
         return Rejection("invalid_json", "empty message (null value)")
@@ -65,10 +71,10 @@ def decode(value: bytes | None, max_bytes: int, known_apps: frozenset[str]) -> A
         return Rejection("invalid_json", f"not valid JSON: {exc}")
     except Exception as exc:  # orjson raises only JSONDecodeError; anything else must not crash the loop
         return _unforeseen(exc)
-    return validate(raw, known_apps)
+    return validate(raw, known_apps, providers)
 
 
-def validate(raw: Any, known_apps: frozenset[str]) -> Accepted | Rejection:
+def validate(raw: Any, known_apps: frozenset[str], providers: AppProviders | None = None) -> Accepted | Rejection:
     """A decoded JSON request -> Accepted, or a Rejection naming the field; never raises.
 
     The contract (model.parse_request) plus what the providers would refuse for every device: the payload
@@ -79,7 +85,7 @@ def validate(raw: Any, known_apps: frozenset[str]) -> Accepted | Rejection:
         # A campaign's notification is request "campaign:<id>" of its app: producers can't use the prefix.
         if request.id.startswith(CAMPAIGN_PREFIX):
             raise RequestError("id", f"the prefix {CAMPAIGN_PREFIX!r} is reserved for campaigns")
-        check_payload_size(request)
+        check_payload_size(request, None if providers is None else providers.get(request.app, ()))
         return Accepted(request, raw)
     except RequestError as exc:
         return Rejection("invalid_request", str(exc), exc.field)

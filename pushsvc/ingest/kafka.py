@@ -27,7 +27,7 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc import metrics
 from pushsvc.config import KafkaSettings
-from pushsvc.ingest.intake import Accepted, Intake, Rejection, decode
+from pushsvc.ingest.intake import Accepted, AppProviders, Intake, Rejection, decode
 from pushsvc.kafka_options import client_options
 from pushsvc.logging import get_logger
 
@@ -154,11 +154,13 @@ class KafkaIngest:
         intake: Intake,
         producer: AIOKafkaProducer,
         known_apps: frozenset[str],
+        providers: AppProviders | None = None,
     ) -> None:
         self._settings = settings
         self._intake = intake
         self._producer = producer
         self._known_apps = known_apps
+        self._providers = providers
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._lag_refreshed = 0.0
@@ -280,7 +282,7 @@ class KafkaIngest:
         dead: list[tuple[ConsumerRecord, Rejection]] = []
         for records in batch.values():
             for record in records:
-                outcome = decode(record.value, self._settings.max_message_bytes, self._known_apps)
+                outcome = decode(record.value, self._settings.max_message_bytes, self._known_apps, self._providers)
                 if isinstance(outcome, Rejection):
                     dead.append((record, outcome))
                 else:

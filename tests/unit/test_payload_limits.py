@@ -10,6 +10,8 @@ from pushsvc.providers import apns, fcm
 from pushsvc.providers.base import Delivery
 
 APPS = frozenset({"demo"})
+# These tests are about APNs's and FCM's limits: an app with those two (Huawei's and Web Push's have their own).
+PROVIDERS = {"demo": frozenset({"apns", "fcm"})}
 
 
 def request(message: dict, **options: object) -> dict:
@@ -17,14 +19,14 @@ def request(message: dict, **options: object) -> dict:
 
 
 def rejected_field(raw: dict) -> str | None:
-    outcome = validate(raw, APPS)
+    outcome = validate(raw, APPS, PROVIDERS)
     assert isinstance(outcome, Rejection), "accepted"
     assert outcome.reason == "invalid_request"
     return outcome.field
 
 
 def apns_size(raw: dict, locale: str | None = None) -> int:
-    outcome = validate(raw, APPS)
+    outcome = validate(raw, APPS, PROVIDERS)
     assert isinstance(outcome, Accepted), outcome
     req = outcome.request
     device = Device(app="demo", token="", platform="ios", locale=locale)
@@ -39,13 +41,14 @@ def test_the_issue_request_200_kb_of_data_and_20000_locales_is_refused() -> None
 
 def test_counts_are_capped_with_clear_errors() -> None:
     many_keys = {f"k{i}": 1 for i in range(MAX_DATA_KEYS + 1)}
-    outcome = validate(request({"title": "T", "data": many_keys}), APPS)
+    outcome = validate(request({"title": "T", "data": many_keys}), APPS, PROVIDERS)
     assert isinstance(outcome, Rejection) and outcome.field == "message.data"
     assert f"at most {MAX_DATA_KEYS} keys" in outcome.detail
     locales = {f"x{i}": {"title": "t"} for i in range(MAX_LOCALIZED + 1)}
-    outcome = validate(request({"title": "T", "localized": locales}), APPS)
+    outcome = validate(request({"title": "T", "localized": locales}), APPS, PROVIDERS)
     assert isinstance(outcome, Rejection) and f"at most {MAX_LOCALIZED} locales" in outcome.detail
-    assert isinstance(validate(request({"title": "T", "localized": dict(list(locales.items())[:-1])}), APPS), Accepted)
+    fewer = request({"title": "T", "localized": dict(list(locales.items())[:-1])})
+    assert isinstance(validate(fewer, APPS, PROVIDERS), Accepted)
 
 
 def test_one_oversize_locale_is_named() -> None:
@@ -62,7 +65,7 @@ def test_apns_limit_is_exact_at_4096_bytes() -> None:
     room = apns.MAX_PAYLOAD_BYTES - apns_size(base)
     fits = request({"title": "T", "data": {"pad": "p" * room}})
     assert apns_size(fits) == apns.MAX_PAYLOAD_BYTES
-    assert isinstance(validate(fits, APPS), Accepted)
+    assert isinstance(validate(fits, APPS, PROVIDERS), Accepted)
     over = request({"title": "T", "data": {"pad": "p" * (room + 1)}})
     assert rejected_field(over) == "message"  # the data alone would fit: it is the whole message
     alone = request({"data": {"pad": "p" * (room + 40)}}, push_type="background")
@@ -73,7 +76,7 @@ def test_voip_gets_apples_5120_bytes_but_fcm_still_counts_4096() -> None:
     # JSON-escaped quotes double in the APNs body but count once for FCM: APNs over 4096, under 5120.
     quoted = {"call": '"' * 2500}
     assert rejected_field(request({"data": quoted}, push_type="background")) == "message.data"
-    assert isinstance(validate(request({"data": quoted}, push_type="voip"), APPS), Accepted)
+    assert isinstance(validate(request({"data": quoted}, push_type="voip"), APPS, PROVIDERS), Accepted)
     assert rejected_field(request({"data": {"call": "c" * 4100}}, push_type="voip")) == "message.data"
 
 
@@ -95,3 +98,26 @@ def test_campaign_bodies_get_the_same_bounds() -> None:
     with pytest.raises(RequestError) as info:
         parse_campaign(body, APPS)
     assert info.value.field == "message.localized.fr"
+
+
+def test_each_app_meets_the_limits_of_the_providers_it_configures() -> None:
+    """Huawei carries data as one JSON string inside the JSON message: every quote is escaped twice. Such data
+    fits APNs's VoIP limit and FCM's count, but not Huawei's 4096 bytes: refused for an app with Huawei only."""
+    voip = request({"data": {"call": '"' * 2500}}, push_type="voip")
+    assert isinstance(validate(voip, APPS, {"demo": frozenset({"apns", "fcm"})}), Accepted)
+    refused = validate(voip, APPS, {"demo": frozenset({"apns", "hms"})})
+    assert isinstance(refused, Rejection) and refused.field == "message.data" and "Huawei" in refused.detail
+    # Not knowing the app's providers, every limit applies.
+    assert isinstance(validate(voip, APPS), Rejection)
+
+
+def test_a_live_activity_is_measured_as_apns_sends_it() -> None:
+    activity = {"event": "update", "content_state": {"eta": "x" * 5000}}
+    raw = request({"title": "Soon"}, push_type="liveactivity")
+    raw["message"]["live_activity"] = activity
+    assert rejected_field(raw) == "message.live_activity"
+    activity["content_state"] = {"eta": "x" * 3000}
+    raw["message"]["localized"] = {"de": {"body": "B" * 1500}}
+    assert rejected_field(raw) == "message.localized.de"
+    del raw["message"]["localized"]
+    assert isinstance(validate(raw, APPS, PROVIDERS), Accepted)
