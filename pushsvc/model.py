@@ -270,6 +270,12 @@ def parse_request(obj: Any, known_apps: frozenset[str] | None = None) -> PushReq
     options = _parse_options(root.get("options", {}))
     message = _parse_message(root.get("message"), options)
     target = _parse_target(root.get("target"))
+    activity = message.live_activity
+    if activity is not None and activity.event != "start" and not target.tokens and activity.activity_id is None:
+        # Every update token of the users would get it, each activity showing another's state.
+        raise RequestError(
+            "message.live_activity.activity_id", "required to update or end an activity of users or a segment"
+        )
     return PushRequest(id=request_id, app=app, target=target, message=message, options=options)
 
 

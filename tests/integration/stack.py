@@ -60,9 +60,11 @@ def write_config(
     dispatch: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     more_apps: Sequence[str] = (),
+    providers: dict[str, Any] | None = None,
 ) -> Path:
     """A pushsvc config on the test servers: app "demo" (plus `more_apps`, configured alike) with APNs and FCM
-    aimed at the test peers; `extra` adds or replaces top-level sections."""
+    aimed at the test peers, and `providers` (e.g. hms, webpush sections) added to it; `extra` adds or replaces
+    top-level sections."""
     config = {
         # Short group timings: the broker holds a join for half the session timeout.
         # Tansu holds a fetch for the whole wait, even when data arrives: keep it short (config.py).
@@ -85,6 +87,7 @@ def write_config(
                 },
                 "fcm": {"service_account_file": str(service_account), "endpoint": fcm_base_url,
                         "ca_file": str(ca_file)},
+                **(providers or {}),
             }
         },
         "api_keys": [
@@ -148,8 +151,10 @@ class Stack:
         mongo_uri: str | None = None,
         extra: dict[str, Any] | None = None,
         more_apps: Sequence[str] = (),
+        providers: dict[str, Any] | None = None,
     ) -> Settings:
-        """Settings for a pushsvc on the test servers; `extra` adds or replaces top-level sections."""
+        """Settings for a pushsvc on the test servers; `extra` adds or replaces top-level sections, `providers`
+        adds provider sections to app demo."""
         path = write_config(
             self.tmp_path / f"config-{len(self.services)}.yaml",
             bootstrap=self.bootstrap,
@@ -163,6 +168,7 @@ class Stack:
             dispatch=dispatch,
             extra=extra,
             more_apps=more_apps,
+            providers=providers,
         )
         return load_settings(path, {})
 
@@ -172,8 +178,9 @@ class Stack:
         mongo_uri: str | None = None,
         extra: dict[str, Any] | None = None,
         more_apps: Sequence[str] = (),
+        providers: dict[str, Any] | None = None,
     ) -> PushService:
-        service = PushService(self.settings(dispatch, mongo_uri, extra, more_apps))
+        service = PushService(self.settings(dispatch, mongo_uri, extra, more_apps, providers))
         self.services.append(service)
         await service.start()
         return service
@@ -201,7 +208,8 @@ class Stack:
         return self._http
 
     async def register(self, token: str, platform: str, app: str = "demo", **fields: Any) -> dict:
-        body = {"app": app, "token": token, "platform": platform, **fields}
+        # An empty token is left out (a web device is then named after its subscription).
+        body = {"app": app, **({"token": token} if token else {}), "platform": platform, **fields}
         async with self.http.post(self.url("/v1/devices"), json=body, headers=auth_headers()) as response:
             assert response.status in (200, 201), await response.text()
             return await response.json()
