@@ -1,8 +1,9 @@
 """`pushsvc dev`: a whole local stack for trying pushsvc by hand.
 
-Starts Tansu (Kafka protocol), nx-27017 (MongoDB protocol), the APNs and FCM simulators from
-tests/peers (TLS + HTTP/2, they log every notification they receive), writes a config with fresh test
-credentials, and runs `pushsvc serve` against it. Must be run from a checkout of the repository.
+Starts Tansu (Kafka protocol), nx-27017 (MongoDB protocol), the APNs, FCM, Huawei Push Kit and Web Push
+simulators from tests/peers (TLS; they log every notification they receive, the Web Push one decrypted),
+writes a config with fresh test credentials, and runs `pushsvc serve` against it. Must be run from a
+checkout of the repository.
 """
 
 from __future__ import annotations
@@ -85,13 +86,24 @@ def run_dev_stack(directory: str, http_port: int) -> int:
                "REQUESTS_CA_BUNDLE": str(pki.bundle_file)}
         apns = _peer("tests.peers.apns_peer", free_port(), pki.cert_file, pki.key_file, work / "apns-sim.log")
         fcm = _peer("tests.peers.fcm_peer", free_port(), pki.cert_file, pki.key_file, work / "fcm-sim.log")
-        for peer in (apns, fcm):
+        hms = _peer("tests.peers.hms_peer", free_port(), pki.cert_file, pki.key_file, work / "hms-sim.log")
+        web = _peer("tests.peers.webpush_peer", free_port(), pki.cert_file, pki.key_file, work / "webpush-sim.log")
+        # A browser's subscription at the simulator, for the walkthrough to register (written before it listens).
+        web.command += ["--write-subscription", str(work / "web-subscription.json")]
+        for peer in (apns, fcm, hms, web):
             peer.log_file.write_bytes(b"")
             peer.process = subprocess.Popen(peer.command, stdout=peer.log_file.open("ab"), stderr=subprocess.STDOUT,
                                             env=env, cwd=REPO_ROOT, start_new_session=True)
             wait_for_port(peer.port, 20, peer.process)
             processes.append(peer)
+        # The registration a web app's backend would send for alice's browser (README "Try it locally").
+        subscription = json.loads((work / "web-subscription.json").read_text())
+        (work / "web-device.json").write_text(
+            json.dumps({"app": "demo", "platform": "web", "user_id": "alice", "subscription": subscription})
+        )
         _write_apns_key(work / "apns-key.p8")
+        _write_apns_key(work / "vapid-key.pem")  # a VAPID key is the same kind of key: EC P-256, PEM
+        (work / "hms-client-secret.txt").write_text(secrets.token_urlsafe(16) + "\n")
         _write_service_account(work / "fcm-service-account.json", f"https://127.0.0.1:{fcm.port}/token")
         api_key = secrets.token_urlsafe(24)
         config = {
@@ -106,6 +118,14 @@ def run_dev_stack(directory: str, http_port: int) -> int:
                              "endpoint": f"https://127.0.0.1:{apns.port}", "ca_file": str(pki.ca_file)},
                     "fcm": {"service_account_file": str(work / "fcm-service-account.json"),
                             "endpoint": f"https://127.0.0.1:{fcm.port}", "ca_file": str(pki.ca_file)},
+                    "hms": {"app_id": "100000001", "client_id": "100000001",
+                            "client_secret_file": str(work / "hms-client-secret.txt"),
+                            "endpoint": f"https://127.0.0.1:{hms.port}",
+                            "token_url": f"https://127.0.0.1:{hms.port}/oauth2/v3/token", "ca_file": str(pki.ca_file)},
+                    # The simulator is on this machine: the one host subscriptions may name although internal.
+                    "webpush": {"vapid_private_key_file": str(work / "vapid-key.pem"),
+                                "subject": "mailto:dev@example.com", "allowed_hosts": ["127.0.0.1"],
+                                "ca_file": str(pki.ca_file)},
                 }
             },
             "api_keys": [{"name": "dev", "hash": hash_api_key(api_key),
@@ -117,7 +137,8 @@ def run_dev_stack(directory: str, http_port: int) -> int:
         service = subprocess.Popen([sys.executable, "-m", "pushsvc.cli", "serve", "--config", str(config_file)],
                                    env=env, start_new_session=True)
         wait_for_port(http_port, 60, service)
-        _print_banner(work, bootstrap, mongo.port, apns.port, fcm.port, http_port, api_key)
+        _print_banner(work, bootstrap, mongo.port, {"APNs": apns, "FCM": fcm, "HMS": hms, "Web Push": web}, http_port,
+                      api_key)
         stop = {"requested": False}
 
         def request_stop(*_: object) -> None:
@@ -136,16 +157,19 @@ def run_dev_stack(directory: str, http_port: int) -> int:
             process.stop()
 
 
-def _print_banner(work: Path, bootstrap: str, mongo_port: int, apns_port: int, fcm_port: int, http_port: int,
-                  api_key: str) -> None:
+def _print_banner(work: Path, bootstrap: str, mongo_port: int, simulators: dict[str, ServerProcess],
+                  http_port: int, api_key: str) -> None:
+    lines = "\n".join(
+        f"  {name + ' simulator':<20}https://127.0.0.1:{peer.port}   log: {peer.log_file}"
+        for name, peer in simulators.items()
+    )
     print(
         f"""
 pushsvc dev stack is up (files in {work}; Ctrl-C stops everything)
   HTTP API        http://127.0.0.1:{http_port}   (API key: {api_key}, also in {work}/api-key.txt)
   Kafka (Tansu)   {bootstrap}   topics push.requests, push.requests.dlq, push.outcomes
   MongoDB (nx)    mongodb://127.0.0.1:{mongo_port}/pushsvc
-  APNs simulator  https://127.0.0.1:{apns_port}   log: {work}/apns-sim.log
-  FCM simulator   https://127.0.0.1:{fcm_port}   log: {work}/fcm-sim.log
+{lines}
 
 Try it (see README "Try it locally"):
   KEY=$(cat {work}/api-key.txt)
@@ -156,6 +180,10 @@ Try it (see README "Try it locally"):
     -d '{{"id":"hello-1","app":"demo","target":{{"users":["alice"]}},"message":{{"title":"Hi","body":"there"}}}}' \\
     http://127.0.0.1:{http_port}/v1/notifications
   tail -f {work}/apns-sim.log
+  # alice's browser too: the Web Push simulator decrypts what it receives
+  curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+    -d @{work}/web-device.json http://127.0.0.1:{http_port}/v1/devices
+  tail -f {work}/webpush-sim.log
 """,
         flush=True,
     )
