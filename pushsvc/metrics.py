@@ -179,10 +179,15 @@ TRANSIENT_REASONS = {
         "connection_error",
     ),
     "fcm": ("UNAVAILABLE", "INTERNAL", "QUOTA_EXCEEDED", "timeout", "connection_error"),
+    # Huawei Push Kit reasons are its result codes (81000001: system error), or http_<status> without one.
+    "hms": ("81000001", "http_503", "http_429", "timeout", "connection_error", "token_refresh_failed"),
+    "webpush": ("TooManyRequests", "http_500", "http_503", "timeout", "connection_error"),
 }
 INVALID_TOKEN_REASONS = {
     "apns": ("BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"),
     "fcm": ("UNREGISTERED", "SENDER_ID_MISMATCH"),
+    "hms": ("80300007", "80100000"),
+    "webpush": ("NotFound", "Gone", "VapidKeyMismatch", "EndpointNotAllowed"),
 }
 
 
