@@ -297,12 +297,14 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["event"],
         "description": "an APNs Live Activity push (options.push_type liveactivity, iOS tokens only). title, body "
-        "and sound of the message become its alert; data, badge, category, thread_id and mutable_content are refused",
+        "and sound of the message become its alert (a start needs title or body; a sound needs one of them); data, "
+        "badge, category, thread_id and mutable_content are refused",
         "properties": {
             "event": {"type": "string", "enum": ["start", "update", "end"]},
-            "content_state": {**JSON_OBJECT, "description": "the activity's ContentState; required for start and "
-                              "update"},
-            "timestamp": {**EPOCH, "description": "when the state was current (default: the send time)"},
+            "content_state": {**JSON_OBJECT, "nullable": True, "description": "the activity's ContentState; "
+                              "required for start and update; an end without it leaves the last state shown"},
+            "timestamp": {**EPOCH, "description": "when the state was current (default: when the request was "
+                          "accepted, stored with it)"},
             "activity_id": {
                 "type": "string",
                 "minLength": 1,
