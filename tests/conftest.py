@@ -21,7 +21,9 @@ from pushsvc.store.notifications import NotificationStore
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
 from tests.peers.apns_peer import ApnsPeer
 from tests.peers.fcm_peer import FcmPeer
+from tests.peers.hms_peer import DEFAULT_CLIENT_SECRET, HmsPeer
 from tests.peers.tls import TestPki, make_test_pki
+from tests.peers.webpush_peer import VapidKey, WebPushPeer, make_vapid_key
 
 _counter = itertools.count()
 
@@ -122,6 +124,38 @@ async def stack(
     stack = Stack(tmp_path, bootstrap, mongo_uri, unique("pushsvc"), kafka, pki, apns_peer, fcm_peer, service_account)
     yield stack
     await stack.close()
+
+
+@pytest.fixture
+async def web_peer(pki: TestPki) -> AsyncIterator[WebPushPeer]:
+    """A Web Push service per test (its subscriptions and received pushes its own)."""
+    async with WebPushPeer(pki) as peer:
+        yield peer
+
+
+@pytest.fixture
+async def hms_peer(pki: TestPki) -> AsyncIterator[HmsPeer]:
+    async with HmsPeer(pki) as peer:
+        yield peer
+
+
+@pytest.fixture
+def vapid(tmp_path: Path) -> VapidKey:
+    return make_vapid_key(tmp_path / "vapid")
+
+
+@pytest.fixture
+def newer_providers(pki: TestPki, web_peer: WebPushPeer, hms_peer: HmsPeer, vapid: VapidKey, tmp_path: Path) -> dict:
+    """Huawei Push Kit and Web Push sections for app demo, aimed at this test's peers (`Stack.start(providers=)`)."""
+    secret = tmp_path / "hms-secret"
+    secret.write_text(DEFAULT_CLIENT_SECRET + "\n")
+    return {
+        "hms": {"app_id": hms_peer.app_id, "client_id": hms_peer.client_id, "client_secret_file": str(secret),
+                "endpoint": hms_peer.base_url, "token_url": hms_peer.token_url, "ca_file": str(pki.ca_file)},
+        "webpush": {"vapid_private_key_file": str(vapid.private_key_file), "subject": "mailto:ops@example.com",
+                    # The peer listens on this machine: the one host an operator lets subscriptions name.
+                    "allowed_hosts": ["127.0.0.1"], "ca_file": str(pki.ca_file)},
+    }
 
 
 @pytest.fixture

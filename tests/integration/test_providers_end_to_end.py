@@ -8,55 +8,19 @@ notification reports are checked against what the peers received.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from tests.integration.stack import APNS_TOPIC, Stack
 from tests.integration.test_delivery_semantics import api_view
-from tests.peers import tls
-from tests.peers.hms_peer import DEFAULT_CLIENT_SECRET, HmsPeer
-from tests.peers.webpush_peer import VapidKey, WebPushPeer, make_vapid_key
+from tests.peers.hms_peer import HmsPeer
+from tests.peers.webpush_peer import VapidKey, WebPushPeer
 
 LIVE_ACTIVITY_TOPIC = f"{APNS_TOPIC}.push-type.liveactivity"
 
 
 @pytest.fixture
-async def web_peer(pki: tls.TestPki) -> AsyncIterator[WebPushPeer]:
-    async with WebPushPeer(pki) as peer:
-        yield peer
-
-
-@pytest.fixture
-async def hms_peer(pki: tls.TestPki) -> AsyncIterator[HmsPeer]:
-    async with HmsPeer(pki) as peer:
-        yield peer
-
-
-@pytest.fixture
-def vapid(tmp_path: Path) -> VapidKey:
-    return make_vapid_key(tmp_path / "vapid")
-
-
-def providers(pki: tls.TestPki, web: WebPushPeer, hms: HmsPeer, vapid: VapidKey, tmp_path: Path) -> dict[str, Any]:
-    secret = tmp_path / "hms-secret"
-    secret.write_text(DEFAULT_CLIENT_SECRET + "\n")
-    return {
-        "hms": {"app_id": hms.app_id, "client_id": hms.client_id, "client_secret_file": str(secret),
-                "endpoint": hms.base_url, "token_url": hms.token_url, "ca_file": str(pki.ca_file)},
-        "webpush": {"vapid_private_key_file": str(vapid.private_key_file), "subject": "mailto:ops@example.com",
-                    # The peer listens on this machine: the one host an operator lets subscriptions name.
-                    "allowed_hosts": ["127.0.0.1"], "ca_file": str(pki.ca_file)},
-    }
-
-
-@pytest.fixture
-async def everything(
-    stack: Stack, pki: tls.TestPki, web_peer: WebPushPeer, hms_peer: HmsPeer, vapid: VapidKey, tmp_path: Path
-) -> Stack:
-    await stack.start(providers=providers(pki, web_peer, hms_peer, vapid, tmp_path))
+async def everything(stack: Stack, newer_providers: dict) -> Stack:
+    await stack.start(providers=newer_providers)
     return stack
 
 

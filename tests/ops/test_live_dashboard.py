@@ -2,8 +2,9 @@
 
 pushsvc runs in-process (the ``stack`` fixture: real Tansu, nx-27017 and TLS APNs/FCM peers); the Debian
 ``prometheus`` binary scrapes its /metrics every second as job="pushsvc". The load covers the paths the
-panels watch: deliveries on both providers, an invalid token (410), a retried send (503 once), a dead
-letter, a duplicate request, an unknown token, a notification scheduled for later and a campaign. Then each panel
+panels watch: deliveries on all four providers (APNs, FCM, Huawei Push Kit, Web Push: the same labels), an
+invalid token (410), a retried send (503 once), a dead letter, a duplicate request, an unknown token, a
+notification scheduled for later, a campaign and a dry run. Then each panel
 target of config/grafana/pushsvc.json is evaluated through Prometheus' HTTP API with the dashboard
 variables filled in as Grafana would ("All" and an explicit selection), and must return data.
 """
@@ -25,6 +26,7 @@ import pytest
 from pushsvc import metrics
 from tests.integration.stack import Stack, auth_headers
 from tests.ops.prometheus_harness import PrometheusHarness, prometheus_binary
+from tests.peers.webpush_peer import VapidKey, WebPushPeer
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config/grafana/pushsvc.json"
@@ -43,12 +45,13 @@ ANDROID_OK = "fcm:" + "p" * 60
 ANDROID_OK_2 = "fcm:" + "q" * 60
 IOS_PROMO = "d6" * 32
 ANDROID_PROMO = "fcm:" + "r" * 60
+HUAWEI_OK = "hms-" + "h" * 60
 
 # Grafana's values for the dashboard variables. "All" uses the variables' allValue (".*"); a multi-value
 # selection is rendered as a regex alternation for =~ matchers. Intervals as Grafana would pick them for
 # a 1s scrape interval and a short time range.
 ALL = {"app": ".*", "provider": ".*"}
-SELECTED = {"app": "demo", "provider": "(apns|fcm)"}
+SELECTED = {"app": "demo", "provider": "(apns|fcm|hms|webpush)"}
 INTERVALS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m"}
 
 
@@ -88,9 +91,11 @@ def request(request_id: str, target: dict, **extra: Any) -> dict:
     return {"id": request_id, "app": "demo", "target": target, "message": {"title": "Hi", "body": "there"}, **extra}
 
 
-async def test_every_dashboard_panel_returns_data(stack: Stack, tmp_path: Path) -> None:
+async def test_every_dashboard_panel_returns_data(
+    stack: Stack, tmp_path: Path, newer_providers: dict, web_peer: WebPushPeer, vapid: VapidKey
+) -> None:
     started = time.monotonic()
-    service = await stack.start()
+    service = await stack.start(providers=newer_providers)
     prom = PrometheusHarness(tmp_path / "prometheus", targets=[f"127.0.0.1:{service.port}"], job="pushsvc")
     # The harness blocks (subprocess, urllib): run it off the event loop, which serves the scrapes.
     await asyncio.to_thread(prom.start)
@@ -118,6 +123,9 @@ async def test_every_dashboard_panel_returns_data(stack: Stack, tmp_path: Path) 
         await stack.register(IOS_RETRY, "ios")
         await stack.register(ANDROID_OK, "android")
         await stack.register(ANDROID_OK_2, "android", user_id="alice")
+        await stack.register(HUAWEI_OK, "huawei", user_id="alice")
+        browser = web_peer.subscribe(application_server_key=vapid.public_key)
+        await stack.register("", "web", user_id="alice", subscription=browser.as_json())
         await stack.register(IOS_PROMO, "ios", tags=["promo"])
         await stack.register(ANDROID_PROMO, "android", tags=["promo"])
         stack.apns.script(IOS_GONE, status=410, reason="Unregistered")
@@ -130,6 +138,7 @@ async def test_every_dashboard_panel_returns_data(stack: Stack, tmp_path: Path) 
             b"{not json",
             request("live-later", {"users": ["alice"]}, options={"send_at": later}),
             tokens,  # a producer retry: absorbed as a duplicate
+            request("live-dry", {"users": ["alice"]}, options={"dry_run": True}),
         )
 
         # A campaign: pushsvc_campaign_progress_ratio{campaign} exists once one has run on this replica.
@@ -150,7 +159,8 @@ async def test_every_dashboard_panel_returns_data(stack: Stack, tmp_path: Path) 
             "invalid_token": 1,
             "unknown_token": 1,
         }
-        assert (await stack.wait_finished("live-users"))["counts"]["delivered"] == 2
+        assert (await stack.wait_finished("live-users"))["counts"]["delivered"] == 4
+        assert (await stack.wait_finished("live-dry"))["counts"]["validated"] == 4
         assert len(stack.apns.requests_for(IOS_RETRY)) == 2, "the 503 was retried once"
         assert (await stack.wait_finished("campaign:live-campaign"))["counts"]["delivered"] == 2
 
@@ -187,6 +197,10 @@ async def test_every_dashboard_panel_returns_data(stack: Stack, tmp_path: Path) 
         outcomes = by(rows, "provider", "outcome")
         assert outcomes[("apns", "delivered")] > 0
         assert outcomes[("fcm", "delivered")] > 0
+        assert outcomes[("hms", "delivered")] > 0
+        assert outcomes[("webpush", "delivered")] > 0
+        rows = await query(f"sum by (provider, outcome) (rate(pushsvc_dry_run_outcomes_total[{rate}]))")
+        assert set(by(rows, "provider", "outcome")) >= {(p, "validated") for p in ("apns", "fcm", "hms", "webpush")}
         assert outcomes[("apns", "invalid_token")] > 0
         assert outcomes[("none", "unknown_token")] > 0
         rows = await query(f"sum by (provider, reason) (rate(pushsvc_retries_total[{rate}]))")
