@@ -95,6 +95,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         "app": args.app,
         "target": target,
         "message": {"title": args.title, "body": args.body},
+        **({"options": {"dry_run": True}} if args.dry_run else {}),
     }
     try:
         parse_request(request, frozenset(settings.apps))
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--title", default="Hello from pushsvc")
     send.add_argument("--body", default="It works.")
     send.add_argument("--id", help="request id (default: a new UUID)")
+    send.add_argument("--dry-run", action="store_true", help="build and check every device's push, deliver nothing")
     send.set_defaults(func=cmd_send)
     topics = sub.add_parser("topics", help="Kafka topic tools")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)

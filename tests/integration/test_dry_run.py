@@ -113,3 +113,21 @@ async def test_a_dry_run_campaign_previews_each_platform_and_locale_then_validat
         view = await response.json()
     assert view["options"]["dry_run"] is True
     assert view["dry_run"]["by_platform"] == {"ios": {"validated": 5}, "android": {"validated": 3}}
+
+
+async def test_pushsvc_send_dry_run_publishes_a_dry_run(stack: Stack) -> None:
+    import asyncio
+
+    from pushsvc.cli import main
+
+    service = await stack.start()
+    await register_all(stack, [ios(30)], "ios", user_id="cli-user")
+    config = stack.tmp_path / "config-0.yaml"  # written by stack.start for this test's topics and database
+    assert service is not None and config.exists()
+    code = await asyncio.to_thread(
+        main, ["send", "--config", str(config), "--app", "demo", "--user", "cli-user", "--id", "cli-dry", "--dry-run"]
+    )
+    assert code == 0
+    view_doc = await stack.wait_finished("cli-dry")
+    assert view_doc["counts"]["validated"] == 1 and view_doc["counts"]["delivered"] == 0
+    assert stack.apns.requests == []
