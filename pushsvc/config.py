@@ -557,10 +557,12 @@ def _check_webpush(webpush: WebPushSettings, base: str) -> None:
     with _credential():
         check_vapid_private_key(webpush.vapid_private_key_file, f"{base}.vapid_private_key_file")
     subject = urlsplit(webpush.subject)
-    if not (
-        (subject.scheme == "mailto" and "@" in subject.path) or (subject.scheme == "https" and subject.hostname)
-    ):
+    domain = subject.path.rpartition("@")[2] if subject.scheme == "mailto" else subject.hostname or ""
+    if subject.scheme not in ("mailto", "https") or (subject.scheme == "mailto" and "@" not in subject.path):
         raise ConfigError(f"{base}.subject: expected 'mailto:you@example.com' or an https URL (RFC 8292)")
+    if "." not in domain.strip(".") or domain.lower().rstrip(".").endswith(("localhost", ".local")):
+        # Push services contact the subject's owner; Apple's answers 403 BadJwtToken for a local one.
+        raise ConfigError(f"{base}.subject: must name a public domain push services can reach, got {domain!r}")
     for i, host in enumerate(webpush.allowed_hosts):
         # A bare host: "push.example" or an address; "host:port" (one colon) and URLs are refused.
         if not host or "/" in host or host.count(":") == 1:

@@ -187,7 +187,7 @@ INVALID_TOKEN_REASONS = {
     "apns": ("BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"),
     "fcm": ("UNREGISTERED", "SENDER_ID_MISMATCH"),
     "hms": ("80300007", "80100000"),
-    "webpush": ("NotFound", "Gone", "VapidKeyMismatch", "EndpointNotAllowed"),
+    "webpush": ("NotFound", "Gone", "EndpointNotAllowed"),
 }
 
 

@@ -180,28 +180,37 @@ class PushRequest:
         Activity's start, which goes to push-to-start tokens."""
         return route_of(self.options, self.message)
 
+    @property
+    def activity_id(self) -> str | None:
+        """The activity a Live Activity update or end is for (only its update tokens receive it); None for
+        every other push, a start included."""
+        activity = self.message.live_activity
+        return activity.activity_id if activity is not None and activity.event != "start" else None
+
     def takes(self, kind: str, activity_id: str | None) -> bool:
         """Whether a device of token `kind` (registered for `activity_id`) receives this push."""
         from pushsvc.token_kinds import receives
 
         if not receives(kind, self.route):
             return False
-        activity = self.message.live_activity
-        wanted = activity.activity_id if activity is not None and activity.event != "start" else None
-        return wanted is None or wanted == activity_id
+        return self.activity_id is None or self.activity_id == activity_id
 
 
 def stamp_live_activity(request: PushRequest, raw: Mapping[str, Any], now: float) -> tuple[PushRequest, dict]:
-    """The request (and its JSON) with a Live Activity's missing `timestamp` set to `now`, its acceptance.
+    """The request (and its JSON) with a Live Activity's missing `timestamp` set to when it is meant to show:
+    its acceptance (`now`), or its `send_at` if later.
 
     Apple orders a Live Activity's updates by aps.timestamp and drops one older than what the device shows.
     Stamped once when the request is accepted and stored with it, every attempt and every replica sends the
-    same time: a retry of an older update can never overtake a newer one by being stamped later.
+    same time: a retry of an older update can never overtake a newer one by being stamped later, and a
+    scheduled update is not older than one sent before its time. A local-time one (a moment per zone) is
+    left unstamped: the adapter stamps each send.
     """
     activity = request.message.live_activity
-    if activity is None or activity.timestamp is not None:
+    if activity is None or activity.timestamp is not None or request.options.local_time:
         return request, dict(raw)
-    stamp = int(now)
+    send_at = request.options.send_at
+    stamp = int(max(now, send_at.timestamp())) if send_at is not None else int(now)
     message = dict(raw["message"])
     message["live_activity"] = {**message["live_activity"], "timestamp": stamp}
     stamped_activity = dataclasses.replace(activity, timestamp=stamp)
@@ -377,7 +386,7 @@ def _check_live_activity_alert(msg: Mapping[str, Any], message: Message) -> None
     """A Live Activity push's alert is title, body and sound (ActivityKit's AlertConfiguration); the other
     message fields belong to regular alerts."""
     for name in ("data", "badge", "category", "thread_id", "mutable_content"):
-        if msg.get(name) not in (None, {}, False):
+        if name in msg:  # strict, as everywhere: a field the push cannot carry is refused, never dropped
             raise RequestError(f"message.{name}", "not part of a Live Activity push (use live_activity)")
     # Every device's text falls back to these two, so with one of them every locale has an alert.
     has_text = bool(message.title or message.body)

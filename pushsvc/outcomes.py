@@ -12,7 +12,13 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pushsvc.logging import get_logger
-from pushsvc.store.notifications import NotificationStore, request_id_of, split_counts
+from pushsvc.store.notifications import (
+    PLATFORM_SEPARATOR,
+    NotificationStore,
+    full_counts,
+    request_id_of,
+    split_counts,
+)
 
 log = get_logger(__name__)
 
@@ -29,15 +35,20 @@ class OutcomeEvent:
     counts: Mapping[str, int]
     error: str | None
     finished_at: float  # as stored on the notification (the database's clock): the same on every resend
+    dry_run: bool = False
 
     @classmethod
     def of(
         cls, doc: Mapping[str, Any], state: str, counts: Mapping[str, int], error: str | None, finished_at: float
     ) -> OutcomeEvent:
-        return cls(doc["_id"], request_id_of(doc), doc["app"], state, counts, error, finished_at)
+        # A dry run is marked on its document; its per-platform counts say so too (a document read without
+        # the mark, e.g. by an older projection).
+        dry_run = bool(doc.get("dry_run")) or any(PLATFORM_SEPARATOR in key for key in counts)
+        return cls(doc["_id"], request_id_of(doc), doc["app"], state, counts, error, finished_at, dry_run)
 
     def encode(self) -> bytes:
-        counts, by_platform = split_counts(self.counts)
+        # Every counter, also for a notification recorded before one was added (the contract requires them).
+        counts, by_platform = split_counts(full_counts(self.counts))
         event: dict[str, Any] = {
             "id": self.request_id,
             "app": self.app,
@@ -46,7 +57,7 @@ class OutcomeEvent:
             "error": self.error,
             "finished_at": self.finished_at,
         }
-        if by_platform:  # a dry run
+        if self.dry_run:
             event["dry_run"] = {"by_platform": by_platform}
         return orjson.dumps(event)
 

@@ -36,7 +36,11 @@ MAX_HOST_LENGTH = 253
 # IPv6 ranges that carry an IPv4 address in their last 32 bits and reach it: NAT64's well-known prefix
 # (RFC 6052) and the deprecated IPv4-compatible addresses (RFC 4291). Mapped (::ffff:0:0/96) and 6to4
 # (2002::/16) addresses are read by ipaddress itself (ipv4_mapped, sixtofour).
-_IPV4_EMBEDDING = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+_IPV4_EMBEDDING = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765, SIIT)
+)
 # Ranges that are not globally reachable (IANA special-purpose registries) but that ipaddress.is_global
 # calls global in some Python versions: its tables changed in patch releases (3.11.7 has 192.0.0.8 global).
 # Listed so that the rule does not depend on the interpreter's patch level.
@@ -132,8 +136,11 @@ def address_refused(address: str, host: str, allowed_hosts: Collection[str] = ()
 
 def _allowed(host: str, allowed_hosts: Collection[str]) -> bool:
     """Host names compare without case and without a trailing dot (an FQDN's), as DNS does."""
-    host = host.rstrip(".").lower()
-    return any(host == allowed.rstrip(".").lower() for allowed in allowed_hosts)
+    def plain(name: str) -> str:
+        return name.strip("[]").rstrip(".").lower()  # "[::1]" and "::1" are one host, as are FQDN spellings
+
+    host = plain(host)
+    return any(host == plain(allowed) for allowed in allowed_hosts)
 
 
 def _name_problem(host: str) -> str | None:

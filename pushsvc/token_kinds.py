@@ -5,7 +5,7 @@ background pushes, on the app's topic) and a PushKit one (VoIP, on ``<topic>.voi
 the other's topic (``DeviceTokenNotForTopic``). An FCM registration token takes every push type: FCM has no
 separate VoIP route and sends VoIP as a high-priority data message; neither has Huawei Push Kit (hms), whose
 tokens take VoIP the same way. A Live Activity has its own tokens: a per-activity update token (updates and
-the end) and a push-to-start token (starts one). A Web Push subscription (webpush) takes alerts and data.
+the end) and a push-to-start token (starts one). A Web Push subscription (webpush) takes alerts only.
 A provider is one more row here plus its adapter in providers/, not another branch in the code that reads it.
 
 Tokens are chosen by *route*: the push type, except that a Live Activity's start goes to push-to-start tokens
@@ -56,9 +56,8 @@ KINDS: dict[str, TokenKind] = {
             frozenset({"alert", "background", "voip"}),
             default_for=frozenset({"huawei"}),
         ),
-        TokenKind(
-            "webpush", "webpush", frozenset({"web"}), frozenset({"alert", "background"}), default_for=frozenset({"web"})
-        ),
+        # Alerts only: browsers subscribe with userVisibleOnly, so a "silent" push would still show a notification.
+        TokenKind("webpush", "webpush", frozenset({"web"}), frozenset({"alert"}), default_for=frozenset({"web"})),
     )
 }
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)

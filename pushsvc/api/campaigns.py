@@ -169,11 +169,16 @@ async def create_campaign(request: web.Request) -> web.Response:
     parsed = parse_request(raw)
     existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if existing is not None:
-        return web.json_response(_created_view(request, existing, parsed), status=200)
+        # The campaign as it was created (ids are idempotency keys), not the body sent again.
+        stored_request = parse_request(orjson.loads(existing["request"]))
+        return web.json_response(_created_view(request, existing, stored_request), status=200)
     now = request.app[CLOCK]()
     parsed, raw = stamp_live_activity(parsed, raw, now)
     estimate = await request.app[DEVICES].count(
-        audience_filter(parsed.app, parsed.target, parsed.message.category, None, parsed.route)
+        # Exact (named kinds, the activity): a count is one query, and marketers read it as the audience.
+        audience_filter(
+            parsed.app, parsed.target, parsed.message.category, None, parsed.route, activity_id=parsed.activity_id
+        )
     )
     doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
     # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.

@@ -139,7 +139,8 @@ BASE_OPTIONS = {
     "push_type": {
         "type": "string",
         "enum": list(PUSH_TYPES),
-        "description": "alert and background: apns, fcm, hms and webpush tokens; voip: apns_voip, fcm and hms tokens; "
+        "description": "alert: apns, fcm, hms and webpush tokens; background: apns, fcm and hms; voip: apns_voip, fcm "
+        "and hms tokens; "
         "liveactivity (with message.live_activity): an update or end to apns_liveactivity tokens (of "
         "live_activity.activity_id when the target is users or a segment), a start to apns_pushtostart tokens",
     },

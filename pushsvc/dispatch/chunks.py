@@ -210,7 +210,8 @@ class ChunkWorker:
         if wave is not None:
             timezones = [*wave, None] if DEFAULT_TIMEZONE in wave else list(wave)
         found = await self._devices.find_audience(
-            request.app, request.target, request.message.category, timezones, cursor, size, push_type, upto
+            request.app, request.target, request.message.category, timezones, cursor, size, push_type, upto,
+            request.activity_id,
         )
         return _audience_chunk(request, found, cursor, size)
 
@@ -229,8 +230,10 @@ class ChunkWorker:
         finished = [key for key in keys if key in skip]  # answered before the chunk was last stopped
         newly: list[str] = [t for t in chunk.unknown_tokens if t not in skip]
         counts["unknown_token"] = len(newly)
+        dry_run = request.options.dry_run
         if newly:
-            metrics.DELIVERIES.labels(request.app, "none", "unknown_token").inc(len(newly))
+            outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
+            outcomes.labels(request.app, "none", "unknown_token").inc(len(newly))
         expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
         deliveries: list[tuple[str, Delivery]] = []
         category = request.message.category
@@ -240,6 +243,8 @@ class ChunkWorker:
                 continue
             if category and category in (doc.get("opt_out") or ()):
                 counts["opted_out"] += 1
+                if dry_run:
+                    counts[platform_key("opted_out", str(doc.get("platform")))] += 1
                 newly.append(key)
                 continue
             deliveries.append((key, Delivery(request.id, to_device(doc), request.message, request.options, expires_at)))
@@ -257,7 +262,7 @@ class ChunkWorker:
         counts.update(await self._settle(request, results, misconfig_tripped))
         # A device counts as targeted once it has a final outcome: a stopped chunk counts the rest on resume.
         counts["targeted"] = len(newly)
-        if newly:
+        if newly and not dry_run:
             metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
         return ChunkOutcome(counts, finished + newly, complete)
 

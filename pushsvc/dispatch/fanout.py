@@ -27,7 +27,7 @@ from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
-from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, audience_filter, resume_point
+from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, resume_point
 from pushsvc.store.notifications import (
     PAUSED,
     STALLED_RUNS,
@@ -221,10 +221,9 @@ class NotificationRunner:
             parts = min(parts, int(rate // RANGE_MIN_RATE))
         return parts
 
-    @staticmethod
-    def _audience(request: PushRequest) -> dict:
+    def _audience(self, request: PushRequest) -> dict:
         """The whole audience of a users or segment request, every timezone: what ranges are cut from."""
-        return audience_filter(request.app, request.target, request.message.category, None, request.route)
+        return self._devices.audience_query(request)
 
     async def _split(self, run: _Run, parts: int) -> float | None:
         """Cut the audience into ranges for every replica to take (store/ranges.py); the parent then waits

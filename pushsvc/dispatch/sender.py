@@ -138,6 +138,9 @@ class DeliverySender:
         self, slot: _ProviderSlot, delivery: Delivery, due_at: float, may_send: Callable[[], bool] | None
     ) -> FinalResult:
         app, name = delivery.device.app, slot.provider.name
+        # A dry run changes nothing shared: its answers neither pause the provider nor feed the guard or the
+        # error and retry counters that alerts read (its own outcomes are counted by chunks.settle).
+        live = not delivery.options.dry_run
         attempt = 0
         while True:
             attempt += 1
@@ -148,14 +151,15 @@ class DeliverySender:
                 slot.end_to_end.observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
             reason = result.reason or "unknown"
-            metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
+            if live:
+                metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
             if result.outcome is Outcome.INVALID_TOKEN:
                 as_of = sent_at if result.invalid_since is None else min(sent_at, result.invalid_since)
                 misconfiguration = reason in slot.provider.misconfiguration_reasons
                 return FinalResult(delivery, "invalid_token", reason, attempt, as_of, misconfiguration)
             if result.outcome is Outcome.REJECTED:
                 return FinalResult(delivery, "rejected", reason, attempt)
-            if result.outcome is Outcome.AUTH_ERROR:
+            if result.outcome is Outcome.AUTH_ERROR and live:
                 self._pause(slot, reason)
             if attempt >= self._settings.max_attempts:
                 final = "auth_error" if result.outcome is Outcome.AUTH_ERROR else "failed"
@@ -175,7 +179,8 @@ class DeliverySender:
                 log.info("delivery_expired", notification_id=delivery.notification_id,
                          token=mask_token(delivery.device.token), provider=name, last_reason=reason)
                 return FinalResult(delivery, "failed", "expired", attempt)
-            metrics.RETRIES.labels(app, name, reason).inc()
+            if live:
+                metrics.RETRIES.labels(app, name, reason).inc()
             if delay:
                 # An auth error needs no backoff: the next attempt waits for the end of the pause.
                 await self._sleep(delay)
@@ -236,8 +241,8 @@ class DeliverySender:
         if latency is None:
             latency = slot.latency[result.outcome] = metrics.PROVIDER_LATENCY.labels(name, str(result.outcome))
         latency.observe(time.perf_counter() - started)
-        if result.status is not None:  # the provider answered (not a timeout, nor a request refused locally)
-            self._watch(slot, result)
+        if result.status is not None and not delivery.options.dry_run:  # the provider answered (not a timeout,
+            self._watch(slot, result)  # nor a request refused locally); a dry run's answers judge nothing
         return result, sent_at
 
     def _watch(self, slot: _ProviderSlot, result: SendResult) -> None:

@@ -4,7 +4,7 @@ APNs refuses a body over 4096 bytes (5120 for VoIP) with 413 PayloadTooLarge, FC
 counted bytes with a 400, Huawei Push Kit a message over 4096 bytes (its token left out) with 80300008, a push
 service an encrypted Web Push record over 4096 bytes with 413: either way each targeted device would fail, one
 provider round trip each. The sizes come from the adapters' own code (apns.build_payload,
-fcm.counted_payload_bytes, hms.build_message, webpush.encode_payload), so intake and adapters cannot disagree.
+fcm.counted_payload_bytes, hms.build_message, webpush.payload_json), so intake and adapters cannot disagree.
 This lives in ingest, not in pushsvc/model.py: the contract model does not depend on provider modules.
 
 Only the providers whose tokens take the request's route are measured (a Live Activity is APNs only, a VoIP
@@ -62,7 +62,7 @@ def _hms_size(request: PushRequest, message: Message, locale: str | None) -> int
 
 def _webpush_size(request: PushRequest, message: Message, locale: str | None) -> int:
     delivery = Delivery(request.id, _device(request, "web", locale), message, request.options)
-    return len(webpush.encode_payload(webpush.build_payload(delivery)))
+    return len(webpush.payload_json(webpush.build_payload(delivery)))
 
 
 LIMITS: dict[str, _Limit] = {

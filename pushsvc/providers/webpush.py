@@ -6,7 +6,7 @@ The payload
 
         {
           "notification_id": "n-42",          always: the pushsvc notification id
-          "type": "alert",                    always: "alert" or "background" (options.push_type)
+          "type": "alert",                    always: "alert" (options.push_type)
           "title": "Hi", "body": "there",     alerts only, each when set: the device locale's text
           "badge": 3, "sound": "default",     alerts only, each when set
           "tag": "orders-7",                  when options.collapse_key is set: for showNotification({tag}),
@@ -15,7 +15,7 @@ The payload
         }
 
     A service worker must show a notification for every push it receives (browsers subscribe with
-    ``userVisibleOnly: true``): for a "background" push it decides itself what to show.
+    ``userVisibleOnly: true``), so background pushes are not sent to web subscriptions (token_kinds).
 
     The document is encrypted for each subscription into one aes128gcm record, which must fit the 4096 bytes
     every push service accepts (RFC 8291 section 4): 86 bytes of header (salt, record size, our ephemeral
@@ -26,10 +26,9 @@ The request headers
     * TTL: seconds the push service may keep the message for an offline browser: what is left until
       ``delivery.expires_at`` (0 for ttl_seconds 0: deliver now or never), else DEFAULT_TTL_SECONDS. RFC 8030
       requires the header on every request.
-    * Urgency (RFC 8030 section 5.3): "high" for priority high, "normal" otherwise, background pushes
-      included: the contract forces them to priority normal (the APNs rule) and "normal" keeps that
-      meaning here; "low" or "very-low" would let the browser hold the push until the device is on power
-      or Wi-Fi, a delay the API never offered and the caller cannot ask for.
+    * Urgency (RFC 8030 section 5.3): "high" for priority high, "normal" otherwise; "low" or "very-low"
+      would let the browser hold the push until the device is on power or Wi-Fi, a delay the API never
+      offered and the caller cannot ask for.
     * Topic (RFC 8030 section 5.4) from options.collapse_key: at most 32 characters of the base64url
       alphabet. A collapse key that is one already is sent as it is; any other is sent as the first 32
       characters of the base64url SHA-256 of the key (192 bits: no two keys in practice share one, and every
@@ -58,9 +57,10 @@ Where pushsvc may connect (SSRF)
     (subscriptions.address_refused): the check applies to exactly the addresses connected to, so a name
     that changes its answer later (DNS rebinding) gains nothing. An address literal never reaches a
     resolver, so it is checked, as aiohttp reads it, before the request. Hosts in ``allowed_hosts`` are
-    exempt. A refused endpoint is INVALID_TOKEN ("EndpointNotAllowed"): its host will not stop resolving
-    internally on its own, and deactivating the device stops pushsvc knocking on an internal address for
-    every push; the browser re-registers with a real push service if it was a mistake.
+    exempt. An endpoint whose URL itself names an internal address is INVALID_TOKEN ("EndpointNotAllowed",
+    the device deactivated: no real push service is reached so); one whose name resolves inside is REJECTED
+    ("EndpointResolvesInside", the device kept: what a name resolves to is the network's doing, and may be
+    true of a whole push service's subscriptions at once, which must not all be deactivated for good).
 
 Logging: an endpoint's path names the subscription (whoever has it can push to the browser), so logs carry
 the origin and the masked device token, never the endpoint.
@@ -115,7 +115,9 @@ MAX_PAYLOAD_BYTES = MAX_RECORD_BYTES - _HEADER_BYTES - _RECORD_OVERHEAD
 DEFAULT_TTL_SECONDS = MAX_TTL_SECONDS
 TOPIC_LENGTH = 32
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-PUSH_TYPES = ("alert", "background")  # what token_kinds routes to webpush
+# What token_kinds routes to webpush: alerts only. Browsers subscribe with userVisibleOnly (Chrome requires
+# it), so a push the service worker shows nothing for still shows a generic notification: no silent pushes.
+PUSH_TYPES = ("alert",)
 
 
 def build_payload(delivery: Delivery) -> dict[str, Any]:
@@ -136,10 +138,15 @@ def build_payload(delivery: Delivery) -> dict[str, Any]:
     return payload
 
 
+def payload_json(payload: Mapping[str, Any]) -> bytes:
+    """The plaintext that is encrypted, whatever its size (intake measures it: ingest/payload_limits.py)."""
+    return orjson.dumps(payload)
+
+
 def encode_payload(payload: Mapping[str, Any]) -> bytes:
     """The plaintext that is encrypted; raises PayloadRejected when its record would not fit 4096 bytes."""
     try:
-        plaintext = orjson.dumps(payload)
+        plaintext = payload_json(payload)
     except TypeError as exc:  # an integer orjson cannot hold (intake refuses these; a Python caller may not)
         raise PayloadRejected("InvalidPayload", str(exc)) from exc
     if len(plaintext) > MAX_PAYLOAD_BYTES:
@@ -204,11 +211,12 @@ def encrypt(plaintext: bytes, subscription: WebSubscription) -> bytes:
 ANSWERS: dict[int, tuple[Outcome, str]] = {
     400: (Outcome.REJECTED, "BadRequest"),  # a header or the body refused: resending cannot help
     401: (Outcome.AUTH_ERROR, "Unauthorized"),  # VAPID token missing, malformed, expired or badly signed
-    # The VAPID key is not the one this subscription was made with (RFC 8292 section 4.2): after a key rotation
-    # that is true of each subscription made before it, so the subscription is dead for this key, not our
-    # credential; a wrong key in the config gives it for every subscription, which the misconfiguration guard
-    # sees (misconfiguration_reasons) and turns into a pause instead of mass deactivation.
-    403: (Outcome.INVALID_TOKEN, "VapidKeyMismatch"),
+    # The push service refuses our VAPID credential for this subscription (RFC 8292 section 4.2: a key other
+    # than the one it was made with; Apple's service also answers 403 BadJwtToken for a subject it refuses).
+    # An auth error: the device is kept (a 403 says nothing sure about the subscription) and the provider
+    # pauses. After a VAPID key rotation every subscription made before it answers so: the web app must
+    # subscribe again with the new applicationServerKey (README, runbook).
+    403: (Outcome.AUTH_ERROR, "Forbidden"),
     404: (Outcome.INVALID_TOKEN, "NotFound"),  # no such subscription (unknown or expired)
     410: (Outcome.INVALID_TOKEN, "Gone"),  # the subscription expired or the user unsubscribed
     413: (Outcome.REJECTED, "PayloadTooLarge"),
@@ -332,7 +340,6 @@ class WebPushProvider(Provider):
     """Web Push for one pushsvc app: its VAPID key, and one connection pool per push service origin."""
 
     name = "webpush"
-    misconfiguration_reasons = frozenset({"VapidKeyMismatch"})
 
     def __init__(
         self,
@@ -390,6 +397,15 @@ class WebPushProvider(Provider):
         payload = build_payload(delivery)
         encode_payload(payload)  # the size check
         return Rendered(request_headers(delivery, self._clock()), payload)
+
+    async def validate(self, delivery: Delivery) -> SendResult:
+        """A dry run: everything short of the POST (the subscription, where it points, the payload encrypted
+        for its keys, the VAPID token for its origin), so a device a send would refuse is not `validated`."""
+        try:
+            push = self._prepare(delivery)
+        except PayloadRejected as exc:
+            return SendResult(Outcome.REJECTED, exc.reason)
+        return push if isinstance(push, SendResult) else SendResult(Outcome.DELIVERED)
 
     async def send(self, delivery: Delivery) -> SendResult:
         device = mask_token(delivery.device.token)
@@ -459,7 +475,12 @@ class WebPushProvider(Provider):
                 return classify(response.status, response.headers, response.headers.get("Location"))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, EndpointRefused):
-                return SendResult(Outcome.INVALID_TOKEN, "EndpointNotAllowed")
+                # The name resolved inside: refused, but the device is kept (REJECTED). What a name resolves
+                # to is the network's doing (split-horizon DNS, a filtering resolver's block page, DNS64 with a
+                # local prefix), and may be every subscription of a push service at once: deactivating them all
+                # for good would be the wrong answer to a DNS problem. Counted and logged per reason.
+                log.warning("webpush_endpoint_resolves_inside", app=self.app_id, origin=push.origin)
+                return SendResult(Outcome.REJECTED, "EndpointResolvesInside")
             if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
                 return SendResult(Outcome.RETRYABLE, "tls_error")
             return SendResult(Outcome.RETRYABLE, "connection_error")

@@ -125,11 +125,13 @@ def subscription_fields(subscription: WebSubscription | None) -> dict[str, Any] 
     return {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
 
 
-def kind_filter(route: str) -> dict[str, Any]:
-    """The clause leaving out most devices whose token kind does not take this route; `takes` has the last word.
+def kind_filter(route: str, exact: bool = True) -> dict[str, Any]:
+    """The clause keeping the devices whose token kind takes this route; `takes` has the last word.
 
-    The natural spelling names the kinds that take it: `{"kind": {"$in": [...kinds, null]}}`. It is spelled by
-    excluding one kind with `$ne` instead only for nx-27017: there `$in` and `$nin` made the queries it answers by
+    Exact, it names the kinds that take it: `{"kind": {"$in": [...kinds, null]}}` (null: a document without
+    `kind`, judged by `takes` on its platform's default). Not exact (`exact=False`: reads on nx-27017 only,
+    chosen by the store from `Database.scans_for_in`), it leaves out one kind with `$ne` instead: there `$in`
+    and `$nin` made the queries it answers by
     scanning 20-30% slower (100k devices, benchmarks/kind_filter_cost.py: 100 users 174 -> 210 ms, a segment
     179 -> 228 ms), while `$ne` costs nothing (164-180, 161-165 ms). The kind left out is the most numerous
     one that does not take the route (EXCLUSION_ORDER: an alert leaves out VoIP tokens, a VoIP push regular
@@ -142,6 +144,8 @@ def kind_filter(route: str) -> dict[str, Any]:
       platform's default kind does (an old iOS device is a regular APNs token: alerts, not VoIP);
     - a kind this version does not know (written by a newer one): not sent.
     """
+    if exact:
+        return {"kind": {"$in": [*(name for name in KIND_NAMES if receives(name, route)), None]}}
     excluded = [name for name in EXCLUSION_ORDER if not receives(name, route)]
     return {"kind": {"$ne": excluded[0]}} if excluded else {}
 
@@ -205,8 +209,12 @@ def audience_filter(
     category: str | None,
     timezones: Sequence[str | None] | None,
     route: str,
+    *,
+    exact: bool = True,
+    activity_id: str | None = None,
 ) -> dict:
-    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly).
+    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly);
+    `exact` and `activity_id` as for `_active_devices_filter`.
 
     One flat document (the same meaning as an ``$and`` of the clauses): nx-27017 translates it to one SQL
     query on its indexes, while the ``$and`` form is evaluated document by document (~70x slower there).
@@ -214,7 +222,7 @@ def audience_filter(
     a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
     an array-containment OR that forces a scan of the whole collection.
     """
-    query = _active_devices_filter(app, category, timezones, route)
+    query = _active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
     if target.users:
         users = list(target.users)
         query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
@@ -230,11 +238,20 @@ def audience_filter(
 
 
 def _active_devices_filter(
-    app: str, category: str | None, timezones: Sequence[str | None] | None, route: str
+    app: str,
+    category: str | None,
+    timezones: Sequence[str | None] | None,
+    route: str,
+    *,
+    exact: bool = True,
+    activity_id: str | None = None,
 ) -> dict:
-    """The clauses every audience shares: the app's active devices whose token kind takes the push type,
-    minus opt-outs, within the wave's zones."""
-    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route)}
+    """The clauses every audience shares: the app's active devices whose token kind takes the route (see
+    kind_filter for `exact`), of the Live Activity `activity_id` when one is named, minus opt-outs, within the
+    wave's zones."""
+    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route, exact)}
+    if activity_id is not None:
+        query["activity_id"] = {"$eq": activity_id}
     if category:
         query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
@@ -369,7 +386,7 @@ class DeviceStore:
     async def find_many(self, app: str, route: str, field: str, values: Sequence[str]) -> list[dict]:
         """The active devices of `app` whose kind takes the push type and whose `field` (token, user_id) is one
         of `values`, in _id order: the devices of many small requests read at once (dispatch/chunks.py)."""
-        query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route)}
+        query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route, self.exact_kinds)}
         return await self._find_values(query, field, values)
 
     async def find_audience(
@@ -382,13 +399,15 @@ class DeviceStore:
         limit: int,
         route: str,
         upto: str | None = None,
+        activity_id: str | None = None,
     ) -> list[dict]:
         """Next `limit` devices of a users/segment audience after the cursor, up to token `upto` if given (the
         end of a range: store/ranges.py), see find_chunk."""
+        exact = self.exact_kinds
         if target.users and len(target.users) <= SMALL_LOOKUP:
             # Never split into ranges (a few users' devices are one chunk): `upto` is always None here.
             # A few users: their devices read whole (a user has a handful), paged here in the same order.
-            base = _active_devices_filter(app, category, timezones, route)
+            base = _active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
             docs = await self._find_values(base, "user_id", target.users)
             if isinstance(after, str):  # a cursor saved before token order: _id order
                 return [d for d in docs if d["_id"] > ObjectId(after)][:limit]
@@ -396,8 +415,21 @@ class DeviceStore:
             if after is not None:
                 docs = [d for d in docs if d["token"] > after["token"]]
             return docs[:limit]
-        query = audience_filter(app, target, category, timezones, route)
+        query = audience_filter(app, target, category, timezones, route, exact=exact, activity_id=activity_id)
         return await self.find_chunk(query, after, limit, upto)
+
+    @property
+    def exact_kinds(self) -> bool:
+        """Whether reads name the token kinds a route takes exactly (`$in`), or, on nx-27017 only, leave out
+        the most numerous other kind (`$ne`) and let `takes` drop the rest: see kind_filter."""
+        return not self._database.scans_for_in
+
+    def audience_query(self, request: PushRequest) -> dict:
+        """The whole audience of a users or segment request, every timezone, as this store reads it."""
+        return audience_filter(
+            request.app, request.target, request.message.category, None, request.route,
+            exact=self.exact_kinds, activity_id=request.activity_id,
+        )
 
     async def find_chunk(self, query: dict, after: AudienceCursor, limit: int, upto: str | None = None) -> list[dict]:
         """The `limit` devices matching `query` after the cursor, in one server reply; shorter only at the end.

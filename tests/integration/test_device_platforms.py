@@ -62,6 +62,7 @@ async def test_a_web_device_is_named_by_its_subscription(stack: Stack) -> None:
         "https://169.254.169.254/latest/meta-data",
         "https://[::1]/push",
         "https://[::ffff:127.0.0.1]/push",
+        "https://[::ffff:0:7f00:1]/push",  # IPv4-translated 127.0.0.1
         "https://[fd00::1]/push",
         "https://0.0.0.0/push",
         "https://2130706433/push",  # 127.0.0.1 as one integer

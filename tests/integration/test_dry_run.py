@@ -131,3 +131,22 @@ async def test_pushsvc_send_dry_run_publishes_a_dry_run(stack: Stack) -> None:
     view_doc = await stack.wait_finished("cli-dry")
     assert view_doc["counts"]["validated"] == 1 and view_doc["counts"]["delivered"] == 0
     assert stack.apns.requests == []
+
+
+async def test_a_dry_runs_auth_error_pauses_nothing_and_pages_no_one(stack: Stack) -> None:
+    """A dry run changes nothing shared: an auth error FCM gives its check neither pauses the app's FCM for live
+    pushes nor shows in the metrics the alerts read."""
+    await stack.start()
+    await register_all(stack, [android(40)], "android", user_id="fay")
+    await register_all(stack, [android(41)], "android", user_id="gus")
+    stack.fcm.script(android(40), error_code="THIRD_PARTY_AUTH_ERROR")
+    paused = ("pushsvc_provider_paused", {"app": "demo", "provider": "fcm"})
+
+    await stack.publish(alert("dry-auth", {"users": ["fay"]}, options={"dry_run": True}))
+    doc = await stack.wait_finished("dry-auth")
+    assert doc["counts"]["auth_error"] == 1 and doc["counts"]["auth_error:android"] == 1
+    assert await metric(stack, paused[0], **paused[1]) == 0
+
+    await stack.publish(alert("live-after", {"users": ["gus"]}))
+    live = await stack.wait_finished("live-after", timeout=5)  # no pause to wait out (auth_pause_seconds)
+    assert live["counts"]["delivered"] == 1

@@ -151,3 +151,31 @@ async def test_a_dry_run_builds_for_every_platform_and_calls_no_one_but_fcms_che
     }
     assert stack.apns.requests == [] and hms_peer.requests == [] and web_peer.pushes == []
     assert [r.validate_only for r in stack.fcm.requests] == [True]
+
+
+async def test_a_campaigns_audience_counts_only_the_devices_its_push_reaches(everything: Stack) -> None:
+    """The count a marketer reads (and ranges are sized by) names the token kinds exactly: an alert does not
+    count VoIP or Live Activity tokens, a Live Activity update counts only its activity's update tokens."""
+    from tests.integration.stack import auth_headers
+
+    stack = everything
+    for n, fields in enumerate([
+        {}, {"kind": "apns_voip"}, {"kind": "apns_liveactivity", "activity_id": "a-1"},
+        {"kind": "apns_liveactivity", "activity_id": "a-2"}, {"kind": "apns_pushtostart"},
+    ]):
+        await stack.register(ios(40 + n), "ios", tags=["vip"], **fields)
+    await stack.register("fcm:" + "v" * 60, "android", tags=["vip"])
+
+    async def audience(campaign_id: str, message: dict, options: dict) -> int:
+        body = {"id": campaign_id, "name": campaign_id, "app": "demo", "audience": {"segment": {"tags_any": ["vip"]}},
+                "message": message, "options": {"dry_run": True, **options}}
+        async with stack.http.post(stack.url("/v1/campaigns"), json=body, headers=auth_headers()) as response:
+            assert response.status == 201, await response.text()
+            return (await response.json())["preview"]["audience"]
+
+    assert await audience("alert", {"title": "Hi"}, {}) == 2  # the regular APNs token and the FCM one
+    update = {"live_activity": {"event": "update", "content_state": {"s": 1}, "activity_id": "a-2"}}
+    assert await audience("la-update", update, {"push_type": "liveactivity"}) == 1
+    start = {"title": "Go", "live_activity": {"event": "start", "content_state": {"s": 1}, "attributes_type": "T",
+                                              "attributes": {}}}
+    assert await audience("la-start", start, {"push_type": "liveactivity"}) == 1

@@ -256,16 +256,17 @@ async def test_render_is_what_is_sent_without_credentials(
     assert subscription.auth not in str(rendered) and subscription.p256dh not in str(rendered)
 
 
-async def test_background_push_carries_data_only(provider: WebPushProvider, peer: WebPushPeer) -> None:
+async def test_a_background_push_is_never_sent_to_a_browser(provider: WebPushProvider, peer: WebPushPeer) -> None:
+    """Browsers subscribe with userVisibleOnly: a push the service worker shows nothing for still shows a
+    notification. Targeting never sends one (token_kinds); the adapter refuses one handed to it anyway."""
     subscription = peer.subscribe()
     options = Options(push_type="background", priority="normal")
     delivery = web_delivery(subscription, message=Message(data={"sync": "inbox"}), options=options)
 
-    assert (await provider.send(delivery)).outcome is Outcome.DELIVERED
+    result = await provider.send(delivery)
 
-    [push] = peer.pushes_for(subscription)
-    assert push.payload == {"notification_id": "n-1", "type": "background", "data": {"sync": "inbox"}}
-    assert push.headers["urgency"] == "normal"
+    assert (result.outcome, result.reason) == (Outcome.REJECTED, "UnsupportedPushType")
+    assert peer.pushes_for(subscription) == []
 
 
 async def test_largest_payload_fits_one_4096_byte_record_and_one_more_byte_is_refused(
@@ -362,7 +363,7 @@ async def test_vapid_token_is_accepted_and_names_origin_subject_and_key(
     assert before + VAPID_LIFETIME_SECONDS <= claims["exp"] <= int(time.time()) + VAPID_LIFETIME_SECONDS
 
 
-async def test_subscription_restricted_to_our_key_accepts_and_to_another_key_is_dead_for_us(
+async def test_subscription_restricted_to_our_key_accepts_and_to_another_key_is_an_auth_error(
     provider: WebPushProvider, peer: WebPushPeer, webpush_vapid_key: VapidKey, tmp_path: Any
 ) -> None:
     ours = peer.subscribe(application_server_key=webpush_vapid_key.public_key)
@@ -371,10 +372,9 @@ async def test_subscription_restricted_to_our_key_accepts_and_to_another_key_is_
     assert (await provider.send(web_delivery(ours))).outcome is Outcome.DELIVERED
     result = await provider.send(web_delivery(theirs))
 
-    # Dead for our key (made before a key rotation, or for another server); a wrong key in the config answers
-    # this for every subscription, which the misconfiguration guard turns into a pause.
-    assert (result.outcome, result.reason, result.status) == (Outcome.INVALID_TOKEN, "VapidKeyMismatch", 403)
-    assert "VapidKeyMismatch" in WebPushProvider.misconfiguration_reasons
+    # RFC 8292: 403 for a key the subscription was not made with. An auth error (the issue's rule): the device
+    # is kept, the provider pauses; a 403 says nothing sure about the subscription itself.
+    assert (result.outcome, result.reason, result.status) == (Outcome.AUTH_ERROR, "Forbidden", 403)
     [refused] = peer.pushes_for(theirs)
     assert refused.problem == "k is not the key the subscription was made with"
 
@@ -447,7 +447,7 @@ async def test_ttl_header_is_what_is_left_until_expiry(
 
 @pytest.mark.parametrize(
     ("push_type", "priority", "urgency"),
-    [("alert", "high", "high"), ("alert", "normal", "normal"), ("background", "normal", "normal")],
+    [("alert", "high", "high"), ("alert", "normal", "normal")],
 )
 async def test_urgency_follows_priority(
     provider: WebPushProvider, peer: WebPushPeer, push_type: str, priority: str, urgency: str
@@ -520,7 +520,7 @@ def test_different_collapse_keys_get_different_topics() -> None:
         (502, None, Outcome.RETRYABLE, "http_502", None),
         (503, 7, Outcome.RETRYABLE, "http_503", 7.0),
         (401, None, Outcome.AUTH_ERROR, "Unauthorized", None),
-        (403, None, Outcome.INVALID_TOKEN, "VapidKeyMismatch", None),
+        (403, None, Outcome.AUTH_ERROR, "Forbidden", None),
         (400, None, Outcome.REJECTED, "BadRequest", None),
         (415, None, Outcome.REJECTED, "http_415", None),
     ],
@@ -738,8 +738,9 @@ async def test_a_name_that_resolves_to_loopback_is_refused_at_connect_time(
 
         result = await provider.send(web_delivery(WebSubscription(endpoint, keys.p256dh, keys.auth)))
 
-        assert (result.outcome, result.reason) == (Outcome.INVALID_TOKEN, "EndpointNotAllowed")
-        assert resolver.asked == ["push.rebind.test"]  # refused on the resolved address
+        # Refused on the resolved address; the device is kept (what a name resolves to is the network's doing).
+        assert (result.outcome, result.reason) == (Outcome.REJECTED, "EndpointResolvesInside")
+        assert resolver.asked == ["push.rebind.test"]
         assert listener.accepted == 0
 
 
@@ -761,7 +762,7 @@ async def test_the_machines_own_name_is_refused_when_it_resolves_to_loopback(
 
     result = await provider.send(web_delivery(WebSubscription(endpoint, subscription.p256dh, subscription.auth)))
 
-    assert (result.outcome, result.reason) == (Outcome.INVALID_TOKEN, "EndpointNotAllowed")
+    assert (result.outcome, result.reason) == (Outcome.REJECTED, "EndpointResolvesInside")
     assert peer.tcp_connections == 0
 
 
@@ -790,7 +791,7 @@ async def test_the_same_name_connects_only_when_allowed(open_provider: Callable[
 
         refused = await refusing.send(delivery)
         assert (refused.outcome, refused.reason, listener.accepted) == (
-            Outcome.INVALID_TOKEN, "EndpointNotAllowed", 0
+            Outcome.REJECTED, "EndpointResolvesInside", 0
         )
         allowed = await allowing.send(delivery)
         assert (allowed.outcome, allowed.reason) == (Outcome.RETRYABLE, "timeout")  # it never answers TLS

@@ -297,3 +297,10 @@ def test_a_vapid_key_must_be_p256(files: dict[str, Path]) -> None:
     wrong.write_bytes(pem(rsa_key()))
     with pytest.raises(ConfigError, match=re.escape("apps.demo.webpush.vapid_private_key_file: expected an EC P-256")):
         load(files, with_web_and_huawei(files, webpush={"vapid_private_key_file": str(wrong)}))
+
+
+@pytest.mark.parametrize("subject", ["mailto:ops@localhost", "mailto:ops@box.local", "https://localhost/contact",
+                                     "mailto:ops@intranet"])
+def test_a_vapid_subject_names_a_public_domain(files: dict[str, Path], subject: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("apps.demo.webpush.subject: must name a public domain")):
+        load(files, with_web_and_huawei(files, webpush={"subject": subject}))

@@ -259,3 +259,25 @@ def test_a_sound_needs_alert_text() -> None:
     assert refused(request(update, {"title": None, "body": None, "sound": "chime.aiff"})) == "message.sound"
     silent = parse_request(request(update, {"title": None, "body": None}), APPS)
     assert "alert" not in aps_of(silent)
+
+
+def test_a_missing_timestamp_is_stamped_once_with_when_the_update_is_meant_to_show() -> None:
+    from datetime import UTC, datetime
+
+    from pushsvc.model import stamp_live_activity
+
+    def raw(**options: Any) -> dict[str, Any]:
+        return {"id": "s-1", "app": "demo", "target": {"tokens": ["t" * 64]},
+                "message": {"live_activity": {"event": "update", "content_state": {"eta": 1}}},
+                "options": {"push_type": "liveactivity", **options}}
+
+    now = 1_800_000_000.7
+    stamped, stored = stamp_live_activity(parse_request(raw(), APPS), raw(), now)
+    assert stamped.message.live_activity.timestamp == stored["message"]["live_activity"]["timestamp"] == 1_800_000_000
+    later = datetime.fromtimestamp(1_800_003_600, UTC).isoformat()
+    stamped, _ = stamp_live_activity(parse_request(raw(send_at=later), APPS), raw(send_at=later), now)
+    assert stamped.message.live_activity.timestamp == 1_800_003_600  # scheduled: not older than what goes before
+    given = raw()
+    given["message"]["live_activity"]["timestamp"] = 1_700_000_000
+    stamped, _ = stamp_live_activity(parse_request(given, APPS), given, now)
+    assert stamped.message.live_activity.timestamp == 1_700_000_000  # the producer's own is kept

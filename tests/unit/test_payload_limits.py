@@ -107,8 +107,34 @@ def test_each_app_meets_the_limits_of_the_providers_it_configures() -> None:
     assert isinstance(validate(voip, APPS, {"demo": frozenset({"apns", "fcm"})}), Accepted)
     refused = validate(voip, APPS, {"demo": frozenset({"apns", "hms"})})
     assert isinstance(refused, Rejection) and refused.field == "message.data" and "Huawei" in refused.detail
-    # Not knowing the app's providers, every limit applies.
-    assert isinstance(validate(voip, APPS), Rejection)
+    # Not knowing the app's providers, every limit applies: Huawei's refuses it.
+    unknown = validate(voip, APPS)
+    assert isinstance(unknown, Rejection) and unknown.field == "message.data" and "Huawei" in unknown.detail
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"title": "t", "body": "b" * 3990}, "message"),
+        ({"title": "t", "data": {"blob": "x" * 3990}}, "message.data"),
+        ({"title": "t", "localized": {"fr": {"body": "é" * 2000}}}, "message.localized.fr"),
+    ],
+)
+def test_web_push_refuses_what_would_not_fit_one_encrypted_record(message: dict, field: str) -> None:
+    """Web Push has 3993 bytes of JSON in one 4096-byte record: a request over it is a 400 naming the field,
+    for the notification API and Kafka (validate) and for campaigns alike, never an exception."""
+    from pushsvc.api.campaigns import parse_campaign
+    from pushsvc.model import RequestError
+
+    web_only = {"demo": frozenset({"webpush"})}
+    refused = validate(request(message), APPS, web_only)
+    assert isinstance(refused, Rejection) and (refused.field, refused.reason) == (field, "invalid_request")
+    assert "Web Push" in refused.detail
+    campaign = {"name": "n", "app": "demo", "audience": {"users": ["u"]}, "message": message}
+    with pytest.raises(RequestError) as raised:
+        parse_campaign(campaign, APPS, web_only)
+    assert raised.value.field == field
+    assert isinstance(validate(request({"title": "t", "body": "b" * 3000}), APPS, web_only), Accepted)
 
 
 def test_a_live_activity_is_measured_as_apns_sends_it() -> None:
