@@ -133,7 +133,6 @@ class Intake:
         but if MongoDB refuses the first one for good, the next copy gets its own try instead.
         """
         now = self._clock()
-        accepted = [Accepted(*stamp_live_activity(item.request, item.raw, now)) for item in accepted]
         inserted: list[str] = []
         duplicates: list[str] = []
         rejected: list[tuple[Accepted, str]] = []
@@ -170,10 +169,13 @@ class Intake:
         direct = [n for n, item in enumerate(items) if due[n] <= now and lane_for(item.request) == LANE_BATCH]
         reservation = self._scheduler.reserve(len(direct)) if direct and self._scheduler is not None else None
         held = set(direct[: reservation.room]) if reservation is not None else set()
+        # What is stored and sent: a Live Activity's default timestamp filled in (`items` stay the caller's
+        # objects: Kafka ingest tells the ones refused apart by identity).
+        stamped = [stamp_live_activity(item.request, item.raw, now) for item in items]
         try:
             documents = [
-                new_document(item.request, item.raw, source, due[n], now, reservation.claim if n in held else None)
-                for n, item in enumerate(items)
+                new_document(request, raw, source, due[n], now, reservation.claim if n in held else None)
+                for n, (request, raw) in enumerate(stamped)
             ]
             result = await self._notifications.record(documents)
         except BaseException:
@@ -182,7 +184,7 @@ class Intake:
             raise
         stored = set(result.inserted)
         if reservation is not None and self._scheduler is not None:
-            recorded = [SmallNotification(documents[n], items[n].request) for n in sorted(held)]
+            recorded = [SmallNotification(documents[n], stamped[n][0]) for n in sorted(held)]
             await self._scheduler.dispatch(reservation, [item for item in recorded if item.doc["_id"] in stored])
         if self._scheduler is not None:
             waiting = {d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored}

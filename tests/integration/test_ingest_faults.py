@@ -161,11 +161,11 @@ async def test_crashed_consume_loop_resumes_from_the_committed_offsets(
     real_decode = kafka_ingest.decode
     crashed: list[str] = []
 
-    def decode_crashing_once(value, max_bytes, known_apps):  # type: ignore[no-untyped-def]
+    def decode_crashing_once(value, max_bytes, known_apps, providers=None):  # type: ignore[no-untyped-def]
         if not crashed and value and b"in-crashed-batch-1" in value:
             crashed.append("yes")
             raise RuntimeError("planted crash in the consume loop")
-        return real_decode(value, max_bytes, known_apps)
+        return real_decode(value, max_bytes, known_apps, providers)
 
     monkeypatch.setattr(kafka_ingest, "decode", decode_crashing_once)
     await stack.publish(good("in-crashed-batch-1"), good("in-crashed-batch-2"), key=b"k")
