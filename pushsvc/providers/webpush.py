@@ -1,39 +1,6 @@
 """Web Push adapter: RFC 8030 delivery, RFC 8291 (aes128gcm) payload encryption, RFC 8292 (VAPID) authentication.
 
-The payload
-    Every push carries one JSON document (UTF-8, compact), which the service worker reads with
-    ``event.data.json()``::
-
-        {
-          "notification_id": "n-42",          always: the pushsvc notification id
-          "type": "alert",                    always: "alert" (options.push_type)
-          "title": "Hi", "body": "there",     alerts only, each when set: the device locale's text
-          "badge": 3, "sound": "default",     alerts only, each when set
-          "tag": "orders-7",                  when options.collapse_key is set: for showNotification({tag}),
-                                              so that a newer notification replaces an older one on screen
-          "data": {"order": 42}               always: message.data with its JSON types ({} when none)
-        }
-
-    A service worker must show a notification for every push it receives (browsers subscribe with
-    ``userVisibleOnly: true``), so background pushes are not sent to web subscriptions (token_kinds).
-
-    The document is encrypted for each subscription into one aes128gcm record, which must fit the 4096 bytes
-    every push service accepts (RFC 8291 section 4): 86 bytes of header (salt, record size, our ephemeral
-    public key) and 17 of padding delimiter and tag leave MAX_PAYLOAD_BYTES (3993) for the JSON. A larger
-    one is refused before anything is sent (PayloadRejected / REJECTED, reason "PayloadTooLarge").
-
-The request headers
-    * TTL: seconds the push service may keep the message for an offline browser: what is left until
-      ``delivery.expires_at`` (0 for ttl_seconds 0: deliver now or never), else DEFAULT_TTL_SECONDS. RFC 8030
-      requires the header on every request.
-    * Urgency (RFC 8030 section 5.3): "high" for priority high, "normal" otherwise; "low" or "very-low"
-      would let the browser hold the push until the device is on power or Wi-Fi, a delay the API never
-      offered and the caller cannot ask for.
-    * Topic (RFC 8030 section 5.4) from options.collapse_key: at most 32 characters of the base64url
-      alphabet. A collapse key that is one already is sent as it is; any other is sent as the first 32
-      characters of the base64url SHA-256 of the key (192 bits: no two keys in practice share one, and every
-      replica and restart maps a key alike, which is all collapsing needs).
-    * Content-Encoding: aes128gcm; Authorization: ``vapid t=<JWT>,k=<public key>`` (RFC 8292).
+The payload and its headers: providers/webpush_payload.py. Where it may connect: providers/webpush_guard.py.
 
 Libraries (benchmarks/webpush_crypto_cost.py measures them)
     http-ece encrypts (ECDH with a fresh P-256 key per message, HKDF, AES-GCM: RFC 8188/8291) and py-vapid
@@ -51,17 +18,6 @@ Transport
     TLS is verified always (system CAs plus ``ca_file``). Redirects are not followed and proxies from the
     environment are not used: either would send the request to an address nobody checked.
 
-Where pushsvc may connect (SSRF)
-    Endpoints come from whoever registers a device. A host name is resolved by ``GuardedResolver``, which
-    refuses the whole answer when any address is loopback, private, link-local or otherwise internal
-    (subscriptions.address_refused): the check applies to exactly the addresses connected to, so a name
-    that changes its answer later (DNS rebinding) gains nothing. An address literal never reaches a
-    resolver, so it is checked, as aiohttp reads it, before the request. Hosts in ``allowed_hosts`` are
-    exempt. An endpoint whose URL itself names an internal address is INVALID_TOKEN ("EndpointNotAllowed",
-    the device deactivated: no real push service is reached so); one whose name resolves inside is REJECTED
-    ("EndpointResolvesInside", the device kept: what a name resolves to is the network's doing, and may be
-    true of a whole push service's subscriptions at once, which must not all be deactivated for good).
-
 Logging: an endpoint's path names the subscription (whoever has it can push to the browser), so logs carry
 the origin and the masked device token, never the endpoint.
 """
@@ -70,20 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import ipaddress
-import re
-import socket
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import http_ece
-import orjson
 from aiohttp.abc import AbstractResolver
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
@@ -92,191 +43,26 @@ from yarl import URL
 
 from pushsvc.config import WebPushSettings
 from pushsvc.logging import get_logger, mask_token
-from pushsvc.model import MAX_TTL_SECONDS, Outcome, WebSubscription
-from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
-from pushsvc.subscriptions import address_refused, base64url_decode, endpoint_problem
+from pushsvc.model import Outcome
+from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult
+from pushsvc.providers.webpush_guard import EndpointRefused, GuardedResolver, literal_problem
+from pushsvc.providers.webpush_payload import (
+    ANSWERS,
+    MAX_PAYLOAD_BYTES,
+    build_payload,
+    classify,
+    encode_payload,
+    encrypt,
+    payload_json,
+    request_headers,
+    topic,
+)
+from pushsvc.subscriptions import endpoint_problem
 
 if TYPE_CHECKING:
-    from aiohttp.abc import ResolveResult
+    pass
 
 log = get_logger(__name__)
-
-# ------------------------------------------------------------------------------------------------- payload
-
-# RFC 8291 section 4: one record, and a push service need not accept more than 4096 bytes of it.
-MAX_RECORD_BYTES = 4096
-# aes128gcm header (RFC 8188 section 2.1): salt (16), record size (4), key id length (1), key id = our
-# uncompressed P-256 public key (65).
-_HEADER_BYTES = 16 + 4 + 1 + 65
-# Per record: the padding delimiter (1) and the AES-GCM tag (16).
-_RECORD_OVERHEAD = 1 + 16
-MAX_PAYLOAD_BYTES = MAX_RECORD_BYTES - _HEADER_BYTES - _RECORD_OVERHEAD
-# Without an expiry the push service keeps the message as long as FCM keeps one (4 weeks).
-DEFAULT_TTL_SECONDS = MAX_TTL_SECONDS
-TOPIC_LENGTH = 32
-_TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-# What token_kinds routes to webpush: alerts only. Browsers subscribe with userVisibleOnly (Chrome requires
-# it), so a push the service worker shows nothing for still shows a generic notification: no silent pushes.
-PUSH_TYPES = ("alert",)
-
-
-def build_payload(delivery: Delivery) -> dict[str, Any]:
-    """The JSON document the service worker receives (the shape in the module docstring)."""
-    message, options = delivery.message, delivery.options
-    if options.push_type not in PUSH_TYPES:
-        raise PayloadRejected("UnsupportedPushType", f"web push takes {' and '.join(PUSH_TYPES)} pushes")
-    payload: dict[str, Any] = {"notification_id": delivery.notification_id, "type": options.push_type}
-    if options.push_type == "alert":
-        text = message.text_for(delivery.device.locale)
-        for key, value in (("title", text.title), ("body", text.body), ("badge", message.badge),
-                           ("sound", message.sound)):
-            if value is not None:
-                payload[key] = value
-    if options.collapse_key:
-        payload["tag"] = options.collapse_key
-    payload["data"] = dict(message.data)
-    return payload
-
-
-def payload_json(payload: Mapping[str, Any]) -> bytes:
-    """The plaintext that is encrypted, whatever its size (intake measures it: ingest/payload_limits.py)."""
-    return orjson.dumps(payload)
-
-
-def encode_payload(payload: Mapping[str, Any]) -> bytes:
-    """The plaintext that is encrypted; raises PayloadRejected when its record would not fit 4096 bytes."""
-    try:
-        plaintext = payload_json(payload)
-    except TypeError as exc:  # an integer orjson cannot hold (intake refuses these; a Python caller may not)
-        raise PayloadRejected("InvalidPayload", str(exc)) from exc
-    if len(plaintext) > MAX_PAYLOAD_BYTES:
-        raise PayloadRejected(
-            "PayloadTooLarge",
-            f"{len(plaintext)} bytes of JSON, over the {MAX_PAYLOAD_BYTES} that fit one {MAX_RECORD_BYTES}-byte "
-            "encrypted record",
-        )
-    return plaintext
-
-
-def ttl_seconds(delivery: Delivery, now: float) -> int:
-    if delivery.options.ttl_seconds == 0:
-        return 0
-    if delivery.expires_at is not None:
-        return max(0, int(delivery.expires_at - now))
-    if delivery.options.ttl_seconds is not None:  # no request time known: count from now
-        return delivery.options.ttl_seconds
-    return DEFAULT_TTL_SECONDS
-
-
-def topic(collapse_key: str) -> str:
-    """The Topic header for a collapse key (the rule in the module docstring)."""
-    if _TOPIC.match(collapse_key):
-        return collapse_key
-    digest = hashlib.sha256(collapse_key.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:TOPIC_LENGTH]
-
-
-def request_headers(delivery: Delivery, now: float) -> dict[str, str]:
-    """The push request's headers, without credentials (no Authorization)."""
-    options = delivery.options
-    headers = {
-        "TTL": str(ttl_seconds(delivery, now)),
-        "Urgency": "high" if options.priority == "high" else "normal",
-        "Content-Encoding": "aes128gcm",
-        "Content-Type": "application/octet-stream",
-    }
-    if options.collapse_key:
-        headers["Topic"] = topic(options.collapse_key)
-    return headers
-
-
-def encrypt(plaintext: bytes, subscription: WebSubscription) -> bytes:
-    """One aes128gcm record for the subscription (a fresh ECDH key and salt per message); raises ValueError
-    (or http_ece.ECEException) when the subscription's keys are unusable, e.g. p256dh not on the curve."""
-    return http_ece.encrypt(
-        plaintext,
-        private_key=ec.generate_private_key(ec.SECP256R1()),
-        dh=base64url_decode(subscription.p256dh),
-        auth_secret=base64url_decode(subscription.auth),
-        version="aes128gcm",
-        rs=MAX_RECORD_BYTES,
-    )
-
-
-# ------------------------------------------------------------------------------------------ classification
-
-# Push service answers (RFC 8030, RFC 8292 section 4) -> outcome class and reason. Other 2xx: delivered;
-# other 4xx (and 3xx: redirects are not followed): REJECTED; 5xx: RETRYABLE. Retry-After is honoured on
-# every retryable answer.
-ANSWERS: dict[int, tuple[Outcome, str]] = {
-    400: (Outcome.REJECTED, "BadRequest"),  # a header or the body refused: resending cannot help
-    401: (Outcome.AUTH_ERROR, "Unauthorized"),  # VAPID token missing, malformed, expired or badly signed
-    # The push service refuses our VAPID credential for this subscription (RFC 8292 section 4.2: a key other
-    # than the one it was made with; Apple's service also answers 403 BadJwtToken for a subject it refuses).
-    # An auth error: the device is kept (a 403 says nothing sure about the subscription) and the provider
-    # pauses. After a VAPID key rotation every subscription made before it answers so: the web app must
-    # subscribe again with the new applicationServerKey (README, runbook).
-    403: (Outcome.AUTH_ERROR, "Forbidden"),
-    404: (Outcome.INVALID_TOKEN, "NotFound"),  # no such subscription (unknown or expired)
-    410: (Outcome.INVALID_TOKEN, "Gone"),  # the subscription expired or the user unsubscribed
-    413: (Outcome.REJECTED, "PayloadTooLarge"),
-    429: (Outcome.RETRYABLE, "TooManyRequests"),  # rate limited: wait Retry-After
-}
-
-
-def classify(status: int, headers: Mapping[str, str], location: str | None = None) -> SendResult:
-    """The outcome of one push service answer. Push services do not say when a subscription died, so an
-    invalid token's ``invalid_since`` stays None."""
-    if 200 <= status < 300:
-        return SendResult(Outcome.DELIVERED, status=status, provider_id=location)
-    outcome, reason = ANSWERS.get(status) or (
-        (Outcome.RETRYABLE, f"http_{status}") if status >= 500 else (Outcome.REJECTED, f"http_{status}")
-    )
-    retry_after = parse_retry_after(headers.get("Retry-After")) if outcome is Outcome.RETRYABLE else None
-    return SendResult(outcome, reason, status, retry_after)
-
-
-# ---------------------------------------------------------------------------------------------- SSRF guard
-
-
-class EndpointRefused(OSError):
-    """A push endpoint's host resolved to an address pushsvc must not connect to."""
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves with `inner`, then refuses the whole answer if any address is internal (unless the host is
-    allowed). A mixed answer is refused rather than filtered: a push service never resolves to an internal
-    address, so one that does is misconfigured or hostile."""
-
-    def __init__(self, allowed_hosts: Collection[str], inner: AbstractResolver) -> None:
-        self._allowed_hosts = allowed_hosts
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            problem = address_refused(result["host"], host, self._allowed_hosts)
-            if problem is not None:
-                raise EndpointRefused(f"{host}: {problem}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def literal_problem(url: URL, allowed_hosts: Collection[str]) -> str | None:
-    """The SSRF rule for an address-literal host, read as aiohttp reads it (aiohttp connects to a literal
-    without asking the resolver). Complements subscriptions.endpoint_problem, which reads the URL with
-    urlsplit: two parsers, so that a URL they disagree on is still checked as it is used."""
-    host = url.raw_host or ""
-    try:
-        ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return None
-    return address_refused(host, host, allowed_hosts)
-
 
 # --------------------------------------------------------------------------------------------------- VAPID
 
@@ -526,6 +312,7 @@ __all__ = [
     "classify",
     "encode_payload",
     "encrypt",
+    "payload_json",
     "request_headers",
     "topic",
 ]

@@ -25,13 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pushsvc.config import WebPushSettings
 from pushsvc.model import Device, LocalizedText, Message, Options, Outcome, WebSubscription
 from pushsvc.providers.base import Delivery, PayloadRejected
-from pushsvc.providers.webpush import (
+from pushsvc.providers.webpush import VAPID_LIFETIME_SECONDS, WebPushProvider
+from pushsvc.providers.webpush_guard import EndpointRefused, GuardedResolver
+from pushsvc.providers.webpush_payload import (
     DEFAULT_TTL_SECONDS,
     MAX_PAYLOAD_BYTES,
-    VAPID_LIFETIME_SECONDS,
-    EndpointRefused,
-    GuardedResolver,
-    WebPushProvider,
     build_payload,
     encode_payload,
     topic,
