@@ -20,7 +20,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from pushsvc.model import Device, Message, PushRequest, RequestError
-from pushsvc.providers import apns, fcm, hms
+from pushsvc.providers import apns, fcm
+from pushsvc.providers import hms_message as hms
 from pushsvc.providers import webpush_payload as webpush
 from pushsvc.providers.base import Delivery
 from pushsvc.token_kinds import KINDS
