@@ -7,10 +7,11 @@ problems: every attempt ends in one SendResult. Retrying, pausing and counting l
 from __future__ import annotations
 
 import abc
+import asyncio
 import email.utils
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,6 +99,22 @@ class Provider(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+async def bounded_attempt(
+    attempt: Awaitable[SendResult], timeout: float, on_error: Callable[[Exception], None]
+) -> SendResult:
+    """One attempt within `timeout`, never raising: a timeout is RETRYABLE "timeout"; any other exception (a bug
+    or an unforeseen library error, which must not kill the dispatcher) is reported to `on_error` and becomes
+    RETRYABLE "client_error". asyncio.timeout adds no task per send, unlike wait_for."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await attempt
+    except TimeoutError:
+        return SendResult(Outcome.RETRYABLE, "timeout")
+    except Exception as exc:
+        on_error(exc)
+        return SendResult(Outcome.RETRYABLE, "client_error")
 
 
 def parse_retry_after(value: str | None) -> float | None:

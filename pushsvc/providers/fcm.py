@@ -57,7 +57,15 @@ from google.auth.transport import requests as google_auth_requests
 from pushsvc.config import FcmSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
+from pushsvc.providers.base import (
+    Delivery,
+    PayloadRejected,
+    Provider,
+    Rendered,
+    SendResult,
+    bounded_attempt,
+    parse_retry_after,
+)
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
 
@@ -421,20 +429,12 @@ class FcmProvider(Provider):
             return SendResult(Outcome.REJECTED, reason="invalid_message")
         if validate_only:
             body = b'{"validate_only":true,' + body[1:]
-        try:
-            async with asyncio.timeout(self._send_timeout):  # no extra task per send, unlike wait_for
-                return await self._attempt(body)
-        except TimeoutError:
-            return SendResult(Outcome.RETRYABLE, reason="timeout")
-        except Exception as exc:  # a bug or an unforeseen library error must not kill the dispatcher
-            log.error(
-                "fcm_send_failed",
-                app=self.app_id,
-                device=mask_token(delivery.device.token),
-                error=_short(exc),
-                exc_info=True,
-            )
-            return SendResult(Outcome.RETRYABLE, reason="client_error")
+        device = mask_token(delivery.device.token)
+        return await bounded_attempt(
+            self._attempt(body),
+            self._send_timeout,
+            lambda exc: log.error("fcm_send_failed", app=self.app_id, device=device, error=_short(exc), exc_info=True),
+        )
 
     async def _attempt(self, body: bytes) -> SendResult:
         token = await self._token_or_failure()

@@ -39,7 +39,7 @@ from typing import Any
 from pushsvc.config import HmsSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult
+from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, bounded_attempt
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.hms_message import (
     MAX_BI_TAG_BYTES,
@@ -154,20 +154,12 @@ class HmsProvider(Provider):
                 "hms_message_invalid", app=self.app_id, device=mask_token(delivery.device.token), error=str(exc)
             )
             return SendResult(Outcome.REJECTED, exc.reason)
-        try:
-            async with asyncio.timeout(self._send_timeout):  # no extra task per send, unlike wait_for
-                return await self._attempt(body, delivery.device.token)
-        except TimeoutError:
-            return SendResult(Outcome.RETRYABLE, reason="timeout")
-        except Exception as exc:  # a bug or an unforeseen library error must not kill the dispatcher
-            log.error(
-                "hms_send_failed",
-                app=self.app_id,
-                device=mask_token(delivery.device.token),
-                error=_short(exc),
-                exc_info=True,
-            )
-            return SendResult(Outcome.RETRYABLE, reason="client_error")
+        device = mask_token(delivery.device.token)
+        return await bounded_attempt(
+            self._attempt(body, delivery.device.token),
+            self._send_timeout,
+            lambda exc: log.error("hms_send_failed", app=self.app_id, device=device, error=_short(exc), exc_info=True),
+        )
 
     async def _attempt(self, body: bytes, device_token: str) -> SendResult:
         try:

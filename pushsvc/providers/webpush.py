@@ -24,7 +24,6 @@ the origin and the masked device token, never the endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
 import time
@@ -44,7 +43,7 @@ from yarl import URL
 from pushsvc.config import WebPushSettings
 from pushsvc.logging import get_logger, mask_token
 from pushsvc.model import Outcome
-from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult
+from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, bounded_attempt
 from pushsvc.providers.webpush_guard import EndpointRefused, GuardedResolver, literal_problem
 from pushsvc.providers.webpush_payload import (
     ANSWERS,
@@ -202,15 +201,14 @@ class WebPushProvider(Provider):
             return SendResult(Outcome.REJECTED, exc.reason)
         if isinstance(push, SendResult):
             return push
-        try:
-            async with asyncio.timeout(self._send_timeout):
-                result = await self._post(push)
-        except TimeoutError:
-            result = SendResult(Outcome.RETRYABLE, "timeout")
-        except Exception as exc:  # a bug or an unforeseen library error must not kill the dispatcher
-            log.error("webpush_send_failed", app=self.app_id, origin=push.origin, device=device, error=_short(exc),
-                      exc_info=True)
-            return SendResult(Outcome.RETRYABLE, "client_error")
+        result = await bounded_attempt(
+            self._post(push),
+            self._send_timeout,
+            lambda exc: log.error(
+                "webpush_send_failed", app=self.app_id, origin=push.origin, device=device, error=_short(exc),
+                exc_info=True,
+            ),
+        )
         if result.outcome is Outcome.AUTH_ERROR or result.reason == "EndpointNotAllowed":
             log.warning("webpush_refused", app=self.app_id, origin=push.origin, device=device, status=result.status,
                         reason=result.reason)
