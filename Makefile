@@ -1,4 +1,5 @@
-# pushsvc: `make test` installs everything into .venv and runs the suite; `make dev` runs a local stack.
+# pushsvc: `make test` installs everything into .venv and runs the suite; `make dev` runs a local stack
+# (`make dev HTTP_PORT=8081` when 8080 is taken).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,8 +24,11 @@ test: lint
 unit: install
 	$(PY) -m pytest -q tests/unit
 
+# The HTTP API's port (also /metrics); the stack's other ports are picked free each run.
+HTTP_PORT ?= 8080
+
 dev: install
-	$(VENV)/bin/pushsvc dev --dir .dev
+	$(VENV)/bin/pushsvc dev --dir .dev --http-port $(HTTP_PORT)
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pushsvc.dev.servers import create_topics, nx27017, tansu
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.tls import make_test_pki
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.tls import make_test_pki
 from tests.reliability.harness import crash_run
 
 _n = itertools.count()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.tls import make_test_pki
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.tls import make_test_pki
 from tests.reliability.checker import CheckPlan, run_check
 
 

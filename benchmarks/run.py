@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
 from pushsvc.dev.servers import create_topics, free_port, nx27017, tansu, wait_for_port  # noqa: E402
-from tests.peers.tls import make_test_pki  # noqa: E402
+from pushsvc.simulators.tls import make_test_pki  # noqa: E402
 
 APP = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

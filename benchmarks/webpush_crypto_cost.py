@@ -14,9 +14,9 @@ candidate once, in a rotating order, so that drift and warm-up spread evenly), t
 
 pywebpush is not a pushsvc dependency: its two rows appear when it is installed (pip install pywebpush).
 
-Each candidate's first message is decrypted by the test peer's independent RFC 8291 implementation
-(tests/peers/webpush_peer.py) before anything is timed, so every number is for a working send. It prints the
-median and the spread (min-max over the rounds) per candidate. Nothing here is pass/fail.
+Each candidate's first message is decrypted by the Web Push simulator's independent RFC 8291 implementation
+(pushsvc/simulators/webpush/decryption.py) before anything is timed, so every number is for a working send.
+It prints the median and the spread (min-max over the rounds) per candidate. Nothing here is pass/fail.
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ except ImportError:
 
 from pushsvc.model import WebSubscription  # noqa: E402
 from pushsvc.providers.webpush import VapidSigner, encrypt  # noqa: E402
-from tests.peers.fixtures_webpush import make_vapid_key  # noqa: E402
-from tests.peers.webpush_peer import PeerSubscription, b64url_decode, decrypt_aes128gcm, make_subscription  # noqa: E402
+from pushsvc.simulators.webpush import (  # noqa: E402
+    PeerSubscription,
+    b64url_decode,
+    decrypt_aes128gcm,
+    make_subscription,
+    make_vapid_key,
+)
 
 ORIGIN = "https://push.example.com"
 SUBJECT = "mailto:ops@example.com"

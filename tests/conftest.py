@@ -16,14 +16,14 @@ import pytest
 
 from pushsvc.config import MongoSettings
 from pushsvc.dev.servers import ServerProcess, create_topics, nx27017, tansu
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.hms import DEFAULT_CLIENT_SECRET, HmsPeer
+from pushsvc.simulators.tls import TestPki, make_test_pki
+from pushsvc.simulators.webpush import VapidKey, WebPushPeer, make_vapid_key
 from pushsvc.store.database import Database
 from pushsvc.store.notifications import NotificationStore
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.hms_peer import DEFAULT_CLIENT_SECRET, HmsPeer
-from tests.peers.tls import TestPki, make_test_pki
-from tests.peers.webpush_peer import VapidKey, WebPushPeer, make_vapid_key
 
 _counter = itertools.count()
 

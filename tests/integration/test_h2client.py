@@ -17,7 +17,7 @@ from h2.settings import SettingCodes
 
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import CLOSED_STREAMS_KEPT, TransportFailure
-from tests.peers import tls
+from pushsvc.simulators import tls
 
 pytestmark = pytest.mark.integration
 

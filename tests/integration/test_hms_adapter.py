@@ -26,8 +26,8 @@ from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
 from pushsvc.providers import hms
 from pushsvc.providers.base import Delivery, PayloadRejected
 from pushsvc.providers.hms import HmsProvider
-from tests.peers import tls
-from tests.peers.hms_peer import DEFAULT_CLIENT_SECRET, HmsPeer
+from pushsvc.simulators import tls
+from pushsvc.simulators.hms import DEFAULT_CLIENT_SECRET, HmsPeer
 
 # hms_test_pki, hms_test_peer (one TLS peer per session)
 pytest_plugins = ["tests.peers.fixtures_hms"]

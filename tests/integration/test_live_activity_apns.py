@@ -21,7 +21,7 @@ from pushsvc.config import ApnsSettings
 from pushsvc.model import Device, Outcome, PushRequest, parse_request
 from pushsvc.providers.apns import MAX_PAYLOAD_BYTES, ApnsProvider
 from pushsvc.providers.base import Delivery, PayloadRejected
-from tests.peers.apns_peer import (
+from pushsvc.simulators.apns import (
     APNS_TOPIC,
     ApnsClientCert,
     ApnsPeer,
@@ -30,7 +30,7 @@ from tests.peers.apns_peer import (
     apns_cert_settings,
     apns_token_settings,
 )
-from tests.peers.tls import TestPki as Pki  # aliased: pytest would try to collect Test*
+from pushsvc.simulators.tls import TestPki as Pki  # aliased: pytest would try to collect Test*
 
 pytest_plugins = ("tests.peers.fixtures_apns",)
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from pushsvc.simulators.hms import HmsPeer
+from pushsvc.simulators.webpush import VapidKey, WebPushPeer
 from tests.integration.stack import APNS_TOPIC, Stack
 from tests.integration.test_delivery_semantics import api_view
-from tests.peers.hms_peer import HmsPeer
-from tests.peers.webpush_peer import VapidKey, WebPushPeer
 
 LIVE_ACTIVITY_TOPIC = f"{APNS_TOPIC}.push-type.liveactivity"
 

@@ -1,6 +1,6 @@
 """WebPushProvider against the Web Push peer: real TLS, real HTTP/1.1, every body decrypted by the peer.
 
-The peer (tests/peers/webpush_peer.py) decrypts each record with the subscription's private key and auth
+The peer (pushsvc/simulators/webpush) decrypts each record with the subscription's private key and auth
 secret using its own RFC 8291 code, checks the VAPID token's signature, audience, expiry and subject, and
 the TTL / Urgency / Topic / Content-Encoding headers, so a DELIVERED here means a push service would have
 taken the request and the browser could have read it. Nothing of the adapter is mocked; the name resolver
@@ -34,9 +34,8 @@ from pushsvc.providers.webpush_payload import (
     encode_payload,
     topic,
 )
-from pushsvc.subscriptions import endpoint_problem
-from tests.peers import tls
-from tests.peers.webpush_peer import (
+from pushsvc.simulators import tls
+from pushsvc.simulators.webpush import (
     PeerSubscription,
     VapidKey,
     WebPushPeer,
@@ -46,6 +45,7 @@ from tests.peers.webpush_peer import (
     make_subscription,
     make_vapid_key,
 )
+from pushsvc.subscriptions import endpoint_problem
 
 # webpush_pki, webpush_vapid_key, webpush_peer (a fresh peer per test)
 pytest_plugins = ["tests.peers.fixtures_webpush"]

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from pushsvc import metrics
+from pushsvc.simulators.webpush import VapidKey, WebPushPeer
 from tests.integration.stack import Stack, auth_headers
 from tests.ops.prometheus_harness import PrometheusHarness, prometheus_binary
-from tests.peers.webpush_peer import VapidKey, WebPushPeer
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config/grafana/pushsvc.json"

@@ -2,7 +2,7 @@
 
 Register them with ``pytest_plugins = ("tests.peers.fixtures_apns",)`` (root conftest or test module).
 The builders they use (make_signing_key, make_client_cert, apns_token_settings, ...) live in
-tests.peers.apns_peer, so importing those does not import this plugin module early.
+pushsvc.simulators.apns, so importing those does not import this plugin module early.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.peers.apns_peer import (
+from pushsvc.simulators.apns import (
     ApnsClientCert,
     ApnsPeer,
     ApnsSigningKey,
     make_client_cert,
     make_signing_key,
 )
-from tests.peers.tls import TestPki, make_test_pki
+from pushsvc.simulators.tls import TestPki, make_test_pki
 
 
 @pytest.fixture(scope="session")

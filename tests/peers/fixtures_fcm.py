@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.peers.fcm_peer import DEFAULT_PROJECT, FcmPeer
-from tests.peers.tls import TestPki, make_test_pki
+from pushsvc.simulators.fcm import DEFAULT_PROJECT, FcmPeer
+from pushsvc.simulators.tls import TestPki, make_test_pki
 
 FCM_PROJECT = DEFAULT_PROJECT
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.peers.hms_peer import HmsPeer
-from tests.peers.tls import TestPki, make_test_pki
+from pushsvc.simulators.hms import HmsPeer
+from pushsvc.simulators.tls import TestPki, make_test_pki
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Load them with ``pytest_plugins = ["tests.peers.fixtures_webpush"]`` in a test module. The names carry a
 ``webpush_`` prefix so they never collide with conftest's shared fixtures. The builders they use
-(make_vapid_key, make_subscription) live in tests.peers.webpush_peer, so importing those does not import
+(make_vapid_key, make_subscription) live in pushsvc.simulators.webpush, so importing those does not import
 this plugin module early.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.peers.tls import TestPki, make_test_pki
-from tests.peers.webpush_peer import VapidKey, WebPushPeer, make_vapid_key
+from pushsvc.simulators.tls import TestPki, make_test_pki
+from pushsvc.simulators.webpush import VapidKey, WebPushPeer, make_vapid_key
 
 
 @pytest.fixture(scope="session")

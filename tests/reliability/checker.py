@@ -39,10 +39,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pushsvc.dev.servers import create_topics
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.tls import TestPki
 from tests.integration.stack import API_KEY, Stack
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.tls import TestPki
 from tests.reliability.faultproxy import FaultPlan, ProxiedServer, proxied_nx27017, proxied_tansu
 from tests.reliability.harness import FINISHED, Replica, android_token, ios_token, sends_per_request
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.apns_peer import ApnsPeer
-from tests.peers.fcm_peer import FcmPeer
-from tests.peers.tls import TestPki as Pki
+from pushsvc.simulators.apns import ApnsPeer
+from pushsvc.simulators.fcm import FcmPeer
+from pushsvc.simulators.tls import TestPki as Pki
 from tests.reliability.checker import CheckPlan, run_check
 
 pytestmark = pytest.mark.integration

@@ -28,9 +28,9 @@ from aiokafka.errors import KafkaConnectionError
 from pushsvc.config import KafkaSettings
 from pushsvc.dev.servers import free_port, tansu, wait_for_port
 from pushsvc.kafka_options import client_options
+from pushsvc.simulators.apns import ApnsClientCert, make_client_cert
 from tests.conftest import unique
 from tests.integration.stack import Stack
-from tests.peers.apns_peer import ApnsClientCert, make_client_cert
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import yaml
 
 from pushsvc.config import ConfigError, KafkaSettings, load_settings
 from pushsvc.kafka_options import client_options
-from tests.peers.apns_peer import make_client_cert
-from tests.peers.tls import make_test_pki
+from pushsvc.simulators.apns import make_client_cert
+from pushsvc.simulators.tls import make_test_pki
 from tests.unit.credential_files import apns_key, service_account
 
 

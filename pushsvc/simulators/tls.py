@@ -1,6 +1,6 @@
-"""A private test CA and a server certificate for 127.0.0.1/localhost, made fresh per test session.
+"""A private CA and a server certificate for 127.0.0.1/localhost, made fresh per test session or dev stack.
 
-Provider peers serve with the server certificate; pushsvc trusts the CA through its ``ca_file``
+The provider simulators serve with the server certificate; pushsvc trusts the CA through its ``ca_file``
 settings, so TLS verification stays on exactly as in production.
 """
 
@@ -40,6 +40,26 @@ def _name(common_name: str) -> x509.Name:
 
 def make_test_pki(directory: Path) -> TestPki:
     directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _make_ca()
+    server_key, server_cert = _make_server_cert(ca_key, ca_cert)
+    ca_file = directory / "ca.pem"
+    cert_file = directory / "server.pem"
+    key_file = directory / "server.key"
+    bundle_file = directory / "bundle.pem"
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    ca_file.write_bytes(ca_pem)
+    cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    bundle_file.write_bytes((system.read_bytes() if system.is_file() else b"") + b"\n" + ca_pem)
+    return TestPki(ca_file=ca_file, cert_file=cert_file, key_file=key_file, bundle_file=bundle_file)
+
+
+def _make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     now = dt.datetime.now(dt.UTC)
     # Unique per CA: several test CAs can sit in one trust bundle, and OpenSSL picks an issuer by name.
     ca_name = f"pushsvc test CA {secrets.token_hex(4)}"
@@ -58,6 +78,14 @@ def make_test_pki(directory: Path) -> TestPki:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
+
+
+def _make_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A certificate for localhost and 127.0.0.1, signed by the CA."""
+    now = dt.datetime.now(dt.UTC)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
@@ -76,18 +104,4 @@ def make_test_pki(directory: Path) -> TestPki:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    ca_file = directory / "ca.pem"
-    cert_file = directory / "server.pem"
-    key_file = directory / "server.key"
-    bundle_file = directory / "bundle.pem"
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    ca_file.write_bytes(ca_pem)
-    cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
-    bundle_file.write_bytes((system.read_bytes() if system.is_file() else b"") + b"\n" + ca_pem)
-    return TestPki(ca_file=ca_file, cert_file=cert_file, key_file=key_file, bundle_file=bundle_file)
+    return server_key, server_cert

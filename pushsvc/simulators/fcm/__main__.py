@@ -1,0 +1,5 @@
+"""``python -m pushsvc.simulators.fcm``: the standalone simulator (standalone.py)."""
+
+from pushsvc.simulators.fcm.standalone import main
+
+main()
