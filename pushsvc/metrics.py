@@ -29,7 +29,8 @@ REQUESTS_INGESTED = Counter(
 )
 DLQ_MESSAGES = Counter(
     "pushsvc_dlq_messages_total",
-    "Messages sent to the dead-letter topic, by reason (invalid_json|invalid_request|too_large|store_rejected)",
+    "Messages sent to the dead-letter topic, by reason"
+    " (invalid_json|invalid_request|too_large|store_rejected|conflict)",
     ["reason"],
     registry=REGISTRY,
 )
@@ -163,7 +164,7 @@ CAMPAIGN_PROGRESS = Gauge(
 DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
 FINISHED_STATES = ("done", "failed", "cancelled")
 LANES = ("batch", "fanout", "range")  # store/notifications.py LANE_BATCH, LANE_FANOUT; store/ranges.py LANE_RANGE
-DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected")
+DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected", "conflict")
 INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
 # Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error
 # tables) plus the adapters' own network reasons: those retry/error series start at 0 so that the first

@@ -30,9 +30,18 @@ DEAD_LETTER = {
     "type": "object",
     "required": ["reason", "error", "source", "value_truncated", "failed_at"],
     "properties": {
-        "reason": {"type": "string", "enum": ["invalid_json", "invalid_request", "too_large", "store_rejected"]},
+        "reason": {
+            "type": "string",
+            "enum": ["invalid_json", "invalid_request", "too_large", "store_rejected", "conflict"],
+            "description": "conflict: the request id was recorded before in its app with a different body; the "
+                           "first request stands (it is sent once), this one is kept here",
+        },
         "error": {"type": "string", "description": "what was wrong, naming the field"},
-        "field": {"type": ["string", "null"], "description": "the request field at fault, when there is one"},
+        "field": {
+            "type": ["string", "null"],
+            "description": "the request field at fault, when there is one (for conflict: the first field that "
+                           "differs from the recorded request, e.g. message.title)",
+        },
         "source": {
             "type": "object",
             "required": ["topic", "partition", "offset", "timestamp_ms", "key"],
@@ -104,6 +113,16 @@ DEAD_LETTER_EXAMPLE = {
                "key": "demo:order-9"},
     "value_truncated": False, "failed_at": 1764000000.25,
     "value": '{"id":"order-9","app":"demo","target":{"users":["u-1"]},"message":{"title":"Hi","badge":"3"}}',
+}
+CONFLICT_EXAMPLE = {
+    "reason": "conflict",
+    "error": "request id 'order-9' was recorded before in app 'demo' with a different body (message.title "
+             "differs); the first request stands: use a new id for a new notification",
+    "field": "message.title",
+    "source": {"topic": "push.requests", "partition": 1, "offset": 2203, "timestamp_ms": 1764000060000,
+               "key": "demo:order-9"},
+    "value_truncated": False, "failed_at": 1764000060.5,
+    "value": '{"id":"order-9","app":"demo","target":{"users":["u-1"]},"message":{"title":"Hello again"}}',
 }
 OUTCOME_EXAMPLE = {
     "id": "order-1234-shipped", "app": "demo", "state": "done",
@@ -179,7 +198,9 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
                 "request": message("NotificationRequest", "A push request", "NotificationRequest",
                                    REQUEST_EXAMPLES, "<app>:<id> recommended (spreads apps over partitions)"),
                 "deadLetter": message("DeadLetter", "A rejected request", "DeadLetter",
-                                      [{"name": "bad-badge", "payload": DEAD_LETTER_EXAMPLE}], "the original key"),
+                                      [{"name": "bad-badge", "payload": DEAD_LETTER_EXAMPLE},
+                                       {"name": "id-reused-with-another-body", "payload": CONFLICT_EXAMPLE}],
+                                      "the original key"),
                 "outcome": message("OutcomeEvent", "A finished notification", "OutcomeEvent",
                                    [{"name": "done", "payload": OUTCOME_EXAMPLE}], "<app>:<id>"),
             },

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,15 +18,16 @@ from aiohttp import web
 from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import APP_PROVIDERS, CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
 from pushsvc.api.errors import json_error
-from pushsvc.api.notifications import counts_view, dry_run_view
+from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status
 from pushsvc.api.validation import app_of, field_name, json_body, known_app
 from pushsvc.dispatch.progress import progress_ratio
+from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
 from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, KIND, STATUSES, campaign_request_id
 from pushsvc.store.devices import audience_filter
-from pushsvc.store.notifications import LANE_FANOUT, new_document, request_id_of
+from pushsvc.store.notifications import LANE_FANOUT, new_document
 
 routes = web.RouteTableDef()
 
@@ -119,35 +121,73 @@ def parse_campaign(
     return campaign_id, raw, fields
 
 
-def campaign_view(doc: dict) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CampaignRecord:
+    """What the API shows of a campaign: read once from its stored notification by `read_campaign`."""
+
+    id: str
+    name: str
+    # App, state, times and counts: the notification the campaign is.
+    status: NotificationStatus
+    # As the campaign was created (the stored request's JSON): audience, message, its campaign options.
+    audience: Mapping[str, Any]
+    message: Mapping[str, Any]
+    options: Mapping[str, Any]
+    # schedule.at as given (None: as soon as created) and whether it is a wall-clock time per device.
+    schedule_at: str | None
+    local_time: bool
+    quiet_hours: Mapping[str, str] | None
+    throttle_per_second: int | None
+    audience_estimate: int
+    progress_ratio: float
+
+
+def read_campaign(doc: Mapping[str, Any]) -> CampaignRecord:
+    """The campaign a stored notification is (a split one's: with its ranges' counts summed in)."""
     request = orjson.loads(doc["request"])
     options = request.get("options", {})
-    schedule = (
-        {"at": options["send_at"], "local_time": bool(options.get("local_time", False))}
-        if options.get("send_at")
-        else None
+    status = read_status(doc)
+    quiet = doc.get("quiet_hours")
+    throttle = doc.get("throttle_per_second")
+    return CampaignRecord(
+        id=status.id.removeprefix(CAMPAIGN_PREFIX),
+        name=str(doc.get("name")),
+        status=status,
+        audience=request["target"],
+        message=request["message"],
+        options={k: v for k, v in options.items() if k in OPTION_FIELDS},
+        schedule_at=options.get("send_at") or None,
+        local_time=bool(options.get("local_time", False)),
+        quiet_hours=None if not quiet else {"start": str(quiet["start"]), "end": str(quiet["end"])},
+        throttle_per_second=None if throttle is None else int(throttle),
+        audience_estimate=int(doc.get("audience_estimate") or 0),
+        progress_ratio=1.0 if status.state == "done" else round(progress_ratio(doc), 4),
     )
-    state = doc["state"]
+
+
+def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A campaign as the API shows it (the `Campaign` schema of /openapi.json)."""
+    campaign = read_campaign(doc)
+    status = campaign.status
     return {
-        "id": request_id_of(doc).removeprefix(CAMPAIGN_PREFIX),
-        "name": doc.get("name"),
-        "app": doc["app"],
-        "status": state,
-        "audience": request["target"],
-        "message": request["message"],
-        "options": {k: v for k, v in options.items() if k in OPTION_FIELDS},
-        "schedule": schedule,
-        "quiet_hours": doc.get("quiet_hours"),
-        "throttle_per_second": doc.get("throttle_per_second"),
-        "created_at": epoch_to_iso(doc["created_at"]),
-        "next_run_at": epoch_to_iso(doc["due_at"]),
-        "finished_at": epoch_to_iso(doc["finished_at"]) if doc.get("finished_at") else None,
-        "counts": counts_view(doc),
-        "dry_run": dry_run_view(doc),
-        "progress": {
-            "audience_estimate": int(doc.get("audience_estimate") or 0),
-            "ratio": 1.0 if state == "done" else round(progress_ratio(doc), 4),
-        },
+        "id": campaign.id,
+        "name": campaign.name,
+        "app": status.app,
+        "status": status.state,
+        "audience": campaign.audience,
+        "message": campaign.message,
+        "options": campaign.options,
+        "schedule": (
+            None if campaign.schedule_at is None else {"at": campaign.schedule_at, "local_time": campaign.local_time}
+        ),
+        "quiet_hours": None if campaign.quiet_hours is None else dict(campaign.quiet_hours),
+        "throttle_per_second": campaign.throttle_per_second,
+        "created_at": epoch_to_iso(status.created_at),
+        "next_run_at": epoch_to_iso(status.due_at),
+        "finished_at": None if status.finished_at is None else epoch_to_iso(status.finished_at),
+        "counts": counts_view(status),
+        "dry_run": dry_run_view(status),
+        "progress": {"audience_estimate": campaign.audience_estimate, "ratio": campaign.progress_ratio},
     }
 
 
@@ -161,17 +201,17 @@ def _campaign_id(request: web.Request) -> str:
 @routes.post("/v1/campaigns")
 @require("campaigns")
 async def create_campaign(request: web.Request) -> web.Response:
-    """Create a campaign; repeating an id returns the existing campaign with 200."""
+    """Create a campaign; repeating an id returns the existing campaign with 200 (409 if the body differs)."""
     campaign_id, raw, fields = parse_campaign(
         await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS]
     )
     permit(request, raw["app"])
     parsed = parse_request(raw)
+    # What the caller sent, before anything is stamped on it: a repeat of the id is compared with its hash.
+    sent = campaign_form(campaign_id, raw, fields)
     existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if existing is not None:
-        # The campaign as it was created (ids are idempotency keys), not the body sent again.
-        stored_request = parse_request(orjson.loads(existing["request"]))
-        return web.json_response(_created_view(request, existing, stored_request), status=200)
+        return _repeated(request, existing, campaign_id, sent)
     now = request.app[CLOCK]()
     parsed, raw = stamp_live_activity(parsed, raw, now)
     estimate = await request.app[DEVICES].count(
@@ -182,16 +222,51 @@ async def create_campaign(request: web.Request) -> web.Response:
     )
     doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
     # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.
-    doc.update(fields, audience_estimate=estimate, lane=LANE_FANOUT)
+    doc.update(fields, audience_estimate=estimate, lane=LANE_FANOUT, **{REQUEST_HASH: request_hash(sent)})
     result = await request.app[NOTIFICATIONS].record([doc])
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[doc["_id"]])
     stored = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
     if stored is None:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
-    if result.inserted:
-        request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
-    return web.json_response(_created_view(request, stored, parsed), status=201 if result.inserted else 200)
+    if not result.inserted:  # created meanwhile by a concurrent call
+        return _repeated(request, stored, campaign_id, sent)
+    request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
+    return web.json_response(_created_view(request, stored, parsed), status=201)
+
+
+def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A campaign in the caller's terms (what its request id is compared by), from its notification request and
+    campaign fields: as parse_campaign made them, or as stored. Defaults parse_campaign fills in
+    (`schedule.local_time`, empty `options`) read the same whether sent or left out."""
+    options = dict(request.get("options") or {})
+    form: dict[str, Any] = {
+        "id": campaign_id,
+        "name": fields.get("name"),
+        "app": request.get("app"),
+        "audience": request.get("target"),
+        "message": request.get("message"),
+        "options": {k: v for k, v in options.items() if k not in ("send_at", "local_time")},
+    }
+    if options.get("send_at") is not None:
+        form["schedule"] = {"at": options["send_at"], "local_time": bool(options.get("local_time", False))}
+    for name in ("quiet_hours", "throttle_per_second"):
+        if fields.get(name) is not None:
+            form[name] = fields[name]
+    return form
+
+
+def _repeated(request: web.Request, stored: dict, campaign_id: str, sent: dict[str, Any]) -> web.Response:
+    """A campaign id created before: 200 with the campaign as it was created (and its preview) when the body
+    is the same, 409 naming the first field that differs otherwise (ids are idempotency keys)."""
+    differs = differing_field(campaign_form(campaign_id, orjson.loads(stored["request"]), stored),
+                              stored.get(REQUEST_HASH), sent)
+    if differs is not None:
+        message = (f"campaign {campaign_id!r} was created before in app {stored['app']!r} with a different body "
+                   f"({differs} differs); the first one stands: use a new id for a new campaign")
+        return json_error(409, "conflict", message, differs)
+    stored_request = parse_request(orjson.loads(stored["request"]))
+    return web.json_response(_created_view(request, stored, stored_request), status=200)
 
 
 def _created_view(request: web.Request, doc: dict, parsed: PushRequest) -> dict[str, Any]:

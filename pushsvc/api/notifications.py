@@ -2,49 +2,92 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from pushsvc.api.auth import permit, require
-from pushsvc.api.context import APP_PROVIDERS, INTAKE, KNOWN_APPS, NOTIFICATIONS
+from pushsvc.api.context import APP_PROVIDERS, CLOCK, INTAKE, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
 from pushsvc.api.validation import app_of, json_body
-from pushsvc.ingest.intake import Rejection, validate
+from pushsvc.ingest.intake import Rejection, key, validate
+from pushsvc.model import NotificationState
 from pushsvc.scheduling.due import epoch_to_iso
-from pushsvc.store.notifications import FINAL_KEYS, request_id_of, split_counts
-from pushsvc.store.ranges import RangeStore
+from pushsvc.store.campaigns import StateChanges
+from pushsvc.store.devices import epoch_of, stored_bool
+from pushsvc.store.notifications import FINAL_KEYS, LANE_BATCH, full_counts, request_id_of, split_counts
+from pushsvc.store.ranges import RANGE_KIND, RangeStore
 
 routes = web.RouteTableDef()
 
 
-def counts_view(doc: dict) -> dict[str, int]:
-    counts, _ = split_counts(doc.get("counts") or {})
-    counts["pending"] = max(0, counts.get("targeted", 0) - sum(counts.get(k, 0) for k in FINAL_KEYS))
+@dataclass(frozen=True)
+class NotificationStatus:
+    """What the API shows of a notification (and of the notification a campaign is): read once from the stored
+    document by `read_status`, so every answer has the documented types whatever the database gave back."""
+
+    id: str
+    app: str
+    state: str
+    source: str | None
+    created_at: float
+    due_at: float
+    finished_at: float | None
+    error: str | None
+    # Every COUNT_KEYS counter, 0 where the document has none (recorded before the counter existed).
+    counts: Mapping[str, int]
+    # A dry run's final outcomes per device platform ({"ios": {"validated": 3}}); None for a real send.
+    by_platform: Mapping[str, Mapping[str, int]] | None
+
+
+def read_status(doc: Mapping[str, Any]) -> NotificationStatus:
+    """The status of a stored notification (a split campaign's: with its ranges' counts summed in)."""
+    counts, by_platform = split_counts(full_counts(doc.get("counts") or {}))
+    finished_at = doc.get("finished_at")
+    return NotificationStatus(
+        id=request_id_of(doc),
+        app=str(doc["app"]),
+        state=str(doc["state"]),
+        source=doc.get("source"),
+        created_at=epoch_of(doc["created_at"]),
+        due_at=epoch_of(doc["due_at"]),
+        finished_at=epoch_of(finished_at) if finished_at else None,
+        error=doc.get("error"),
+        counts=counts,
+        by_platform=by_platform if stored_bool(doc.get("dry_run"), default=False) else None,
+    )
+
+
+def counts_view(status: NotificationStatus) -> dict[str, int]:
+    """Every counter, plus `pending`: targeted devices without a final outcome yet."""
+    counts = dict(status.counts)
+    counts["pending"] = max(0, counts["targeted"] - sum(counts[k] for k in FINAL_KEYS))
     return counts
 
 
-def dry_run_view(doc: dict) -> dict[str, Any] | None:
-    """A dry run's counts per device platform ({"ios": {"validated": 3, "rejected": 1}, ...}); None otherwise."""
-    if not doc.get("dry_run"):
+def dry_run_view(status: NotificationStatus) -> dict[str, Any] | None:
+    """A dry run's counts per device platform ({"by_platform": {"ios": {"validated": 3}}}); None otherwise."""
+    if status.by_platform is None:
         return None
-    _, by_platform = split_counts(doc.get("counts") or {})
-    return {"by_platform": by_platform}
+    return {"by_platform": {platform: dict(counts) for platform, counts in status.by_platform.items()}}
 
 
-def notification_view(doc: dict) -> dict[str, Any]:
-    counts = counts_view(doc)
+def notification_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A notification as the API shows it (the `Notification` schema of /openapi.json)."""
+    status = read_status(doc)
     return {
-        "id": request_id_of(doc),
-        "app": doc["app"],
-        "state": doc["state"],
-        "source": doc.get("source"),
-        "created_at": epoch_to_iso(doc["created_at"]),
-        "due_at": epoch_to_iso(doc["due_at"]),
-        "finished_at": epoch_to_iso(doc["finished_at"]) if doc.get("finished_at") else None,
-        "error": doc.get("error"),
-        "counts": counts,
-        "dry_run": dry_run_view(doc),
+        "id": status.id,
+        "app": status.app,
+        "state": status.state,
+        "source": status.source,
+        "created_at": epoch_to_iso(status.created_at),
+        "due_at": epoch_to_iso(status.due_at),
+        "finished_at": None if status.finished_at is None else epoch_to_iso(status.finished_at),
+        "error": status.error,
+        "counts": counts_view(status),
+        "dry_run": dry_run_view(status),
     }
 
 
@@ -59,8 +102,12 @@ async def create_notification(request: web.Request) -> web.Response:
     result = await request.app[INTAKE].record([outcome], source="api")
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[0][1])
-    doc = result.documents.get(result.inserted[0]) if result.inserted else None
-    if doc is None:  # recorded before: answer with it as it is now
+    if result.conflicts:  # the id was used before with another body: the first request stands
+        conflict = result.conflicts[0][1]
+        return json_error(409, "conflict", conflict.detail, conflict.field)
+    notification = key(outcome)
+    doc = result.documents.get(notification) or result.existing.get(notification)
+    if doc is None:  # recorded before and not read by intake (gone since): answer with it as it is now
         doc = await request.app[NOTIFICATIONS].find(outcome.request.app, outcome.request.id)
     assert doc is not None
     return web.json_response(notification_view(doc), status=201 if result.inserted else 200)
@@ -77,3 +124,34 @@ async def get_notification(request: web.Request) -> web.Response:
         return json_error(404, "not_found", "no notification with that id")
     # A campaign split into ranges counts in its ranges until it is settled.
     return web.json_response(notification_view(await RangeStore(notifications).live_counts(doc)))
+
+
+@routes.post("/v1/notifications/{notification_id}/cancel")
+@require("campaigns")
+async def cancel_notification(request: web.Request) -> web.Response:
+    """Cancel a notification of `?app=` (the campaigns' cancel, StateChanges.cancel): one not started is never
+    sent, a fan-out in flight stops after its chunk; 409 naming the state when it is over (or a few devices'
+    notification already on its way). Scoped like the campaign actions: an operator's key, not a producer's."""
+    app = app_of(request)
+    notifications = request.app[NOTIFICATIONS]
+    doc = await notifications.find(app, request.match_info["notification_id"])
+    # A range is a part of a split notification, cancelled only with it (through its parent's id).
+    if doc is None or doc.get("kind") == RANGE_KIND:
+        return json_error(404, "not_found", "no notification with that id")
+    changes = StateChanges(notifications)
+    after = await changes.cancel(doc, request.app[CLOCK]())
+    if after is None:
+        current = await notifications.get(doc["_id"])
+        if current is None:
+            return json_error(404, "not_found", "no notification with that id")
+        return json_error(409, "invalid_state", _cannot_cancel(current))
+    return web.json_response(notification_view(after))
+
+
+def _cannot_cancel(doc: dict) -> str:
+    """Why a cancel was refused, naming the state."""
+    state = doc["state"]
+    if state == str(NotificationState.DISPATCHING) and doc.get("lane") == LANE_BATCH:
+        # Sent as one chunk (a few tokens or users): there is no chunk boundary left to stop at.
+        return "cannot cancel a notification that is dispatching: a few devices' notification is sent as one chunk"
+    return f"cannot cancel a notification that is {state}"

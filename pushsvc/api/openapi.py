@@ -130,7 +130,13 @@ MESSAGE = {
 SEGMENT = {
     "type": "object",
     "additionalProperties": False,
+    "description": "the app's active devices with any of tags_any and all of tags_all; at least one of them must "
+    "be non-empty: an empty segment ({}) would reach every device of the app, so it is a 400 naming the segment",
     "properties": {"tags_any": {**TAGS}, "tags_all": {**TAGS}},
+    "anyOf": [
+        {"required": ["tags_any"], "properties": {"tags_any": {"minItems": 1}}},
+        {"required": ["tags_all"], "properties": {"tags_all": {"minItems": 1}}},
+    ],
 }
 BASE_OPTIONS = {
     "priority": {"type": "string", "enum": ["high", "normal"]},
@@ -176,10 +182,19 @@ SUBSCRIPTION = {
 }
 EPOCH = {"type": "integer", "minimum": 946684800, "maximum": 4102444799, "description": "epoch seconds"}
 JSON_OBJECT = {"type": "object", "additionalProperties": True}
+COUNT_DESCRIPTIONS = {
+    "targeted": "devices reached by the target that have a final count (each is in exactly one of the others)",
+    "unknown_token": "tokens named in target.tokens with no active device of a kind the push type takes",
+    "opted_out": "devices named by target.tokens whose opt_out lists message.category, not sent to. A users or "
+    "segment audience leaves such devices out when it is read: they are in neither targeted nor opted_out",
+    "validated": "a dry run's devices whose payload was built and accepted",
+    "pending": "targeted devices without a final count yet",
+}
 COUNTS = {
     "type": "object",
+    "required": [*COUNT_KEYS, "pending"],
     "properties": {
-        k: {"type": "integer", "minimum": 0}
+        k: {"type": "integer", "minimum": 0, **({"description": text} if (text := COUNT_DESCRIPTIONS.get(k)) else {})}
         for k in (*COUNT_KEYS, "pending")
     },
 }
@@ -253,7 +268,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Device": {
         "type": "object",
-        "required": ["id", "app", "token", "platform", "kind", "tags", "opt_out", "active"],
+        # Every field is always present (null where unset).
+        "required": [
+            "id", "app", "token", "platform", "kind", "user_id", "tags", "locale", "timezone", "app_version",
+            "opt_out", "subscription", "activity_id", "active", "deactivated_reason", "registered_at",
+        ],
         "properties": {
             "id": {"type": "string"},
             "app": {"type": "string"},
@@ -268,8 +287,12 @@ SCHEMAS: dict[str, Any] = {
             "opt_out": STRING_LIST,
             "subscription": {**SUBSCRIPTION, "nullable": True},
             "activity_id": NULLABLE_STRING,
-            "active": {"type": "boolean"},
-            "deactivated_reason": NULLABLE_STRING,
+            "active": {
+                "type": "boolean",
+                "description": "false once a provider called the token dead (deactivated_reason says why): it is "
+                "no longer sent to. Registering the same token again makes it active again",
+            },
+            "deactivated_reason": {**NULLABLE_STRING, "description": "the provider's reason; null while active"},
             "registered_at": {
                 "type": "number",
                 "nullable": True,
@@ -373,7 +396,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "Notification": {
         "type": "object",
-        "required": ["id", "app", "state", "created_at", "due_at", "counts"],
+        # Every field is always present (null where unset).
+        "required": [
+            "id", "app", "state", "source", "created_at", "due_at", "finished_at", "error", "counts", "dry_run",
+        ],
         "properties": {
             "id": {"type": "string"},
             "app": {"type": "string"},
@@ -437,17 +463,31 @@ SCHEMAS: dict[str, Any] = {
     },
     "Campaign": {
         "type": "object",
-        "required": ["id", "name", "app", "status", "audience", "message", "created_at", "counts", "progress"],
+        # Every field is always present (null where unset), except preview.
+        "required": [
+            "id", "name", "app", "status", "audience", "message", "options", "schedule", "quiet_hours",
+            "throttle_per_second", "created_at", "next_run_at", "finished_at", "counts", "dry_run", "progress",
+        ],
         "properties": {
             "id": {"type": "string"},
             "name": {"type": "string"},
             "app": {"type": "string"},
             "status": {"type": "string", "enum": STATES},
-            "audience": {"type": "object"},
-            "message": {"type": "object"},
-            "options": {"type": "object"},
-            "schedule": {"type": "object", "nullable": True},
-            "quiet_hours": {"type": "object", "nullable": True},
+            "audience": {"type": "object", "description": "as created"},
+            "message": {"type": "object", "description": "as created"},
+            "options": {"type": "object", "description": "as created"},
+            "schedule": {
+                "type": "object",
+                "nullable": True,
+                "required": ["at", "local_time"],
+                "properties": {"at": {"type": "string"}, "local_time": {"type": "boolean"}},
+            },
+            "quiet_hours": {
+                "type": "object",
+                "nullable": True,
+                "required": ["start", "end"],
+                "properties": {"start": HHMM, "end": HHMM},
+            },
             "throttle_per_second": {"type": "integer", "nullable": True},
             "created_at": {"type": "string", "format": "date-time"},
             "next_run_at": {"type": "string", "format": "date-time"},
@@ -532,7 +572,7 @@ PATHS: dict[str, Any] = {
             "Register or refresh a device",
             "devices:write",
             {
-                "200": _json(_ref("Device"), "existing device refreshed"),
+                "200": _json(_ref("Device"), "existing device refreshed (and active again if it was deactivated)"),
                 "201": _json(_ref("Device"), "new device"),
                 **_errors(*WITH_BODY),
             },
@@ -575,9 +615,11 @@ PATHS: dict[str, Any] = {
             "Send a notification (the Kafka request contract), idempotent by id",
             "notify",
             {
-                "200": _json(_ref("Notification"), "id seen before: the existing record"),
+                "200": _json(_ref("Notification"), "id seen before with the same body: the existing record"),
                 "201": _json(_ref("Notification"), "recorded"),
                 **_errors(*WITH_BODY),
+                "409": _json(_ref("Error"), "id seen before with a different body; `field` names the first field "
+                             "that differs (e.g. message.title); the first request stands"),
             },
             body="NotificationRequest",
         )
@@ -590,14 +632,29 @@ PATHS: dict[str, Any] = {
             parameters=[_path("notification_id", {"type": "string", "minLength": 1, "maxLength": 128}), APP_SCOPE],
         )
     },
+    "/v1/notifications/{notification_id}/cancel": {
+        "post": _op(
+            "Cancel a notification: one not started is never sent, a fan-out in flight stops after its chunk",
+            "campaigns",
+            {
+                "200": _json(_ref("Notification"), "cancelled"),
+                **_errors(*AUTHED, 404),
+                "409": _json(_ref("Error"), "already finished (the message names its state), or a notification "
+                             "of a few devices already being sent (one chunk)"),
+            },
+            parameters=[_path("notification_id", {"type": "string", "minLength": 1, "maxLength": 128}), APP_SCOPE],
+        )
+    },
     "/v1/campaigns": {
         "post": _op(
             "Create a campaign",
             "campaigns",
             {
-                "200": _json(_ref("Campaign"), "id seen before: the existing campaign"),
+                "200": _json(_ref("Campaign"), "id seen before with the same body: the existing campaign"),
                 "201": _json(_ref("Campaign"), "created"),
-                **_errors(*WITH_BODY, 409),
+                **_errors(*WITH_BODY),
+                "409": _json(_ref("Error"), "id seen before with a different body (`field` names the first field "
+                             "that differs), or taken by a notification that is not a campaign (field: id)"),
             },
             body="CampaignInput",
         ),

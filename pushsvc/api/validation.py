@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -10,9 +9,6 @@ from aiohttp import web
 from pushsvc.api.auth import permit, permitted_apps
 from pushsvc.api.context import KNOWN_APPS
 from pushsvc.model import RequestError
-
-TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9:_\-.]{8,4096}$")
-LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 
 async def json_body(request: web.Request) -> Any:
@@ -59,26 +55,3 @@ def field_name(key: str) -> str:
     if not key:
         return "body"
     return key if len(key) <= 64 else key[:64] + "..."
-
-
-def opt_str(obj: dict, key: str, max_length: int = 256, pattern: re.Pattern[str] | None = None) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
-        raise RequestError(key, f"must be a non-empty string of at most {max_length} characters")
-    if pattern is not None and not pattern.match(value):
-        raise RequestError(key, "has an invalid format")
-    return value
-
-
-def str_list(obj: dict, key: str, max_items: int = 50, max_length: int = 128) -> tuple[str, ...]:
-    value = obj.get(key, [])
-    if not isinstance(value, list) or len(value) > max_items:
-        raise RequestError(key, f"must be a list of at most {max_items} strings")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item or len(item) > max_length:
-            raise RequestError(
-                f"{key}[{i}]", f"must be a non-empty string of at most {max_length} characters"
-            )
-    return tuple(dict.fromkeys(value))

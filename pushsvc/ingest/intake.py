@@ -16,6 +16,7 @@ import orjson
 
 from pushsvc import metrics
 from pushsvc.dispatch.batch import SmallNotification
+from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
@@ -31,7 +32,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str  # invalid_json | invalid_request | too_large | store_rejected
+    reason: str  # invalid_json | invalid_request | too_large | store_rejected | conflict
     detail: str
     field: str | None = None
 
@@ -43,14 +44,28 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class Conflict:
+    """A request id recorded before in its app with another body: the first request stands."""
+
+    field: str  # the first field that differs, dotted (`message.title`)
+    detail: str
+
+
+@dataclass(frozen=True)
 class Recorded:
     inserted: list[str]
+    # Repeats of a recorded request (same id, same body): answered with the original, never sent again.
     duplicates: list[str]
     # Requests MongoDB refuses to store for good (e.g. a document over its size limit), with the reason:
     # Kafka dead-letters them (reason "store_rejected"), the API answers 400. Never retried.
     rejected: list[tuple[Accepted, str]]
     # The documents inserted, by key: what the API answers with, without reading them back.
     documents: Mapping[str, dict] = field(default_factory=dict)
+    # Repeated ids with a different body (not in `duplicates`): Kafka dead-letters them (reason "conflict"),
+    # the API answers 409. The request recorded first is kept as it is.
+    conflicts: list[tuple[Accepted, Conflict]] = field(default_factory=list)
+    # The recorded documents the repeats were compared with, by key: what the API answers a repeat with.
+    existing: Mapping[str, dict] = field(default_factory=dict)
 
 
 # Per app, the providers it configures (config.configured_providers): whose payload limits its requests meet.
@@ -127,14 +142,15 @@ class Intake:
 
     async def record(self, accepted: Sequence[Accepted], source: str) -> Recorded:
         """Record validated requests (one round trip, as a rule); a request id seen before in its app is a
-        duplicate. The lists returned hold notification keys (store.notifications.notification_key).
+        duplicate if its body is the same, a conflict if not (ingest/idempotency.py). The lists returned hold
+        notification keys (store.notifications.notification_key).
 
-        Within one batch the first occurrence of an id wins and later ones are duplicates, like redeliveries;
-        but if MongoDB refuses the first one for good, the next copy gets its own try instead.
+        Within one batch the first occurrence of an id wins and later ones are duplicates (or conflicts), like
+        redeliveries; but if MongoDB refuses the first one for good, the next copy gets its own try instead.
         """
         now = self._clock()
         inserted: list[str] = []
-        duplicates: list[str] = []
+        repeats: list[Accepted] = []
         rejected: list[tuple[Accepted, str]] = []
         documents: dict[str, dict] = {}
         pending = list(accepted)
@@ -148,19 +164,50 @@ class Intake:
                     unique[key(item)] = item
             stored = await self._record_once(list(unique.values()), source, now)
             inserted += stored.inserted
-            duplicates += stored.duplicates
+            repeats += [unique[k] for k in stored.duplicates]
             rejected += stored.rejected
             documents.update(stored.documents)
             refused = {key(item) for item, _ in stored.rejected}
             pending = [item for item in later if key(item) in refused]
-            duplicates += [key(item) for item in later if key(item) not in refused]
+            repeats += [item for item in later if key(item) not in refused]
+        duplicates, conflicts, existing = await self._compare_repeats(repeats, documents)
         if inserted:
             metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(inserted))
         if duplicates:
             metrics.REQUESTS_INGESTED.labels(source, "duplicate").inc(len(duplicates))
         for item, error in rejected:
             log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
-        return Recorded(inserted, duplicates, rejected, documents)
+        for item, conflict in conflicts:
+            log.info("request_id_conflict", notification_id=key(item)[:200], field=conflict.field, source=source)
+        return Recorded(inserted, duplicates, rejected, documents, conflicts, existing)
+
+    async def _compare_repeats(
+        self, repeats: list[Accepted], inserted: Mapping[str, dict]
+    ) -> tuple[list[str], list[tuple[Accepted, Conflict]], dict[str, dict]]:
+        """Tell repeats (same id and body) from conflicts (same id, another body) by the stored request hash.
+
+        One read, only when there are repeats: a copy recorded earlier in this batch is compared with the
+        document just inserted. A repeat whose record is gone (retention deleted it meanwhile) stays a repeat.
+        """
+        if not repeats:
+            return [], [], {}
+        wanted = {(item.request.app, item.request.id) for item in repeats if key(item) not in inserted}
+        existing = await self._notifications.find_many(wanted) if wanted else {}
+        duplicates: list[str] = []
+        conflicts: list[tuple[Accepted, Conflict]] = []
+        for item in repeats:
+            doc = inserted.get(key(item)) or existing.get(key(item))
+            differs = None if doc is None else _differs(doc, item.raw)
+            if differs is None:
+                duplicates.append(key(item))
+                continue
+            request = item.request
+            detail = (
+                f"request id {request.id[:200]!r} was recorded before in app {request.app!r} with a different "
+                f"body ({differs} differs); the first request stands: use a new id for a new notification"
+            )
+            conflicts.append((item, Conflict(differs, detail)))
+        return duplicates, conflicts, existing
 
     async def _record_once(self, items: list[Accepted], source: str, now: float) -> Recorded:
         """One insert of requests with distinct keys; the due-now batch-lane ones held by this replica if the
@@ -174,7 +221,9 @@ class Intake:
         stamped = [stamp_live_activity(item.request, item.raw, now) for item in items]
         try:
             documents = [
+                # The hash of what the caller sent (items[n].raw, unstamped): a repeat is compared with it.
                 new_document(request, raw, source, due[n], now, reservation.claim if n in held else None)
+                | {REQUEST_HASH: request_hash(items[n].raw)}
                 for n, (request, raw) in enumerate(stamped)
             ]
             result = await self._notifications.record(documents)
@@ -199,3 +248,14 @@ class Intake:
             [(by_key[k], error) for k, error in result.rejected.items()],
             {d["_id"]: d for d in documents if d["_id"] in stored},
         )
+
+
+def _differs(doc: Mapping[str, Any], sent: Mapping[str, Any]) -> str | None:
+    """The first field in which `sent` differs from the request recorded as `doc`; None for a true repeat."""
+    if doc.get(REQUEST_HASH) == request_hash(sent):
+        return None  # the usual repeat (a redelivery, a retry): no need to read the stored request
+    try:
+        stored = orjson.loads(doc["request"])
+    except (KeyError, TypeError, orjson.JSONDecodeError):
+        return None  # nothing readable to compare with (never written so): taken as a repeat, as before
+    return differing_field(stored, doc.get(REQUEST_HASH), sent)

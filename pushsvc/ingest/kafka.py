@@ -5,7 +5,8 @@ dead letters acknowledged by the broker. MongoDB or broker outages hold the batc
 MongoDB refuses for good (a per-document write error that no retry can fix) is dead-lettered instead
 (reason ``store_rejected``), so it cannot wedge its partition. A crash before the commit redelivers the
 batch; the request id (the notification's _id) absorbs the duplicates. Input can never stop the consumer:
-anything that is not a valid request goes to the DLQ with the reason.
+anything that is not a valid request goes to the DLQ with the reason, and so does a request reusing a recorded
+id with a different body (reason ``conflict``, naming the field: the first request stands).
 
 A crash of the loop (a bug; ``app._supervise`` restarts it) must not skip the batch it held: the fetch
 position is already past that batch, so every (re)start first moves the assigned partitions back to their
@@ -299,6 +300,12 @@ class KafkaIngest:
                     recorded = True
                     # Refused by MongoDB for good: retrying would hold the partition forever.
                     dead = [(source[id(item)], Rejection("store_rejected", error)) for item, error in result.rejected]
+                    # A recorded id with another body: no caller to answer, so the new record is kept in the DLQ
+                    # (the recorded one stands and is sent once).
+                    dead += [
+                        (source[id(item)], Rejection("conflict", conflict.detail, conflict.field))
+                        for item, conflict in result.conflicts
+                    ]
                     await self._send_dead_letters(dead)
                     dead = []
                 return True

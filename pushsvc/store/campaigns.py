@@ -3,7 +3,7 @@ campaign fields.
 
 A campaign is worked by the same scheduler and runner as any notification; the campaign fields (name,
 throttle_per_second, quiet_hours, audience_estimate) tell the runner how. Pause, resume and cancel are
-conditional state transitions the runner notices between chunks.
+conditional state transitions the runner notices between chunks (StateChanges; cancel serves any notification).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from pushsvc.model import NotificationState
-from pushsvc.store.notifications import ACTIVE_STATES, PAUSED, STALLED_RUNS, NotificationStore
+from pushsvc.store.notifications import ACTIVE_STATES, LANE_BATCH, PAUSED, STALLED_RUNS, NotificationStore
 from pushsvc.store.ranges import SPLIT_PARENT, RangeStore
 
 CAMPAIGN_PREFIX = "campaign:"
@@ -37,6 +37,7 @@ class CampaignStore:
         self._collection = notifications.collection
         self._notifications = notifications
         self._ranges = RangeStore(notifications)
+        self._changes = StateChanges(notifications)
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_indexes(CAMPAIGN_INDEXES)
@@ -57,36 +58,63 @@ class CampaignStore:
         return [await self._ranges.live_counts(doc) async for doc in cursor]
 
     async def pause(self, app: str, campaign_id: str, now: float) -> dict | None:
-        return await self._transition(app, campaign_id, _ACTIVE, {"state": PAUSED, "paused_at": now})
+        doc = await self.get(app, campaign_id)  # its _id: a campaign created before ids were per app has another
+        return await self._changes.pause(doc, now) if doc is not None else None
 
     async def resume(self, app: str, campaign_id: str, now: float) -> dict | None:
+        doc = await self.get(app, campaign_id)
+        return await self._changes.resume(doc, now) if doc is not None else None
+
+    async def cancel(self, app: str, campaign_id: str, now: float) -> dict | None:
+        doc = await self.get(app, campaign_id)
+        return await self._changes.cancel(doc, now) if doc is not None else None
+
+
+class StateChanges:
+    """Pause, resume and cancel: conditional state transitions the runner notices between chunks.
+
+    The one way to change a notification's course, for campaigns (`POST /v1/campaigns/{id}/cancel`, ...) and
+    any notification (`POST /v1/notifications/{id}/cancel`): each returns the document after the change, or
+    None when it is not in a state the change applies to.
+    """
+
+    def __init__(self, notifications: NotificationStore) -> None:
+        self._notifications = notifications
+        self._ranges = RangeStore(notifications)
+
+    async def pause(self, doc: dict, now: float) -> dict | None:
+        return await self._transition(doc, _ACTIVE, {"state": PAUSED, "paused_at": now})
+
+    async def resume(self, doc: dict, now: float) -> dict | None:
         # Claimable again as soon as it is due; a runner still holding the lease notices and lets go.
         # Resumed by an operator (often after fixing why it stalled): its runs start counting again.
         update = {"state": str(NotificationState.SCHEDULED), "resumed_at": now, STALLED_RUNS: 0}
-        return await self._transition(app, campaign_id, [PAUSED], update)
+        return await self._transition(doc, [PAUSED], update)
 
-    async def cancel(self, app: str, campaign_id: str, now: float) -> dict | None:
+    async def cancel(self, doc: dict, now: float) -> dict | None:
+        """Final: one not claimed yet is never sent; one being worked stops after its chunk in flight, and its
+        runner announces it (an unclaimed one is announced by the outcome sweep: `event_pending`)."""
         update = {
             "state": str(NotificationState.CANCELLED),
             "finished_at": now,
             "expire_at": self._notifications.expiry(now),
             "event_pending": True,
         }
-        return await self._transition(app, campaign_id, [*_ACTIVE, PAUSED], update)
+        from_states = [*_ACTIVE, PAUSED]
+        if doc.get("lane") == LANE_BATCH:
+            # The batch lane sends a notification as one chunk and finishes it only from `dispatching`: a
+            # cancel landing mid-send would stop nothing and leave the devices it reached uncounted.
+            from_states.remove(str(NotificationState.DISPATCHING))
+        return await self._transition(doc, from_states, update)
 
-    async def _transition(
-        self, app: str, campaign_id: str, from_states: list[str], update: dict[str, Any]
-    ) -> dict | None:
-        """The campaign after the change, or None (no such campaign, or not in one of `from_states`).
+    async def _transition(self, doc: dict, from_states: list[str], update: dict[str, Any]) -> dict | None:
+        """`doc` after the change, or None (no longer there, or not in one of `from_states`).
 
-        A split campaign (store/ranges.py) moves with its ranges: paused, resumed or cancelled together. Its
+        A split notification (store/ranges.py) moves with its ranges: paused, resumed or cancelled together. Its
         parent is only ever worked through its ranges, so a resume makes it `dispatching` again (not claimable:
         its lease is `NEVER`), and a cancel is announced when it is settled (its ranges' last counts in),
         by the runner of its last range still running, or by the outcome sweep's next check (`settle_at`).
         """
-        doc = await self.get(app, campaign_id)  # its _id: a campaign created before ids were per app has another
-        if doc is None:
-            return None
         if doc.get("boundaries") is not None:
             update = {**update, **SPLIT_PARENT[update["state"]](update)}
         after = await self._notifications.transition(doc["_id"], from_states, update)

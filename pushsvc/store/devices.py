@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
+# DeviceRecord is the device contract's record (parse_device builds it; this store writes and reads it).
+from pushsvc.device_contract import DeviceRecord
 from pushsvc.model import Device, PushRequest, Target, WebSubscription
 from pushsvc.store.database import Database
 from pushsvc.token_kinds import KIND_NAMES, KINDS, default_kind, receives
@@ -50,25 +52,6 @@ DISPATCH_PROJECTION = {
 }
 
 
-@dataclass(frozen=True)
-class DeviceRecord:
-    app: str
-    token: str
-    platform: str
-    # token_kinds.KINDS; empty: the platform's default.
-    kind: str = ""
-    user_id: str | None = None
-    tags: tuple[str, ...] = ()
-    locale: str | None = None
-    timezone: str | None = None
-    app_version: str | None = None
-    opt_out: tuple[str, ...] = ()
-    # Web Push devices: the browser's subscription (where to send, and the keys to encrypt for).
-    subscription: WebSubscription | None = None
-    # Live Activity update tokens: the activity the token belongs to.
-    activity_id: str | None = None
-
-
 class Deactivation(NamedTuple):
     """A token a provider called invalid."""
 
@@ -84,7 +67,7 @@ def _device_key(app: str, token: str) -> dict[str, Any]:
     return {"app": {"$eq": app}, "token": {"$eq": token}}
 
 
-def kind_of(doc: dict) -> str:
+def kind_of(doc: Mapping[str, Any]) -> str:
     """The device's token kind; documents from before kinds have their platform's default."""
     return doc.get("kind") or default_kind(doc.get("platform", "")) or ""
 
@@ -110,7 +93,7 @@ def to_device(doc: dict) -> Device:
     )
 
 
-def subscription_of(doc: dict) -> WebSubscription | None:
+def subscription_of(doc: Mapping[str, Any]) -> WebSubscription | None:
     stored = doc.get("subscription")
     if not stored:
         return None
@@ -123,6 +106,48 @@ def subscription_fields(subscription: WebSubscription | None) -> dict[str, Any] 
     if subscription is None:
         return None
     return {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
+
+
+def read_device(doc: Mapping[str, Any]) -> DeviceRecord:
+    """A stored device as the typed record the API shows: read once here, so no caller sees stored types."""
+    registered_at = doc.get("registered_at")
+    return DeviceRecord(
+        app=str(doc["app"]),
+        token=str(doc["token"]),
+        platform=str(doc["platform"]),
+        kind=kind_of(doc),
+        user_id=doc.get("user_id"),
+        tags=tuple(doc.get("tags") or ()),
+        locale=doc.get("locale"),
+        timezone=doc.get("timezone"),
+        app_version=doc.get("app_version"),
+        opt_out=tuple(doc.get("opt_out") or ()),
+        subscription=subscription_of(doc),
+        activity_id=doc.get("activity_id"),
+        id=str(doc["_id"]),
+        active=stored_bool(doc.get("active"), default=True),
+        deactivated_reason=doc.get("deactivated_reason"),
+        registered_at=None if registered_at is None else epoch_of(registered_at),
+    )
+
+
+def stored_bool(value: object, default: bool) -> bool:
+    """A boolean field as stored. MongoDB gives back the bool written; nx-27017 (the test database) stores a
+    boolean written with `$set` as the integer 0/1 (an insert keeps it a bool): this is the one place that
+    tells them apart, so an API answer never shows `1` where it documents `true`. A missing field (a device
+    from before the field) is `default`."""
+    if value is None:
+        return default
+    return bool(value)
+
+
+def epoch_of(value: float | datetime) -> float:
+    """A stored time as epoch seconds: pushsvc writes floats; a BSON date (a document written by hand or
+    another tool) is read as its epoch."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.timestamp()
+    return float(value)
 
 
 def kind_filter(route: str, exact: bool = True) -> dict[str, Any]:
@@ -302,8 +327,9 @@ class DeviceStore:
         # another replica: the service passes the database's clock (scheduling/clock.py).
         self._clock = clock
 
-    async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[dict, bool]:
-        """Register or refresh a device; re-registering a deactivated token reactivates it. Returns (doc, created)."""
+    async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[DeviceRecord, bool]:
+        """Register or refresh a device; re-registering a deactivated token reactivates it (`active` set again,
+        the deactivation cleared). Returns (the device as stored, created)."""
         now = self._clock() if now is None else now
         fields = _fields(device, now)
         result = await self._collection.update_one(
@@ -313,7 +339,7 @@ class DeviceStore:
         )
         doc = await self._collection.find_one(_device_key(device.app, device.token))
         assert doc is not None
-        return doc, result.upserted_id is not None
+        return read_device(doc), result.upserted_id is not None
 
     async def backfill_kinds(self) -> int:
         """Record `kind` on devices registered before kinds existed (their platform's default), once.
@@ -534,22 +560,25 @@ class DeviceStore:
         result = await self._collection.bulk_write(operations, ordered=False)
         return result.modified_count
 
-    async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[dict]:
+    async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[DeviceRecord]:
+        """The user's devices in `app`, active or not."""
         query = {"app": {"$eq": app}, "user_id": {"$eq": user_id}}
         # One reply (batch size = limit): no server cursor left between replies that a dropped connection
         # could lose (nx-27017 then answers "exhausted" and the list would silently stop at 101).
-        return await self._collection.find(query).limit(limit).batch_size(limit).to_list(length=limit)
+        docs = await self._collection.find(query).limit(limit).batch_size(limit).to_list(length=limit)
+        return [read_device(doc) for doc in docs]
 
     async def update_tags(
         self, app: str, token: str, tags: Sequence[str], now: float | None = None
-    ) -> dict | None:
+    ) -> DeviceRecord | None:
         """Replace a device's tags (unique (app, token) index); None if no such device."""
         now = self._clock() if now is None else now
-        return await self._collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             _device_key(app, token),
             {"$set": {"tags": list(tags), "updated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
+        return None if doc is None else read_device(doc)
 
     async def delete(self, app: str, token: str) -> bool:
         result = await self._collection.delete_one(_device_key(app, token))

@@ -191,7 +191,11 @@ def new_document(
     now: float,
     claim: Claim | None = None,
 ) -> dict:
-    """The notification a request becomes; with `claim`, recorded already held by that lease."""
+    """The notification a request becomes; with `claim`, recorded already held by that lease.
+
+    Its recorder adds `request_hash` (ingest/idempotency.py: the hash of what the caller sent, before any
+    stamping), which a repeated id is compared with.
+    """
     state = NotificationState.SCHEDULED if due_at > now else NotificationState.ACCEPTED
     document = {
         "_id": notification_key(request.app, request.id),
@@ -297,6 +301,23 @@ class NotificationStore:
         if doc is None:  # recorded by a version that keyed notifications by the bare request id
             doc = await self._collection.find_one({"_id": {"$eq": request_id}, "app": {"$eq": app}})
         return doc
+
+    async def find_many(self, requests: Collection[tuple[str, str]]) -> dict[str, dict]:
+        """Notifications by (app, request id), keyed by notification_key; those not found are left out.
+
+        One read (intake compares repeated request ids with what was recorded: rare, a redelivered batch at
+        most), plus a look-up by bare id for each not found (recorded by the version before per-app ids).
+        """
+        keys = {notification_key(app, request_id): (app, request_id) for app, request_id in requests}
+        if not keys:
+            return {}
+        found = {doc["_id"]: doc for doc in await self._one_reply({"_id": {"$in": list(keys)}}, len(keys))}
+        for key in keys.keys() - found.keys():
+            app, request_id = keys[key]
+            legacy = await self._collection.find_one({"_id": {"$eq": request_id}, "app": {"$eq": app}})
+            if legacy is not None:
+                found[key] = legacy
+        return found
 
     # --- notifications recorded before ids were per app (`_id` = request id) ----------------------------------
 
@@ -691,7 +712,11 @@ class NotificationStore:
         # Unchanged since read: the same request text, and the same holder (a claim, hand-back or finish
         # in between may have rewritten chunk_done, which this update would otherwise overwrite).
         condition = {"_id": doc["_id"], "request": {"$eq": doc["request"]}, "claim": {"$eq": doc.get("claim")}}
-        result = await self._collection.update_one(condition, {"$set": update})
+        # The hash of what the caller sent (ingest/idempotency.py) was taken over the user's id and tokens: it
+        # goes too, so nothing derived from them stays. A repeat of the request id is then compared with the
+        # scrubbed request, which no longer names them.
+        erase_hash = {"request_hash": ""}
+        result = await self._collection.update_one(condition, {"$set": update, "$unset": erase_hash})
         return result.modified_count == 1
 
     async def mark_events_published(self, notification_ids: Sequence[str]) -> None:

@@ -53,6 +53,7 @@ AT_DEMO: list[tuple[str, str, str, Any]] = [
     ("DELETE", "/v1/users/{user_id}", "/v1/users/alice?app=demo", None),
     ("POST", "/v1/notifications", "/v1/notifications", alert("order-2")),
     ("GET", "/v1/notifications/{notification_id}", "/v1/notifications/order-1?app=demo", None),
+    ("POST", "/v1/notifications/{notification_id}/cancel", "/v1/notifications/order-1/cancel?app=demo", None),
     ("POST", "/v1/campaigns", "/v1/campaigns", campaign("autumn")),
     ("GET", "/v1/campaigns", "/v1/campaigns?app=demo", None),
     ("GET", "/v1/campaigns/{campaign_id}", "/v1/campaigns/spring?app=demo", None),

@@ -84,6 +84,8 @@ async def test_erasing_a_user_scrubs_stored_requests_and_pending_ones_skip_them(
         assert doc is not None
         text = orjson.dumps({k: v for k, v in doc.items() if k != "_id"}, default=str).decode()
         assert "alice" not in text and ALICE_IOS not in text and ALICE_ANDROID not in text, notification_id
+        # Nor anything derived from them: the idempotency hash of the request as sent is dropped.
+        assert "request_hash" not in doc, notification_id
 
     by_user = await stack.wait_finished("by-user", timeout=30)
     by_token = await stack.wait_finished("by-token", timeout=30)

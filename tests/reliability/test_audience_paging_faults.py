@@ -282,6 +282,6 @@ async def test_a_users_device_list_is_never_cut_short(proxy: FaultProxy, mongo_u
     store, db = store_via(proxy, name, watch, **NOTICE_RESETS)
     try:
         listed = await store.for_user("demo", "heavy-user")
-        assert sorted(d["token"] for d in listed) == sorted(d.token for d in devices)
+        assert sorted(d.token for d in listed) == sorted(d.token for d in devices)
     finally:
         await db.close()

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import re
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pushsvc.device_contract import TOKEN_PATTERN
 from pushsvc.model import RequestError, WebSubscription
 from pushsvc.subscriptions import address_refused, endpoint_problem, parse_subscription, subscription_token
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9:_\-.]{8,4096}$")  # pushsvc/api/validation.py
 PATH = "subscription"
 
 # --------------------------------------------------------------------------------------------- strategies

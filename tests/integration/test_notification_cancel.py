@@ -1,0 +1,147 @@
+"""`POST /v1/notifications/{id}/cancel`: the route the runbook sends on-call to (it did not exist). The campaign
+cancel's mechanism for any notification: one not started is never sent, a fan-out in flight stops at its next
+chunk boundary, one finished is a 409 naming its state; a key of another app, or without the `campaigns`
+scope, cancels nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from pushsvc.scheduling.due import epoch_to_iso
+from tests.integration.stack import API_KEY, Stack, consume, wait_until
+from tests.reliability.harness import api_key_config
+
+pytestmark = pytest.mark.integration
+
+ALL_SCOPES = ["devices:write", "notify", "campaigns", "read"]
+DEMO_KEY = "key-of-the-demo-backend-0123456789"
+SHOP_KEY = "key-of-the-shop-backend-0123456789"
+PRODUCER_KEY = "key-of-a-producer-only-0123456789"
+IOS = "f1" * 32
+
+
+def token(i: int) -> str:
+    return f"c{i:063x}"
+
+
+async def call(stack: Stack, method: str, path: str, body: Any = None, key: str = API_KEY) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with stack.http.request(method, stack.url(path), json=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def alert(request_id: str, target: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return {"id": request_id, "app": "demo", "target": target, "message": {"title": "Hi", "body": "there"},
+            **({"options": options} if options else {})}
+
+
+async def outcome_event(stack: Stack, request_id: str) -> dict[str, Any]:
+    records = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1, timeout=20)
+    events = [orjson.loads(r.value) for r in records]
+    return next(e for e in events if e["id"] == request_id)
+
+
+async def test_a_scheduled_notification_cancelled_is_never_sent_and_its_event_is_published(stack: Stack) -> None:
+    await stack.start(dispatch={"outcome_sweep_grace_seconds": 0.2})
+    await stack.register(IOS, "ios")
+    soon = epoch_to_iso(time.time() + 4)
+    status, created = await call(stack, "POST", "/v1/notifications", alert("soon", {"tokens": [IOS]}, send_at=soon))
+    assert status == 201 and created["state"] == "scheduled", created
+    status, view = await call(stack, "POST", "/v1/notifications/soon/cancel?app=demo")
+    assert status == 200 and view["state"] == "cancelled" and view["finished_at"], view
+    event = await outcome_event(stack, "soon")  # nobody runs it: the outcome sweep announces it
+    assert (event["state"], event["counts"]["delivered"]) == ("cancelled", 0)
+    await asyncio.sleep(5)  # past its send_at and many claim polls
+    assert stack.apns.requests == [], "a cancelled notification reached the provider"
+    doc = await stack.notification("soon")
+    assert doc is not None and doc["state"] == "cancelled" and doc["expire_at"] is not None
+    # Cancelled is final.
+    status, answer = await call(stack, "POST", "/v1/notifications/soon/cancel?app=demo")
+    assert (status, answer["error"]["code"]) == (409, "invalid_state")
+    assert answer["error"]["message"] == "cannot cancel a notification that is cancelled"
+
+
+async def test_a_fan_out_cancelled_mid_dispatch_stops_at_its_next_chunk(stack: Stack) -> None:
+    devices = 30
+    stack.apns.set_default(delay=0.3)  # each chunk of 5 takes 0.3 s at the provider
+    await stack.start(dispatch={"chunk_size": 5})
+    await asyncio.gather(*(stack.register(token(i), "ios", tags=["promo"]) for i in range(devices)))
+    status, created = await call(stack, "POST", "/v1/notifications",
+                                 alert("flash", {"segment": {"tags_any": ["promo"]}}))
+    assert status == 201, created
+    await wait_until(lambda: asyncio.sleep(0, len(stack.apns.requests) >= 5), 10)
+    status, view = await call(stack, "POST", "/v1/notifications/flash/cancel?app=demo")
+    assert status == 200 and view["state"] == "cancelled", view
+    doc = await wait_until(lambda: _released(stack, "flash"), 10)
+    await asyncio.sleep(1)  # three more chunks' time: nothing else goes out
+    sent = [r.token for r in stack.apns.requests]
+    assert 5 <= len(sent) < devices and len(set(sent)) == len(sent), len(sent)
+    doc = await stack.notification("flash")
+    assert doc is not None and doc["state"] == "cancelled"
+    assert doc["counts"]["delivered"] == len(sent), "the chunk in flight is counted"
+    event = await outcome_event(stack, "flash")  # announced by its runner, as a cancelled campaign is
+    assert (event["state"], event["counts"]["delivered"]) == ("cancelled", len(sent))
+
+
+async def _released(stack: Stack, request_id: str) -> dict | None:
+    doc = await stack.notification(request_id)
+    return doc if doc and doc["state"] == "cancelled" and doc["lease_owner"] is None else None
+
+
+async def test_finished_or_in_flight_notifications_are_a_409_naming_the_state(stack: Stack) -> None:
+    await stack.start()
+    await stack.register(IOS, "ios")
+    status, _ = await call(stack, "POST", "/v1/notifications", alert("done-1", {"tokens": [IOS]}))
+    assert status == 201
+    await stack.wait_finished("done-1")
+    status, answer = await call(stack, "POST", "/v1/notifications/done-1/cancel?app=demo")
+    assert status == 409, answer
+    assert answer["error"] == {"code": "invalid_state", "message": "cannot cancel a notification that is done"}
+
+    # A few devices' notification is sent as one chunk: once it is on its way there is nothing left to stop.
+    stack.apns.script(IOS, delay=1.5)
+    status, _ = await call(stack, "POST", "/v1/notifications", alert("busy", {"tokens": [IOS]}))
+    assert status == 201
+    status, answer = await call(stack, "POST", "/v1/notifications/busy/cancel?app=demo")
+    assert status == 409, answer
+    assert "dispatching" in answer["error"]["message"]
+    doc = await stack.wait_finished("busy")
+    assert (doc["state"], doc["counts"]["delivered"]) == ("done", 1), "counted as what the provider answered"
+
+    status, answer = await call(stack, "POST", "/v1/notifications/nope/cancel?app=demo")
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+
+
+async def test_keys_of_another_app_or_without_the_campaigns_scope_cancel_nothing(stack: Stack) -> None:
+    keys = [
+        api_key_config("test", API_KEY, ALL_SCOPES, ["*"]),
+        api_key_config("demo-backend", DEMO_KEY, ALL_SCOPES, ["demo"]),
+        api_key_config("shop-backend", SHOP_KEY, ALL_SCOPES, ["shop"]),
+        api_key_config("demo-producer", PRODUCER_KEY, ["notify", "read"], ["demo"]),
+    ]
+    await stack.start(more_apps=["shop"], extra={"api_keys": keys})
+    later = epoch_to_iso(time.time() + 3600)
+    status, _ = await call(stack, "POST", "/v1/notifications", alert("order-1", {"tokens": [IOS]}, send_at=later),
+                           key=DEMO_KEY)
+    assert status == 201
+
+    # shop's key acting for shop (its only app): demo's notification is not there.
+    status, answer = await call(stack, "POST", "/v1/notifications/order-1/cancel", key=SHOP_KEY)
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+    # Naming demo: not its app.
+    status, answer = await call(stack, "POST", "/v1/notifications/order-1/cancel?app=demo", key=SHOP_KEY)
+    assert status == 403 and answer["error"]["field"] == "app"
+    # demo's own producer key: no campaigns scope.
+    status, answer = await call(stack, "POST", "/v1/notifications/order-1/cancel", key=PRODUCER_KEY)
+    assert status == 403 and answer["error"]["message"] == "API key 'demo-producer' lacks scope 'campaigns'"
+    doc = await stack.notification("order-1")
+    assert doc is not None and doc["state"] == "scheduled", "cancelled by a key that may not"
+
+    # demo's operator key may, without naming the app (it acts for one).
+    status, view = await call(stack, "POST", "/v1/notifications/order-1/cancel", key=DEMO_KEY)
+    assert status == 200 and (view["id"], view["app"], view["state"]) == ("order-1", "demo", "cancelled")
