@@ -295,20 +295,39 @@ def load_settings(
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
-        try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {file} must hold a mapping at top level")
-        raw = loaded
+        raw = _read_config_file(Path(path))
     _apply_env_overrides(raw, environ)
     settings = _build(Settings, raw, "")
     _check_semantics(settings)
     return settings
+
+
+def _read_config_file(file: Path) -> dict[str, Any]:
+    """The file's top-level mapping; any problem reading it is one line naming the file (an operator reads it
+    in `kubectl logs` or a terminal: PyYAML's own message spans five lines and quotes the text around)."""
+    if file.is_dir():
+        raise ConfigError(f"config file {file} is a directory, not a file")
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:  # present but unreadable: permissions
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {file} is not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {file} must hold a mapping at top level")
+    return loaded
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where (1-based line and column), on one line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return exc.problem if mark is None else f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split("\n")[0].split())  # ReaderError and the like: their first line says it
 
 
 class EnvText(str):

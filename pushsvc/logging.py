@@ -20,15 +20,28 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")
 
 
-def mask_token(token: str | None) -> str:
+class MaskedToken(str):
+    """A device token already masked by `mask_token`. Callers mask before logging (so a line never depends on
+    the logging setup to hide a token), and `_mask_secrets` masks every `token` key again as a safety net:
+    this type is how the processor tells the two apart, so a token is masked once and the length shown is
+    the real token's, not that of its masked form ("abcdef…(64)" rather than "abcdef…(11)")."""
+
+    __slots__ = ()
+
+
+def mask_token(token: str | None) -> MaskedToken:
     """Enough of a device token to correlate log lines, never enough to use it."""
     if not token:
-        return ""
-    return f"{token[:6]}…({len(token)})"
+        return MaskedToken("")
+    if isinstance(token, MaskedToken):
+        return token
+    return MaskedToken(f"{token[:6]}…({len(token)})")
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
+        if isinstance(value, MaskedToken):
+            continue
         if key in _SECRET_KEYS and isinstance(value, str):
             event[key] = mask_token(value) if "token" in key else "***"
         elif isinstance(value, str) and ("earer" in value or "eyJ" in value):
