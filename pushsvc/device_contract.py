@@ -1,7 +1,7 @@
 """The device contract: what a registration may hold (`POST /v1/devices`, `pushsvc devices import`) and the
 record a device is, as registered and as stored.
 
-Beside the request contract (pushsvc/model.py) and for the same reason: the HTTP API and the import CLI take
+Beside the request contract (pushsvc/model) and for the same reason: the HTTP API and the import CLI take
 the same registration, so both validate it here and neither imports the other. Validation is strict like the
 request contract's: unknown fields are rejected and every failure is a RequestError naming the field.
 """

@@ -1,7 +1,7 @@
 """The Kafka contract for producers and consumers in other languages: an AsyncAPI 3 document for the three
 topics (served at /asyncapi.json) and standalone JSON Schema files for their messages (docs/contracts/).
 
-The request schema is the one the HTTP API publishes (openapi.SCHEMAS, the same contract as Kafka); the
+The request schema is the one the HTTP API publishes (openapi_schemas.SCHEMAS, the same contract as Kafka); the
 dead-letter envelope and the outcome event are described here beside the code that writes them
 (ingest/kafka.py, outcomes.py). tests/unit/test_contracts.py checks the files equal what this module
 generates, that every example is accepted by the service's own validator, that real envelopes and events
@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc import __version__
-from pushsvc.api.openapi import SCHEMAS, STATES
+from pushsvc.api.openapi_schemas import SCHEMAS, STATES
 from pushsvc.store.notifications import COUNT_KEYS
 
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"

@@ -5,7 +5,7 @@ counted bytes with a 400, Huawei Push Kit a message over 4096 bytes (its token l
 service an encrypted Web Push record over 4096 bytes with 413: either way each targeted device would fail, one
 provider round trip each. The sizes come from the adapters' own code (apns.build_payload,
 fcm.counted_payload_bytes, hms.build_message, webpush.payload_json), so intake and adapters cannot disagree.
-This lives in ingest, not in pushsvc/model.py: the contract model does not depend on provider modules.
+This lives in ingest, not in pushsvc/model: the contract model does not depend on provider modules.
 
 Only the providers whose tokens take the request's route are measured (a Live Activity is APNs only, a VoIP
 push never goes to Web Push). Each text variant a device can receive is measured: the defaults and, for

@@ -119,7 +119,7 @@ def _live_activity_aps(delivery: Delivery, now: int) -> dict[str, Any]:
     start and update, and for an end that shows a final state; attributes-type and attributes to start one."""
     message = delivery.message
     activity = message.live_activity
-    if activity is None:  # the contract requires it with this push type (model._parse_live_activity)
+    if activity is None:  # the contract requires it with this push type (model.live_activity.parse_live_activity)
         raise ValueError("a liveactivity push without message.live_activity")
     aps: dict[str, Any] = {
         # The device ignores a push older than the state it shows, so this is when the state was current; the
