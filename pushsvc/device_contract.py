@@ -13,7 +13,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pushsvc.model import MAX_FIELD_NAME_IN_ERRORS, MAX_ID_LENGTH, PLATFORMS, RequestError, WebSubscription
+from pushsvc.model import MAX_ID_LENGTH, PLATFORMS, RequestError, WebSubscription
+from pushsvc.model.fields import field_name
 from pushsvc.scheduling.due import is_known_timezone
 from pushsvc.subscriptions import parse_subscription, subscription_token
 from pushsvc.token_kinds import KIND_NAMES, default_kind, kinds_for_platform
@@ -76,7 +77,7 @@ def parse_device(
         raise RequestError("body", "must be a JSON object")
     unknown = sorted(set(body) - DEVICE_FIELDS)
     if unknown:
-        raise RequestError(_field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(DEVICE_FIELDS))})")
+        raise RequestError(field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(DEVICE_FIELDS))})")
     app = opt_str(body, "app", 128)
     if app is None:
         raise RequestError("app", "required")
@@ -153,10 +154,3 @@ def str_list(obj: dict, key: str, max_items: int = 50, max_length: int = 128) ->
         if not isinstance(item, str) or not item or len(item) > max_length:
             raise RequestError(f"{key}[{i}]", f"must be a non-empty string of at most {max_length} characters")
     return tuple(dict.fromkeys(value))
-
-
-def _field_name(key: str) -> str:
-    """An input key as the `field` of an error: an empty key names the body, a huge one is cut short."""
-    if not key:
-        return "body"
-    return key if len(key) <= MAX_FIELD_NAME_IN_ERRORS else key[:MAX_FIELD_NAME_IN_ERRORS] + "..."

@@ -6,9 +6,7 @@ fields, so the scheduler, leases, runner and counters are the notification machi
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,106 +17,21 @@ from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import APP_PROVIDERS, CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status
-from pushsvc.api.validation import app_of, field_name, json_body, known_app
+from pushsvc.api.validation import app_of, json_body, known_app
 from pushsvc.dispatch.progress import progress_ratio
-from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
-from pushsvc.ingest.payload_limits import check_payload_size
+from pushsvc.ingest.campaigns import (
+    OPTION_FIELDS,
+    campaign_document,
+    campaign_form,
+    parse_campaign,
+    parse_campaign_id,
+)
+from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field
 from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
-from pushsvc.scheduling.due import epoch_to_iso, initial_due_at, parse_hhmm
-from pushsvc.store.campaigns import CAMPAIGN_PREFIX, KIND, STATUSES, campaign_request_id
-from pushsvc.store.devices import audience_filter
-from pushsvc.store.notifications import LANE_FANOUT, new_document
+from pushsvc.scheduling.due import epoch_to_iso
+from pushsvc.store.campaigns import CAMPAIGN_PREFIX, STATUSES
 
 routes = web.RouteTableDef()
-
-CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-CAMPAIGN_FIELDS = {
-    "id",
-    "name",
-    "app",
-    "audience",
-    "message",
-    "options",
-    "schedule",
-    "quiet_hours",
-    "throttle_per_second",
-}
-OPTION_FIELDS = {"priority", "ttl_seconds", "collapse_key", "push_type", "dry_run"}
-MAX_THROTTLE = 100_000
-
-
-def parse_campaign(
-    body: Any, known_apps: frozenset[str], providers: Mapping[str, Collection[str]] | None = None
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Validate a campaign body; returns (campaign id, the notification request, the campaign fields)."""
-    if not isinstance(body, dict):
-        raise RequestError("body", "must be a JSON object")
-    unknown = sorted(set(body) - CAMPAIGN_FIELDS)
-    if unknown:
-        raise RequestError(field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(CAMPAIGN_FIELDS))})")
-    campaign_id = body.get("id", uuid.uuid4().hex)
-    if not isinstance(campaign_id, str) or not CAMPAIGN_ID.match(campaign_id):
-        raise RequestError("id", "must be 1-64 characters of letters, digits, '.', '_' or '-'")
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise RequestError("name", "required non-empty string of at most 200 characters")
-    audience = body.get("audience")
-    if not isinstance(audience, dict) or set(audience) - {"users", "segment"} or len(audience) != 1:
-        raise RequestError("audience", "must be an object with exactly one of users, segment")
-    options = body.get("options", {})
-    if not isinstance(options, dict):
-        raise RequestError("options", "must be an object")
-    extra = sorted(set(options) - OPTION_FIELDS)
-    if extra:
-        where = f"options.{field_name(extra[0])}" if extra[0] else "options"
-        raise RequestError(where, "unknown field (use schedule for timing)")
-    options = dict(options)
-    schedule = body.get("schedule")
-    if schedule is not None:
-        if not isinstance(schedule, dict) or set(schedule) - {"at", "local_time"}:
-            raise RequestError("schedule", "must be an object with at and optional local_time")
-        if "at" not in schedule:
-            raise RequestError("schedule.at", "required")
-        options["send_at"] = schedule["at"]
-        options["local_time"] = schedule.get("local_time", False)
-    fields: dict[str, Any] = {"kind": KIND, "name": name}
-    quiet = body.get("quiet_hours")
-    if quiet is not None:
-        if not isinstance(quiet, dict) or set(quiet) != {"start", "end"}:
-            raise RequestError("quiet_hours", "must be an object with start and end (HH:MM, device-local)")
-        for key in ("start", "end"):
-            try:
-                parse_hhmm(quiet[key])
-            except (ValueError, TypeError) as exc:
-                raise RequestError(f"quiet_hours.{key}", "must be HH:MM (00:00-23:59)") from exc
-        if quiet["start"] == quiet["end"]:
-            raise RequestError("quiet_hours.end", "must differ from start")
-        fields["quiet_hours"] = {"start": quiet["start"], "end": quiet["end"]}
-    throttle = body.get("throttle_per_second")
-    if throttle is not None:
-        if not isinstance(throttle, int) or isinstance(throttle, bool) or not 1 <= throttle <= MAX_THROTTLE:
-            raise RequestError("throttle_per_second", f"must be an integer between 1 and {MAX_THROTTLE}")
-        fields["throttle_per_second"] = throttle
-    raw = {
-        "id": campaign_request_id(campaign_id),
-        "app": body.get("app"),
-        "target": audience,
-        "message": body.get("message"),
-        "options": options,
-    }
-    try:
-        parsed = parse_request(raw, known_apps)
-        check_payload_size(parsed, None if providers is None else providers.get(parsed.app, ()))
-    except RequestError as exc:
-        field = exc.field or "body"
-        if field.startswith("target"):
-            field = "audience" + field.removeprefix("target")
-        elif field == "options.send_at":
-            field = "schedule.at"
-        elif field == "options.local_time":
-            field = "schedule.local_time"
-        raise RequestError(field, exc.reason) from exc
-    return campaign_id, raw, fields
 
 
 @dataclass(frozen=True)
@@ -192,10 +105,7 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _campaign_id(request: web.Request) -> str:
-    campaign_id = request.match_info["campaign_id"]
-    if not CAMPAIGN_ID.match(campaign_id):
-        raise RequestError("campaign_id", "must be 1-64 characters of letters, digits, '.', '_' or '-'")
-    return campaign_id
+    return parse_campaign_id(request.match_info["campaign_id"], "campaign_id")
 
 
 @routes.post("/v1/campaigns")
@@ -214,15 +124,9 @@ async def create_campaign(request: web.Request) -> web.Response:
         return _repeated(request, existing, campaign_id, sent)
     now = request.app[CLOCK]()
     parsed, raw = stamp_live_activity(parsed, raw, now)
-    estimate = await request.app[DEVICES].count(
-        # Exact (named kinds, the activity): a count is one query, and marketers read it as the audience.
-        audience_filter(
-            parsed.app, parsed.target, parsed.message.category, None, parsed.route, activity_id=parsed.activity_id
-        )
-    )
-    doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
-    # Campaigns keep per-chunk progress (pause, resume, throttle, progress gauge): the fan-out lane.
-    doc.update(fields, audience_estimate=estimate, lane=LANE_FANOUT, **{REQUEST_HASH: request_hash(sent)})
+    # Exact (named kinds, the activity): a count is one query, and marketers read it as the audience.
+    estimate = await request.app[DEVICES].count_audience(parsed)
+    doc = campaign_document(parsed, raw, fields, sent, now, estimate)
     result = await request.app[NOTIFICATIONS].record([doc])
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[doc["_id"]])
@@ -233,27 +137,6 @@ async def create_campaign(request: web.Request) -> web.Response:
         return _repeated(request, stored, campaign_id, sent)
     request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
     return web.json_response(_created_view(request, stored, parsed), status=201)
-
-
-def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A campaign in the caller's terms (what its request id is compared by), from its notification request and
-    campaign fields: as parse_campaign made them, or as stored. Defaults parse_campaign fills in
-    (`schedule.local_time`, empty `options`) read the same whether sent or left out."""
-    options = dict(request.get("options") or {})
-    form: dict[str, Any] = {
-        "id": campaign_id,
-        "name": fields.get("name"),
-        "app": request.get("app"),
-        "audience": request.get("target"),
-        "message": request.get("message"),
-        "options": {k: v for k, v in options.items() if k not in ("send_at", "local_time")},
-    }
-    if options.get("send_at") is not None:
-        form["schedule"] = {"at": options["send_at"], "local_time": bool(options.get("local_time", False))}
-    for name in ("quiet_hours", "throttle_per_second"):
-        if fields.get(name) is not None:
-            form[name] = fields[name]
-    return form
 
 
 def _repeated(request: web.Request, stored: dict, campaign_id: str, sent: dict[str, Any]) -> web.Response:

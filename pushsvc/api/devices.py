@@ -12,9 +12,10 @@ from aiohttp import web
 from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS, WEB_ALLOWED_HOSTS
 from pushsvc.api.errors import json_error
-from pushsvc.api.validation import app_of, field_name, json_body, known_app
+from pushsvc.api.validation import app_of, json_body, known_app
 from pushsvc.device_contract import TOKEN_PATTERN, DeviceRecord, parse_device, str_list
 from pushsvc.model import RequestError
+from pushsvc.model.fields import field_name
 from pushsvc.store.devices import subscription_fields
 
 routes = web.RouteTableDef()

@@ -14,9 +14,9 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from pushsvc.api.campaigns import CAMPAIGN_FIELDS, CAMPAIGN_ID, MAX_THROTTLE
-from pushsvc.api.campaigns import OPTION_FIELDS as CAMPAIGN_OPTION_FIELDS
 from pushsvc.device_contract import DEVICE_FIELDS, LOCALE_PATTERN, TOKEN_PATTERN
+from pushsvc.ingest.campaigns import CAMPAIGN_FIELDS, CAMPAIGN_ID, MAX_THROTTLE
+from pushsvc.ingest.campaigns import OPTION_FIELDS as CAMPAIGN_OPTION_FIELDS
 from pushsvc.model import PLATFORMS
 from pushsvc.model.fields import MAX_ID_LENGTH
 from pushsvc.model.live_activity import (

@@ -48,10 +48,3 @@ def known_app(request: web.Request, app: str, field: str = "app") -> str:
     if app not in request.app[KNOWN_APPS]:
         raise RequestError(field, f"unknown app {app[:128]!r}")
     return app
-
-
-def field_name(key: str) -> str:
-    """An input key as the `field` of an error: an empty key names the body, a huge one is cut short."""
-    if not key:
-        return "body"
-    return key if len(key) <= 64 else key[:64] + "..."

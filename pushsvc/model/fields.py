@@ -17,6 +17,14 @@ MAX_DATA_INT = 2**64 - 1
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 
 
+def field_name(key: Any) -> str:
+    """A top-level input key as the `field` of an error: an empty key names the body, a huge one is cut short."""
+    key = str(key)
+    if not key:
+        return "body"
+    return key if len(key) <= MAX_FIELD_NAME_IN_ERRORS else key[:MAX_FIELD_NAME_IN_ERRORS] + "..."
+
+
 def require_mapping(obj: Any, path: str) -> Mapping[str, Any]:
     if obj is None:
         raise RequestError(path, "required")

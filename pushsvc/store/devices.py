@@ -619,3 +619,12 @@ class DeviceStore:
 
     async def count(self, query: dict) -> int:
         return await self._collection.count_documents(query)
+
+    async def count_audience(self, request: PushRequest) -> int:
+        """The exact audience of a users or segment request (named kinds, its activity; opted-out devices left
+        out): one count, on every server, because marketers read it as the audience (a campaign's estimate)."""
+        query = audience_filter(
+            request.app, request.target, request.message.category, None, request.route,
+            exact=True, activity_id=request.activity_id,
+        )
+        return await self.count(query)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from pushsvc.api.campaigns import parse_campaign
+from pushsvc.ingest.campaigns import parse_campaign
 from pushsvc.model import RequestError
 from pushsvc.scheduling.due import (
     all_timezones,
@@ -93,13 +93,17 @@ def test_parse_campaign_builds_the_notification_request() -> None:
     [
         ({"id": "has space"}, "id"),
         ({"name": ""}, "name"),
-        ({"audience": {"tokens": ["x" * 10]}}, "audience"),
+        ({"audience": {"tokens": ["x" * 10]}}, "audience.tokens"),  # campaigns take users or a segment
+        ({"audience": {"users": ["u1"], "segment": {"tags_any": ["fr"]}}}, "audience"),
+        ({"audience": {}}, "audience"),
         ({"audience": {"segment": {}}}, "audience.segment"),
         ({"audience": {"users": []}}, "audience.users"),
         ({"schedule": {"at": "2026-12-01T09:00:00"}}, "schedule.at"),  # no offset, not local time
         ({"schedule": {"local_time": True}}, "schedule.at"),
         ({"schedule": {"at": "2026-12-01T09:00:00Z", "local_time": "yes"}}, "schedule.local_time"),
-        ({"quiet_hours": {"start": "22:00"}}, "quiet_hours"),
+        ({"quiet_hours": {"start": "22:00"}}, "quiet_hours.end"),
+        ({"quiet_hours": {"start": "22:00", "end": "08:00", "zone": "UTC"}}, "quiet_hours.zone"),
+        ({"schedule": {"at": "2026-12-01T09:00:00Z", "every": "day"}}, "schedule.every"),
         ({"quiet_hours": {"start": "22:00", "end": "22:00"}}, "quiet_hours.end"),
         ({"quiet_hours": {"start": 22, "end": "08:00"}}, "quiet_hours.start"),
         ({"throttle_per_second": 0}, "throttle_per_second"),

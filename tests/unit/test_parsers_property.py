@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pushsvc.api.campaigns import parse_campaign
 from pushsvc.api.devices import parse_device
 from pushsvc.cli import ImportRowError, read_device_rows
+from pushsvc.ingest.campaigns import parse_campaign
 from pushsvc.ingest.intake import Accepted, Rejection, decode, validate
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import RequestError, parse_request

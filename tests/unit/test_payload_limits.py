@@ -90,7 +90,7 @@ def test_fcm_counts_title_body_and_data_keys_and_values() -> None:
 
 
 def test_campaign_bodies_get_the_same_bounds() -> None:
-    from pushsvc.api.campaigns import parse_campaign
+    from pushsvc.ingest.campaigns import parse_campaign
     from pushsvc.model import RequestError
 
     body = {"id": "c1", "name": "n", "app": "demo", "audience": {"users": ["u"]},
@@ -123,7 +123,7 @@ def test_each_app_meets_the_limits_of_the_providers_it_configures() -> None:
 def test_web_push_refuses_what_would_not_fit_one_encrypted_record(message: dict, field: str) -> None:
     """Web Push has 3993 bytes of JSON in one 4096-byte record: a request over it is a 400 naming the field,
     for the notification API and Kafka (validate) and for campaigns alike, never an exception."""
-    from pushsvc.api.campaigns import parse_campaign
+    from pushsvc.ingest.campaigns import parse_campaign
     from pushsvc.model import RequestError
 
     web_only = {"demo": frozenset({"webpush"})}

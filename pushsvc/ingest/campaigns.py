@@ -1,0 +1,181 @@
+"""A campaign's intake: its contract, and the notification document it is recorded as.
+
+A campaign is a notification request (id "campaign:<id>" in its app, the Kafka request contract) plus campaign
+fields (name, quiet hours, throttle), so the scheduler, leases, runner and counters are the notification
+machinery. This module turns a `POST /v1/campaigns` body into that request and those fields, naming the field
+of any error as the caller spelled it (`audience.users[2]`, `schedule.at`), and builds the document; the HTTP
+handler (api/campaigns.py) only reads, permits, counts and answers.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from pushsvc.ingest.idempotency import REQUEST_HASH, request_hash
+from pushsvc.ingest.payload_limits import check_payload_size
+from pushsvc.model import PushRequest, RequestError, parse_request
+from pushsvc.model.fields import field_name, reject_unknown
+from pushsvc.scheduling.due import initial_due_at, parse_hhmm
+from pushsvc.store.campaigns import KIND, campaign_request_id
+from pushsvc.store.notifications import LANE_FANOUT, new_document
+
+CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CAMPAIGN_FIELDS = (
+    "id",
+    "name",
+    "app",
+    "audience",
+    "message",
+    "options",
+    "schedule",
+    "quiet_hours",
+    "throttle_per_second",
+)
+OPTION_FIELDS = ("priority", "ttl_seconds", "collapse_key", "push_type", "dry_run")
+AUDIENCE_FIELDS = ("users", "segment")
+SCHEDULE_FIELDS = ("at", "local_time")
+QUIET_HOURS_FIELDS = ("start", "end")
+MAX_NAME_LENGTH = 200
+MAX_THROTTLE = 100_000
+
+# The request contract's field names for what a campaign spells its own way.
+_CAMPAIGN_SPELLING = {"options.send_at": "schedule.at", "options.local_time": "schedule.local_time"}
+
+AppProviders = Mapping[str, Collection[str]]
+
+
+def parse_campaign(
+    body: Any, known_apps: frozenset[str], providers: AppProviders | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Validate a campaign body; returns (campaign id, the notification request, the campaign fields)."""
+    body = _object(body, "body")
+    unknown = [key for key in body if key not in CAMPAIGN_FIELDS]
+    if unknown:
+        raise RequestError(field_name(unknown[0]), f"unknown field (allowed: {', '.join(sorted(CAMPAIGN_FIELDS))})")
+    campaign_id = parse_campaign_id(body.get("id", uuid.uuid4().hex), "id")
+    fields: dict[str, Any] = {"kind": KIND, "name": _name(body.get("name"))}
+    if body.get("quiet_hours") is not None:
+        fields["quiet_hours"] = _quiet_hours(body["quiet_hours"])
+    if body.get("throttle_per_second") is not None:
+        fields["throttle_per_second"] = _throttle(body["throttle_per_second"])
+    raw = {
+        "id": campaign_request_id(campaign_id),
+        "app": body.get("app"),
+        "target": _audience(body.get("audience")),
+        "message": body.get("message"),
+        "options": _options(body.get("options", {}), body.get("schedule")),
+    }
+    try:
+        parsed = parse_request(raw, known_apps)
+        check_payload_size(parsed, None if providers is None else providers.get(parsed.app, ()))
+    except RequestError as exc:
+        raise RequestError(_as_campaign_field(exc.field or "body"), exc.reason) from exc
+    return campaign_id, raw, fields
+
+
+def parse_campaign_id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not CAMPAIGN_ID.match(value):
+        raise RequestError(field, "must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def campaign_document(
+    parsed: PushRequest, raw: dict[str, Any], fields: Mapping[str, Any], sent: Mapping[str, Any], now: float,
+    audience_estimate: int,
+) -> dict[str, Any]:
+    """The notification document a campaign is recorded as. Campaigns keep per-chunk progress (pause, resume,
+    throttle, the progress gauge): the fan-out lane, whatever their size. `sent` is the campaign in the caller's
+    terms (`campaign_form`), what a repeat of its id is compared with."""
+    doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
+    doc.update(fields, audience_estimate=audience_estimate, lane=LANE_FANOUT, **{REQUEST_HASH: request_hash(sent)})
+    return doc
+
+
+def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A campaign in the caller's terms (what its request id is compared by), from its notification request and
+    campaign fields: as parse_campaign made them, or as stored. Defaults parse_campaign fills in
+    (`schedule.local_time`, empty `options`) read the same whether sent or left out."""
+    options = dict(request.get("options") or {})
+    form: dict[str, Any] = {
+        "id": campaign_id,
+        "name": fields.get("name"),
+        "app": request.get("app"),
+        "audience": request.get("target"),
+        "message": request.get("message"),
+        "options": {k: v for k, v in options.items() if k not in ("send_at", "local_time")},
+    }
+    if options.get("send_at") is not None:
+        form["schedule"] = {"at": options["send_at"], "local_time": bool(options.get("local_time", False))}
+    for name in ("quiet_hours", "throttle_per_second"):
+        if fields.get(name) is not None:
+            form[name] = fields[name]
+    return form
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RequestError(field, "must be a JSON object")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+        raise RequestError("name", f"required non-empty string of at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _audience(value: Any) -> dict[str, Any]:
+    """Exactly one of users, segment; what each holds is the request contract's `target` (checked there)."""
+    audience = _object(value, "audience")
+    reject_unknown(audience, "audience", AUDIENCE_FIELDS)
+    if len(audience) != 1:
+        raise RequestError("audience", "must have exactly one of users, segment")
+    return audience
+
+
+def _options(value: Any, schedule: Any) -> dict[str, Any]:
+    """The request's options: the campaign's own, plus its schedule (a campaign has no send_at of its own)."""
+    options = dict(_object(value, "options"))
+    for key in options:
+        if key not in OPTION_FIELDS:
+            where = "options" if not key else f"options.{field_name(key)}"
+            raise RequestError(where, "unknown field (use schedule for timing)")
+    if schedule is not None:
+        schedule = _object(schedule, "schedule")
+        reject_unknown(schedule, "schedule", SCHEDULE_FIELDS)
+        if "at" not in schedule:
+            raise RequestError("schedule.at", "required")
+        options["send_at"] = schedule["at"]
+        options["local_time"] = schedule.get("local_time", False)
+    return options
+
+
+def _quiet_hours(value: Any) -> dict[str, str]:
+    quiet = _object(value, "quiet_hours")
+    reject_unknown(quiet, "quiet_hours", QUIET_HOURS_FIELDS)
+    for key in QUIET_HOURS_FIELDS:
+        if key not in quiet:
+            raise RequestError(f"quiet_hours.{key}", "required (HH:MM, device-local)")
+        try:
+            parse_hhmm(quiet[key])
+        except (ValueError, TypeError) as exc:
+            raise RequestError(f"quiet_hours.{key}", "must be HH:MM (00:00-23:59)") from exc
+    if quiet["start"] == quiet["end"]:
+        raise RequestError("quiet_hours.end", "must differ from start")
+    return {"start": quiet["start"], "end": quiet["end"]}
+
+
+def _throttle(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_THROTTLE:
+        raise RequestError("throttle_per_second", f"must be an integer between 1 and {MAX_THROTTLE}")
+    return value
+
+
+def _as_campaign_field(field: str) -> str:
+    """A request-contract field as the campaign body spells it: target -> audience, send_at -> schedule.at."""
+    if field == "target" or field.startswith(("target.", "target[")):
+        return "audience" + field.removeprefix("target")
+    return _CAMPAIGN_SPELLING.get(field, field)
