@@ -5,6 +5,7 @@ settings (TLS/SASL included). See docs/topics.md for who creates them and how to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -37,10 +38,13 @@ def planned(settings: KafkaSettings, plan: TopicPlan) -> list[NewTopic]:
     ]
 
 
-async def create_topics(settings: KafkaSettings, plan: TopicPlan) -> dict[str, str]:
+async def create_topics(settings: KafkaSettings, plan: TopicPlan, **client_overrides: Any) -> dict[str, str]:
     """Create what is missing; returns topic -> "created" | "exists". Existing topics are left as they are
-    (partitions only ever grow, by hand: more partitions re-key requests of one app and id)."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
+    (partitions only ever grow, by hand: more partitions re-key requests of one app and id).
+
+    `client_overrides`: admin client options over the service's own, e.g. the CLI's `request_timeout_ms`
+    (aiokafka's default waits 40 s for a broker that never answers)."""
+    admin = AIOKafkaAdminClient(**{**client_options(settings), **client_overrides})
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pushsvc import cli
-from pushsvc.cli import CLI_NETWORK_TIMEOUT_MS, build_parser, main
+from pushsvc.cli import build_parser, configuration, main
+from pushsvc.cli.failures import CLI_NETWORK_TIMEOUT_MS
 from tests.unit.credential_files import apns_key
 
 # Interpreter start and imports on a busy shared machine, on top of what the command itself may wait.
@@ -117,6 +117,16 @@ def test_send_to_a_broker_that_never_answers_gives_up_within_the_bound(tmp_path:
     assert CLI_NETWORK_TIMEOUT_MS / 1000 <= elapsed < WAITED_BOUND
 
 
+def test_topics_create_against_a_broker_that_never_answers_gives_up_within_the_bound(tmp_path: Path,
+                                                                                      silent_port: int) -> None:
+    # The admin client waits the CLI's request timeout too, not aiokafka's 40 s (cut to the 15 s deadline).
+    config = write_config(tmp_path, silent_port, closed_port())
+    result, elapsed = run("topics", "create", "--config", str(config))
+    line = one_line_failure(result)
+    assert f"cannot reach Kafka at 127.0.0.1:{silent_port}" in line and "no answer within 5 s" in line, line
+    assert CLI_NETWORK_TIMEOUT_MS / 1000 <= elapsed < WAITED_BOUND
+
+
 def test_devices_import_with_mongodb_down(config: Path, tmp_path: Path) -> None:
     rows = tmp_path / "devices.jsonl"
     rows.write_text('{"app": "demo", "token": "' + "ab" * 32 + '", "platform": "ios"}\n')
@@ -179,7 +189,7 @@ def test_an_unexpected_error_keeps_its_traceback(config: Path, monkeypatch: pyte
     def broken(*_: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "load_settings", broken)
+    monkeypatch.setattr(configuration, "load_settings", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["check-config", "--config", str(config)])
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pushsvc.api.devices import parse_device
-from pushsvc.cli import ImportRowError, read_device_rows
+from pushsvc.cli.devices_import import UnreadableRow, read_device_rows
+from pushsvc.device_contract import parse_device
 from pushsvc.ingest.campaigns import parse_campaign
 from pushsvc.ingest.intake import Accepted, Rejection, decode, validate
 from pushsvc.ingest.payload_limits import check_payload_size
@@ -293,7 +293,7 @@ def test_devices_import_rows_are_records_or_row_errors(fmt: str, content: bytes)
             file.write(content)
         for number, row in read_device_rows(path, fmt):
             assert number >= 1
-            if isinstance(row, ImportRowError):
+            if isinstance(row, UnreadableRow):
                 assert row.field and row.reason
                 continue
             try:
