@@ -48,8 +48,10 @@ from pymongo import MongoClient, UpdateOne  # noqa: E402
 
 from pushsvc.dev.servers import nx27017  # noqa: E402
 from pushsvc.model import parse_request  # noqa: E402
+from pushsvc.scheduling.lanes import lane_for  # noqa: E402
+from pushsvc.store.counts import full_counts  # noqa: E402
 from pushsvc.store.database import DEVICE_INDEXES, NOTIFICATION_INDEXES  # noqa: E402
-from pushsvc.store.notifications import Claim, full_counts, new_document  # noqa: E402
+from pushsvc.store.notifications import Claim, new_document  # noqa: E402
 
 APP = "bench"
 KNOWN_APPS = frozenset({APP})
@@ -78,11 +80,12 @@ def cpu_ns(pid: int) -> int:
 
 def notification(n: int, users: int, due_at: float, now: float, claim: Claim | None = None) -> dict:
     raw = {"id": f"r{n}", "app": APP, "target": {"users": [f"u{n % users}"]}, "message": {"title": "t", "body": "b"}}
-    return new_document(parse_request(raw, KNOWN_APPS), raw, "kafka", due_at, now, claim)
+    request = parse_request(raw, KNOWN_APPS)
+    return new_document(request, raw, "kafka", due_at, now, claim, lane=lane_for(request))
 
 
 def final_fields(token: str, now: float) -> dict[str, Any]:
-    """What a finish writes (store/notifications.py _final_fields, with the counts of one delivery)."""
+    """What a finish writes (store/leases.py LeaseStore._final_fields, with the counts of one delivery)."""
     return {
         "state": "done", "error": None, "finished_at": now, "expire_at": datetime.now(UTC) + timedelta(days=30),
         "claim": None, "released_claim": token, "lease_owner": None, "lease_until": 0.0, "chunk_done": None,

@@ -36,8 +36,11 @@ from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.scheduler import Scheduler
 from pushsvc.store.campaigns import CampaignStore
+from pushsvc.store.claims import ClaimStore
 from pushsvc.store.database import Database
 from pushsvc.store.devices import DeviceStore
+from pushsvc.store.events import EventStore
+from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import NotificationStore
 from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
 
@@ -106,9 +109,12 @@ class PushService:
         self.server_clock = ServerClock(self.database.server_time)
         clock = clock or self.server_clock.now
         self.devices = DeviceStore(self.database, self.server_clock.now)
-        self.notifications = NotificationStore(
-            self.database, clock, retention_seconds=settings.retention.notification_days * 86400
-        )
+        retention_seconds = settings.retention.notification_days * 86400
+        self.notifications = NotificationStore(self.database, clock, retention_seconds=retention_seconds)
+        # The lease protocol's writes: taking and keeping leases, and what a run writes under its lease.
+        self.claims = ClaimStore(self.database)
+        self.leases = LeaseStore(self.database, retention_seconds=retention_seconds)
+        events = EventStore(self.database)
         self.campaigns = CampaignStore(self.notifications)
         self.providers = providers if providers is not None else build_providers(settings, self.server_clock.now)
         self.producer = AIOKafkaProducer(
@@ -119,20 +125,21 @@ class PushService:
         )
         # The database's clock: a send's moment is compared with registrations made through other replicas.
         self.sender = DeliverySender(self.providers, settings.dispatch, clock=self.server_clock.now)
-        self.announcer = Announcer(OutcomePublisher(self.producer, settings.kafka.outcomes_topic), self.notifications)
+        self.announcer = Announcer(OutcomePublisher(self.producer, settings.kafka.outcomes_topic), events)
         self.outcome_sweeper = OutcomeSweeper(
-            self.notifications, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
+            events, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
         chunks = ChunkWorker(
             self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds
         )
         self.settler = RangeSettler(RangeStore(self.notifications), self.announcer, self.server_clock, clock)
         self.runner = NotificationRunner(
-            self.notifications, chunks, self.announcer, settings.dispatch, self.devices, self.settler, clock=clock
+            self.notifications, self.leases, chunks, self.announcer, settings.dispatch, self.devices, self.settler,
+            clock=clock,
         )
-        batch_runner = BatchRunner(self.notifications, chunks, self.announcer, settings.dispatch, clock=clock)
+        batch_runner = BatchRunner(self.leases, chunks, self.announcer, settings.dispatch, clock=clock)
         self.scheduler = Scheduler(
-            self.notifications, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
+            self.claims, self.leases, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
         )
         self.intake = Intake(self.notifications, self.scheduler, clock=clock)
         known_apps = frozenset(settings.apps)
@@ -340,7 +347,7 @@ class PushService:
         """
         try:
             released = await asyncio.wait_for(
-                self.notifications.release_all(self.owner), CLOSE_TIMEOUT_SECONDS
+                self.claims.release_all(self.owner), CLOSE_TIMEOUT_SECONDS
             )
         except Exception as exc:  # MongoDB unreachable: the leases expire on their own
             log.warning("lease_release_failed", error=repr(exc))

@@ -12,13 +12,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pushsvc.logging import get_logger
-from pushsvc.store.notifications import (
-    PLATFORM_SEPARATOR,
-    NotificationStore,
-    full_counts,
-    request_id_of,
-    split_counts,
-)
+from pushsvc.store.counts import PLATFORM_SEPARATOR, full_counts, split_counts
+from pushsvc.store.events import EventStore
+from pushsvc.store.notifications import request_id_of
 
 log = get_logger(__name__)
 
@@ -102,9 +98,9 @@ class Announcer:
     not repeated.
     """
 
-    def __init__(self, publisher: OutcomePublisher, notifications: NotificationStore) -> None:
+    def __init__(self, publisher: OutcomePublisher, events: EventStore) -> None:
         self._publisher = publisher
-        self._notifications = notifications
+        self._events = events
         self._acknowledged: list[str] = []
 
     async def announce(self, events: Sequence[OutcomeEvent]) -> int:
@@ -135,7 +131,7 @@ class Announcer:
         if not ids:
             return
         try:
-            await self._notifications.mark_events_published(ids)
+            await self._events.mark_published(ids)
         except Exception as exc:
             log.warning("outcome_marks_deferred", count=len(ids), error=f"{type(exc).__name__}: {exc}"[:200])
         except BaseException:  # cancelled (shutdown): the final flush makes them
@@ -152,19 +148,19 @@ class OutcomeSweeper:
 
     def __init__(
         self,
-        notifications: NotificationStore,
+        events: EventStore,
         announcer: Announcer,
         grace_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._notifications = notifications
+        self._events = events
         self._announcer = announcer
         # The runner announces right after finishing; only events older than this are the sweep's.
         self._grace = grace_seconds
         self._clock = clock
 
     async def sweep_once(self, limit: int = 500) -> int:
-        pending = await self._notifications.events_pending(self._clock() - self._grace, limit)
+        pending = await self._events.pending(self._clock() - self._grace, limit)
         events = [
             OutcomeEvent.of(doc, doc["state"], doc.get("counts", {}), doc.get("error"), float(doc["finished_at"]))
             for doc in pending

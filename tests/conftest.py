@@ -22,8 +22,8 @@ from pushsvc.simulators.hms import DEFAULT_CLIENT_SECRET, HmsPeer
 from pushsvc.simulators.tls import TestPki, make_test_pki
 from pushsvc.simulators.webpush import VapidKey, WebPushPeer, make_vapid_key
 from pushsvc.store.database import Database
-from pushsvc.store.notifications import NotificationStore
 from tests.integration.stack import APNS_KEY_ID, APNS_TEAM_ID, Stack
+from tests.integration.stores import Stores
 
 _counter = itertools.count()
 
@@ -159,10 +159,11 @@ def newer_providers(pki: TestPki, web_peer: WebPushPeer, hms_peer: HmsPeer, vapi
 
 
 @pytest.fixture
-async def notification_store(mongo_uri: str) -> AsyncIterator[NotificationStore]:
-    """A NotificationStore on a fresh database of the session's nx-27017 (dropped afterwards)."""
+async def notification_store(mongo_uri: str) -> AsyncIterator[Stores]:
+    """The stores of the notifications collection on a fresh database of the session's nx-27017 (dropped
+    afterwards)."""
     database = Database.connect(MongoSettings(uri=mongo_uri, database=unique("store")))
     await database.ensure_indexes()
-    yield NotificationStore(database)
+    yield Stores.on(database)
     await database.client.drop_database(database.db.name)
     await database.close()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from pushsvc import __version__
 from pushsvc.api.openapi_schemas import SCHEMAS, STATES
-from pushsvc.store.notifications import COUNT_KEYS
+from pushsvc.store.counts import COUNT_KEYS
 
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 

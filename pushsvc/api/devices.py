@@ -17,6 +17,7 @@ from pushsvc.device_contract import TOKEN_PATTERN, DeviceRecord, parse_device, s
 from pushsvc.model import RequestError
 from pushsvc.model.fields import field_name
 from pushsvc.store.devices import subscription_fields
+from pushsvc.store.erasure import Erasure
 
 routes = web.RouteTableDef()
 
@@ -108,13 +109,13 @@ async def erase_user(request: web.Request) -> web.Response:
         raise RequestError("user_id", "at most 256 characters")
     app = request.query.get("app")
     apps = [permit(request, known_app(request, app))] if app is not None else sorted(permitted_apps(request))
-    devices, notifications = request.app[DEVICES], request.app[NOTIFICATIONS]
+    devices, erasure = request.app[DEVICES], Erasure(request.app[NOTIFICATIONS].database)
     deleted = scrubbed = 0
     for one_app in apps:
         # Requests first, while the devices still tell which tokens are the user's (a retry after a failure
         # part-way still knows them); then the devices; then requests recorded meanwhile.
         tokens = await devices.tokens_of_user(one_app, user_id)
-        scrubbed += await notifications.erase_user(one_app, user_id, tokens)
+        scrubbed += await erasure.erase_user(one_app, user_id, tokens)
         deleted += await devices.erase_user([one_app], user_id)
-        scrubbed += await notifications.erase_user(one_app, user_id, tokens)
+        scrubbed += await erasure.erase_user(one_app, user_id, tokens)
     return web.json_response({"user_id": user_id, "deleted_devices": deleted, "scrubbed_notifications": scrubbed})

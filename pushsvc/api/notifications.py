@@ -16,8 +16,9 @@ from pushsvc.ingest.intake import Rejection, key, validate
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import StateChanges
+from pushsvc.store.counts import FINAL_KEYS, full_counts, split_counts
 from pushsvc.store.devices import epoch_of, stored_bool
-from pushsvc.store.notifications import FINAL_KEYS, LANE_BATCH, full_counts, request_id_of, split_counts
+from pushsvc.store.notifications import LANE_BATCH, request_id_of
 from pushsvc.store.ranges import RANGE_KIND, RangeStore
 
 routes = web.RouteTableDef()

@@ -9,7 +9,7 @@ from typing import Any
 from pushsvc.api.openapi_inputs import HHMM, INPUT_SCHEMAS, SUBSCRIPTION
 from pushsvc.model import PLATFORMS
 from pushsvc.store.campaigns import STATUSES
-from pushsvc.store.notifications import COUNT_KEYS
+from pushsvc.store.counts import COUNT_KEYS
 from pushsvc.token_kinds import KIND_NAMES
 
 NULLABLE_STRING = {"type": "string", "nullable": True}

@@ -1,4 +1,4 @@
-"""The batch lane: transactional notifications (a few tokens or users) run together, one claim at a time.
+"""The batch lane: notifications of a few tokens or users, sent now, run together, one claim at a time.
 
 Most traffic is small: a notification for one user's devices. Run one by one, each would cost its own
 lease heartbeat, progress update, final update and outcome round trip — a fixed cost per notification
@@ -28,8 +28,10 @@ from pushsvc.dispatch.chunks import Chunk, ChunkWorker
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
+from pushsvc.scheduling.lanes import lane_for
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
-from pushsvc.store.notifications import LANE_BATCH, Final, HandBack, NotificationStore, lane_for
+from pushsvc.store.leases import BatchRunEnd, HandBack, LeaseStore
+from pushsvc.store.notifications import LANE_BATCH
 
 log = get_logger(__name__)
 
@@ -38,12 +40,14 @@ FINISH_EVERY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
-class SmallNotification:
+class BatchNotification:
+    """A notification the batch lane runs: its document as claimed or recorded, and its request."""
+
     doc: dict
     request: PushRequest
 
 
-def as_small(doc: dict) -> SmallNotification | None:
+def as_batch(doc: dict) -> BatchNotification | None:
     """The notification if the batch lane can run it: a few tokens or users, sent now, no campaign pacing.
 
     Everything else (segments, long lists, local-time waves, quiet hours, throttled or resumable
@@ -59,7 +63,7 @@ def as_small(doc: dict) -> SmallNotification | None:
         request = parse_request(orjson.loads(doc["request"]))
     except Exception:  # any failure, foreseen or not: the fan-out runner finishes it as failed, saying why
         return None
-    return SmallNotification(doc, request) if lane_for(request) == LANE_BATCH else None
+    return BatchNotification(doc, request) if lane_for(request) == LANE_BATCH else None
 
 
 @dataclass
@@ -75,24 +79,24 @@ class _Sent:
 class BatchRunner:
     def __init__(
         self,
-        notifications: NotificationStore,
+        leases: LeaseStore,
         chunks: ChunkWorker,
         announcer: Announcer,
         settings: DispatchSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._notifications = notifications
+        self._leases = leases
         self._chunks = chunks
         self._announcer = announcer
         self._settings = settings
         self._clock = clock
 
     async def run(
-        self, batch: Sequence[SmallNotification], lease: Lease, on_done: Callable[[int], None] = lambda n: None
+        self, batch: Sequence[BatchNotification], lease: Lease, on_done: Callable[[int], None] = lambda n: None
     ) -> None:
         """Send and finish the batch held by `lease`; `on_done(n)` reports n more notifications off our hands."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:batch:{len(batch)}")
-        sending: dict[asyncio.Future[_Sent], SmallNotification] = {}
+        sending: dict[asyncio.Future[_Sent], BatchNotification] = {}
         try:
             firsts = await self._first_chunks(batch, lease)
             sending = {
@@ -104,8 +108,8 @@ class BatchRunner:
                 # Finish what is done every so often: one notification retrying against a slow provider
                 # must not hold back the outcome of the rest of its batch.
                 done, pending = await asyncio.wait(pending, timeout=FINISH_EVERY_SECONDS)
-                complete: list[tuple[SmallNotification, Counter[str]]] = []
-                stopped: list[tuple[SmallNotification, _Sent]] = []
+                complete: list[tuple[BatchNotification, Counter[str]]] = []
+                stopped: list[tuple[BatchNotification, _Sent]] = []
                 for task in done:
                     item = sending[task]
                     notification_id = item.doc["_id"]
@@ -130,7 +134,7 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _first_chunks(self, batch: Sequence[SmallNotification], lease: Lease) -> list[Chunk | None]:
+    async def _first_chunks(self, batch: Sequence[BatchNotification], lease: Lease) -> list[Chunk | None]:
         """Every notification's first chunk, read together (one lookup per app, push type and target field).
         If that read fails, each notification reads its own, so a failure concerns that one alone."""
         try:
@@ -144,7 +148,7 @@ class BatchRunner:
             return [None] * len(batch)
 
     @staticmethod
-    async def _contained(lease: Lease, group: Sequence[SmallNotification], work: Awaitable[None]) -> None:
+    async def _contained(lease: Lease, group: Sequence[BatchNotification], work: Awaitable[None]) -> None:
         """Run a write about `group`; a failure concerns these notifications only (the others keep sending)."""
         try:
             await work
@@ -153,21 +157,22 @@ class BatchRunner:
             log.error("batch_settle_failed", notifications=len(ids), error=repr(exc))
             lease.drop(ids)  # no longer renewed: their leases expire and a later claim resumes them
 
-    async def _finish(self, lease: Lease, ready: Sequence[tuple[SmallNotification, Counter[str]]]) -> None:
+    async def _finish(self, lease: Lease, ready: Sequence[tuple[BatchNotification, Counter[str]]]) -> None:
         """One bulk write for the final states, one producer batch for the outcome events."""
         if not ready:
             return
         token = lease.token
-        finals = [
-            Final(item.doc["_id"], NotificationState.DONE, _saved_counts(item.doc) + counts) for item, counts in ready
+        ends = [
+            BatchRunEnd(item.doc["_id"], NotificationState.DONE, _saved_counts(item.doc) + counts)
+            for item, counts in ready
         ]
-        ids = [final.notification_id for final in finals]
+        ids = [end.notification_id for end in ends]
         now = self._clock()
         # The same bulk write marks the outcome events acknowledged since the last one (Announcer).
         announced = self._announcer.take()
         try:
             finished = set(
-                await lease.write(ids, lambda: self._notifications.finish_many(token, finals, now, announced))
+                await lease.write(ids, lambda: self._leases.finish_many(token, ends, now, announced))
             )
         except BaseException as exc:
             self._announcer.give_back(announced)
@@ -178,24 +183,24 @@ class BatchRunner:
             lease.drop(ids)
             return
         lease.drop(ids)
-        if len(finished) < len(finals):
+        if len(finished) < len(ends):
             log_lease_event("lease_lost", set(ids) - finished, claim=token)
         events = []
-        for (item, _), final in zip(ready, finals, strict=True):
-            if final.notification_id not in finished:
+        for (item, _), end in zip(ready, ends, strict=True):
+            if end.notification_id not in finished:
                 continue
-            metrics.NOTIFICATIONS_FINISHED.labels(item.request.app, str(final.state)).inc()
+            metrics.NOTIFICATIONS_FINISHED.labels(item.request.app, str(end.state)).inc()
             log.info(
                 "notification_finished",
-                notification_id=final.notification_id,
+                notification_id=end.notification_id,
                 app=item.request.app,
-                state=str(final.state),
-                counts=final.counts,
+                state=str(end.state),
+                counts=end.counts,
             )
-            events.append(OutcomeEvent.of(item.doc, str(final.state), final.counts, None, now))
+            events.append(OutcomeEvent.of(item.doc, str(end.state), end.counts, None, now))
         await self._announcer.announce(events)
 
-    async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[SmallNotification, _Sent]]) -> None:
+    async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[BatchNotification, _Sent]]) -> None:
         """Notifications stopped mid-chunk (drain deadline, lapsed lease): save what was answered, let go."""
         if not stopped:
             return
@@ -203,7 +208,7 @@ class BatchRunner:
         items = [HandBack(item.doc["_id"], sent.cursor, sent.counts, sent.done or ()) for item, sent in stopped]
         ids = [item.notification_id for item in items]
         try:
-            saved = set(await lease.write(ids, lambda: self._notifications.hand_back(token, items)))
+            saved = set(await lease.write(ids, lambda: self._leases.hand_back(token, items)))
         except LeaseLost as exc:
             log.error("hand_back_failed", notifications=len(ids), error=str(exc))
             saved = set()
@@ -216,7 +221,7 @@ class BatchRunner:
                 saved=notification_id in saved,
             )
 
-    async def _send(self, item: SmallNotification, lease: Lease, first: Chunk | None) -> _Sent:
+    async def _send(self, item: BatchNotification, lease: Lease, first: Chunk | None) -> _Sent:
         """All chunks of one notification (one, in practice; `first` if read already), counted since the last
         saved progress."""
         notification_id = item.doc["_id"]

@@ -25,6 +25,7 @@ from pushsvc.model import PushRequest, PushType
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.due import DEFAULT_TIMEZONE
 from pushsvc.scheduling.lease import Hold
+from pushsvc.store.counts import platform_key
 from pushsvc.store.database import is_transient
 from pushsvc.store.devices import (
     AudienceCursor,
@@ -35,7 +36,6 @@ from pushsvc.store.devices import (
     takes,
     to_device,
 )
-from pushsvc.store.notifications import platform_key
 from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
@@ -91,7 +91,7 @@ def settle(
       counted invalid_token and the device is kept (targeting sends no such push; this is the last check).
     The store spares, in addition, a device registered again after the answer (Deactivation.registered_by).
     A dry run deactivates nothing (it must change nothing but its own counts) and counts each outcome per
-    device platform too (store.notifications.platform_key).
+    device platform too (store.counts.platform_key).
     """
     counts: Counter[str] = Counter()
     deactivations: list[Deactivation] = []

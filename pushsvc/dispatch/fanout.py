@@ -28,12 +28,8 @@ from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, resume_point
-from pushsvc.store.notifications import (
-    PAUSED,
-    STALLED_RUNS,
-    HandBack,
-    NotificationStore,
-)
+from pushsvc.store.leases import HandBack, LeaseStore
+from pushsvc.store.notifications import PAUSED, STALLED_RUNS, NotificationStore
 from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore
 
 # A range throttled below this many deliveries a second gains nothing from another replica: a throttled
@@ -68,6 +64,7 @@ class NotificationRunner:
     def __init__(
         self,
         notifications: NotificationStore,
+        leases: LeaseStore,
         chunks: ChunkWorker,
         announcer: Announcer,
         settings: DispatchSettings,
@@ -76,6 +73,7 @@ class NotificationRunner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._notifications = notifications
+        self._leases = leases
         self._chunks = chunks
         self._announcer = announcer
         self._settings = settings
@@ -179,7 +177,7 @@ class NotificationRunner:
                 extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
                 token = lease.token
                 if not await lease.write(
-                    [run.id], lambda: self._notifications.reschedule(run.id, token, next_at, extra)
+                    [run.id], lambda: self._leases.reschedule(run.id, token, next_at, extra)
                 ):
                     raise LeaseLost
                 lease.drop([run.id])
@@ -265,7 +263,7 @@ class NotificationRunner:
     ) -> dict:
         token, seq = run.lease.token, run.seq
         after = await run.lease.write(
-            [run.id], lambda: self._notifications.advance(run.id, token, seq, cursor, counts, extra)
+            [run.id], lambda: self._leases.advance(run.id, token, seq, cursor, counts, extra)
         )
         if after is None:
             raise LeaseLost
@@ -282,7 +280,7 @@ class NotificationRunner:
     async def _hand_back(self, run: _Run, outcome: ChunkOutcome, why: str) -> None:
         """Give the lease up at the start of the current chunk, with what of it was answered already."""
         token, saved = run.lease.token, HandBack(run.id, run.cursor, outcome.counts, outcome.done)
-        if not await run.lease.write([run.id], lambda: self._notifications.hand_back(token, [saved])):
+        if not await run.lease.write([run.id], lambda: self._leases.hand_back(token, [saved])):
             raise LeaseLost
         run.lease.drop([run.id])
         log.info("notification_handed_back", notification_id=run.id, reason=why, answered_in_chunk=len(outcome.done))
@@ -290,7 +288,7 @@ class NotificationRunner:
     async def _interrupted(self, run: _Run, state: str) -> None:
         """Paused or cancelled between chunks (by the API): stop here, keep the cursor, drop the lease."""
         token = run.lease.token
-        await run.lease.write([run.id], lambda: self._notifications.release([run.id], token))
+        await run.lease.write([run.id], lambda: self._leases.release([run.id], token))
         run.lease.drop([run.id])
         doc = run.doc
         log.info("notification_interrupted", notification_id=run.id, state=state)
@@ -312,7 +310,7 @@ class NotificationRunner:
         announce = doc.get("kind") != RANGE_KIND
         counts = await lease.write(
             [notification_id],
-            lambda: self._notifications.finish(notification_id, token, state, error, now, announce=announce),
+            lambda: self._leases.finish(notification_id, token, state, error, now, announce=announce),
         )
         if counts is None:
             raise LeaseLost

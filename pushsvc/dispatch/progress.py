@@ -11,7 +11,8 @@ from pushsvc.logging import get_logger
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
-from pushsvc.store.notifications import FINAL_KEYS, request_id_of
+from pushsvc.store.counts import FINAL_KEYS
+from pushsvc.store.notifications import request_id_of
 
 log = get_logger(__name__)
 

@@ -35,7 +35,7 @@ class SendingStopped(Exception):
 @dataclass(frozen=True, slots=True)
 class FinalResult:
     delivery: Delivery
-    # One of store.notifications.FINAL_KEYS.
+    # One of store.counts.FINAL_KEYS.
     outcome: str
     reason: str
     attempts: int

@@ -89,8 +89,8 @@ def campaign_document(
     """The notification document a campaign is recorded as. Campaigns keep per-chunk progress (pause, resume,
     throttle, the progress gauge): the fan-out lane, whatever their size. `sent` is the campaign in the caller's
     terms (`campaign_form`), what a repeat of its id is compared with."""
-    doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now)
-    doc.update(fields, audience_estimate=audience_estimate, lane=LANE_FANOUT, **{REQUEST_HASH: request_hash(sent)})
+    doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now, lane=LANE_FANOUT)
+    doc.update(fields, audience_estimate=audience_estimate, **{REQUEST_HASH: request_hash(sent)})
     return doc
 
 

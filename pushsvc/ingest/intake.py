@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pushsvc import metrics
-from pushsvc.dispatch.batch import SmallNotification
+from pushsvc.dispatch.batch import BatchNotification
 from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
 from pushsvc.scheduling.due import initial_due_at
+from pushsvc.scheduling.lanes import lane_for
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
-from pushsvc.store.notifications import LANE_BATCH, NotificationStore, lane_for, new_document, notification_key
+from pushsvc.store.notifications import LANE_BATCH, NotificationStore, new_document, notification_key
 
 if TYPE_CHECKING:
     from pushsvc.scheduling.scheduler import Scheduler
@@ -222,7 +223,9 @@ class Intake:
         try:
             documents = [
                 # The hash of what the caller sent (items[n].raw, unstamped): a repeat is compared with it.
-                new_document(request, raw, source, due[n], now, reservation.claim if n in held else None)
+                new_document(
+                    request, raw, source, due[n], now, reservation.claim if n in held else None, lane=lane_for(request)
+                )
                 | {REQUEST_HASH: request_hash(items[n].raw)}
                 for n, (request, raw) in enumerate(stamped)
             ]
@@ -233,7 +236,7 @@ class Intake:
             raise
         stored = set(result.inserted)
         if reservation is not None and self._scheduler is not None:
-            recorded = [SmallNotification(documents[n], stamped[n][0]) for n in sorted(held)]
+            recorded = [BatchNotification(documents[n], stamped[n][0]) for n in sorted(held)]
             await self._scheduler.dispatch(reservation, [item for item in recorded if item.doc["_id"] in stored])
         if self._scheduler is not None:
             waiting = {d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored}

@@ -2,13 +2,13 @@
 
 Both lanes use it (a fan-out run holds one notification, a batch holds up to hundreds under one claim):
 
-* **Claim** (store/notifications.py `claim_due`): a conditional update takes due notifications whose lease
+* **Claim** (store/claims.py `claim_due`): a conditional update takes due notifications whose lease
   has expired and writes a fresh claim token and `lease_until`. Expiry is judged on the database's clock
   (scheduling/clock.py), so a replica with a skewed wall clock never takes work still in flight.
 * **Fencing**: every later write about a held notification (progress, finish, hand-back, renewal) matches
   on the claim token. A replica whose lease lapsed can therefore never overwrite the new holder's state.
   Writes are idempotent under retry: progress carries a sequence number, and a write that gives the
-  notification up records `last_claim`, so "applied before the connection dropped" is told from "not".
+  notification up records `released_claim`, so "applied before the connection dropped" is told from "not".
 * **Heartbeat** (`Lease.keep`): renews every lease_seconds/3. A transient database error is retried; the
   work goes on while the lease is still valid. Work stops only when
   - the renewal matched nothing for a notification: another replica holds it (**lost**; no further writes), or
@@ -34,7 +34,7 @@ from pushsvc.scheduling.clock import ServerClock
 from pushsvc.store.database import is_transient
 
 if TYPE_CHECKING:
-    from pushsvc.store.notifications import NotificationStore
+    from pushsvc.store.claims import ClaimStore
 
 log = get_logger(__name__)
 
@@ -103,7 +103,7 @@ class Lease:
 
     def __init__(
         self,
-        store: NotificationStore,
+        store: ClaimStore,
         clock: ServerClock,
         token: str,
         ids: Iterable[str],

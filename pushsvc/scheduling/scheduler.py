@@ -4,7 +4,7 @@ Several replicas run this side by side: the lease (scheduling/lease.py: a claim 
 database's clock) decides who works on what, and an expired lease (a crashed replica) makes the
 notification claimable again, resuming at its saved progress.
 
-Most transactional pushes never pass through a claim: intake records a due-now batch-lane request already
+Most batch-lane pushes never pass through a claim: intake records a due-now batch-lane request already
 held by this replica (`reserve`, then `dispatch`: the claim's fields are in the insert) and the batch runner
 sends it at once. The claim loop takes the rest: fan-outs, scheduled requests coming due, requests recorded
 while the batch lane was full, and expired leases. It sleeps until woken (intake, the API, a lane slot coming
@@ -25,19 +25,20 @@ from typing import Any
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.batch import BatchRunner, SmallNotification, as_small
+from pushsvc.dispatch.batch import BatchNotification, BatchRunner, as_batch
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logging import get_logger
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.lease import Lease
+from pushsvc.store.claims import ClaimStore
+from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import (
     ACTIVE_STATES,
     LANE_BATCH,
     LANE_FANOUT,
     STALLED_RUNS,
     Claim,
-    NotificationStore,
     new_claim_token,
 )
 from pushsvc.store.ranges import LANE_RANGE
@@ -66,7 +67,8 @@ class Reservation:
 class Scheduler:
     def __init__(
         self,
-        notifications: NotificationStore,
+        claims: ClaimStore,
+        leases: LeaseStore,
         runner: NotificationRunner,
         batch_runner: BatchRunner,
         settings: DispatchSettings,
@@ -74,7 +76,8 @@ class Scheduler:
         lease_clock: ServerClock,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._notifications = notifications
+        self._claims = claims
+        self._lease_store = leases
         self._runner = runner
         self._batch_runner = batch_runner
         self._settings = settings
@@ -164,7 +167,7 @@ class Scheduler:
             self._last_full_claim = time.monotonic()
         more = False
         # Each lane has its own room: campaigns retrying against a slow provider fill only the fan-out
-        # slots, and a burst of transactional pushes only the batch lane.
+        # slots, and a burst of batch-lane pushes only the batch lane.
         room = min(BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
         if room > 0 and not self._stopping:
             docs = await self._claim(now, room, LANE_BATCH, states)
@@ -187,30 +190,30 @@ class Scheduler:
         until = now + self._settings.lease_seconds  # read before the claim is written: it ends no earlier
         # Taken as expired only if it has expired even when our estimate of the database's clock runs ahead.
         expired_by = now - self._lease_clock.error()
-        token, docs = await self._notifications.claim_due(
+        token, docs = await self._claims.claim_due(
             self.owner, expired_by, until, due_by, limit, lane, states
         )
         if self._stopping and docs:
             # drain() began while this claim was in flight: hand these back at once rather than let them wait
             # for the end of the shutdown (or for their lease to run out).
-            await self._notifications.release([d["_id"] for d in docs], token)
+            await self._lease_store.release([d["_id"] for d in docs], token)
             return []
-        small = []
+        batch = []
         for doc in docs:
             if int(doc.get(STALLED_RUNS) or 0) > self._settings.max_runs_without_progress:
                 lease = self._lease(token, [doc["_id"]], until)
                 self._start(self._give_up(doc, lease), f"give-up:{doc['_id']}")
                 continue
-            item = as_small(doc)
+            item = as_batch(doc)
             if item is None:
                 self._count(lane, 1)
                 lease = self._lease(token, [doc["_id"]], until)
                 self._start(self._run_one(doc, lease, lane), f"notification:{doc['_id']}")
             else:
-                small.append(item)
-        if small:
-            self._batched += len(small)
-            self._start_batch(small, token, until)
+                batch.append(item)
+        if batch:
+            self._batched += len(batch)
+            self._start_batch(batch, token, until)
         self._report()
         return docs
 
@@ -233,7 +236,7 @@ class Scheduler:
         self._batched += room
         return Reservation(Claim(new_claim_token(self.owner), self.owner, until), room)
 
-    async def dispatch(self, reservation: Reservation, recorded: Sequence[SmallNotification]) -> None:
+    async def dispatch(self, reservation: Reservation, recorded: Sequence[BatchNotification]) -> None:
         """Run the notifications intake recorded under `reservation` (those it inserted; a duplicate or a
         rejected request holds no lease of ours). Room not used is given back."""
         self._batched -= reservation.room - len(recorded)
@@ -244,7 +247,7 @@ class Scheduler:
             # drain() began while intake was recording: hand them back at once, as a claim in flight does.
             self._batched -= len(recorded)
             self._report()
-            await self._notifications.release([item.doc["_id"] for item in recorded], reservation.claim.token)
+            await self._lease_store.release([item.doc["_id"] for item in recorded], reservation.claim.token)
             return
         self._start_batch(list(recorded), reservation.claim.token, reservation.claim.until)
         self._report()
@@ -260,7 +263,7 @@ class Scheduler:
 
     async def _release_abandoned(self, token: str, ids: list[str]) -> None:
         try:
-            released = await self._notifications.release(ids, token)
+            released = await self._lease_store.release(ids, token)
         except Exception as exc:
             log.warning("abandoned_claim_not_released", notifications=len(ids), error=type(exc).__name__)
             return
@@ -268,13 +271,13 @@ class Scheduler:
             self._full_claim_wanted = True
             self._wakeup.set()
 
-    def _start_batch(self, batch: list[SmallNotification], token: str, until: float) -> None:
+    def _start_batch(self, batch: list[BatchNotification], token: str, until: float) -> None:
         """Run `batch` under one lease (claimed, or recorded held by intake); its room is counted already."""
         lease = self._lease(token, [item.doc["_id"] for item in batch], until)
         self._start(self._run_batch(batch, lease), f"batch:{len(batch)}")
 
     def _lease(self, token: str, ids: list[str], until: float) -> Lease:
-        lease = Lease(self._notifications, self._lease_clock, token, ids, until, self._settings.lease_seconds)
+        lease = Lease(self._claims, self._lease_clock, token, ids, until, self._settings.lease_seconds)
         self._leases.add(lease)
         return lease
 
@@ -327,7 +330,7 @@ class Scheduler:
         finally:
             self._leases.discard(lease)
 
-    async def _run_batch(self, batch: list[SmallNotification], lease: Lease) -> None:
+    async def _run_batch(self, batch: list[BatchNotification], lease: Lease) -> None:
         remaining = len(batch)
 
         def done(count: int) -> None:  # finished early: their room in the lane is free again

@@ -34,7 +34,7 @@ def campaign_request_id(campaign_id: str) -> str:
 
 class CampaignStore:
     def __init__(self, notifications: NotificationStore) -> None:
-        self._collection = notifications.collection
+        self._collection = notifications.database.notifications
         self._notifications = notifications
         self._ranges = RangeStore(notifications)
         self._changes = StateChanges(notifications)

@@ -76,6 +76,19 @@ NOTIFICATION_INDEXES = [
 Document = dict[str, Any]
 
 
+async def first_reply(
+    collection: AsyncCollection[Document], query: dict, count: int, projection: dict | None = None
+) -> list[Document]:
+    """At most `count` documents, all in the server's first reply.
+
+    For reads that say which notifications a claim holds or wrote: one cut short would make the lease
+    protocol take a held notification for lost. A result in one reply cannot be cut short by a connection
+    lost between replies (nx-27017 then answers a getMore as if the cursor were exhausted).
+    """
+    size = max(1, count)
+    return await collection.find(query, projection).limit(size).batch_size(size).to_list(length=size)
+
+
 def client_options(settings: MongoSettings) -> dict[str, Any]:
     """The client's keyword options from settings (explicit options win over the same ones in the URI)."""
     return {

@@ -1,4 +1,7 @@
-"""The `notifications` collection: recording requests, lease-based claiming, progress and counters.
+"""The `notifications` collection: the document a request becomes, its key, and recording and reading requests.
+
+The lease protocol's writes are in store/claims.py and store/leases.py, the counters in store/counts.py,
+outcome events owed in store/events.py, GDPR erasure in store/erasure.py.
 
 Times are stored as epoch seconds (floats): they compare and index the same way on every MongoDB
 implementation, and the scheduler only ever needs "<= now".
@@ -6,7 +9,6 @@ implementation, and the scheduler only ever needs "<= now".
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -15,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pymongo import ReturnDocument, UpdateMany, UpdateOne
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState, PushRequest
-from pushsvc.store.database import TRANSIENT_WRITE_CODES, Database
-from pushsvc.store.devices import SMALL_LOOKUP
+from pushsvc.store.counts import COUNT_KEYS
+from pushsvc.store.database import TRANSIENT_WRITE_CODES, Database, first_reply
 
 DUPLICATE_KEY = 11000
 # Finished notifications are deleted this long after they finish (settings.retention.notification_days).
@@ -28,97 +30,17 @@ DEFAULT_RETENTION_SECONDS = 30 * 86400.0
 # How long after the upgrade from bare-id keys intake still looks for old-version duplicates (a rollout is done
 # within a day).
 LEGACY_WINDOW_SECONDS = 86400.0
-# An erasure rewrites matching requests this many at a time, and gives up (an error) after this many rounds.
-ERASURE_PAGE = 500
-ERASURE_ROUNDS = 100
-# Final-outcome counters kept on each notification; "pending" is derived from them.
-COUNT_KEYS = (
-    "targeted",
-    "delivered",
-    "invalid_token",
-    "rejected",
-    "failed",
-    "auth_error",
-    "unknown_token",
-    "opted_out",
-    # A dry run's devices whose payload was built and accepted (FCM: by its validate_only check).
-    "validated",
-)
-# The counters that are final outcomes for a targeted device.
-FINAL_KEYS = COUNT_KEYS[1:]
-# A dry run also counts each final outcome per device platform, as "<outcome>:<platform>" (flat keys, so the
-# same $inc per chunk, sums and hand-backs carry them; split_counts shows them nested).
-PLATFORM_SEPARATOR = ":"
+# The backfill of documents keyed by the bare request id rewrites them this many at a time.
+BACKFILL_PAGE = 500
 
-
-def platform_key(outcome: str, platform: str) -> str:
-    return f"{outcome}{PLATFORM_SEPARATOR}{platform}"
-
-
-def split_counts(counts: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Stored counts as (the COUNT_KEYS counters, {platform: {outcome: n}} of a dry run)."""
-    plain: dict[str, int] = {}
-    by_platform: dict[str, dict[str, int]] = {}
-    for key, value in counts.items():
-        outcome, separator, platform = key.partition(PLATFORM_SEPARATOR)
-        if separator:
-            by_platform.setdefault(platform, {})[outcome] = int(value)
-        else:
-            plain[key] = int(value)
-    return plain, by_platform
+# Claimable, and waiting or being worked on.
 ACTIVE_STATES = [NotificationState.ACCEPTED, NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-_ACTIVE = [str(s) for s in ACTIVE_STATES]
 # A paused notification (a campaign) keeps its cursor and is not claimed until resumed.
 PAUSED = "paused"
-# Claim lanes, decided when a request is recorded. "batch": a few tokens or users, sent now, run many at a
-# time (dispatch/batch.py). "fanout": segments, long lists, local-time waves and campaigns, run chunk by
-# chunk (dispatch/fanout.py). Claimed separately, so busy or retrying campaigns never hold up
-# transactional pushes and a burst of those never starves a campaign.
+# Claim lanes (the `lane` field), decided by scheduling/lanes.py when a request is recorded; claimed
+# separately. The ranges of a split campaign have their own: store/ranges.py LANE_RANGE.
 LANE_BATCH = "batch"
 LANE_FANOUT = "fanout"
-
-
-def lane_for(request: PushRequest) -> str:
-    target = request.target
-    few = (bool(target.tokens) and len(target.tokens) <= SMALL_LOOKUP) or (
-        bool(target.users) and len(target.users) <= SMALL_LOOKUP
-    )
-    return LANE_BATCH if few and not request.options.local_time else LANE_FANOUT
-
-
-def _due_at(doc: Mapping[str, Any]) -> float:
-    return float(doc["due_at"])
-
-
-def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
-    """Every counter of COUNT_KEYS, zero where `counts` has none, and a dry run's per-platform counters."""
-    full = {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
-    full.update((key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key)
-    return full
-
-
-@dataclass(frozen=True)
-class Final:
-    """The end of a notification run by the batch lane: its final state and complete counts."""
-
-    notification_id: str
-    state: NotificationState
-    counts: Mapping[str, int]  # completed to every COUNT_KEYS counter: written as the notification's counts
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "counts", full_counts(self.counts))
-
-
-@dataclass(frozen=True)
-class HandBack:
-    """Where a notification given up mid-run resumes: the cursor of its current chunk, and which of that
-    chunk's devices already have a final outcome (their counts since the last saved progress)."""
-
-    notification_id: str
-    cursor: Any
-    counts: Mapping[str, int] = field(default_factory=dict)
-    chunk_done: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +49,11 @@ class RecordResult:
     duplicates: list[str]
     # id -> why MongoDB refuses that document for good (never retried; see TRANSIENT_WRITE_CODES)
     rejected: dict[str, str] = field(default_factory=dict)
+
+
+def expiry(after: float, retention_seconds: float) -> datetime:
+    """When a notification finished (or due) at `after` is deleted by the TTL index (a BSON date)."""
+    return datetime.fromtimestamp(after + retention_seconds, UTC)
 
 
 def notification_key(app: str, request_id: str) -> str:
@@ -190,8 +117,10 @@ def new_document(
     due_at: float,
     now: float,
     claim: Claim | None = None,
+    lane: str = LANE_FANOUT,
 ) -> dict:
-    """The notification a request becomes; with `claim`, recorded already held by that lease.
+    """The notification a request becomes, in `lane` (scheduling/lanes.py `lane_for` decides; fan-out, which
+    runs any request, unless told); with `claim`, recorded already held by that lease.
 
     Its recorder adds `request_hash` (ingest/idempotency.py: the hash of what the caller sent, before any
     stamping), which a repeated id is compared with.
@@ -206,8 +135,8 @@ def new_document(
         "request": orjson.dumps(raw).decode(),
         "source": source,
         "state": str(state),
-        "lane": lane_for(request),
-        # Who the request names, queryable for GDPR erasure (store.notifications.erase_user).
+        "lane": lane,
+        # Who the request names, queryable for GDPR erasure (store/erasure.py).
         **({"target_users": list(request.target.users)} if request.target.users else {}),
         **({"target_tokens": list(request.target.tokens)} if request.target.tokens else {}),
         "created_at": now,
@@ -228,11 +157,6 @@ def new_document(
     return document
 
 
-def _events_published(ids: list[str]) -> UpdateMany:
-    """Clear `event_pending` on notifications whose outcome event the broker acknowledged."""
-    return UpdateMany({"_id": {"$in": ids}, "event_pending": {"$eq": True}}, {"$set": {"event_pending": False}})
-
-
 class NotificationStore:
     def __init__(
         self,
@@ -240,11 +164,11 @@ class NotificationStore:
         clock: Callable[[], float] = time.time,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
+        # The shared handle the other stores of the collection take (claims, leases, events, erasure, ranges).
+        self.database = database
         self._collection = database.notifications
-        # Renewals go through the lease client's own pool (Database.lease_client).
-        self._leases = database.lease_db["notifications"]
-        # Time stamps written here (finished_at) are compared by other replicas (the outcome sweep): the
-        # service passes the database's clock (scheduling/clock.py) rather than this host's.
+        # Whether the legacy-duplicate window is still open (`_legacy_duplicates`): the service passes the
+        # database's clock (scheduling/clock.py) rather than this host's.
         self._clock = clock
         self._retention = retention_seconds
         # Until when intake also checks for requests recorded under their bare id (backfill_request_ids).
@@ -252,11 +176,7 @@ class NotificationStore:
 
     def expiry(self, after: float) -> datetime:
         """When a notification finished (or due) at `after` is deleted by the TTL index (a BSON date)."""
-        return datetime.fromtimestamp(after + self._retention, UTC)
-
-    @property
-    def collection(self) -> Any:
-        return self._collection
+        return expiry(after, self._retention)
 
     async def record(self, documents: Sequence[dict]) -> RecordResult:
         """Insert new requests in one round trip; ids already recorded are reported as duplicates.
@@ -311,7 +231,8 @@ class NotificationStore:
         keys = {notification_key(app, request_id): (app, request_id) for app, request_id in requests}
         if not keys:
             return {}
-        found = {doc["_id"]: doc for doc in await self._one_reply({"_id": {"$in": list(keys)}}, len(keys))}
+        docs = await first_reply(self._collection, {"_id": {"$in": list(keys)}}, len(keys))
+        found = {doc["_id"]: doc for doc in docs}
         for key in keys.keys() - found.keys():
             app, request_id = keys[key]
             legacy = await self._collection.find_one({"_id": {"$eq": request_id}, "app": {"$eq": app}})
@@ -337,11 +258,11 @@ class NotificationStore:
         if marker is None:
             while True:
                 # `$eq: None`: a missing field; the same meaning as `$exists: false` here, and what nx-27017 serves.
-                docs = await self._one_reply({"request_id": {"$eq": None}}, ERASURE_PAGE)
+                docs = await first_reply(self._collection, {"request_id": {"$eq": None}}, BACKFILL_PAGE)
                 for doc in docs:
                     await self._collection.update_one({"_id": doc["_id"]}, {"$set": _legacy_fields(doc, self)})
                 changed += len(docs)
-                if len(docs) < ERASURE_PAGE:
+                if len(docs) < BACKFILL_PAGE:
                     break
             marker = {"_id": "notification_keys", "done_at": now, "documents": changed}
             await migrations.replace_one({"_id": "notification_keys"}, marker, upsert=True)
@@ -353,191 +274,8 @@ class NotificationStore:
         if self._clock() >= self._legacy_until:
             return set()
         by_bare = {d["request_id"]: d for d in documents}
-        found = await self._one_reply({"_id": {"$in": list(by_bare)}}, len(by_bare), {"app": 1})
+        found = await first_reply(self._collection, {"_id": {"$in": list(by_bare)}}, len(by_bare), {"app": 1})
         return {by_bare[f["_id"]]["_id"] for f in found if f.get("app") == by_bare[f["_id"]]["app"]}
-
-    async def claim_due(
-        self,
-        owner: str,
-        expired_by: float,
-        until: float,
-        due_by: float,
-        limit: int,
-        lane: str,
-        states: Sequence[NotificationState] = ACTIVE_STATES,
-    ) -> tuple[str, list[dict]]:
-        """Take up to `limit` of the oldest notifications of `lane` due by `due_by` whose lease ended by
-        `expired_by`, leasing them until `until`.
-
-        `expired_by` and `until` are on the database's clock (scheduling/clock.py), the one every replica
-        judges leases by; `due_by` is the scheduling clock (the same in production; tests move it to reach
-        local times). A crashed owner's lease expires, so its notifications are claimable again. Several
-        replicas may pick the same candidates: the conditional update gives each notification to exactly one,
-        and the claim token written with it (returned with the documents) fences every later write
-        (scheduling/lease.py).
-        """
-        # One equality query per claimable state, merged by due_at: each is a range scan of the
-        # (lane, state, due_at) index on any MongoDB; `state: {$in: [...]}` makes nx-27017 scan the collection.
-        lookups = [
-            self._collection.find(
-                {
-                    "lane": {"$eq": lane},
-                    "state": {"$eq": str(state)},
-                    "due_at": {"$lte": due_by},
-                    "lease_until": {"$lte": expired_by},
-                }
-            )
-            .sort("due_at", 1)
-            .limit(limit)
-            .batch_size(limit)
-            .to_list(length=limit)
-            for state in states
-        ]
-        candidates = sorted((c for found in await asyncio.gather(*lookups) for c in found), key=_due_at)[:limit]
-        token = new_claim_token(owner)
-        if not candidates:
-            return token, []
-        ids = [c["_id"] for c in candidates]
-        won = await self._collection.update_many(
-            {
-                "_id": {"$in": ids},
-                "state": {"$in": _ACTIVE},
-                "due_at": {"$lte": due_by},
-                "lease_until": {"$lte": expired_by},
-            },
-            {"$set": Claim(token, owner, until).fields(), "$inc": {STALLED_RUNS: 1}},
-        )
-        if not won.modified_count:
-            return token, []
-        # Always read back what was won: between our read and our update another replica may have claimed a
-        # candidate, saved progress and let it go, so the copy read first can be stale (cursor, progress).
-        docs = await self._one_reply({"_id": {"$in": ids}, "claim": {"$eq": token}}, len(ids))
-        return token, sorted(docs, key=_due_at)
-
-    async def renew(self, token: str, ids: Collection[str], until: float) -> set[str]:
-        """Extend the lease of `ids` held under `token`; returns those still held (the rest were taken over)."""
-        if not ids:
-            return set()
-        result = await self._leases.update_many(
-            {"_id": {"$in": list(ids)}, "claim": {"$eq": token}}, {"$set": {"lease_until": until}}
-        )
-        if result.matched_count == len(ids):
-            return set(ids)
-        held = await self._one_reply(
-            {"_id": {"$in": list(ids)}, "claim": {"$eq": token}}, len(ids), {"_id": 1}, self._leases
-        )
-        return {doc["_id"] for doc in held}
-
-    async def advance(
-        self,
-        notification_id: str,
-        token: str,
-        seq: int,
-        cursor: Any,
-        counts: Mapping[str, int],
-        extra: Mapping[str, Any] | None = None,
-    ) -> dict | None:
-        """Save a finished chunk under the lease: move the cursor and add its counts, as progress number seq+1.
-
-        One atomic update per chunk means a crash repeats at most the chunk that was in flight. Fenced by the
-        claim token and keyed on the progress sequence number, so a retry after a lost answer never adds the
-        counts twice: if the first attempt applied, the retry reads back seq+1 under our token and reports
-        success. Returns the notification's state, counts, progress number and audience estimate after the
-        update (the runner stops when the state is no longer dispatching: paused or cancelled meanwhile),
-        or None when another replica holds the notification now.
-        """
-        update: dict[str, Any] = {
-            "$set": {"cursor": cursor, "progress_seq": seq + 1, "chunk_done": None, **(extra or {})}
-        }
-        increments = {f"counts.{k}": v for k, v in counts.items() if v}
-        if increments:
-            update["$inc"] = increments
-        projection = {"state": 1, "counts": 1, "audience_estimate": 1, "claim": 1, "progress_seq": 1}
-        # Documents written before progress numbers existed have none: number 0 matches them too.
-        expected: dict[str, Any] = {"$eq": seq} if seq else {"$in": [0, None]}
-        after = await self._collection.find_one_and_update(
-            {"_id": notification_id, "claim": {"$eq": token}, "progress_seq": expected},
-            update,
-            projection=projection,
-            return_document=ReturnDocument.AFTER,
-        )
-        if after is None:
-            now = await self._collection.find_one({"_id": notification_id}, projection)
-            if now is not None and now.get("claim") == token and now.get("progress_seq") == seq + 1:
-                return now  # an earlier attempt of this very write applied; its answer was lost
-        return after
-
-    async def hand_back(self, token: str, items: Sequence[HandBack]) -> list[str]:
-        """Give leases up, saving where each notification resumes, in one round trip; returns the ids handed back.
-
-        Used when work stops before its chunk is complete (drain deadline, lapsed lease: `chunk_done` names
-        the devices of the chunk at `cursor` with a final outcome, counted in `counts`, which the next holder
-        skips) and, without a partial chunk, when a run stops between chunks. Fenced and idempotent: each
-        write records our token as `released_claim`, which a retry reads back. An id missing from the result
-        is held by another replica now.
-        """
-        if not items:
-            return []
-        operations = []
-        for item in items:
-            update: dict[str, Any] = {
-                "$set": {
-                    "cursor": item.cursor,
-                    "chunk_done": list(item.chunk_done) if item.chunk_done else None,
-                    "claim": None,
-                    "released_claim": token,
-                    "lease_owner": None,
-                    "lease_until": 0.0,
-                    # Devices answered before it stopped are progress.
-                    **({STALLED_RUNS: 0} if item.chunk_done else {}),
-                }
-            }
-            increments = {f"counts.{k}": v for k, v in item.counts.items() if v}
-            if increments:
-                update["$inc"] = increments
-            operations.append(UpdateOne({"_id": item.notification_id, "claim": {"$eq": token}}, update))
-        result = await self._collection.bulk_write(operations, ordered=False)
-        ids = [item.notification_id for item in items]
-        return ids if result.matched_count == len(ids) else await self._released_by_token(ids, token)
-
-    async def release(self, ids: Sequence[str], token: str) -> list[str]:
-        """Give leases up keeping the saved progress as it is (cursor, chunk_done); fenced, idempotent.
-        Returns the ids released by us (an id missing is held by another replica now)."""
-        if not ids:
-            return []
-        result = await self._collection.update_many(
-            {"_id": {"$in": list(ids)}, "claim": {"$eq": token}},
-            # Let go of cleanly by its holder (a drain, an abandoned reservation): not a stalled run.
-            {
-                "$set": {
-                    "claim": None,
-                    "released_claim": token,
-                    "lease_owner": None,
-                    "lease_until": 0.0,
-                    STALLED_RUNS: 0,
-                }
-            },
-        )
-        return list(ids) if result.matched_count == len(ids) else await self._released_by_token(ids, token)
-
-    async def _one_reply(
-        self, query: dict, count: int, projection: dict | None = None, collection: Any = None
-    ) -> list[dict]:
-        """At most `count` documents, all in the server's first reply.
-
-        These reads say which notifications a claim holds or wrote; one cut short would make the lease
-        protocol take a held notification for lost. A result in one reply cannot be cut short by a
-        connection lost between replies (nx-27017 then answers a getMore as if the cursor were exhausted).
-        """
-        size = max(1, count)
-        cursor = (collection if collection is not None else self._collection).find(query, projection)
-        return await cursor.limit(size).batch_size(size).to_list(length=size)
-
-    async def _released_by_token(self, ids: Sequence[str], token: str) -> list[str]:
-        """Those of `ids` whose last give-up write was ours: applied now, or by an attempt whose answer was lost
-        (a write matching fewer than all means some were taken over, or an earlier attempt got there)."""
-        query = {"_id": {"$in": list(ids)}, "released_claim": {"$eq": token}}
-        return [doc["_id"] for doc in await self._one_reply(query, len(ids), {"_id": 1})]
 
     async def transition(
         self, notification_id: str, from_states: Sequence[str], update: Mapping[str, Any]
@@ -548,201 +286,6 @@ class NotificationStore:
             {"$set": dict(update)},
             return_document=ReturnDocument.AFTER,
         )
-
-    async def reschedule(self, notification_id: str, token: str, due_at: float, extra: Mapping[str, Any]) -> bool:
-        """Hand the notification back to the scheduler for a later wave (local time); fenced, idempotent.
-
-        Only from dispatching: a pause or cancel that landed since the last chunk is kept, and the lease is
-        just released (`wave_zones` and the cursor at the wave's end stay, so a resume finishes that wave
-        without a send and reschedules then).
-        """
-        result = await self._collection.update_one(
-            {"_id": notification_id, "claim": {"$eq": token}, "state": str(NotificationState.DISPATCHING)},
-            {
-                "$set": {
-                    "state": str(NotificationState.SCHEDULED),
-                    "due_at": due_at,
-                    "claim": None,
-                    "released_claim": token,
-                    "lease_owner": None,
-                    "lease_until": 0.0,
-                    STALLED_RUNS: 0,
-                    **extra,
-                }
-            },
-        )
-        if result.matched_count == 1 or await self._released_by_token([notification_id], token):
-            return True
-        return bool(await self.release([notification_id], token))
-
-    async def finish(
-        self,
-        notification_id: str,
-        token: str,
-        state: NotificationState,
-        error: str | None,
-        now: float,
-        announce: bool = True,
-    ) -> dict | None:
-        """Final state under the lease, finished at `now`; returns the final counts, or None if another replica
-        holds it now.
-
-        Only from dispatching: a cancel that landed meanwhile is not overwritten. Fenced and idempotent
-        (`released_claim` read back after a lost answer). Without `announce` it is a range (store/ranges.py):
-        no outcome event is owed (its parent is announced) and it expires with its parent, set when that
-        is settled.
-        """
-        doc = await self._collection.find_one_and_update(
-            {"_id": notification_id, "claim": {"$eq": token}, "state": str(NotificationState.DISPATCHING)},
-            {"$set": self._final_fields(token, state, error, now, announce)},
-            projection={"counts": 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is None:
-            doc = await self._collection.find_one({"_id": notification_id}, {"counts": 1, "released_claim": 1})
-            if doc is None or doc.get("released_claim") != token:
-                return None
-        return dict(doc.get("counts", {}))
-
-    def _final_fields(
-        self, token: str, state: NotificationState, error: str | None, now: float, announce: bool = True
-    ) -> dict[str, Any]:
-        return {
-            "state": str(state),
-            "error": error,
-            "finished_at": now,
-            "expire_at": self.expiry(now),
-            "claim": None,
-            "released_claim": token,
-            "lease_owner": None,
-            "lease_until": 0.0,
-            "chunk_done": None,
-            # A finished notification keeps no cursor: an audience cursor holds a device token.
-            "cursor": None,
-            # Cleared once push.outcomes has the event; the outcome sweep publishes any left behind.
-            "event_pending": announce,
-            **({} if announce else {"expire_at": None}),
-        }
-
-    async def finish_many(
-        self, token: str, finals: Sequence[Final], now: float, announced: Sequence[str] = ()
-    ) -> list[str]:
-        """Final state and counts for notifications still held under `token`, finished at `now`, in one round
-        trip; the same bulk write clears `event_pending` on `announced` (notifications whose outcome event the
-        broker acknowledged since: outcomes.Announcer).
-
-        Notifications ending alike (state, counts, error: most single-device pushes) share one update, so a
-        batch is a few updates, not one per notification. Returns the ids finished by us (now, or by an
-        earlier attempt whose answer was lost): one taken over by another replica is left to its new holder.
-        """
-        if not finals:
-            return []
-        alike: dict[tuple[str, str | None, tuple[tuple[str, int], ...]], list[str]] = {}
-        for final in finals:
-            group = (str(final.state), final.error, tuple(sorted(final.counts.items())))
-            alike.setdefault(group, []).append(final.notification_id)
-        operations: list[UpdateMany] = [
-            UpdateMany(
-                {"_id": {"$in": ids}, "claim": {"$eq": token}, "state": {"$eq": str(NotificationState.DISPATCHING)}},
-                {"$set": {**self._final_fields(token, NotificationState(state), error, now), "counts": dict(counts)}},
-            )
-            for (state, error, counts), ids in alike.items()
-        ]
-        announced = list(dict.fromkeys(announced))
-        if announced:
-            operations.append(_events_published(announced))
-        result = await self._collection.bulk_write(operations, ordered=False)
-        ids = [final.notification_id for final in finals]
-        # Every finish applied exactly when the total reaches it with every mark too (a mark matches at most
-        # its own notification); short of that, the holder of each is read back.
-        if result.modified_count == len(ids) + len(announced):
-            return ids
-        return await self._released_by_token(ids, token)
-
-    async def erase_user(self, app: str, user_id: str, tokens: Sequence[str]) -> int:
-        """GDPR erasure: remove a user id and their device tokens from every stored request of `app`.
-
-        Each one is replaced by a placeholder that matches no device ("erased-<random>"), so the stored
-        request stays valid and positions in a token list (a fan-out's cursor) do not move. Finished
-        notifications are included: they keep the request until retention deletes them. Returns how many
-        notifications were rewritten.
-
-        Safe against concurrent writers: each rewrite is conditional on the request text it was computed from
-        (another erasure of the same notification, a hand-back writing `chunk_done`), and the lookups are
-        repeated until they find nothing, so a read cut short or a lost race only costs another round.
-        """
-        erased = set(tokens)
-        # Two queries rather than one `$or`: each is an index point lookup on (app, target_users) and
-        # (app, target_tokens) on MongoDB (nx-27017 scans for either spelling; erasures are rare). Array
-        # fields are matched with `$in` (the same meaning as `$eq` on MongoDB): nx-27017 turns `$eq` into a
-        # plain equality that does not look inside arrays.
-        lookups = [{"app": {"$eq": app}, "target_users": {"$in": [user_id]}}]
-        if erased:
-            lookups.append({"app": {"$eq": app}, "target_tokens": {"$in": sorted(erased)}})
-        rewritten: set[str] = set()
-        for _ in range(ERASURE_ROUNDS):
-            found = 0
-            for query in lookups:
-                for doc in await self._one_reply(query, ERASURE_PAGE, {"request": 1, "chunk_done": 1, "claim": 1}):
-                    found += 1
-                    if await self._scrub(doc, user_id, erased):
-                        rewritten.add(doc["_id"])
-            if not found:
-                return len(rewritten)
-        raise RuntimeError(f"erasure of a user in app {app!r} did not settle after {ERASURE_ROUNDS} rounds")
-
-    async def _scrub(self, doc: dict, user_id: str, erased: set[str]) -> bool:
-        """Rewrite one request without the user and their tokens, if it still reads as it did."""
-        raw = orjson.loads(doc["request"])
-        target = raw.get("target", {})
-        replacements: dict[str, str] = {}
-        for field_name, names in (("users", {user_id}), ("tokens", erased)):
-            values = target.get(field_name)
-            if isinstance(values, list):
-                target[field_name] = [
-                    replacements.setdefault(v, f"erased-{uuid.uuid4().hex}") if v in names else v for v in values
-                ]
-        update: dict[str, Any] = {"request": orjson.dumps(raw).decode()}
-        if "users" in target:
-            update["target_users"] = target["users"]
-        if "tokens" in target:
-            update["target_tokens"] = target["tokens"]
-        if doc.get("chunk_done"):  # the placeholders stand for the same devices in a stopped chunk
-            update["chunk_done"] = [replacements.get(key, key) for key in doc["chunk_done"]]
-        # Unchanged since read: the same request text, and the same holder (a claim, hand-back or finish
-        # in between may have rewritten chunk_done, which this update would otherwise overwrite).
-        condition = {"_id": doc["_id"], "request": {"$eq": doc["request"]}, "claim": {"$eq": doc.get("claim")}}
-        # The hash of what the caller sent (ingest/idempotency.py) was taken over the user's id and tokens: it
-        # goes too, so nothing derived from them stays. A repeat of the request id is then compared with the
-        # scrubbed request, which no longer names them.
-        erase_hash = {"request_hash": ""}
-        result = await self._collection.update_one(condition, {"$set": update, "$unset": erase_hash})
-        return result.modified_count == 1
-
-    async def mark_events_published(self, notification_ids: Sequence[str]) -> None:
-        if notification_ids:
-            await self._collection.bulk_write([_events_published(list(notification_ids))])
-
-    async def release_all(self, owner: str) -> int:
-        """Let every dispatching lease `owner` still holds run out now (shutdown); cursors stay where they are.
-
-        The claim token stays: a write of ours that was already on its way (a finish cancelled mid-flight at
-        the deadline) still lands, and the next claim, which writes its own token, fences off anything later.
-        """
-        result = await self._collection.update_many(
-            {"lease_owner": {"$eq": owner}, "state": str(NotificationState.DISPATCHING)},
-            {"$set": {"lease_owner": None, "lease_until": 0.0}},
-        )
-        return result.modified_count
-
-    async def events_pending(self, finished_before: float, limit: int) -> list[dict]:
-        """Final notifications whose outcome event was never confirmed (the replica died in between)."""
-        cursor = self._collection.find(
-            # `$eq` spelled out (same meaning): nx-27017 scans the collection for a bare equality.
-            {"event_pending": {"$eq": True}, "finished_at": {"$lte": finished_before}},
-            {"app": 1, "request_id": 1, "state": 1, "counts": 1, "error": 1, "finished_at": 1, "dry_run": 1},
-        ).limit(limit).batch_size(limit)
-        return [doc async for doc in cursor]
 
     async def backlog(self, now: float) -> tuple[int, int]:
         """(due, future) counts of notifications still waiting to be worked on."""

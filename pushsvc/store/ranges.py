@@ -23,14 +23,9 @@ from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState
-from pushsvc.store.notifications import (
-    COUNT_KEYS,
-    DUPLICATE_KEY,
-    PAUSED,
-    STALLED_RUNS,
-    NotificationStore,
-    full_counts,
-)
+from pushsvc.store.counts import COUNT_KEYS, full_counts
+from pushsvc.store.database import first_reply
+from pushsvc.store.notifications import DUPLICATE_KEY, PAUSED, STALLED_RUNS, NotificationStore
 
 LANE_RANGE = "range"
 RANGE_KIND = "range"
@@ -74,7 +69,7 @@ def ranges_of(boundaries: Sequence[str]) -> list[Bounds]:
 class RangeStore:
     def __init__(self, notifications: NotificationStore) -> None:
         self._notifications = notifications
-        self._collection = notifications.collection
+        self._collection = notifications.database.notifications
 
     async def create(self, parent_id: str, boundaries: Sequence[str], throttle: float | None) -> int:
         """Insert the ranges of the parent cut at `boundaries` (saved on the parent first, so a retry after a
@@ -118,7 +113,8 @@ class RangeStore:
 
     async def of(self, parent: Mapping[str, Any]) -> list[dict]:
         """The ranges of a split parent (state, counts, error, who holds them), in one reply."""
-        return await self._notifications._one_reply(
+        return await first_reply(
+            self._collection,
             {"parent": {"$eq": parent["_id"]}},
             expected_ranges(parent),
             {"state": 1, "counts": 1, "error": 1, "claim": 1, "lease_until": 1},

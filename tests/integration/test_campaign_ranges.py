@@ -15,6 +15,7 @@ from pushsvc.app import PushService
 from pushsvc.model import NotificationState
 from pushsvc.store.ranges import LANE_RANGE
 from tests.integration.stack import Stack, wait_until
+from tests.integration.stores import Stores
 from tests.integration.test_campaigns import api, campaign, received, register_many, token
 from tests.integration.test_range_store import PARENT, split_parent
 
@@ -171,19 +172,19 @@ async def test_a_campaign_whose_last_range_runner_died_before_settling_is_settle
     """The backstop: every range is done but nobody settled the parent (its runner was killed in between)."""
     # No claim pass after the start: the test plays the replicas that split and ran the campaign.
     service = await stack.start(dispatch={**SPLIT, "poll_interval_seconds": 600.0})
-    store = service.notifications
+    store = Stores.of(service)
     # Due an hour ahead: the service's own first claim pass, which may run after this record under load,
     # must not take the campaign or its ranges from the replicas the test plays.
     now = time.time() + 3600
     await split_parent(store, now, ["m"])
-    token, docs = await store.claim_due("gone", now, now + 30, now, 10, LANE_RANGE,
+    token, docs = await store.claims.claim_due("gone", now, now + 30, now, 10, LANE_RANGE,
                                         [NotificationState.SCHEDULED, NotificationState.DISPATCHING])
     for doc in docs:
-        await store.advance(doc["_id"], token, 0, {"token": "x"}, {"targeted": 2, "delivered": 2})
-        await store.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
+        await store.leases.advance(doc["_id"], token, 0, {"token": "x"}, {"targeted": 2, "delivered": 2})
+        await store.leases.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
     await store.collection.update_one({"_id": PARENT}, {"$set": {"settle_at": 0.0}})
     assert await service.settler.check_due() == 1
-    parent = await store.get(PARENT)
+    parent = await store.notifications.get(PARENT)
     assert parent is not None and parent["state"] == "done" and parent["counts"]["delivered"] == 4
     (event,) = await outcome_events(stack, "split")
     assert event["state"] == "done" and event["counts"]["delivered"] == 4

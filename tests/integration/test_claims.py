@@ -7,13 +7,15 @@ import time
 
 import pytest
 
-from pushsvc.dispatch.batch import as_small
-from pushsvc.model import NotificationState, parse_request
-from pushsvc.store.notifications import LANE_BATCH, LANE_FANOUT, Final, NotificationStore, new_document
+from pushsvc.dispatch.batch import as_batch
+from pushsvc.model import NotificationState
+from pushsvc.store.leases import BatchRunEnd
+from pushsvc.store.notifications import LANE_BATCH, LANE_FANOUT
+from tests.integration.stores import Stores, document
 
 
 @pytest.fixture
-def store(notification_store: NotificationStore) -> NotificationStore:
+def store(notification_store: Stores) -> Stores:
     return notification_store
 
 
@@ -28,7 +30,7 @@ def request(request_id: str, target: dict | None = None, **options: object) -> d
 
 
 async def claim(
-    store: NotificationStore,
+    store: Stores,
     owner: str,
     now: float,
     lease_seconds: float,
@@ -37,24 +39,24 @@ async def claim(
     states: list[NotificationState] | None = None,
 ) -> list[dict]:
     """claim_due with the lease clock and the scheduling clock at the same time (as in production)."""
-    token, docs = await store.claim_due(
+    token, docs = await store.claims.claim_due(
         owner, now, now + lease_seconds, now, limit, lane, *([states] if states else [])
     )
     assert all(d["claim"] == token for d in docs)
     return docs
 
 
-async def record(store: NotificationStore, count: int, now: float, prefix: str = "n") -> list[str]:
+async def record(store: Stores, count: int, now: float, prefix: str = "n") -> list[str]:
     documents = []
     for i in range(count):
         raw = request(f"{prefix}{i:03d}")
         # Distinct due times so "oldest first" is observable.
-        documents.append(new_document(parse_request(raw), raw, "test", now - count + i, now))
-    await store.record(documents)
+        documents.append(document(raw, "test", now - count + i, now))
+    await store.notifications.record(documents)
     return [d["_id"] for d in documents]
 
 
-async def test_concurrent_claims_split_the_due_notifications_without_overlap(store: NotificationStore) -> None:
+async def test_concurrent_claims_split_the_due_notifications_without_overlap(store: Stores) -> None:
     now = time.time()
     ids = await record(store, 60, now)
     claims = await asyncio.gather(*(claim(store, f"owner{k}", now, 30.0, 25, LANE_BATCH) for k in range(4)))
@@ -69,11 +71,11 @@ async def test_concurrent_claims_split_the_due_notifications_without_overlap(sto
         assert len({d["claim"] for d in docs}) <= 1
 
 
-async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(store: NotificationStore) -> None:
+async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(store: Stores) -> None:
     now = time.time()
     ids = await record(store, 10, now)
     future = request("later", send_at="2099-01-01T00:00:00Z")
-    await store.record([new_document(parse_request(future), future, "test", 4_070_908_800.0, now)])
+    await store.notifications.record([document(future, "test", 4_070_908_800.0, now)])
     first = await claim(store, "a", now, 30.0, 4, LANE_BATCH)
     assert [d["_id"] for d in first] == ids[:4]
     second = await claim(store, "b", now, 60.0, 100, LANE_BATCH)
@@ -84,7 +86,7 @@ async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(stor
     assert [d["_id"] for d in taken_over] == ids[:4]
 
 
-async def test_finish_many_only_finishes_what_the_claim_still_holds(store: NotificationStore) -> None:
+async def test_finish_many_only_finishes_what_the_claim_still_holds(store: Stores) -> None:
     now = time.time()
     ids = await record(store, 6, now)
     docs = await claim(store, "a", now, 1.0, 6, LANE_BATCH)
@@ -92,20 +94,20 @@ async def test_finish_many_only_finishes_what_the_claim_still_holds(store: Notif
     # a stalls past its lease; b takes two of them over.
     taken = await claim(store, "b", now + 2.0, 30.0, 2, LANE_BATCH)
     assert [d["_id"] for d in taken] == ids[:2]
-    assert await store.renew(token, ids, now + 60.0) == set(ids[2:])
+    assert await store.claims.renew(token, ids, now + 60.0) == set(ids[2:])
     counts = {"targeted": 1, "delivered": 1}
-    finished = await store.finish_many(token, [Final(i, NotificationState.DONE, counts) for i in ids], now)
+    finished = await store.leases.finish_many(token, [BatchRunEnd(i, NotificationState.DONE, counts) for i in ids], now)
     assert sorted(finished) == ids[2:]
     for notification_id in ids[2:]:
-        doc = await store.get(notification_id)
+        doc = await store.notifications.get(notification_id)
         assert doc is not None
         assert doc["state"] == "done" and doc["lease_owner"] is None and doc["event_pending"] in (True, 1)
         assert doc["counts"]["delivered"] == 1 and doc["counts"]["failed"] == 0
     for notification_id in ids[:2]:
-        doc = await store.get(notification_id)
+        doc = await store.notifications.get(notification_id)
         assert doc is not None and doc["state"] == "dispatching" and doc["lease_owner"] == "b"
-    await store.mark_events_published(finished)
-    assert await store.events_pending(now + 100, 100) == []
+    await store.events.mark_published(finished)
+    assert await store.events.pending(now + 100, 100) == []
 
 
 @pytest.mark.parametrize(
@@ -119,31 +121,32 @@ async def test_finish_many_only_finishes_what_the_claim_still_holds(store: Notif
     ],
 )
 def test_the_batch_lane_takes_only_single_chunk_notifications(raw: dict, small: bool) -> None:
-    doc = new_document(parse_request(raw), raw, "test", 0.0, 0.0)
-    assert (as_small(doc) is not None) is small
-    assert as_small({**doc, "kind": "campaign"}) is None, "campaigns keep per-chunk progress"
-    assert as_small({**doc, "cursor": 5}) is None, "a started fan-out resumes in the runner"
+    doc = document(raw, "test", 0.0, 0.0)
+    assert (as_batch(doc) is not None) is small
+    assert as_batch({**doc, "kind": "campaign"}) is None, "campaigns keep per-chunk progress"
+    assert as_batch({**doc, "cursor": 5}) is None, "a started fan-out resumes in the runner"
 
 
-async def test_backlog_counts_waiting_notifications_due_and_future(store: NotificationStore) -> None:
+async def test_backlog_counts_waiting_notifications_due_and_future(store: Stores) -> None:
     now = time.time()
     await record(store, 5, now)
     later = request("later", send_at="2099-01-01T00:00:00Z")
-    await store.record([new_document(parse_request(later), later, "test", 4_070_908_800.0, now)])
-    assert await store.backlog(now) == (5, 1)
+    await store.notifications.record([document(later, "test", 4_070_908_800.0, now)])
+    assert await store.notifications.backlog(now) == (5, 1)
     docs = await claim(store, "a", now, 30.0, 2, LANE_BATCH)  # dispatching still counts as waiting
-    assert await store.backlog(now) == (5, 1)
-    await store.finish_many(docs[0]["claim"], [Final(d["_id"], NotificationState.DONE, {}) for d in docs], now)
-    assert await store.backlog(now) == (3, 1)
+    assert await store.notifications.backlog(now) == (5, 1)
+    ends = [BatchRunEnd(d["_id"], NotificationState.DONE, {}) for d in docs]
+    await store.leases.finish_many(docs[0]["claim"], ends, now)
+    assert await store.notifications.backlog(now) == (3, 1)
 
 
-async def test_a_wake_up_claim_takes_only_new_requests(store: NotificationStore) -> None:
+async def test_a_wake_up_claim_takes_only_new_requests(store: Stores) -> None:
     now = time.time()
     await record(store, 2, now)
     # Scheduled earlier for a time that has now come: found by the periodic full claim, not a wake-up one.
     raw = request("was-scheduled", send_at="2030-01-01T00:00:00Z")
-    await store.record([new_document(parse_request(raw), raw, "test", now - 0.5, now - 60)])
-    doc = await store.get("demo:was-scheduled")
+    await store.notifications.record([document(raw, "test", now - 0.5, now - 60)])
+    doc = await store.notifications.get("demo:was-scheduled")
     assert doc is not None and doc["state"] == "scheduled"
     woken = await claim(store, "a", now, 30.0, 10, LANE_BATCH, [NotificationState.ACCEPTED])
     assert sorted(d["_id"] for d in woken) == ["demo:n000", "demo:n001"]
@@ -152,14 +155,14 @@ async def test_a_wake_up_claim_takes_only_new_requests(store: NotificationStore)
     assert full[0]["state"] == "dispatching" and full[0]["lease_owner"] == "a"
 
 
-async def test_lanes_are_claimed_separately(store: NotificationStore) -> None:
+async def test_lanes_are_claimed_separately(store: Stores) -> None:
     now = time.time()
     raws = [
         request("small", {"users": ["alice"]}),
         request("segment", {"segment": {"tags_any": ["news"]}}),
         request("long-list", {"tokens": [f"{i:064x}" for i in range(17)]}),
     ]
-    await store.record([new_document(parse_request(raw), raw, "test", now, now) for raw in raws])
+    await store.notifications.record([document(raw, "test", now, now) for raw in raws])
     fanout = await claim(store, "a", now, 30.0, 10, LANE_FANOUT)
     assert sorted(d["_id"] for d in fanout) == ["demo:long-list", "demo:segment"]
     batch = await claim(store, "a", now, 30.0, 10, LANE_BATCH)

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pushsvc.store.notifications import FINAL_KEYS
+from pushsvc.store.counts import FINAL_KEYS
 from tests.integration.stack import APNS_TOPIC, Stack, auth_headers, wait_until
 
 

@@ -33,14 +33,14 @@ def token(n: int) -> str:
 def count_claims(service: PushService) -> list[tuple[str, int]]:
     """Every claim_due the service's scheduler makes: (lane, notifications won). Wraps the real method."""
     calls: list[tuple[str, int]] = []
-    real = service.notifications.claim_due
+    real = service.claims.claim_due
 
     async def claim_due(*args: object, **kwargs: object) -> tuple[str, list[dict]]:
         token_, docs = await real(*args, **kwargs)  # type: ignore[arg-type]
         calls.append((str(args[5] if len(args) > 5 else kwargs["lane"]), len(docs)))
         return token_, docs
 
-    service.notifications.claim_due = claim_due  # type: ignore[method-assign]
+    service.claims.claim_due = claim_due  # type: ignore[method-assign]
     return calls
 
 

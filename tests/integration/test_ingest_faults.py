@@ -206,8 +206,8 @@ async def test_request_mongodb_refuses_is_dead_lettered_and_the_partition_moves_
     """Before, any write error but a duplicate failed the whole batch, and the batch was retried forever."""
     real_new_document = intake_module.new_document
 
-    def unstorable_for_one(request, raw, source, due_at, now, claim=None):  # type: ignore[no-untyped-def]
-        doc = real_new_document(request, raw, source, due_at, now, claim)
+    def unstorable_for_one(request, raw, source, due_at, now, claim=None, **options):  # type: ignore[no-untyped-def]
+        doc = real_new_document(request, raw, source, due_at, now, claim, **options)
         return {**doc, **UNSTORABLE} if request.id == "unstorable" else doc
 
     monkeypatch.setattr(intake_module, "new_document", unstorable_for_one)

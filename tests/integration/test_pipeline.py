@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pushsvc.dev.servers import nx27017
-from pushsvc.store.notifications import COUNT_KEYS
+from pushsvc.store.counts import COUNT_KEYS
 from tests.integration.stack import APNS_TOPIC, Stack, auth_headers, consume, wait_until
 
 IOS = "a1" * 32

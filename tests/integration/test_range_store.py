@@ -8,29 +8,30 @@ import time
 
 import pytest
 
-from pushsvc.model import NotificationState, parse_request
-from pushsvc.store.notifications import LANE_FANOUT, NotificationStore, new_document
+from pushsvc.model import NotificationState
+from pushsvc.store.notifications import LANE_FANOUT
 from pushsvc.store.ranges import LANE_RANGE, NEVER, RangeStore, range_id
+from tests.integration.stores import Stores, document
 
 PARENT = "demo:campaign:split"
 
 
 @pytest.fixture
-def store(notification_store: NotificationStore) -> NotificationStore:
+def store(notification_store: Stores) -> Stores:
     return notification_store
 
 
-async def split_parent(store: NotificationStore, now: float, cuts: list[str]) -> tuple[RangeStore, str]:
+async def split_parent(store: Stores, now: float, cuts: list[str]) -> tuple[RangeStore, str]:
     """A campaign claimed by replica "a", cut at `cuts` and marked split, as the runner does it."""
     raw = {"id": "campaign:split", "app": "demo", "target": {"segment": {"tags_any": ["all"]}},
            "message": {"title": "t"}}
-    doc = new_document(parse_request(raw), raw, "campaign", now, now)
+    doc = document(raw, "campaign", now, now)
     doc.update(kind="campaign", lane=LANE_FANOUT, audience_estimate=1000)
-    await store.record([doc])
-    token, docs = await store.claim_due("a", now, now + 30, now, 1, LANE_FANOUT)
+    await store.notifications.record([doc])
+    token, docs = await store.claims.claim_due("a", now, now + 30, now, 1, LANE_FANOUT)
     assert [d["_id"] for d in docs] == [PARENT]
-    assert await store.advance(PARENT, token, 0, None, {}, {"boundaries": cuts}) is not None
-    ranges = RangeStore(store)
+    assert await store.leases.advance(PARENT, token, 0, None, {}, {"boundaries": cuts}) is not None
+    ranges = RangeStore(store.notifications)
     assert await ranges.create(PARENT, cuts, None) == len(cuts) + 1
     assert await ranges.create(PARENT, cuts, None) == len(cuts) + 1  # a retry after a crash: absorbed
     marked = await ranges.mark_split(PARENT, token, len(cuts) + 1, now + 30)
@@ -38,83 +39,84 @@ async def split_parent(store: NotificationStore, now: float, cuts: list[str]) ->
     return ranges, token
 
 
-async def test_a_split_parent_is_never_claimed_again_and_its_ranges_are(store: NotificationStore) -> None:
+async def test_a_split_parent_is_never_claimed_again_and_its_ranges_are(store: Stores) -> None:
     now = time.time()
     await split_parent(store, now, ["m"])
-    parent = await store.get(PARENT)
+    parent = await store.notifications.get(PARENT)
     assert parent is not None and parent["lease_until"] == NEVER and parent["claim"] is None
-    _, docs = await store.claim_due("b", now + 3600, now + 3630, now + 3600, 10, LANE_FANOUT)
+    _, docs = await store.claims.claim_due("b", now + 3600, now + 3630, now + 3600, 10, LANE_FANOUT)
     assert docs == []
-    _, docs = await store.claim_due(
+    _, docs = await store.claims.claim_due(
         "b", now, now + 30, now, 10, LANE_RANGE, [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
     )
     assert sorted(d["_id"] for d in docs) == [range_id(PARENT, 0), range_id(PARENT, 1)]
     assert [d["bounds"] for d in sorted(docs, key=lambda d: d["_id"])] == [[None, "m"], ["m", None]]
 
 
-async def test_ranges_follow_pause_resume_and_cancel(store: NotificationStore) -> None:
+async def test_ranges_follow_pause_resume_and_cancel(store: Stores) -> None:
     now = time.time()
     ranges, _ = await split_parent(store, now, ["f", "p"])
     states = lambda: store.collection.distinct("state", {"parent": PARENT})  # noqa: E731
-    await store.transition(PARENT, ["dispatching"], {"state": "paused"})
+    await store.notifications.transition(PARENT, ["dispatching"], {"state": "paused"})
     await ranges.follow(PARENT)
     assert await states() == ["paused"]
     # Resumed by a replica that took it for unsplit (scheduled): the parent is made dispatching again.
-    await store.transition(PARENT, ["paused"], {"state": "scheduled"})
+    await store.notifications.transition(PARENT, ["paused"], {"state": "scheduled"})
     await ranges.follow(PARENT)
     assert await states() == ["scheduled"]
-    assert (await store.get(PARENT) or {})["state"] == "dispatching"
-    await store.transition(PARENT, ["dispatching"], {"state": "cancelled", "finished_at": now})
+    assert (await store.notifications.get(PARENT) or {})["state"] == "dispatching"
+    await store.notifications.transition(PARENT, ["dispatching"], {"state": "cancelled", "finished_at": now})
     await ranges.follow(PARENT)
     assert await states() == ["cancelled"]
 
 
-async def test_settled_once_with_the_exact_sum_after_fencing_off_a_lapsed_holder(store: NotificationStore) -> None:
+async def test_settled_once_with_the_exact_sum_after_fencing_off_a_lapsed_holder(store: Stores) -> None:
     now = time.time()
     ranges, _ = await split_parent(store, now, ["m"])
     first, second = range_id(PARENT, 0), range_id(PARENT, 1)
     states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-    token, docs = await store.claim_due("b", now, now + 1.0, now, 10, LANE_RANGE, states)
+    token, docs = await store.claims.claim_due("b", now, now + 1.0, now, 10, LANE_RANGE, states)
     assert len(docs) == 2
-    assert await store.advance(first, token, 0, {"token": "c"}, {"targeted": 3, "delivered": 3}) is not None
-    assert await store.finish(first, token, NotificationState.DONE, None, now, announce=False) is not None
+    assert await store.leases.advance(first, token, 0, {"token": "c"}, {"targeted": 3, "delivered": 3}) is not None
+    assert await store.leases.finish(first, token, NotificationState.DONE, None, now, announce=False) is not None
     assert await ranges.settle(PARENT, now - 1, now) is None  # the second range is still working
 
     # The campaign is cancelled while the second range's holder is cut off (its lease runs out unrenewed).
-    await store.transition(PARENT, ["dispatching"], {"state": "cancelled", "finished_at": now})
+    await store.notifications.transition(PARENT, ["dispatching"], {"state": "cancelled", "finished_at": now})
     await ranges.follow(PARENT)
     assert await ranges.settle(PARENT, now - 1, now) is None  # held, lease still good: its chunk may count
     settled = await ranges.settle(PARENT, now + 2.0, now)  # the lease has ended: fenced off, then summed
     assert settled is not None and settled["state"] == "cancelled"
     assert settled["counts"]["delivered"] == 3 and settled["counts"]["targeted"] == 3
     # The lapsed holder's late write lands nowhere, and nobody settles twice.
-    assert await store.advance(second, token, 0, {"token": "z"}, {"targeted": 9, "delivered": 9}) is None
+    assert await store.leases.advance(second, token, 0, {"token": "z"}, {"targeted": 9, "delivered": 9}) is None
     assert await ranges.settle(PARENT, now + 2.0, now) is None
-    parent = await store.get(PARENT)
+    parent = await store.notifications.get(PARENT)
     assert parent is not None and parent["counts"]["delivered"] == 3 and parent["event_pending"]
     finished = [d async for d in store.collection.find({"parent": PARENT})]
     assert all(d.get("expire_at") is not None and not d.get("event_pending") for d in finished)
 
 
-async def test_a_wave_reschedule_keeps_a_pause_that_landed_after_the_last_chunk(store: NotificationStore) -> None:
+async def test_a_wave_reschedule_keeps_a_pause_that_landed_after_the_last_chunk(store: Stores) -> None:
     now = time.time()
     await split_parent(store, now, ["m"])
     states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-    token, _ = await store.claim_due("b", now, now + 30, now, 1, LANE_RANGE, states)
+    token, _ = await store.claims.claim_due("b", now, now + 30, now, 1, LANE_RANGE, states)
     (held,) = [d async for d in store.collection.find({"claim": token})]
-    await store.transition(held["_id"], ["dispatching"], {"state": "paused"})
-    assert await store.reschedule(held["_id"], token, now + 3600, {"zones_done": ["UTC"], "wave_zones": None})
-    after = await store.get(held["_id"])
+    await store.notifications.transition(held["_id"], ["dispatching"], {"state": "paused"})
+    assert await store.leases.reschedule(held["_id"], token, now + 3600, {"zones_done": ["UTC"], "wave_zones": None})
+    after = await store.notifications.get(held["_id"])
     assert after is not None and after["state"] == "paused" and after["claim"] is None
     assert after.get("zones_done") is None  # the wave is finished by the resume, not skipped
 
 
-async def test_two_settlers_at_once_write_the_end_once(store: NotificationStore) -> None:
+async def test_two_settlers_at_once_write_the_end_once(store: Stores) -> None:
     now = time.time()
     ranges, _ = await split_parent(store, now, ["m"])
     states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-    token, docs = await store.claim_due("b", now, now + 30, now, 10, LANE_RANGE, states)
+    token, docs = await store.claims.claim_due("b", now, now + 30, now, 10, LANE_RANGE, states)
     for doc in docs:
-        assert await store.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False) is not None
+        finished = await store.leases.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
+        assert finished is not None
     both = await asyncio.gather(*(ranges.settle(PARENT, now, now) for _ in range(2)))
     assert sum(result is not None for result in both) == 1, both
