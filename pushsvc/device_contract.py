@@ -15,7 +15,7 @@ from typing import Any
 
 from pushsvc.model import MAX_ID_LENGTH, PLATFORMS, RequestError, WebSubscription
 from pushsvc.model.fields import field_name
-from pushsvc.scheduling.due import is_known_timezone
+from pushsvc.model.timezones import is_known_timezone
 from pushsvc.subscriptions import parse_subscription, subscription_token
 from pushsvc.token_kinds import KIND_NAMES, default_kind, kinds_for_platform
 

@@ -124,7 +124,7 @@ KAFKA_CONSUMER_LAG = Gauge(
 )
 ACTIVE_NOTIFICATIONS = Gauge(
     "pushsvc_active_notifications",
-    "Notifications this replica is working on, by claim lane (batch: transactional, fanout: chunked, "
+    "Notifications this replica is working on, by claim lane (batch: a few devices each, fanout: chunked, "
     "range: ranges of split campaigns)",
     ["lane"],
     registry=REGISTRY,

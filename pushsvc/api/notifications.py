@@ -153,6 +153,9 @@ def _cannot_cancel(doc: dict) -> str:
     """Why a cancel was refused, naming the state."""
     state = doc["state"]
     if state == str(NotificationState.DISPATCHING) and doc.get("lane") == LANE_BATCH:
-        # Sent as one chunk (a few tokens or users): there is no chunk boundary left to stop at.
-        return "cannot cancel a notification that is dispatching: a few devices' notification is sent as one chunk"
+        # Sent as one chunk (a few tokens or users) by the replica holding its lease: no chunk boundary to stop at.
+        return (
+            "cannot cancel a notification that is dispatching: a few devices' notification is sent as one chunk, "
+            "and a replica holds it now (once its lease runs out unfinished, it can be cancelled)"
+        )
     return f"cannot cancel a notification that is {state}"

@@ -118,7 +118,9 @@ def mongo_failure(exc: PyMongoError, mongo: MongoSettings, source: str) -> str:
     if isinstance(exc, OperationFailure):
         if exc.code == 18:  # AuthenticationFailed
             return f"{where} refused the login: authentication failed; check the user name and password"
-        return f"{where} refused the operation: {_one_line(text)} (code {exc.code})"
+        # The code and its name only: the server's message quotes the document it refused (a duplicate key
+        # names the full device token), and a bulk write's details hold every failed operation.
+        return f"{where} refused the operation: {_operation_error(exc)}"
     # Server selection says "<host>: <error> (configured timeouts: ...), Timeout: 5.0s, Topology Description: ..."
     reached = text.split(", Timeout: ")[0]
     reached = re.sub(r" \(configured timeouts: [^)]*\)", "", reached)
@@ -130,3 +132,12 @@ def mongo_failure(exc: PyMongoError, mongo: MongoSettings, source: str) -> str:
         reason = _network_reason(reached, "MongoDB", tls, mongo.socket_timeout_ms / 1000)
         return f"lost the connection to {where}: {reason}"
     return f"{where} failed: {type(exc).__name__}: {_one_line(text)}"
+
+
+def _operation_error(exc: PyMongoError) -> str:
+    """"code N (Name)" of an operation MongoDB refused; for a bulk write, of its first failed write."""
+    details = getattr(exc, "details", None) or {}
+    first = (details.get("writeErrors") or [{}])[0] if isinstance(details, dict) else {}
+    code = first.get("code", getattr(exc, "code", None))
+    name = first.get("codeName") or (details.get("codeName") if isinstance(details, dict) else None)
+    return f"code {code}" + (f" ({name})" if name else "")

@@ -22,8 +22,8 @@ from pushsvc import metrics
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
 from pushsvc.logging import get_logger
 from pushsvc.model import PushRequest, PushType
+from pushsvc.model.timezones import DEFAULT_TIMEZONE
 from pushsvc.providers.base import Delivery
-from pushsvc.scheduling.due import DEFAULT_TIMEZONE
 from pushsvc.scheduling.lease import Hold
 from pushsvc.store.counts import platform_key
 from pushsvc.store.database import is_transient

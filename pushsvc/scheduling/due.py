@@ -7,22 +7,11 @@ next zone. Devices without a known timezone are treated as UTC.
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from pushsvc.model import Options
-
-DEFAULT_TIMEZONE = "UTC"
-
-
-@functools.cache
-def all_timezones() -> tuple[str, ...]:
-    return tuple(sorted(available_timezones() | {DEFAULT_TIMEZONE}))
-
-
-def is_known_timezone(name: str) -> bool:
-    return name in all_timezones()
+from pushsvc.model.timezones import all_timezones
 
 
 def zone_due_at(wall_time: datetime, zone: str) -> float:

@@ -101,11 +101,19 @@ class StateChanges:
             "event_pending": True,
         }
         from_states = [*_ACTIVE, PAUSED]
-        if doc.get("lane") == LANE_BATCH:
-            # The batch lane sends a notification as one chunk and finishes it only from `dispatching`: a
-            # cancel landing mid-send would stop nothing and leave the devices it reached uncounted.
-            from_states.remove(str(NotificationState.DISPATCHING))
-        return await self._transition(doc, from_states, update)
+        if doc.get("lane") != LANE_BATCH:
+            return await self._transition(doc, from_states, update)
+        # The batch lane sends a notification as one chunk and finishes it only from `dispatching`: a cancel
+        # landing while it is held would stop nothing and leave the devices it reached uncounted. One whose lease
+        # has run out (its holder crashed, drained or lost MongoDB: the runbook's crash-looping notification) is
+        # sent by nobody until claimed again, so it may be cancelled; a claim and the cancel are each one
+        # conditional write, so one of them wins, and a late finish of the old holder is fenced by the state.
+        dispatching = str(NotificationState.DISPATCHING)
+        from_states.remove(dispatching)
+        after = await self._transition(doc, from_states, update)
+        if after is None:
+            after = await self._notifications.transition(doc["_id"], [dispatching], update, lease_ended_by=now)
+        return after
 
     async def _transition(self, doc: dict, from_states: list[str], update: dict[str, Any]) -> dict | None:
         """`doc` after the change, or None (no longer there, or not in one of `from_states`).

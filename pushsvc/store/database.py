@@ -60,7 +60,7 @@ NOTIFICATION_INDEXES = [
     IndexModel([("lane", ASCENDING), ("state", ASCENDING), ("due_at", ASCENDING)], name="lane_state_due"),
     # backlog: waiting notifications per state, due and future.
     IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due"),
-    # events_pending: the outcome sweep's small set of unannounced final notifications.
+    # EventStore.pending (store/events.py): the outcome sweep's small set of unannounced final notifications.
     IndexModel([("event_pending", ASCENDING), ("finished_at", ASCENDING)], name="event_pending"),
     # Retention: MongoDB's TTL monitor deletes a notification once `expire_at` (a BSON date) has passed.
     IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention"),

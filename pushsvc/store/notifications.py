@@ -117,10 +117,11 @@ def new_document(
     due_at: float,
     now: float,
     claim: Claim | None = None,
-    lane: str = LANE_FANOUT,
+    *,
+    lane: str,
 ) -> dict:
-    """The notification a request becomes, in `lane` (scheduling/lanes.py `lane_for` decides; fan-out, which
-    runs any request, unless told); with `claim`, recorded already held by that lease.
+    """The notification a request becomes, in `lane` (scheduling/lanes.py `lane_for` decides: required, so no
+    caller records a request in a lane nobody chose); with `claim`, recorded already held by that lease.
 
     Its recorder adds `request_hash` (ingest/idempotency.py: the hash of what the caller sent, before any
     stamping), which a repeated id is compared with.
@@ -217,7 +218,8 @@ class NotificationStore:
 
     async def find(self, app: str, request_id: str) -> dict | None:
         """A notification by its app and request id (including one recorded before ids were per app)."""
-        doc = await self._collection.find_one({"_id": notification_key(app, request_id)})
+        # The app too: a bare id of the old version may spell another app's key ("A:foo" recorded by app B).
+        doc = await self._collection.find_one({"_id": notification_key(app, request_id), "app": {"$eq": app}})
         if doc is None:  # recorded by a version that keyed notifications by the bare request id
             doc = await self._collection.find_one({"_id": {"$eq": request_id}, "app": {"$eq": app}})
         return doc
@@ -232,7 +234,8 @@ class NotificationStore:
         if not keys:
             return {}
         docs = await first_reply(self._collection, {"_id": {"$in": list(keys)}}, len(keys))
-        found = {doc["_id"]: doc for doc in docs}
+        # Only the app's own: a bare id of the old version may spell another app's key (see find).
+        found = {doc["_id"]: doc for doc in docs if doc.get("app") == keys[doc["_id"]][0]}
         for key in keys.keys() - found.keys():
             app, request_id = keys[key]
             legacy = await self._collection.find_one({"_id": {"$eq": request_id}, "app": {"$eq": app}})
@@ -273,16 +276,27 @@ class NotificationStore:
         """Keys of `documents` whose request an old-version replica recorded under its bare id (see above)."""
         if self._clock() >= self._legacy_until:
             return set()
-        by_bare = {d["request_id"]: d for d in documents}
+        # Per bare id, every app's document of the batch: the same request id in two apps is two requests.
+        by_bare: dict[str, dict[str, str]] = {}
+        for d in documents:
+            by_bare.setdefault(d["request_id"], {})[d["app"]] = d["_id"]
         found = await first_reply(self._collection, {"_id": {"$in": list(by_bare)}}, len(by_bare), {"app": 1})
-        return {by_bare[f["_id"]]["_id"] for f in found if f.get("app") == by_bare[f["_id"]]["app"]}
+        return {by_bare[f["_id"]][f["app"]] for f in found if f.get("app") in by_bare[f["_id"]]}
 
     async def transition(
-        self, notification_id: str, from_states: Sequence[str], update: Mapping[str, Any]
+        self,
+        notification_id: str,
+        from_states: Sequence[str],
+        update: Mapping[str, Any],
+        lease_ended_by: float | None = None,
     ) -> dict | None:
-        """Move a notification between states if it is in one of `from_states`; returns the new document."""
+        """Move a notification between states if it is in one of `from_states` (and, with `lease_ended_by`, its
+        lease ran out by then: nobody holds it); returns the new document."""
+        condition: dict[str, Any] = {"_id": notification_id, "state": {"$in": list(from_states)}}
+        if lease_ended_by is not None:
+            condition["lease_until"] = {"$lte": lease_ended_by}
         return await self._collection.find_one_and_update(
-            {"_id": notification_id, "state": {"$in": list(from_states)}},
+            condition,
             {"$set": dict(update)},
             return_document=ReturnDocument.AFTER,
         )

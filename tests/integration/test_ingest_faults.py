@@ -16,7 +16,7 @@ from pushsvc.ingest import intake as intake_module
 from pushsvc.ingest import kafka as kafka_ingest
 from pushsvc.model import parse_request
 from pushsvc.store.database import Database
-from pushsvc.store.notifications import NotificationStore, new_document, notification_key
+from pushsvc.store.notifications import LANE_BATCH, NotificationStore, new_document, notification_key
 from tests.integration.stack import Stack, auth_headers, wait_until
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,10 @@ async def test_store_reports_documents_it_refuses_for_good_apart_from_duplicates
     store = NotificationStore(database)
     try:
         now = time.time()
-        docs = {rid: new_document(parse_request(good(rid)), good(rid), "test", now, now) for rid in ("a", "b", "c")}
+        docs = {
+            rid: new_document(parse_request(good(rid)), good(rid), "test", now, now, lane=LANE_BATCH)
+            for rid in ("a", "b", "c")
+        }
         assert (await store.record([docs["a"]])).inserted == ["demo:a"]
         result = await store.record([docs["a"], {**docs["b"], **UNSTORABLE}, docs["c"]])
         assert result.inserted == ["demo:c"]

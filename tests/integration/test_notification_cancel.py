@@ -145,3 +145,53 @@ async def test_keys_of_another_app_or_without_the_campaigns_scope_cancel_nothing
     # demo's operator key may, without naming the app (it acts for one).
     status, view = await call(stack, "POST", "/v1/notifications/order-1/cancel", key=DEMO_KEY)
     assert status == 200 and (view["id"], view["app"], view["state"]) == ("order-1", "demo", "cancelled")
+
+
+async def test_a_few_devices_notification_whose_holder_is_gone_can_be_cancelled(stack: Stack) -> None:
+    """The runbook's case: a notification whose run crashed stays `dispatching` with a lease nobody renews.
+    While the lease holds, a cancel is refused (the holder may be sending); once it has run out, the cancel
+    wins, and nothing is sent."""
+    # No claim pass takes it over meanwhile; the outcome sweep announces the cancel soon after.
+    await stack.start(dispatch={"poll_interval_seconds": 3600.0, "outcome_sweep_grace_seconds": 0.2})
+    await stack.register(IOS, "ios")
+    now = time.time()
+    held = {
+        "_id": "demo:crashed", "request_id": "crashed", "app": "demo",
+        "request": orjson.dumps(alert("crashed", {"tokens": [IOS]})).decode(), "source": "kafka",
+        "state": "dispatching", "lane": "batch", "created_at": now - 60, "due_at": now - 60,
+        "claim": "gone-replica:1", "lease_owner": "gone-replica", "lease_until": now + 2.0, "cursor": None,
+        "counts": {}, "target_tokens": [IOS], "event_pending": False,
+    }
+    await stack.db.notifications.insert_one(held)
+    status, answer = await call(stack, "POST", "/v1/notifications/crashed/cancel?app=demo")
+    assert status == 409 and "a replica holds it now" in answer["error"]["message"], answer
+
+    await asyncio.sleep(2.5)  # the lease runs out, unrenewed
+    status, view = await call(stack, "POST", "/v1/notifications/crashed/cancel?app=demo")
+    assert status == 200 and view["state"] == "cancelled", view
+    event = await outcome_event(stack, "crashed")
+    assert event["state"] == "cancelled"
+    assert stack.apns.requests_for(IOS) == []
+
+
+async def test_an_old_bare_id_that_spells_another_apps_key_is_not_that_apps(stack: Stack) -> None:
+    """Before ids were per app, `_id` was the bare request id, and request ids may hold ':'. shop's old
+    notification "demo:order-9" must not be found, cancelled or compared as demo's "order-9"."""
+    keys = [
+        api_key_config("test", API_KEY, ALL_SCOPES, ["*"]),
+        api_key_config("demo-backend", DEMO_KEY, ALL_SCOPES, ["demo"]),
+    ]
+    now = time.time()
+    shops = alert("demo:order-9", {"tokens": [IOS]}) | {"app": "shop"}
+    await stack.db.notifications.insert_one({
+        "_id": "demo:order-9", "app": "shop", "request": orjson.dumps(shops).decode(), "source": "kafka",
+        "state": "scheduled", "lane": "batch", "created_at": now, "due_at": now + 3600, "lease_owner": None,
+        "lease_until": 0.0, "cursor": None, "counts": {},
+    })
+    await stack.start(more_apps=["shop"], extra={"api_keys": keys})
+    status, answer = await call(stack, "POST", "/v1/notifications/order-9/cancel", key=DEMO_KEY)
+    assert (status, answer["error"]["code"]) == (404, "not_found"), answer
+    status, answer = await call(stack, "GET", "/v1/notifications/order-9", key=DEMO_KEY)
+    assert status == 404, answer
+    doc = await stack.db.notifications.find_one({"_id": "demo:order-9"})
+    assert doc is not None and doc["state"] == "scheduled", "shop's notification was changed through demo's key"

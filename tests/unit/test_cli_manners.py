@@ -221,3 +221,24 @@ def test_help_from_the_command_line_shows_defaults() -> None:
     assert "(default: 12)" in text and "(default: 3)" in text and "(default: 14)" in text
     send, _ = run("send", "--help")
     assert "(default: Hello from pushsvc)" in " ".join(send.stdout.split())
+
+
+def test_an_operation_mongodb_refuses_is_named_by_its_code_never_by_the_document() -> None:
+    """A duplicate key's message quotes the key (a full device token) and a bulk write's details every failed
+    operation: the one line names the code only, and the URI's password is masked."""
+    from pymongo.errors import BulkWriteError, OperationFailure
+
+    from pushsvc.cli.failures import mongo_failure
+    from pushsvc.config import MongoSettings
+
+    token = "ab" * 32
+    refused = BulkWriteError({"nInserted": 0, "writeErrors": [{
+        "index": 0, "code": 11000, "errmsg": f'E11000 duplicate key error dup key: {{ token: "{token}" }}',
+        "op": {"app": "demo", "token": token},
+    }]})
+    mongo = MongoSettings(uri="mongodb://importer:s3cret@db.internal:27017/push")
+    line = mongo_failure(refused, mongo, "mongodb.uri in c.yaml")
+    where = "MongoDB at mongodb://***@db.internal:27017 (mongodb.uri in c.yaml)"
+    assert line == f"{where} refused the operation: code 11000"
+    bad = OperationFailure("unknown operator: $oops", 2, {"codeName": "BadValue", "errmsg": "unknown operator"})
+    assert mongo_failure(bad, mongo, "x").endswith("refused the operation: code 2 (BadValue)")
