@@ -38,21 +38,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import firebase_admin
 import google.auth.exceptions
-import httpx
 import orjson
 import requests
 import requests.adapters
-from firebase_admin import _utils, credentials, exceptions, messaging
+from firebase_admin import credentials, messaging
 from google.auth.credentials import TokenState
-from google.auth.transport import requests as google_auth_requests
 
 from pushsvc.config import FcmSettings
 from pushsvc.logging import get_logger, mask_token
@@ -64,264 +60,21 @@ from pushsvc.providers.base import (
     Rendered,
     SendResult,
     bounded_attempt,
-    parse_retry_after,
 )
+from pushsvc.providers.fcm_answers import classify_error as classify_error
+from pushsvc.providers.fcm_answers import firebase_error as firebase_error
+from pushsvc.providers.fcm_message import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from pushsvc.providers.fcm_message import build_message as build_message
+from pushsvc.providers.fcm_message import counted_payload_bytes as counted_payload_bytes
+from pushsvc.providers.fcm_message import encode_body as encode_body
+from pushsvc.providers.fcm_transport import HttpxTransport as HttpxTransport
+from pushsvc.providers.fcm_transport import SslContextAdapter, TokenRequest, endpoint_url, ssl_context
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
 
 log = get_logger(__name__)
 
-_FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 _app_names = itertools.count(1)
-
-
-# --------------------------------------------------------------------------------------------- transport
-
-
-class HttpxTransport:
-    """httpx over HTTP/2 (as firebase-admin's ``send_each_async``), without hidden retries."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, max_connections: int, timeout: float) -> None:
-        self._client = httpx.AsyncClient(
-            http2=True,
-            verify=ssl_context,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
-
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HttpReply:
-        try:
-            response = await self._client.post(url, headers=headers, content=body)
-        except httpx.TimeoutException as exc:
-            raise TransportFailure("timeout", type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
-        return HttpReply(response.status_code, response.headers, response.content)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-# -------------------------------------------------------------------------------------------- encoding
-
-
-# FCM refuses a message whose payload is over 4096 bytes (400 INVALID_ARGUMENT "message is too big").
-MAX_PAYLOAD_BYTES = 4096
-
-
-def counted_payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) -> int:
-    """The bytes FCM counts against MAX_PAYLOAD_BYTES: notification title and body plus data keys and values.
-
-    ("the total size of the payload data ... This includes both the keys and the values", FCM's MessageTooBig.)
-
-    UTF-8, with data as the strings FCM receives (Message.data_as_strings). Pure, so intake can refuse a
-    request that would cost one FCM 400 per device (ingest/payload_limits.py) with the same count.
-    """
-    size = len(title.encode()) if title else 0
-    if body:
-        size += len(body.encode())
-    for key, value in data.items():
-        size += len(key.encode()) + len(value.encode())
-    return size
-
-
-def build_message(delivery: Delivery, now: float | None = None) -> messaging.Message:
-    """The firebase-admin Message for one delivery (notification block for alerts only)."""
-    msg, opts, device = delivery.message, delivery.options, delivery.device
-    # voip: a high-priority data-only message (FCM has no PushKit route; its APNs part is a background push).
-    background = opts.push_type in ("background", "voip")
-    high = opts.priority == "high"
-    ttl: int | None = None
-    if delivery.expires_at is not None:
-        ttl = max(0, int(delivery.expires_at - (time.time() if now is None else now)))
-
-    notification = None
-    if not background:
-        text = msg.text_for(device.locale)
-        notification = messaging.Notification(title=text.title, body=text.body)
-
-    apns_type = "background" if background else opts.push_type
-    apns_headers = {"apns-priority": "10" if high and not background else "5", "apns-push-type": apns_type}
-    if ttl is not None:
-        # APNs: 0 means "deliver now or never"; otherwise the absolute expiry in epoch seconds.
-        apns_headers["apns-expiration"] = "0" if ttl == 0 else str(int(delivery.expires_at or 0))
-    if opts.collapse_key:
-        apns_headers["apns-collapse-id"] = opts.collapse_key
-    if background:
-        aps = messaging.Aps(content_available=True)
-    else:
-        aps = messaging.Aps(
-            badge=msg.badge,
-            sound=msg.sound,
-            category=msg.category,
-            thread_id=msg.thread_id,
-            mutable_content=True if msg.mutable_content else None,
-        )
-
-    webpush_headers = {"Urgency": "high" if high else "normal"}
-    if ttl is not None:
-        webpush_headers["TTL"] = str(ttl)
-
-    message = messaging.Message(
-        notification=notification,
-        data=msg.data_as_strings() or None,
-        android=messaging.AndroidConfig(priority="high" if high else "normal", ttl=ttl, collapse_key=opts.collapse_key),
-        apns=messaging.APNSConfig(headers=apns_headers, payload=messaging.APNSPayload(aps=aps)),
-        webpush=messaging.WebpushConfig(headers=webpush_headers),
-    )
-    # Our devices hold FCM registration tokens, which v1 takes in "token". firebase-admin 7.7 marks the
-    # constructor's token= as deprecated in favour of fid= (Firebase installation IDs, a different
-    # identifier) and warns on every message; setting the attribute encodes the same without the warning.
-    message.token = device.token
-    return message
-
-
-def encode_body(message: messaging.Message) -> bytes:
-    """The v1 request body, encoded by firebase-admin (validates the message; raises ValueError)."""
-    return orjson.dumps({"message": messaging._MessagingService.encode_message(message)})
-
-
-# ------------------------------------------------------------------------------------- classification
-
-
-def firebase_error(reply: HttpReply, url: str) -> exceptions.FirebaseError:
-    """firebase-admin's own exception for an FCM error answer (UnregisteredError, QuotaExceededError, ...).
-
-    Never raises: firebase-admin's parser assumes Google's error shape (UTF-8 JSON, an "error" object whose
-    "details" is a list of objects) and fails on anything else, e.g. a proxy's HTML page or odd JSON; such an
-    answer is classified by its HTTP status alone. httpx takes only ASCII header values: others are left out.
-    """
-    request = httpx.Request("POST", url)
-    headers = {k: v for k, v in reply.headers.items() if k.isascii() and v.isascii()}
-    response = httpx.Response(reply.status, headers=headers, content=reply.body, request=request)
-    error = httpx.HTTPStatusError(f"HTTP {reply.status}", request=request, response=response)
-    try:
-        return _utils.handle_platform_error_from_httpx(error, messaging._MessagingService._build_fcm_error_httpx)
-    except Exception:
-        return _utils.handle_httpx_error(error)
-
-
-def classify_error(error: exceptions.FirebaseError) -> SendResult:
-    """Outcome for a firebase-admin exception raised for an FCM answer."""
-    response = error.http_response
-    status = response.status_code if response is not None else None
-    details = _error_details(response)
-    fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == _FCM_ERROR_TYPE), None)
-    reason = fcm_code or error.code
-
-    def result(outcome: Outcome, retry_after: float | None = None) -> SendResult:
-        return SendResult(outcome, reason=str(reason), status=status, retry_after=retry_after)
-
-    # Order matters: the FCM-specific types subclass the generic ones (SenderIdMismatch is a PermissionDenied).
-    if isinstance(error, messaging.UnregisteredError | messaging.SenderIdMismatchError):
-        return result(Outcome.INVALID_TOKEN)
-    if isinstance(error, messaging.ThirdPartyAuthError):
-        return result(Outcome.AUTH_ERROR)
-    if isinstance(error, exceptions.InvalidArgumentError):
-        token_problem = _is_token_problem(str(error), details)
-        return result(Outcome.INVALID_TOKEN if token_problem else Outcome.REJECTED)
-    if isinstance(error, exceptions.UnauthenticatedError | exceptions.PermissionDeniedError):
-        return result(Outcome.AUTH_ERROR)
-    retryable = (
-        exceptions.ResourceExhaustedError,  # includes messaging.QuotaExceededError
-        exceptions.UnavailableError,
-        exceptions.InternalError,
-        exceptions.DeadlineExceededError,
-    )
-    if isinstance(error, retryable) or (status is not None and (status >= 500 or status == 408)):
-        return result(Outcome.RETRYABLE, _retry_after(response))
-    return result(Outcome.REJECTED)
-
-
-def _is_token_problem(message: str, details: list[dict[str, Any]]) -> bool:
-    """Whether an INVALID_ARGUMENT is about the registration token rather than the payload.
-
-    FCM uses INVALID_ARGUMENT for both. For a malformed or foreign token it says so: the message is
-    "The registration token is not a valid FCM registration token" and, when present, a BadRequest
-    field violation names ``message.token``. Payload errors name other fields ("Invalid value at
-    'message.data[0].value'", "Android message is too big", ...). Only a token problem may deactivate
-    the device; anything unclear stays REJECTED, which fails that delivery but keeps the token.
-    """
-    for detail in details:
-        violations = detail.get("fieldViolations")
-        if detail.get("@type") == _BAD_REQUEST_TYPE and isinstance(violations, list):
-            fields = [str(v.get("field", "")) for v in violations if isinstance(v, dict)]
-            if fields:
-                return all(f == "message.token" for f in fields)
-    return "registration token" in message.lower()
-
-
-def _error_details(response: Any) -> list[dict[str, Any]]:
-    if response is None:
-        return []
-    try:
-        details = response.json().get("error", {}).get("details", [])
-    except (ValueError, AttributeError, RecursionError):  # not JSON (or not UTF-8), not objects, too deep
-        return []
-    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-
-
-def _retry_after(response: Any) -> float | None:
-    return parse_retry_after(response.headers.get("retry-after") if response is not None else None)
-
-
-# --------------------------------------------------------------------------------------------- TLS
-
-
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """System CAs (OpenSSL default paths, which honour SSL_CERT_FILE/SSL_CERT_DIR) plus ``ca_file``."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    return ctx
-
-
-class _SslContextAdapter(requests.adapters.HTTPAdapter):
-    """requests adapter verifying with our SSL context (requests alone only takes a CA bundle path)."""
-
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
-        self._ssl_context = ssl_context
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ssl_context
-        super().init_poolmanager(*args, **kwargs)
-
-    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["ssl_context"] = self._ssl_context
-        return super().proxy_manager_for(*args, **kwargs)
-
-
-class _TokenRequest(google_auth_requests.Request):
-    """google-auth transport for the token endpoint, with our TLS trust and a bounded timeout."""
-
-    def __init__(self, session: requests.Session, timeout: float) -> None:
-        super().__init__(session)
-        self._timeout = timeout
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: Any = None,
-        headers: Any = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
-
-
-def _endpoint_url(fcm_url: str, endpoint: str | None) -> str:
-    """FCM_URL with its scheme and host replaced by ``endpoint`` (a base URL such as https://host:port)."""
-    if not endpoint:
-        return fcm_url
-    base = urlsplit(endpoint)  # an https URL (config.endpoint_address checked it)
-    url = urlsplit(fcm_url)
-    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + url.path, url.query, ""))
-
-
-# -------------------------------------------------------------------------------------------- provider
 
 
 class FcmProvider(Provider):
@@ -350,14 +103,14 @@ class FcmProvider(Provider):
         )
         self.project_id: str = self._app.project_id
         self._credential = certificate.get_credential()
-        self.url = _endpoint_url(messaging._MessagingService.FCM_URL.format(self.project_id), settings.endpoint)
+        self.url = endpoint_url(messaging._MessagingService.FCM_URL.format(self.project_id), settings.endpoint)
         self._token_session = requests.Session()
-        self._token_session.mount("https://", _SslContextAdapter(_ssl_context(settings.ca_file)))
-        self._token_request = _TokenRequest(self._token_session, timeout=send_timeout)
+        self._token_session.mount("https://", SslContextAdapter(ssl_context(settings.ca_file)))
+        self._token_request = TokenRequest(self._token_session, timeout=send_timeout)
         self._refresh: asyncio.Future[None] | None = None
         if transport is None:
             # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
-            transport = H2Transport(_ssl_context(settings.ca_file), settings.max_connections, None)
+            transport = H2Transport(ssl_context(settings.ca_file), settings.max_connections, None)
         self._transport: FcmTransport = transport
         self._encoded: dict[tuple[str, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
         self._static_headers = {
