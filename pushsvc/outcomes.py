@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.store.counts import PLATFORM_SEPARATOR, full_counts, split_counts
 from pushsvc.store.events import EventStore
 from pushsvc.store.notifications import request_id_of

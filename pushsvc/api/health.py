@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pushsvc.api.context import CONSUMER_STATE, READINESS
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.metrics import REGISTRY
 
 log = get_logger(__name__)

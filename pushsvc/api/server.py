@@ -31,7 +31,7 @@ from pushsvc.api.context import (
 )
 from pushsvc.api.errors import json_error
 from pushsvc.ingest.intake import Intake
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, RequestError
 from pushsvc.scheduling.clock import ClockNotSynced
 from pushsvc.store.campaigns import CampaignStore

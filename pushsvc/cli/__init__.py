@@ -36,8 +36,8 @@ def _run(coro: object) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load(args.config)
-    from pushsvc.app import serve
-    from pushsvc.logging import configure_logging
+    from pushsvc.logs import configure_logging
+    from pushsvc.service import serve
 
     configure_logging(settings.log_level)
     _run(serve(settings))

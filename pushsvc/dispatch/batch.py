@@ -25,7 +25,7 @@ import orjson
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import Chunk, ChunkWorker
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.lanes import lane_for

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pushsvc import metrics
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
 from pushsvc.providers.base import Delivery

@@ -22,7 +22,7 @@ from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
 from pushsvc.dispatch.progress import announce_finished, campaign_progress, progress_ratio
 from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones

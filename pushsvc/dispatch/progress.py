@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pushsvc import metrics
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND

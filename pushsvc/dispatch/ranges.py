@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from pushsvc.dispatch.progress import announce_finished, campaign_progress, progress_ratio
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.outcomes import Announcer
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND

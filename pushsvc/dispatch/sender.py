@@ -20,7 +20,7 @@ from typing import Any
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.guard import Change, MisconfigGuard
-from pushsvc.logging import get_logger, mask_token
+from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult
 from pushsvc.token_kinds import provider_for

@@ -18,7 +18,7 @@ from pushsvc import metrics
 from pushsvc.dispatch.batch import BatchNotification
 from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
 from pushsvc.ingest.payload_limits import check_payload_size
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
 from pushsvc.scheduling.due import initial_due_at
 from pushsvc.scheduling.lanes import lane_for

@@ -30,7 +30,7 @@ from pushsvc import metrics
 from pushsvc.config import KafkaSettings
 from pushsvc.ingest.intake import Accepted, AppProviders, Intake, Rejection, decode
 from pushsvc.kafka_options import client_options
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -25,7 +25,7 @@ from hpack import NeverIndexedHeaderTuple
 
 from pushsvc.config import ApnsSettings, endpoint_address
 from pushsvc.credentials import apns_certificate_expiry
-from pushsvc.logging import get_logger, mask_token
+from pushsvc.logs import get_logger, mask_token
 from pushsvc.metrics import APNS_CERTIFICATE_EXPIRY
 from pushsvc.model import Outcome
 from pushsvc.providers.apns_answers import classify as classify

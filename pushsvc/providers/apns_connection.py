@@ -41,7 +41,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from hpack import NeverIndexedHeaderTuple
 
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.providers.transport import BoundedH2Connection
 
 log = get_logger(__name__)

@@ -51,7 +51,7 @@ from firebase_admin import credentials, messaging
 from google.auth.credentials import TokenState
 
 from pushsvc.config import FcmSettings
-from pushsvc.logging import get_logger, mask_token
+from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import (
     Delivery,

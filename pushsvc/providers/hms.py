@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pushsvc.config import HmsSettings
-from pushsvc.logging import get_logger, mask_token
+from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, bounded_attempt
 from pushsvc.providers.h2client import H2Transport

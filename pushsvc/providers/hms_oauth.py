@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from pushsvc.config import HmsSettings
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import Outcome
 from pushsvc.providers.base import SendResult, parse_retry_after
 

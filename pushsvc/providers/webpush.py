@@ -41,7 +41,7 @@ from py_vapid import Vapid02, VapidException
 from yarl import URL
 
 from pushsvc.config import WebPushSettings
-from pushsvc.logging import get_logger, mask_token
+from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, bounded_attempt
 from pushsvc.providers.webpush_guard import EndpointRefused, GuardedResolver, literal_problem

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 
 log = get_logger(__name__)
 

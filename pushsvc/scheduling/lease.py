@@ -29,7 +29,7 @@ import enum
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.store.database import is_transient
 

@@ -27,7 +27,7 @@ from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.batch import BatchNotification, BatchRunner, as_batch
 from pushsvc.dispatch.fanout import NotificationRunner
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.lease import Lease

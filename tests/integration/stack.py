@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pymongo import AsyncMongoClient
 
 from pushsvc.api.auth import hash_api_key
-from pushsvc.app import PushService
 from pushsvc.config import Settings, load_settings
+from pushsvc.service import PushService
 from pushsvc.simulators.apns import ApnsPeer
 from pushsvc.simulators.fcm import FcmPeer
 from pushsvc.simulators.tls import TestPki

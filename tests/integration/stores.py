@@ -15,7 +15,7 @@ from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import NotificationStore, new_document
 
 if TYPE_CHECKING:
-    from pushsvc.app import PushService
+    from pushsvc.service import PushService
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections import Counter
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from pushsvc.app import PushService
 from pushsvc.model import NotificationState
+from pushsvc.service import PushService
 from pushsvc.store.ranges import LANE_RANGE
 from tests.integration.stack import Stack, wait_until
 from tests.integration.stores import Stores

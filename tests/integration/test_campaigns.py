@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from pushsvc.app import PushService
+from pushsvc.service import PushService
 from tests.integration.stack import Stack, auth_headers, consume, wait_until
 
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pushsvc.app import PushService
 from pushsvc.config import DispatchSettings
+from pushsvc.service import PushService
 from pushsvc.store.notifications import LANE_BATCH
 from tests.integration.stack import Stack, auth_headers, wait_until
 

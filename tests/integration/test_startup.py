@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from pushsvc.app import PushService
 from pushsvc.dev.servers import free_port
+from pushsvc.service import PushService
 from tests.integration.stack import Stack, auth_headers, wait_until
 
 

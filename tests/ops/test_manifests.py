@@ -22,8 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pushsvc.app import CLOSE_TIMEOUT_SECONDS
 from pushsvc.scheduling.scheduler import HAND_BACK_SECONDS
+from pushsvc.service import CLOSE_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

@@ -46,7 +46,7 @@ def scoped_keys() -> dict[str, str]:
 
 async def routes_of_service(stack: Stack) -> list[tuple[str, str]]:
     """Every (method, path) the real application serves (built in-process from the same settings)."""
-    from pushsvc.app import PushService
+    from pushsvc.service import PushService
 
     service = PushService(stack.settings())
     try:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import structlog
 
-from pushsvc.logging import configure_logging, get_logger, mask_token
+from pushsvc.logs import configure_logging, get_logger, mask_token
 
 TOKEN = "f3" * 32  # an APNs device token: 64 hex digits
 MASKED = f"{TOKEN[:6]}…(64)"

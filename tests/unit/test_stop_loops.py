@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from pushsvc.app import pause, wait_cancelled
+from pushsvc.service import pause, wait_cancelled
 
 
 async def swallowing_operation() -> int:

@@ -12,7 +12,7 @@ import json
 import ssl
 import uuid
 
-from pushsvc.logging import mask_token
+from pushsvc.logs import mask_token
 from pushsvc.simulators.apns.answers import Action, Rule, response, take_rule
 from pushsvc.simulators.apns.checks import AuthMode, ReceivedRequest, check_request, read_request
 from pushsvc.simulators.apns.connection import Incoming, PeerConnection

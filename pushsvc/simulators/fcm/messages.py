@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pushsvc.logging import mask_token
+from pushsvc.logs import mask_token
 from pushsvc.simulators.fcm.oauth import TokenEndpoint, to_json
 from pushsvc.simulators.http_server import Reply
 

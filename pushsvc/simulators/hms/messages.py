@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pushsvc.logging import mask_token
+from pushsvc.logs import mask_token
 from pushsvc.simulators.hms.answers import Script, answer, code_of, refuse, scripted, take
 from pushsvc.simulators.hms.checks import check_request
 from pushsvc.simulators.hms.oauth import TokenEndpoint

@@ -10,7 +10,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pushsvc.logging import mask_token
+from pushsvc.logs import mask_token
 from pushsvc.simulators.hms.answers import Script, take, to_json
 from pushsvc.simulators.http_server import Reply
 

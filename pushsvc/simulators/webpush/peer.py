@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pushsvc.logging import mask_token
+from pushsvc.logs import mask_token
 from pushsvc.simulators.tls import TestPki
 from pushsvc.simulators.webpush.answers import Action, Rule, answer_headers, error_response, take_rule
 from pushsvc.simulators.webpush.checks import ReceivedPush, check_push, json_or_none

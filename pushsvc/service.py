@@ -29,7 +29,7 @@ from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.ingest.intake import Intake
 from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
 from pushsvc.kafka_options import client_options
-from pushsvc.logging import get_logger
+from pushsvc.logs import get_logger
 from pushsvc.outcomes import ACKNOWLEDGED_FLUSH_SECONDS, Announcer, OutcomePublisher, OutcomeSweeper
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
