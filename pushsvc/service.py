@@ -10,7 +10,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -123,6 +123,20 @@ class PushService:
             linger_ms=5,
             max_request_size=producer_request_limit(settings.kafka),
         )
+        self._build_dispatch(settings, events, clock)
+        self.intake = Intake(self.notifications, self.scheduler, clock=clock)
+        known_apps = frozenset(settings.apps)
+        providers_of = configured_providers(settings)
+        self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps, providers_of)
+        self.http_app = self._build_http(settings, known_apps, providers_of, clock)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._stopping = False
+        self.port: int | None = None
+
+    def _build_dispatch(self, settings: Settings, events: EventStore, clock: Callable[[], float]) -> None:
+        """Sending, announcing, running claimed work and the scheduler that claims it, bottom up."""
         # The database's clock: a send's moment is compared with registrations made through other replicas.
         self.sender = DeliverySender(self.providers, settings.dispatch, clock=self.server_clock.now)
         self.announcer = Announcer(OutcomePublisher(self.producer, settings.kafka.outcomes_topic), events)
@@ -141,11 +155,15 @@ class PushService:
         self.scheduler = Scheduler(
             self.claims, self.leases, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
         )
-        self.intake = Intake(self.notifications, self.scheduler, clock=clock)
-        known_apps = frozenset(settings.apps)
-        providers_of = configured_providers(settings)
-        self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps, providers_of)
-        self.http_app = build_app(
+
+    def _build_http(
+        self,
+        settings: Settings,
+        known_apps: frozenset[str],
+        providers_of: Mapping[str, Collection[str]],
+        clock: Callable[[], float],
+    ) -> web.Application:
+        return build_app(
             auth=ApiKeyAuth(settings.api_keys, known_apps),
             device_store=self.devices,
             notification_store=self.notifications,
@@ -167,11 +185,6 @@ class PushService:
             wake=self.scheduler.wake,
             preview=lambda request: preview_payloads(self.providers, request),
         )
-        self._runner: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._started = False
-        self._stopping = False
-        self.port: int | None = None
 
     async def _backfill_request_ids(self) -> None:
         changed = await self.notifications.backfill_request_ids(self.server_clock.now())
