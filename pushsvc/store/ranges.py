@@ -174,35 +174,12 @@ class RangeStore:
         nobody holds the parent itself; any other waits for all of them.
         """
         parent = await self._collection.find_one({"_id": parent_id}, {"request": 0})
-        expected = expected_ranges(parent) if parent is not None else 0
-        if parent is None or not expected or parent.get("settled"):
+        if parent is None or parent.get("settled") or not expected_ranges(parent):
             return None
-        cancelled = parent["state"] == str(NotificationState.CANCELLED)
-        # A split not marked complete is its runner's (or resumed after a crash); a cancelled parent whose
-        # runner is gone is settled with what was inserted.
-        if not parent.get("ranges") and (not cancelled or float(parent.get("lease_until") or 0) > expired_by):
+        ranges = await self._final_ranges(parent, expired_by)
+        if ranges is None:
             return None
-        ranges = await self.of(parent)
-        if len(ranges) < expected and not cancelled:
-            return None
-        if any(item["state"] not in FINAL_STATES for item in ranges):
-            return None
-        held = [item for item in ranges if item.get("claim") is not None]
-        if any(float(item.get("lease_until") or 0) > expired_by for item in held):
-            return None  # still held: a cancelled range's last chunk may still add its counts
-        if held:
-            await self._collection.update_many(
-                {"_id": {"$in": [item["_id"] for item in held]}, "lease_until": {"$lte": expired_by}},
-                {"$set": {"claim": None, "lease_owner": None, "lease_until": 0.0}},
-            )
-            ranges = await self.of(parent)  # as they are now that no late write can land
-        failed = sorted((r for r in ranges if r["state"] == str(NotificationState.FAILED)), key=lambda r: r["_id"])
-        state = parent["state"]
-        error = parent.get("error")
-        if not cancelled:
-            state = str(NotificationState.FAILED if failed else NotificationState.DONE)
-            if failed:
-                error = f"{len(failed)} of {len(ranges)} ranges failed; {failed[0]['_id']}: {failed[0].get('error')}"
+        state, error = _final_state(parent, ranges)
         finished_at = float(parent.get("finished_at") or now)
         expire_at = self._notifications.expiry(finished_at)
         written = await self._collection.find_one_and_update(
@@ -231,6 +208,30 @@ class RangeStore:
             # Ranges expire with their parent, never before it (a paused campaign's finished ranges are kept).
             await self._collection.update_many({"parent": {"$eq": parent_id}}, {"$set": {"expire_at": expire_at}})
         return written
+
+    async def _final_ranges(self, parent: dict, expired_by: float) -> list[dict] | None:
+        """The parent's ranges once every one is final and no longer held (a lapsed holder fenced off: its claim
+        cleared, so its late write cannot change counts already summed), or None while they are not."""
+        cancelled = parent["state"] == str(NotificationState.CANCELLED)
+        # A split not marked complete is its runner's (or resumed after a crash); a cancelled parent whose
+        # runner is gone is settled with what was inserted.
+        if not parent.get("ranges") and (not cancelled or float(parent.get("lease_until") or 0) > expired_by):
+            return None
+        ranges = await self.of(parent)
+        if len(ranges) < expected_ranges(parent) and not cancelled:
+            return None
+        if any(item["state"] not in FINAL_STATES for item in ranges):
+            return None
+        held = [item for item in ranges if item.get("claim") is not None]
+        if any(float(item.get("lease_until") or 0) > expired_by for item in held):
+            return None  # still held: a cancelled range's last chunk may still add its counts
+        if held:
+            await self._collection.update_many(
+                {"_id": {"$in": [item["_id"] for item in held]}, "lease_until": {"$lte": expired_by}},
+                {"$set": {"claim": None, "lease_owner": None, "lease_until": 0.0}},
+            )
+            ranges = await self.of(parent)  # as they are now that no late write can land
+        return ranges
 
     async def mark_split(self, parent_id: str, token: str, count: int, settle_at: float) -> dict | None:
         """The parent's last step of a split, under its lease: it has `count` ranges, is let go and never
@@ -270,6 +271,18 @@ class RangeStore:
         await self._collection.update_one(
             {"_id": parent_id, "settled": {"$in": [False, None]}}, {"$set": {"settle_at": at}}
         )
+
+
+def _final_state(parent: dict, ranges: list[dict]) -> tuple[str, str | None]:
+    """A settled parent's state and error: a cancel stays cancelled; otherwise done, or failed naming the first
+    failed range."""
+    if parent["state"] == str(NotificationState.CANCELLED):
+        return parent["state"], parent.get("error")
+    failed = sorted((r for r in ranges if r["state"] == str(NotificationState.FAILED)), key=lambda r: r["_id"])
+    if not failed:
+        return str(NotificationState.DONE), parent.get("error")
+    error = f"{len(failed)} of {len(ranges)} ranges failed; {failed[0]['_id']}: {failed[0].get('error')}"
+    return str(NotificationState.FAILED), error
 
 
 def _summed(ranges: Sequence[Mapping[str, Any]]) -> dict[str, int]:
