@@ -25,7 +25,7 @@ from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
-from pushsvc.scheduling.due import next_ready_at, quiet_from_doc, ready_zones
+from pushsvc.scheduling.due import QuietHours, next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, resume_point
 from pushsvc.store.leases import HandBack, LeaseStore
@@ -134,16 +134,36 @@ class NotificationRunner:
         if parts > 1:
             return await self._split(run, parts)
         quiet = quiet_from_doc(doc.get("quiet_hours"))
-        wave: list[str] | None = None
-        if request.options.local_time or quiet is not None:
-            wave = doc.get("wave_zones")
-            if wave is None:
-                done_zones = set(doc.get("zones_done") or [])
-                send_at = request.options.send_at
-                wave = ready_zones(send_at, request.options.local_time, quiet, self._clock(), done_zones)
-                await self._advance(run, None, {}, {"wave_zones": wave})
-                run.restart()
-        first_wave = not doc.get("zones_done")
+        wave = await self._current_wave(run, doc, request, quiet)
+        if not await self._send_chunks(run, request, wave, first_wave=not doc.get("zones_done")):
+            return None  # handed back, stopped mid-chunk, or paused/cancelled: said and written already
+        if wave is not None:
+            next_at = await self._next_wave(run, request, quiet, wave)
+            if next_at is not None:
+                return next_at
+        await self._finish(doc, lease, NotificationState.DONE, None)
+        return None
+
+    async def _current_wave(
+        self, run: _Run, doc: dict, request: PushRequest, quiet: QuietHours | None
+    ) -> list[str] | None:
+        """The zones this run sends to (local time, quiet hours), saved before the first chunk so a resumed run
+        sends the same wave; None: every device at once."""
+        if not request.options.local_time and quiet is None:
+            return None
+        wave = doc.get("wave_zones")
+        if wave is None:
+            done_zones = set(doc.get("zones_done") or [])
+            send_at = request.options.send_at
+            wave = ready_zones(send_at, request.options.local_time, quiet, self._clock(), done_zones)
+            await self._advance(run, None, {}, {"wave_zones": wave})
+            run.restart()
+        return wave
+
+    async def _send_chunks(self, run: _Run, request: PushRequest, wave: list[str] | None, first_wave: bool) -> bool:
+        """Chunk after chunk, throttled, each saved under the lease; False when the run ended early (draining,
+        stopped mid-chunk, paused or cancelled), True when the audience (of this wave) is exhausted."""
+        lease, doc = run.lease, run.doc
         due_at = float(doc["due_at"])
         rate = doc.get("throttle_per_second")
         throttle = _Throttle(rate, self._stopping)
@@ -152,7 +172,7 @@ class NotificationRunner:
             await throttle.wait()
             if self._stopping.is_set():
                 await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
-                return None
+                return False
             chunk = await self._chunks.next_chunk(
                 request, run.cursor, wave, first_wave, size, retry_while=lease.valid, upto=run.upto
             )
@@ -160,30 +180,34 @@ class NotificationRunner:
             throttle.sent(outcome.counts["targeted"])
             if not outcome.complete:
                 await self._stopped_mid_chunk(run, outcome)
-                return None
+                return False
             after = await self._advance(run, chunk.next_cursor, outcome.counts, {STALLED_RUNS: 0})
             if "audience_estimate" in after:
                 campaign_progress(run.doc).set(progress_ratio(after))
             run.cursor, run.skip = chunk.next_cursor, frozenset()
             if after["state"] != str(NotificationState.DISPATCHING):
                 await self._interrupted(run, after["state"])
-                return None
+                return False
             if chunk.exhausted:
                 break
-        if wave is not None:
-            done = set(doc.get("zones_done") or []) | set(wave)
-            next_at = next_ready_at(request.options.send_at, request.options.local_time, quiet, self._clock(), done)
-            if next_at is not None:
-                extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
-                token = lease.token
-                if not await lease.write(
-                    [run.id], lambda: self._leases.reschedule(run.id, token, next_at, extra)
-                ):
-                    raise LeaseLost
-                lease.drop([run.id])
-                return next_at
-        await self._finish(doc, lease, NotificationState.DONE, None)
-        return None
+        return True
+
+    async def _next_wave(
+        self, run: _Run, request: PushRequest, quiet: QuietHours | None, wave: list[str]
+    ) -> float | None:
+        """When zones remain, reschedule the notification for the next one's time under the lease and let it
+        go (returns that time); None when this was the last wave."""
+        lease = run.lease
+        done = set(run.doc.get("zones_done") or []) | set(wave)
+        next_at = next_ready_at(request.options.send_at, request.options.local_time, quiet, self._clock(), done)
+        if next_at is None:
+            return None
+        extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
+        token = lease.token
+        if not await lease.write([run.id], lambda: self._leases.reschedule(run.id, token, next_at, extra)):
+            raise LeaseLost
+        lease.drop([run.id])
+        return next_at
 
     async def _parts(self, doc: dict, request: PushRequest, lease: Lease) -> int:
         """How many ranges to cut this notification into before its first chunk (1: run it whole).
