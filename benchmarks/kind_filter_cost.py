@@ -31,8 +31,8 @@ from pymongo import MongoClient  # noqa: E402
 
 from pushsvc.dev.servers import nx27017  # noqa: E402
 from pushsvc.model import Segment, Target  # noqa: E402
+from pushsvc.store.audience import audience_filter, kind_filter, registered_no_later_than  # noqa: E402
 from pushsvc.store.database import DEVICE_INDEXES  # noqa: E402
-from pushsvc.store.devices import _registered_by, audience_filter, kind_filter  # noqa: E402
 
 APP = "demo"
 KINDS = ("apns", "apns_voip", "fcm")
@@ -108,7 +108,7 @@ def measure(coll: Any, repeat: int) -> None:
         "$or [registered_at $lte, null]": lambda: len(list(coll.find(
             {**key, "$or": [{"registered_at": {"$lte": at}}, {"registered_at": None}]}))),
         "two queries ($lte; $eq null), as sent": lambda: sum(
-            len(list(coll.find({**key, **part}))) for part in _registered_by(at)),
+            len(list(coll.find({**key, **part}))) for part in registered_no_later_than(at)),
     }
     for name, run in guards.items():
         ms, found = timed(run, repeat)

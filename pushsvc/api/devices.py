@@ -16,7 +16,7 @@ from pushsvc.api.validation import app_of, json_body, known_app
 from pushsvc.device_contract import TOKEN_PATTERN, DeviceRecord, parse_device, str_list
 from pushsvc.model import RequestError
 from pushsvc.model.fields import field_name
-from pushsvc.store.devices import subscription_fields
+from pushsvc.store.device_documents import subscription_fields
 from pushsvc.store.erasure import Erasure
 
 routes = web.RouteTableDef()

@@ -17,7 +17,7 @@ from pushsvc.model import NotificationState
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import StateChanges
 from pushsvc.store.counts import FINAL_KEYS, full_counts, split_counts
-from pushsvc.store.devices import epoch_of, stored_bool
+from pushsvc.store.device_documents import epoch_of, stored_bool
 from pushsvc.store.notifications import LANE_BATCH, request_id_of
 from pushsvc.store.ranges import RANGE_KIND, RangeStore
 

@@ -25,17 +25,11 @@ from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.lease import Hold
+from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
 from pushsvc.store.counts import platform_key
 from pushsvc.store.database import is_transient
-from pushsvc.store.devices import (
-    AudienceCursor,
-    Deactivation,
-    DeviceStore,
-    audience_cursor_after,
-    by_token,
-    takes,
-    to_device,
-)
+from pushsvc.store.device_documents import to_device
+from pushsvc.store.devices import Deactivation, DeviceStore
 from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
@@ -182,7 +176,7 @@ class ChunkWorker:
                 chunks.append(_token_chunk(request, 0, values, docs, True, None))
             else:
                 # One query serves requests of several categories, so the opt-out clause of a users audience
-                # (store/devices.py `_active_devices_filter`) is applied here, per request.
+                # (store/audience.py `active_devices_filter`) is applied here, per request.
                 category = request.message.category
                 mine = sorted(
                     (d for d in docs if not category or category not in (d.get("opt_out") or ())), key=by_token

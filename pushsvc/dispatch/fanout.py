@@ -27,7 +27,8 @@ from pushsvc.model import NotificationState, PushRequest, parse_request
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import QuietHours, next_ready_at, quiet_from_doc, ready_zones
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
-from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore, resume_point
+from pushsvc.store.audience import resume_point
+from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore
 from pushsvc.store.leases import HandBack, LeaseStore
 from pushsvc.store.notifications import PAUSED, STALLED_RUNS, NotificationStore
 from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from bson import ObjectId
@@ -19,9 +18,19 @@ from pymongo.errors import PyMongoError
 
 # DeviceRecord is the device contract's record (parse_device builds it; this store writes and reads it).
 from pushsvc.device_contract import DeviceRecord
-from pushsvc.model import Device, PushRequest, Target, WebSubscription
+from pushsvc.model import PushRequest, Target
+from pushsvc.store.audience import (
+    AudienceCursor,
+    active_devices_filter,
+    audience_filter,
+    between,
+    by_token,
+    kind_filter,
+    registered_no_later_than,
+)
 from pushsvc.store.database import Database
-from pushsvc.token_kinds import KIND_NAMES, KINDS, default_kind, receives
+from pushsvc.store.device_documents import read_device, stored_fields
+from pushsvc.token_kinds import KINDS
 
 # Kept in place of a lookup's cursor the server closed (cursor id 0) together with a full page: the next page
 # is known to be empty without asking.
@@ -67,256 +76,11 @@ def _device_key(app: str, token: str) -> dict[str, Any]:
     return {"app": {"$eq": app}, "token": {"$eq": token}}
 
 
-def kind_of(doc: Mapping[str, Any]) -> str:
-    """The device's token kind; documents from before kinds have their platform's default."""
-    return doc.get("kind") or default_kind(doc.get("platform", "")) or ""
-
-
 async def _close(stream: Any) -> None:
     """Close a cursor the server may still hold. One it closed (cursor id 0, or an error) is closed by the
     driver already: skipping the close saves a step on every point lookup."""
     if stream.alive:
         await stream.close()
-
-
-def to_device(doc: dict) -> Device:
-    return Device(
-        app=doc["app"],
-        token=doc["token"],
-        platform=doc["platform"],
-        locale=doc.get("locale"),
-        timezone=doc.get("timezone"),
-        user_id=doc.get("user_id"),
-        kind=kind_of(doc),
-        subscription=subscription_of(doc),
-        activity_id=doc.get("activity_id"),
-    )
-
-
-def subscription_of(doc: Mapping[str, Any]) -> WebSubscription | None:
-    stored = doc.get("subscription")
-    if not stored:
-        return None
-    keys = stored.get("keys") or {}
-    return WebSubscription(str(stored["endpoint"]), str(keys.get("p256dh", "")), str(keys.get("auth", "")))
-
-
-def subscription_fields(subscription: WebSubscription | None) -> dict[str, Any] | None:
-    """A subscription as stored and shown: the PushSubscription JSON shape browsers give."""
-    if subscription is None:
-        return None
-    return {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
-
-
-def read_device(doc: Mapping[str, Any]) -> DeviceRecord:
-    """A stored device as the typed record the API shows: read once here, so no caller sees stored types."""
-    registered_at = doc.get("registered_at")
-    return DeviceRecord(
-        app=str(doc["app"]),
-        token=str(doc["token"]),
-        platform=str(doc["platform"]),
-        kind=kind_of(doc),
-        user_id=doc.get("user_id"),
-        tags=tuple(doc.get("tags") or ()),
-        locale=doc.get("locale"),
-        timezone=doc.get("timezone"),
-        app_version=doc.get("app_version"),
-        opt_out=tuple(doc.get("opt_out") or ()),
-        subscription=subscription_of(doc),
-        activity_id=doc.get("activity_id"),
-        id=str(doc["_id"]),
-        active=stored_bool(doc.get("active"), default=True),
-        deactivated_reason=doc.get("deactivated_reason"),
-        registered_at=None if registered_at is None else epoch_of(registered_at),
-    )
-
-
-def stored_bool(value: object, default: bool) -> bool:
-    """A boolean field as stored. MongoDB gives back the bool written; nx-27017 (the test database) stores a
-    boolean written with `$set` as the integer 0/1 (an insert keeps it a bool): this is the one place that
-    tells them apart, so an API answer never shows `1` where it documents `true`. A missing field (a device
-    from before the field) is `default`."""
-    if value is None:
-        return default
-    return bool(value)
-
-
-def epoch_of(value: float | datetime) -> float:
-    """A stored time as epoch seconds: pushsvc writes floats; a BSON date (a document written by hand or
-    another tool) is read as its epoch."""
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return aware.timestamp()
-    return float(value)
-
-
-def kind_filter(route: str, exact: bool = True) -> dict[str, Any]:
-    """The clause keeping the devices whose token kind takes this route; `takes` has the last word.
-
-    Exact, it names the kinds that take it: `{"kind": {"$in": [...kinds, null]}}` (null: a document without
-    `kind`, judged by `takes` on its platform's default). Not exact (`exact=False`: reads on nx-27017 only,
-    chosen by the store from `Database.scans_for_in`), it leaves out one kind with `$ne` instead: there `$in`
-    and `$nin` made the queries it answers by
-    scanning 20-30% slower (100k devices, benchmarks/kind_filter_cost.py: 100 users 174 -> 210 ms, a segment
-    179 -> 228 ms), while `$ne` costs nothing (164-180, 161-165 ms). The kind left out is the most numerous
-    one that does not take the route (EXCLUSION_ORDER: an alert leaves out VoIP tokens, a VoIP push regular
-    APNs tokens, as before there were more kinds); the few devices of the rarer kinds the query lets through
-    (Live Activity tokens for an alert, web subscriptions for a VoIP push) are dropped by `takes` after the
-    read. On MongoDB the results mean the same once `takes` has checked each document read, which the
-    exclusion also lets through in two cases:
-    - a document without `kind` (a device registered before kinds; backfill_kinds records it once, but a
-      replica predating kinds may still write one during a rolling upgrade): it takes the route if its
-      platform's default kind does (an old iOS device is a regular APNs token: alerts, not VoIP);
-    - a kind this version does not know (written by a newer one): not sent.
-    """
-    if exact:
-        return {"kind": {"$in": [*(name for name in KIND_NAMES if receives(name, route)), None]}}
-    excluded = [name for name in EXCLUSION_ORDER if not receives(name, route)]
-    return {"kind": {"$ne": excluded[0]}} if excluded else {}
-
-
-# The token kinds by how many devices an app usually holds of each, most first (kind_filter). Every kind is in it.
-EXCLUSION_ORDER = ("apns", "fcm", "apns_voip", "webpush", "hms", "apns_pushtostart", "apns_liveactivity")
-assert set(EXCLUSION_ORDER) == set(KIND_NAMES)
-
-
-def takes(doc: dict, request: PushRequest) -> bool:
-    """Whether this device receives the request: its token kind takes the request's route (a document without
-    `kind` by its platform's default), and a Live Activity update/end naming an activity is for its activity."""
-    return request.takes(kind_of(doc), doc.get("activity_id"))
-
-
-# Where an audience read stands: None at the start, {"token": last token returned} after a page (keyset
-# pages in token order, find_chunk), or the hex _id text a run saved before token order.
-AudienceCursor = dict[str, str] | str | None
-
-
-# The start of a read in token order. Saved (rather than None) with a first chunk's answered devices, so no
-# replica takes that for the start of a read in `_id` order, the order of the previous version.
-AUDIENCE_START: dict[str, str] = {"token": ""}
-# Before every ObjectId: the start of a read in `_id` order.
-_ID_ORDER_START = "0" * 24
-
-
-def resume_point(saved: AudienceCursor, answered: Collection[str]) -> AudienceCursor:
-    """Where a run of a users/segment audience starts: the saved cursor; with none, the start in token order,
-    unless devices of that first chunk were answered already (`chunk_done`) with no cursor saved, which only
-    the previous version wrote (it read in `_id` order, so that chunk is the first one by `_id`)."""
-    if saved is not None:
-        return saved
-    return _ID_ORDER_START if answered else AUDIENCE_START
-
-
-def audience_cursor_after(last: dict, cursor: AudienceCursor) -> AudienceCursor:
-    """The cursor that continues after device `last`, in the order of `cursor`."""
-    return str(last["_id"]) if isinstance(cursor, str) else {"token": str(last["token"])}
-
-
-def _between(after: object, upto: object) -> dict[str, object]:
-    """The range clause of a page: after `after` (falsy: from the start), up to and including `upto` (None: to
-    the end); empty when neither bounds it."""
-    bounds: dict[str, object] = {}
-    if after:
-        bounds["$gt"] = after
-    if upto is not None:
-        bounds["$lte"] = upto
-    return bounds
-
-
-def by_token(doc: dict) -> str:
-    """The order audiences are read in (find_chunk)."""
-    return str(doc["token"])
-
-
-def audience_filter(
-    app: str,
-    target: Target,
-    category: str | None,
-    timezones: Sequence[str | None] | None,
-    route: str,
-    *,
-    exact: bool = True,
-    activity_id: str | None = None,
-) -> dict:
-    """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly);
-    `exact` and `activity_id` as for `_active_devices_filter`.
-
-    One flat document (the same meaning as an ``$and`` of the clauses): nx-27017 translates it to one SQL
-    query on its indexes, while the ``$and`` form is evaluated document by document (~70x slower there).
-    Equalities are spelled ``{"$eq": v}`` (the same meaning as a bare value in MongoDB): nx-27017 then emits
-    a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
-    an array-containment OR that forces a scan of the whole collection.
-    """
-    query = _active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
-    if target.users:
-        users = list(target.users)
-        query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
-    elif target.segment is not None:
-        tags: dict[str, Any] = {}
-        if target.segment.tags_any:
-            tags["$in"] = list(target.segment.tags_any)
-        if target.segment.tags_all:
-            tags["$all"] = list(target.segment.tags_all)
-        if tags:
-            query["tags"] = tags
-    return query
-
-
-def _active_devices_filter(
-    app: str,
-    category: str | None,
-    timezones: Sequence[str | None] | None,
-    route: str,
-    *,
-    exact: bool = True,
-    activity_id: str | None = None,
-) -> dict:
-    """The clauses every audience shares: the app's active devices whose token kind takes the route (see
-    kind_filter for `exact`), of the Live Activity `activity_id` when one is named, minus opt-outs, within the
-    wave's zones."""
-    query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route, exact)}
-    if activity_id is not None:
-        query["activity_id"] = {"$eq": activity_id}
-    if category:
-        query["opt_out"] = {"$nin": [category]}
-    if timezones is not None:
-        query["timezone"] = {"$in": list(timezones)}
-    return query
-
-
-def _registered_by(at: float | None) -> list[dict[str, Any]]:
-    """Filters meaning "registered at or before `at`, or before registrations were recorded", one update each.
-
-    In MongoDB this is one `{"$or": [{"registered_at": {"$lte": at}}, {"registered_at": null}]}` (null matches
-    a missing field). nx-27017 evaluates `$or` and `$nor` document by document (~1 s per token at 100k devices;
-    it has no `$not`) but serves each part from its (app, token) index (0.4 ms): the parts go as two updates.
-    They are disjoint, so at most one of them applies to a device.
-    """
-    if at is None:
-        return [{}]
-    return [{"registered_at": {"$lte": at}}, {"registered_at": {"$eq": None}}]
-
-
-def _fields(device: DeviceRecord, now: float) -> dict[str, Any]:
-    return {
-        "platform": device.platform,
-        "kind": device.kind or default_kind(device.platform),
-        # Every registration, new or repeated: a provider's "invalid" answer about the token as it was before
-        # must not deactivate it now (see deactivate).
-        "registered_at": now,
-        "user_id": device.user_id,
-        "tags": list(device.tags),
-        "locale": device.locale,
-        "timezone": device.timezone,
-        "app_version": device.app_version,
-        "opt_out": list(device.opt_out),
-        "subscription": subscription_fields(device.subscription),
-        "activity_id": device.activity_id,
-        "active": True,
-        "deactivated_reason": None,
-        "deactivated_at": None,
-        "updated_at": now,
-    }
 
 
 class DeviceStore:
@@ -331,7 +95,7 @@ class DeviceStore:
         """Register or refresh a device; re-registering a deactivated token reactivates it (`active` set again,
         the deactivation cleared). Returns (the device as stored, created)."""
         now = self._clock() if now is None else now
-        fields = _fields(device, now)
+        fields = stored_fields(device, now)
         result = await self._collection.update_one(
             _device_key(device.app, device.token),
             {"$set": fields, "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now}},
@@ -433,7 +197,7 @@ class DeviceStore:
         if target.users and len(target.users) <= SMALL_LOOKUP:
             # Never split into ranges (a few users' devices are one chunk): `upto` is always None here.
             # A few users: their devices read whole (a user has a handful), paged here in the same order.
-            base = _active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
+            base = active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
             docs = await self._find_values(base, "user_id", target.users)
             if isinstance(after, str):  # a cursor saved before token order: _id order
                 return [d for d in docs if d["_id"] > ObjectId(after)][:limit]
@@ -480,7 +244,7 @@ class DeviceStore:
     async def _page(self, query: dict, key: str, after: object, limit: int, upto: object = None) -> list[dict]:
         """The first `limit` devices of `query` whose `key` comes after `after` (falsy: from the start) and,
         with `upto`, not after it, sorted by `key`, in one reply."""
-        bounds = _between(after, upto)
+        bounds = between(after, upto)
         filtered = {**query, key: bounds} if bounds else query
         size = max(1, limit)
         cursor = self._collection.find(filtered, DISPATCH_PROJECTION).sort(key, 1)
@@ -495,7 +259,7 @@ class DeviceStore:
         token is 2-3 ms and a page of 1,000 tens of milliseconds at 1M devices. Used to cut an audience into
         ranges and to estimate its size (dispatch/ranges.py).
         """
-        bounds = _between(after, upto)
+        bounds = between(after, upto)
         filtered = {**query, "token": bounds} if bounds else query
         cursor = self._collection.find(filtered, {"token": 1, "_id": 0}).sort("token", -1 if last else 1)
         return [str(doc["token"]) for doc in await cursor.limit(limit).batch_size(limit).to_list(length=limit)]
@@ -553,7 +317,7 @@ class DeviceStore:
         for item in deactivations:
             token, reason, registered_by = Deactivation(*item)
             update = {"$set": {"active": False, "deactivated_reason": reason, "deactivated_at": now, "updated_at": now}}
-            for registered in _registered_by(registered_by):
+            for registered in registered_no_later_than(registered_by):
                 operations.append(UpdateOne({**_device_key(app, token), "active": {"$eq": True}, **registered}, update))
         if not operations:
             return 0
@@ -606,7 +370,7 @@ class DeviceStore:
         operations = [
             UpdateOne(
                 _device_key(d.app, d.token),
-                {"$set": _fields(d, now), "$setOnInsert": {"app": d.app, "token": d.token, "created_at": now}},
+                {"$set": stored_fields(d, now), "$setOnInsert": {"app": d.app, "token": d.token, "created_at": now}},
                 upsert=True,
             )
             for d in devices

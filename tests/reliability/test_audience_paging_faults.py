@@ -24,8 +24,9 @@ from pymongo.errors import PyMongoError
 
 from pushsvc.dev.servers import ServerProcess
 from pushsvc.model import Segment, Target
+from pushsvc.store.audience import AudienceCursor, audience_cursor_after, audience_filter
 from pushsvc.store.database import Database
-from pushsvc.store.devices import AudienceCursor, DeviceRecord, DeviceStore, audience_cursor_after, audience_filter
+from pushsvc.store.devices import DeviceRecord, DeviceStore
 from tests.conftest import unique
 from tests.reliability.faultproxy import FaultProxy
 
