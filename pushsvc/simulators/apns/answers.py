@@ -24,18 +24,6 @@ class Rule:
     timestamp_ms: int | None = None
 
 
-def take_rule(rules: dict[str, Rule], token: str, default: Rule) -> Rule:
-    """The rule for ``token`` now, counting down its ``times``; ``default`` when it has none (left)."""
-    rule = rules.get(token)
-    if rule is None:
-        return default
-    if rule.times is not None:
-        if rule.times <= 0:
-            return default
-        rule.times -= 1
-    return rule
-
-
 def response(rule: Rule, apns_id: str) -> tuple[list[tuple[str, str]], bytes]:
     """The headers and body APNs sends for an answered ``rule``: an empty 200, or Apple's error JSON."""
     headers = [(":status", str(rule.status)), ("apns-id", apns_id)]

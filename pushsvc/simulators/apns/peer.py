@@ -13,9 +13,10 @@ import ssl
 import uuid
 
 from pushsvc.logs import mask_token
-from pushsvc.simulators.apns.answers import Action, Rule, response, take_rule
+from pushsvc.simulators.apns.answers import Action, Rule, response
 from pushsvc.simulators.apns.checks import AuthMode, ReceivedRequest, check_request, read_request
 from pushsvc.simulators.apns.connection import Incoming, PeerConnection
+from pushsvc.simulators.rules import take_rule
 from pushsvc.simulators.tls import TestPki
 
 

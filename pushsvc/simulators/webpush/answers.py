@@ -23,18 +23,6 @@ class Rule:
     location: str | None = None  # a Location header (a redirect's target)
 
 
-def take_rule(rules: dict[str, Rule], subscription_id: str, default: Rule) -> Rule:
-    """The rule for a subscription now, counting down its ``times``; ``default`` when it has none (left)."""
-    rule = rules.get(subscription_id)
-    if rule is None:
-        return default
-    if rule.times is not None:
-        if rule.times <= 0:
-            return default
-        rule.times -= 1
-    return rule
-
-
 def answer_headers(rule: Rule, ttl: str, origin: str) -> dict[str, str]:
     """An answered push's headers: the TTL kept, a Location for a message created (or the rule's), Retry-After."""
     response_headers = {"TTL": ttl}

@@ -18,8 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc.logs import mask_token
+from pushsvc.simulators.rules import take_rule
 from pushsvc.simulators.tls import TestPki
-from pushsvc.simulators.webpush.answers import Action, Rule, answer_headers, error_response, take_rule
+from pushsvc.simulators.webpush.answers import Action, Rule, answer_headers, error_response
 from pushsvc.simulators.webpush.checks import ReceivedPush, check_push, json_or_none
 from pushsvc.simulators.webpush.keys import PeerSubscription, make_subscription
 from pushsvc.simulators.webpush.vapid import VapidCheck
