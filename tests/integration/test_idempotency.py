@@ -7,6 +7,7 @@ Before: a repeated id with another body silently answered 200 with the original 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -185,3 +186,27 @@ async def test_campaign_id_repeated_with_another_body_is_a_409_naming_the_field(
     assert status == 200
     status, answer = await post(stack, "/v1/campaigns", campaign("spring", name="Autumn sale"))
     assert (status, answer["error"]["field"]) == (409, "name")
+
+
+async def test_repeats_racing_the_first_insert_are_answered_by_what_won(stack: Stack) -> None:
+    """Eight posts of one id at once, half with one title and half with another: one insert wins, the posts
+    with its body answer the original (201 for the winner, 200 for the others), the others a 409 naming
+    `message.title`, and the device gets exactly one push, with the winner's title."""
+    await stack.start()
+    await stack.register(IOS, "ios")
+    bodies = [alert("race-1", title="First" if i % 2 else "Second") for i in range(8)]
+    answers = await asyncio.gather(*(post(stack, "/v1/notifications", body) for body in bodies))
+    statuses = [status for status, _ in answers]
+    assert statuses.count(201) == 1, answers
+    won = bodies[statuses.index(201)]["message"]["title"]
+    for body, (status, answer) in zip(bodies, answers, strict=True):
+        if body["message"]["title"] == won:
+            assert status in (200, 201) and answer["id"] == "race-1", answer
+        else:
+            assert status == 409 and answer["error"]["field"] == "message.title", answer
+    doc = await stack.wait_finished("race-1")
+    assert orjson.loads(doc["request"])["message"]["title"] == won
+    assert doc["counts"]["delivered"] == 1
+    await asyncio.sleep(0.3)
+    sent = stack.apns.requests_for(IOS)
+    assert len(sent) == 1 and sent[0].body["aps"]["alert"]["title"] == won
