@@ -25,11 +25,13 @@ from pushsvc.model.live_activity import (
     LIVE_ACTIVITY_EVENTS,
     LIVE_ACTIVITY_FIELDS,
     MAX_ATTRIBUTES_TYPE_LENGTH,
+    MAX_RELEVANCE_SCORE,
 )
 from pushsvc.model.message import (
     LOCALIZED_FIELDS,
     MAX_BADGE,
     MAX_DATA_KEYS,
+    MAX_LOCALE_LENGTH,
     MAX_LOCALIZED,
     MESSAGE_FIELDS,
     NOT_FOR_LIVE_ACTIVITY,
@@ -112,7 +114,8 @@ MESSAGE = closed(
         "live_activity": _ref("LiveActivity"),
         "localized": {
             "type": "object",
-            "description": "per-locale variants: exact tag, then language, then the defaults; each variant within "
+            "description": "per-locale variants, keyed by a BCP 47 tag of 1 to "
+            f"{MAX_LOCALE_LENGTH} characters: exact tag, then language, then the defaults; each variant within "
             "the payload limits (see data)",
             "maxProperties": MAX_LOCALIZED,
             "additionalProperties": closed(
@@ -136,7 +139,10 @@ LIVE_ACTIVITY = closed(
         },
         "stale_date": EPOCH,
         "dismissal_date": {**EPOCH, "description": "end only"},
-        "relevance_score": {"type": "number"},
+        "relevance_score": {
+            "type": "number", "minimum": -MAX_RELEVANCE_SCORE, "maximum": MAX_RELEVANCE_SCORE,
+            "description": "the activity's order among the app's others (higher first)",
+        },
         "attributes_type": {**_text(MAX_ATTRIBUTES_TYPE_LENGTH), "description": "start only "
                             "(required): the ActivityAttributes type name"},
         "attributes": {**JSON_OBJECT, "description": "start only (required): the activity's attributes"},
@@ -164,7 +170,10 @@ _KINDS_OF = {push_type: _and(kinds_for_push_type(push_type)) for push_type in PU
 OPTIONS_PROPERTIES = {
     "priority": {"type": "string", "enum": list(PRIORITIES)},
     "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_TTL_SECONDS},
-    "collapse_key": _text(MAX_COLLAPSE_KEY_BYTES),
+    "collapse_key": {
+        **_text(MAX_COLLAPSE_KEY_BYTES),
+        "description": f"at most {MAX_COLLAPSE_KEY_BYTES} bytes in UTF-8 (apns-collapse-id's limit)",
+    },
     "push_type": {
         "type": "string",
         "enum": list(PUSH_TYPES),

@@ -92,7 +92,9 @@ def parse_live_activity(obj: Any, options: Options) -> LiveActivity | None:
         not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
         or not -MAX_RELEVANCE_SCORE <= score <= MAX_RELEVANCE_SCORE
     ):
-        raise RequestError(f"{path}.relevance_score", "must be a finite number")
+        raise RequestError(
+            f"{path}.relevance_score", f"must be a number between {-MAX_RELEVANCE_SCORE:g} and {MAX_RELEVANCE_SCORE:g}"
+        )
     return LiveActivity(
         event=event,
         content_state=content_state,

@@ -20,6 +20,7 @@ from pushsvc.api.openapi import spec
 from pushsvc.device_contract import parse_device
 from pushsvc.ingest.campaigns import parse_campaign
 from pushsvc.model import RequestError, parse_request
+from pushsvc.model.message import MAX_LOCALE_LENGTH
 
 SCHEMAS = spec()["components"]["schemas"]
 APPS = frozenset({"demo"})
@@ -282,3 +283,75 @@ def test_each_enum_is_exactly_what_the_validator_accepts(name: str) -> None:
                 error = _error(name, _with(body, where, value))
                 assert error is not None, f"{name}: {field} {value!r} accepted but not in the enum {values}"
                 assert error.field == ".".join(where), f"{name}: {field} {value!r} not refused as such: {error}"
+
+
+def _bounds(name: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Every key of a closed object whose schema states a numeric range or a longest string (but names from a
+    set, which no string of the longest length is: `app`, a configured app, and `timezone`, an IANA zone)."""
+    _, _, follow = CONTRACTS[name]
+    return [
+        ((*path, key), sub)
+        for path, schema in _closed_objects(SCHEMAS[name], (), follow)
+        for key, sub in ((k, _resolve(s)) for k, s in schema["properties"].items())
+        if key not in ("app", "timezone") and "enum" not in sub and "pattern" not in sub
+        and ({"minimum", "maximum", "maxLength"} & set(sub))
+    ]
+
+
+def _edges(schema: dict[str, Any], base: str) -> Iterator[tuple[Any, bool]]:
+    """Values at each stated bound (in the schema) and just past it (outside); strings are the example's own
+    (`base`: a URL stays a URL) padded to the length."""
+    step = 1 if schema.get("type") == "integer" else 0.5
+    if "maximum" in schema:
+        yield schema["maximum"], True
+        yield schema["maximum"] + step, False
+    if "minimum" in schema:
+        yield schema["minimum"], True
+        yield schema["minimum"] - step, False
+    if "maxLength" in schema:
+        longest = schema["maxLength"]
+        yield base[:longest].ljust(longest, "a"), True
+        yield base[:longest].ljust(longest + 1, "a"), False
+
+
+@pytest.mark.parametrize("name", CONTRACTS)
+def test_each_stated_bound_is_exactly_what_the_validator_accepts(name: str) -> None:
+    """A limit the schema states is the validator's: its edge is taken, one step past it is refused naming
+    the field, and the schema refuses it too."""
+    _, examples, _ = CONTRACTS[name]
+    validator = _schema_validator(name)
+    checked = 0
+    for path, schema in _bounds(name):
+        field = ".".join(path)
+        places = [(body, (*place, path[-1])) for body in examples for place in _places(body, path[:-1])]
+        carried = [_get(body, where) for body, where in places if path[-1] in _get(body, where[:-1])]
+        base = next((value for value in carried if isinstance(value, str)), "")
+        for value, inside in _edges(schema, base):
+            shown = repr(value) if not isinstance(value, str) else f"{len(value)} characters"
+            mutants = [_with(body, where, value) for body, where in places]
+            if inside:
+                assert not places or any(_error(name, body) is None for body in mutants), (
+                    f"{name}: {field} = {shown} is within the schema's bound but no body takes it"
+                )
+                continue
+            for mutant, (_, where) in zip(mutants, places, strict=True):
+                error = _error(name, mutant)
+                assert error is not None, f"{name}: {field} = {shown} accepted, past the schema's bound"
+                assert error.field == ".".join(where), f"{name}: {field} = {shown} refused for another field: {error}"
+                assert list(validator.iter_errors(mutant)), f"{name}: the schema takes {field} = {shown}"
+                checked += 1
+    assert checked
+
+
+def test_what_json_schema_cannot_state_is_in_the_descriptions() -> None:
+    """OpenAPI 3.0 has no propertyNames and counts characters, not bytes: those limits are written out."""
+    message = SCHEMAS["Message"]["properties"]
+    assert str(MAX_LOCALE_LENGTH) in message["localized"]["description"]
+    options = _resolve(SCHEMAS["NotificationRequest"]["properties"]["options"])["properties"]
+    assert "bytes" in options["collapse_key"]["description"]
+    locale = "x" * (MAX_LOCALE_LENGTH + 1)
+    error = _error("NotificationRequest", _with(REQUESTS[0], ("message", "localized"), {locale: {"title": "t"}}))
+    assert error is not None and error.field == f"message.localized.{locale}"
+    wide = "é" * (options["collapse_key"]["maxLength"] // 2 + 1)  # within maxLength characters, past it in bytes
+    error = _error("NotificationRequest", _with(REQUESTS[0], ("options", "collapse_key"), wide))
+    assert error is not None and error.field == "options.collapse_key"
