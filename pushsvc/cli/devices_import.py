@@ -117,8 +117,16 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _on_terminal() -> bool:
+    """Whether stderr is a terminal: only one shows a progress bar. Piped (a job's log, a test), carriage
+    returns are noise, and a failure must stay the one line on stderr."""
+    return sys.stderr.isatty()
+
+
 def _progress(done: int, total: int, rows: int, errors: int) -> None:
     """A progress bar on stderr (stdout carries the JSON summary)."""
+    if not _on_terminal():
+        return
     width = 30
     share = min(1.0, done / total) if total else 1.0
     bar = "#" * int(share * width)
@@ -223,11 +231,12 @@ async def _import_rows(store: DeviceStore, settings: Settings, args: argparse.Na
                 _progress(number, total_lines, summary.rows, len(summary.failures))
         await _upsert(store, batch, summary)
     except BaseException:
-        if summary.rows >= PROGRESS_EVERY_ROWS:
+        if summary.rows >= PROGRESS_EVERY_ROWS and _on_terminal():
             print(file=sys.stderr)  # ends the progress bar: the failure's message gets a line of its own
         raise
     _progress(total_lines, total_lines, summary.rows, len(summary.failures))
-    print(file=sys.stderr)
+    if _on_terminal():
+        print(file=sys.stderr)
 
 
 def _validate_row(number: int, row: Any, known_apps: frozenset[str],

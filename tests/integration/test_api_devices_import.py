@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pushsvc.cli import main
+from pushsvc.cli import devices_import, main
 from tests.integration.stack import Stack
 
 
@@ -27,8 +27,9 @@ async def run_import(
 
 
 async def test_csv_import_validates_every_row_and_upserts_in_batches(
-    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(devices_import, "_on_terminal", lambda: True)  # as a terminal: the progress bar too
     lines = ["app,token,platform,user_id,tags,locale,timezone,app_version,opt_out"]
     for i in range(250):
         lines.append(f"demo,{tok(i)},{'ios' if i % 2 else 'android'},user{i},fr;beta,fr-FR,Europe/Paris,1.0,promo")
