@@ -6,6 +6,7 @@ scope, cancels nothing."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -195,3 +196,43 @@ async def test_an_old_bare_id_that_spells_another_apps_key_is_not_that_apps(stac
     assert status == 404, answer
     doc = await stack.db.notifications.find_one({"_id": "demo:order-9"})
     assert doc is not None and doc["state"] == "scheduled", "shop's notification was changed through demo's key"
+
+
+async def test_cancels_racing_the_claim_at_the_due_time_each_win_or_lose_whole(stack: Stack) -> None:
+    """Cancels sent around the moment the scheduler claims scheduled notifications (it wakes at their due
+    time): the cancel and the claim are each one conditional write on the document, so each notification is
+    either cancelled and never sent (200), or claimed and sent once (409 naming its state) — never a 200 for a
+    push that then went out, nor a push lost by both."""
+    await stack.start(dispatch={"outcome_sweep_grace_seconds": 0.2})
+    count = 30
+    for i in range(count):
+        await stack.register(token(i), "ios")
+    due = time.time() + 3.0
+    for i in range(count):
+        status, _ = await call(stack, "POST", "/v1/notifications",
+                               alert(f"race-{i}", {"tokens": [token(i)]}, send_at=epoch_to_iso(due)))
+        assert status == 201
+    rng = random.Random(20261204)
+    # From well before the due time (the cancel wins) to well after (the claim has won), densest just after
+    # it, where the claim is written (10-30 ms after the due time on this box).
+    offsets = sorted(rng.triangular(-0.5, 0.6, 0.02) for _ in range(count))
+
+    async def cancel_at(i: int, offset: float) -> tuple[int, Any]:
+        await asyncio.sleep(max(0.0, due + offset - time.time()))
+        return await call(stack, "POST", f"/v1/notifications/race-{i}/cancel?app=demo")
+
+    answers = await asyncio.gather(*(cancel_at(i, offset) for i, offset in enumerate(offsets)))
+    finals = [await stack.wait_finished(f"race-{i}") for i in range(count)]
+    await asyncio.sleep(1.0)  # anything still on its way to the provider arrives
+    cancelled = 0
+    for i, ((status, answer), final) in enumerate(zip(answers, finals, strict=True)):
+        sent = len(stack.apns.requests_for(token(i)))
+        if status == 200:
+            cancelled += 1
+            assert answer["state"] == "cancelled" and final["state"] == "cancelled", (i, answer, final["state"])
+            assert sent == 0 and final["counts"].get("delivered", 0) == 0, f"race-{i} cancelled and sent"
+        else:
+            assert status == 409 and answer["error"]["code"] == "invalid_state", (i, status, answer)
+            assert final["state"] == "done" and sent == 1, (i, answer, final["state"], sent)
+            assert final["counts"]["delivered"] == 1
+    assert 0 < cancelled < count, f"{cancelled} of {count} cancelled: the cancels did not straddle the claim"
