@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from pushsvc import __version__, metrics
 from pushsvc.api.auth import ApiKeyAuth
-from pushsvc.api.server import build_app
+from pushsvc.api.server import build_http_app
 from pushsvc.config import Settings, configured_providers, web_allowed_hosts
 from pushsvc.dispatch.batch import BatchRunner
 from pushsvc.dispatch.chunks import ChunkWorker
@@ -128,7 +128,7 @@ class PushService:
         known_apps = frozenset(settings.apps)
         providers_of = configured_providers(settings)
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps, providers_of)
-        self.http_app = self._build_http(settings, known_apps, providers_of, clock)
+        self.http_app = self._build_http_app(settings, known_apps, providers_of, clock)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -156,14 +156,14 @@ class PushService:
             self.claims, self.leases, self.runner, batch_runner, settings.dispatch, self.owner, self.server_clock, clock
         )
 
-    def _build_http(
+    def _build_http_app(
         self,
         settings: Settings,
         known_apps: frozenset[str],
         providers_of: Mapping[str, Collection[str]],
         clock: Callable[[], float],
     ) -> web.Application:
-        return build_app(
+        return build_http_app(
             auth=ApiKeyAuth(settings.api_keys, known_apps),
             device_store=self.devices,
             notification_store=self.notifications,

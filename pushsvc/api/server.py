@@ -74,7 +74,7 @@ async def error_middleware(request: web.Request, handler: web.RequestHandler) ->
         return json_error(500, "internal_error", "internal error")
 
 
-def build_app(
+def build_http_app(
     *,
     auth: ApiKeyAuth,
     device_store: DeviceStore,
@@ -93,27 +93,27 @@ def build_app(
     wake: Callable[[float | None], None] = lambda due_at: None,
     preview: Callable[[PushRequest], dict[str, Any]] = lambda request: {},
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
-    app[AUTH_KEY] = auth
-    app[DEVICES] = device_store
-    app[NOTIFICATIONS] = notification_store
-    app[INTAKE] = intake
-    app[KNOWN_APPS] = known_apps
-    app[WEB_ALLOWED_HOSTS] = web_hosts or {}
-    app[APP_PROVIDERS] = app_providers
-    app[READINESS] = readiness
-    app[CONSUMER_STATE] = consumer_state
-    app[asyncapi.KAFKA_TOPICS] = kafka_topics
-    app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
-    app[CLOCK] = clock
-    app[WAKE] = wake
-    app[PREVIEW] = preview
-    app[MAX_BODY] = max_body_bytes
-    app[STORE_TIMEOUT] = store_timeout_seconds
-    app.add_routes(health.routes)
-    app.add_routes(devices.routes)
-    app.add_routes(notifications.routes)
-    app.add_routes(campaigns.routes)
-    app.add_routes(openapi.routes)
-    app.add_routes(asyncapi.routes)
-    return app
+    http_app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+    http_app[AUTH_KEY] = auth
+    http_app[DEVICES] = device_store
+    http_app[NOTIFICATIONS] = notification_store
+    http_app[INTAKE] = intake
+    http_app[KNOWN_APPS] = known_apps
+    http_app[WEB_ALLOWED_HOSTS] = web_hosts or {}
+    http_app[APP_PROVIDERS] = app_providers
+    http_app[READINESS] = readiness
+    http_app[CONSUMER_STATE] = consumer_state
+    http_app[asyncapi.KAFKA_TOPICS] = kafka_topics
+    http_app[CAMPAIGNS] = campaign_store or CampaignStore(notification_store)
+    http_app[CLOCK] = clock
+    http_app[WAKE] = wake
+    http_app[PREVIEW] = preview
+    http_app[MAX_BODY] = max_body_bytes
+    http_app[STORE_TIMEOUT] = store_timeout_seconds
+    http_app.add_routes(health.routes)
+    http_app.add_routes(devices.routes)
+    http_app.add_routes(notifications.routes)
+    http_app.add_routes(campaigns.routes)
+    http_app.add_routes(openapi.routes)
+    http_app.add_routes(asyncapi.routes)
+    return http_app

@@ -98,10 +98,10 @@ class FcmProvider(Provider):
         # Expiry times are absolute on this clock (the service passes the database's); FCM takes a TTL.
         self._clock = clock
         certificate = credentials.Certificate(settings.service_account_file)
-        self._app: firebase_admin.App | None = firebase_admin.initialize_app(
+        self._firebase_app: firebase_admin.App | None = firebase_admin.initialize_app(
             certificate, name=self._free_app_name(app_id)
         )
-        self.project_id: str = self._app.project_id
+        self.project_id: str = self._firebase_app.project_id
         self._credential = certificate.get_credential()
         self.url = endpoint_url(messaging._MessagingService.FCM_URL.format(self.project_id), settings.endpoint)
         self._token_session = requests.Session()
@@ -128,7 +128,7 @@ class FcmProvider(Provider):
 
     @property
     def firebase_app(self) -> firebase_admin.App | None:
-        return self._app
+        return self._firebase_app
 
     async def start(self) -> None:
         """Fetch the first access token ahead of the first send (failures surface on send)."""
@@ -257,9 +257,9 @@ class FcmProvider(Provider):
     async def close(self) -> None:
         await self._transport.aclose()
         self._token_session.close()
-        if self._app is not None:
-            firebase_admin.delete_app(self._app)
-            self._app = None
+        if self._firebase_app is not None:
+            firebase_admin.delete_app(self._firebase_app)
+            self._firebase_app = None
 
 
 def _message_name(body: bytes) -> str | None:

@@ -422,11 +422,11 @@ async def test_concurrent_sends_share_one_token_and_multiplex(provider: FcmProvi
 
 async def test_close_deletes_the_firebase_app(settings: FcmSettings) -> None:
     p = FcmProvider("demo-close", settings, send_timeout=SEND_TIMEOUT)
-    app = p.firebase_app
-    assert app is not None
-    assert firebase_admin.get_app(app.name) is app
+    firebase_app = p.firebase_app
+    assert firebase_app is not None
+    assert firebase_admin.get_app(firebase_app.name) is firebase_app
 
     await p.close()
 
     with pytest.raises(ValueError):
-        firebase_admin.get_app(app.name)
+        firebase_admin.get_app(firebase_app.name)
