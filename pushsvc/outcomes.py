@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from pushsvc.logs import get_logger
 from pushsvc.store.counts import PLATFORM_SEPARATOR, full_counts, split_counts
 from pushsvc.store.events import EventStore
-from pushsvc.store.notifications import request_id_of
+from pushsvc.store.records import NotificationRecord
 
 log = get_logger(__name__)
 
@@ -35,12 +35,17 @@ class OutcomeEvent:
 
     @classmethod
     def of(
-        cls, doc: Mapping[str, Any], state: str, counts: Mapping[str, int], error: str | None, finished_at: float
+        cls,
+        record: NotificationRecord,
+        state: str,
+        counts: Mapping[str, int],
+        error: str | None,
+        finished_at: float,
     ) -> OutcomeEvent:
         # A dry run is marked on its document; its per-platform counts say so too (a document read without
         # the mark, e.g. by an older projection).
-        dry_run = bool(doc.get("dry_run")) or any(PLATFORM_SEPARATOR in key for key in counts)
-        return cls(doc["_id"], request_id_of(doc), doc["app"], state, counts, error, finished_at, dry_run)
+        dry_run = record.dry_run or any(PLATFORM_SEPARATOR in key for key in counts)
+        return cls(record.id, record.request_id, record.app, state, counts, error, finished_at, dry_run)
 
     def encode(self) -> bytes:
         # Every counter, also for a notification recorded before one was added (the contract requires them).
@@ -160,11 +165,12 @@ class OutcomeSweeper:
         self._clock = clock
 
     async def sweep_once(self, limit: int = 500) -> int:
-        pending = await self._events.pending(self._clock() - self._grace, limit)
-        events = [
-            OutcomeEvent.of(doc, doc["state"], doc.get("counts", {}), doc.get("error"), float(doc["finished_at"]))
-            for doc in pending
-        ]
+        documents = await self._events.pending(self._clock() - self._grace, limit)
+        # Read as records, like every notification an event is made of, so there is one way to name one, read
+        # its counts and tell a dry run; the projection leaves the request out: an event needs who it is and
+        # how it ended, not what it sent.
+        records = [NotificationRecord.from_document(doc) for doc in documents]
+        events = [OutcomeEvent.of(r, r.state, r.counts, r.error, r.finished_at) for r in records]
         published = await self._announcer.announce(events)
         await self._announcer.flush()
         if published:

@@ -20,18 +20,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.chunks import Chunk, ChunkWorker
 from pushsvc.logs import get_logger
-from pushsvc.model import NotificationState, PushRequest, parse_request
+from pushsvc.model import NotificationState, PushRequest
 from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.lanes import lane_for
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
 from pushsvc.store.leases import BatchRunEnd, HandBack, LeaseStore
 from pushsvc.store.notifications import LANE_BATCH
+from pushsvc.store.records import NotificationRecord
 
 log = get_logger(__name__)
 
@@ -39,31 +38,28 @@ log = get_logger(__name__)
 FINISH_EVERY_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class BatchNotification:
-    """A notification the batch lane runs: its document as claimed or recorded, and its request."""
-
-    doc: dict
-    request: PushRequest
-
-
-def as_batch(doc: dict) -> BatchNotification | None:
-    """The notification if the batch lane can run it: a few tokens or users, sent now, no campaign pacing.
+def runs_in_batch(record: NotificationRecord) -> bool:
+    """Whether the batch lane can run the notification: a few tokens or users, sent now, no campaign pacing.
 
     Everything else (segments, long lists, local-time waves, quiet hours, throttled or resumable
     campaigns) needs per-chunk progress and goes to the fan-out runner. The lane was chosen when the
     request was recorded; this re-checks what the runner relies on.
     """
     # A cursor means an earlier run got past a first chunk: the fan-out runner resumes it chunk by chunk.
-    if doc.get("lane") != LANE_BATCH or doc.get("kind") or doc.get("cursor") is not None:
-        return None
-    if doc.get("quiet_hours") or doc.get("throttle_per_second"):
-        return None
-    try:
-        request = parse_request(orjson.loads(doc["request"]))
-    except Exception:  # any failure, foreseen or not: the fan-out runner finishes it as failed, saying why
-        return None
-    return BatchNotification(doc, request) if lane_for(request) == LANE_BATCH else None
+    if record.lane != LANE_BATCH or record.kind or record.cursor is not None:
+        return False
+    if record.quiet_hours or record.throttle_per_second:
+        return False
+    # An unreadable request goes to the fan-out runner, which finishes it as failed, saying why.
+    return isinstance(record.request, PushRequest) and lane_for(record.request) == LANE_BATCH
+
+
+def _request(item: NotificationRecord) -> PushRequest:
+    """The request of a notification of the batch lane: readable, or `runs_in_batch` would have sent it to the
+    fan-out runner (intake's direct dispatch gives the request it has just validated)."""
+    if not isinstance(item.request, PushRequest):
+        raise TypeError(f"{item.id}: an unreadable request reached the batch lane ({item.request.detail})")
+    return item.request
 
 
 @dataclass
@@ -92,11 +88,11 @@ class BatchRunner:
         self._clock = clock
 
     async def run(
-        self, batch: Sequence[BatchNotification], lease: Lease, on_done: Callable[[int], None] = lambda n: None
+        self, batch: Sequence[NotificationRecord], lease: Lease, on_done: Callable[[int], None] = lambda n: None
     ) -> None:
         """Send and finish the batch held by `lease`; `on_done(n)` reports n more notifications off our hands."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:batch:{len(batch)}")
-        sending: dict[asyncio.Future[_Sent], BatchNotification] = {}
+        sending: dict[asyncio.Future[_Sent], NotificationRecord] = {}
         try:
             firsts = await self._first_chunks(batch, lease)
             sending = {
@@ -108,11 +104,11 @@ class BatchRunner:
                 # Finish what is done every so often: one notification retrying against a slow provider
                 # must not hold back the outcome of the rest of its batch.
                 done, pending = await asyncio.wait(pending, timeout=FINISH_EVERY_SECONDS)
-                complete: list[tuple[BatchNotification, Counter[str]]] = []
-                stopped: list[tuple[BatchNotification, _Sent]] = []
+                complete: list[tuple[NotificationRecord, Counter[str]]] = []
+                stopped: list[tuple[NotificationRecord, _Sent]] = []
                 for task in done:
                     item = sending[task]
-                    notification_id = item.doc["_id"]
+                    notification_id = item.id
                     error = task.exception()
                     if error is not None:
                         # Only this one: it is no longer renewed, its lease expires and a later claim runs it.
@@ -134,13 +130,13 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _first_chunks(self, batch: Sequence[BatchNotification], lease: Lease) -> list[Chunk | None]:
+    async def _first_chunks(self, batch: Sequence[NotificationRecord], lease: Lease) -> list[Chunk | None]:
         """Every notification's first chunk, read together (one lookup per app, push type and target field).
         If that read fails, each notification reads its own, so a failure concerns that one alone."""
         try:
             return list(
                 await self._chunks.first_chunks(
-                    [item.request for item in batch], self._settings.chunk_size, retry_while=lease.valid
+                    [_request(item) for item in batch], self._settings.chunk_size, retry_while=lease.valid
                 )
             )
         except Exception as exc:
@@ -148,24 +144,22 @@ class BatchRunner:
             return [None] * len(batch)
 
     @staticmethod
-    async def _contained(lease: Lease, group: Sequence[BatchNotification], work: Awaitable[None]) -> None:
+    async def _contained(lease: Lease, group: Sequence[NotificationRecord], work: Awaitable[None]) -> None:
         """Run a write about `group`; a failure concerns these notifications only (the others keep sending)."""
         try:
             await work
         except Exception as exc:
-            ids = [item.doc["_id"] for item in group]
+            ids = [item.id for item in group]
             log.error("batch_settle_failed", notifications=len(ids), error=repr(exc))
             lease.drop(ids)  # no longer renewed: their leases expire and a later claim resumes them
 
-    async def _finish(self, lease: Lease, ready: Sequence[tuple[BatchNotification, Counter[str]]]) -> None:
+    async def _finish(self, lease: Lease, ready: Sequence[tuple[NotificationRecord, Counter[str]]]) -> None:
         """One bulk write for the final states, one producer batch for the outcome events."""
         if not ready:
             return
         token = lease.token
-        ends = [
-            BatchRunEnd(item.doc["_id"], NotificationState.DONE, _saved_counts(item.doc) + counts)
-            for item, counts in ready
-        ]
+        # Counts saved by earlier runs (a run stopped mid-chunk hands back what it had answered) and this one's.
+        ends = [BatchRunEnd(item.id, NotificationState.DONE, Counter(item.counts) + counts) for item, counts in ready]
         ids = [end.notification_id for end in ends]
         now = self._clock()
         # The same bulk write marks the outcome events acknowledged since the last one (Announcer).
@@ -189,23 +183,23 @@ class BatchRunner:
         for (item, _), end in zip(ready, ends, strict=True):
             if end.notification_id not in finished:
                 continue
-            metrics.NOTIFICATIONS_FINISHED.labels(item.request.app, str(end.state)).inc()
+            metrics.NOTIFICATIONS_FINISHED.labels(item.app, str(end.state)).inc()
             log.info(
                 "notification_finished",
                 notification_id=end.notification_id,
-                app=item.request.app,
+                app=item.app,
                 state=str(end.state),
                 counts=end.counts,
             )
-            events.append(OutcomeEvent.of(item.doc, str(end.state), end.counts, None, now))
+            events.append(OutcomeEvent.of(item, str(end.state), end.counts, None, now))
         await self._announcer.announce(events)
 
-    async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[BatchNotification, _Sent]]) -> None:
+    async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[NotificationRecord, _Sent]]) -> None:
         """Notifications stopped mid-chunk (drain deadline, lapsed lease): save what was answered, let go."""
         if not stopped:
             return
         token = lease.token
-        items = [HandBack(item.doc["_id"], sent.cursor, sent.counts, sent.done or ()) for item, sent in stopped]
+        items = [HandBack(item.id, sent.cursor, sent.counts, sent.done or ()) for item, sent in stopped]
         ids = [item.notification_id for item in items]
         try:
             saved = set(await lease.write(ids, lambda: self._leases.hand_back(token, items)))
@@ -221,22 +215,20 @@ class BatchRunner:
                 saved=notification_id in saved,
             )
 
-    async def _send(self, item: BatchNotification, lease: Lease, first: Chunk | None) -> _Sent:
+    async def _send(self, item: NotificationRecord, lease: Lease, first: Chunk | None) -> _Sent:
         """All chunks of one notification (one, in practice; `first` if read already), counted since the last
         saved progress."""
-        notification_id = item.doc["_id"]
-        hold = lease.hold(notification_id)
-        due_at = float(item.doc["due_at"])
+        request, hold = _request(item), lease.hold(item.id)
         counts: Counter[str] = Counter()
         cursor = None
-        skip = frozenset(item.doc.get("chunk_done") or ())
+        skip = item.chunk_done
         while True:
             chunk, first = first, None
             if chunk is None:
                 chunk = await self._chunks.next_chunk(
-                    item.request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
+                    request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
                 )
-            outcome = await self._chunks.deliver(item.request, chunk, due_at, skip, hold)
+            outcome = await self._chunks.deliver(request, chunk, item.due_at, skip, hold)
             counts.update(outcome.counts)
             if not outcome.complete:
                 return _Sent(counts, False, cursor, outcome.done)
@@ -244,7 +236,3 @@ class BatchRunner:
                 return _Sent(counts, True)
             cursor, skip = chunk.next_cursor, frozenset()
 
-
-def _saved_counts(doc: dict) -> Counter[str]:
-    """Counts saved by earlier runs (a run stopped mid-chunk hands back what it had answered)."""
-    return Counter({key: int(value) for key, value in (doc.get("counts") or {}).items()})

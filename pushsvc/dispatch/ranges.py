@@ -19,11 +19,13 @@ from collections.abc import Callable, Sequence
 
 from pushsvc.dispatch.progress import announce_finished, campaign_progress, progress_ratio
 from pushsvc.logs import get_logger
+from pushsvc.model import PushRequest
 from pushsvc.outcomes import Announcer
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
-from pushsvc.store.devices import DeviceStore
-from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
+from pushsvc.store.devices import SMALL_LOOKUP, DeviceStore
+from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore
+from pushsvc.store.records import NotificationRecord
 
 log = get_logger(__name__)
 
@@ -35,6 +37,9 @@ _BASE = _HIGH - _LOW + 1
 _WIDTH = 8
 # Tokens read to estimate the size of an audience nobody counted (`estimate_audience`): one page.
 SAMPLE_TOKENS = 1000
+# A range throttled below this many deliveries a second gains nothing from another replica: a throttled
+# campaign is cut into at most rate / RANGE_MIN_RATE ranges.
+RANGE_MIN_RATE = 1000
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -90,6 +95,30 @@ def density_estimate(sample: Sequence[str], last: str) -> float:
     covered = number(sample[-1]) - number(sample[0])
     whole = number(last) - number(sample[0])
     return len(sample) * whole / covered if covered > 0 else math.inf
+
+
+def may_cut(record: NotificationRecord, request: PushRequest, range_devices: int) -> bool:
+    """Whether a notification not cut yet may be cut into ranges (with `range_devices` 0, none is): a users
+    or segment audience (a few users are one chunk, read whole) that is not a range itself and has not begun
+    whole (a run that has begun whole goes on whole)."""
+    target = request.target
+    few_users = bool(target.users) and len(target.users) <= SMALL_LOOKUP
+    if not range_devices or record.kind == RANGE_KIND or target.tokens or few_users:
+        return False
+    began = record.cursor is not None or record.chunk_done or record.zones_done
+    return not (began or record.wave_zones is not None or record.progress_seq)
+
+
+def parts_for(estimate: float, range_devices: int, max_ranges: int, rate: float | None) -> int:
+    """How many ranges an audience of about `estimate` devices is cut into: one per `range_devices`, at most
+    `max_ranges`, and, throttled at `rate` a second, at most one per RANGE_MIN_RATE (1: run it whole)."""
+    # An unbounded estimate (tokens the sample could not measure) takes the most ranges allowed.
+    wanted = float(estimate) / range_devices
+    parts = min(max_ranges, math.ceil(wanted)) if math.isfinite(wanted) else max_ranges
+    if rate:
+        # Each range is throttled at rate/parts; one replica serves a slower campaign whole.
+        parts = min(parts, int(rate // RANGE_MIN_RATE))
+    return parts
 
 
 def levels_for(parts: int) -> int:
@@ -165,8 +194,8 @@ class RangeSettler:
         if parent is None:
             return False
         await announce_finished(
-            self._announcer, parent, parent["state"], parent["counts"], parent.get("error"),
-            float(parent["finished_at"]), ranges=parent["ranges"],
+            self._announcer, parent, parent.state, parent.counts, parent.error, parent.finished_at,
+            ranges=parent.ranges,
         )
         return True
 
@@ -175,14 +204,16 @@ class RangeSettler:
         later; keeps their progress gauge current meanwhile. Returns how many were settled."""
         settled = 0
         now = self._clock()
-        for parent in await self._ranges.unsettled(now, limit):
+        for doc in await self._ranges.unsettled(now, limit):
+            parent = NotificationRecord.from_document(doc)
             # Ranges moved with their parent even if the write doing it failed (or an older replica paused
             # or cancelled the parent alone).
-            await self._ranges.follow(parent["_id"])
-            if await self.settle(parent["_id"]):
+            await self._ranges.follow(parent.id)
+            if await self.settle(parent.id):
                 settled += 1
                 continue
-            await self._ranges.check_later(parent["_id"], now + SETTLE_CHECK_SECONDS)
-            if parent.get("kind") == CAMPAIGN_KIND:
-                campaign_progress(parent).set(progress_ratio(await self._ranges.live_counts(parent)))
+            await self._ranges.check_later(parent.id, now + SETTLE_CHECK_SECONDS)
+            if parent.kind == CAMPAIGN_KIND:
+                # The sum so far is of the document, as the API shows it (`live_counts`).
+                campaign_progress(parent).set(progress_ratio(await self._ranges.live_counts(doc)))
         return settled

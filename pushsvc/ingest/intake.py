@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pushsvc import metrics
-from pushsvc.dispatch.batch import BatchNotification
 from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field, request_hash
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.logs import get_logger
@@ -24,6 +23,7 @@ from pushsvc.scheduling.due import initial_due_at
 from pushsvc.scheduling.lanes import lane_for
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.notifications import LANE_BATCH, NotificationStore, new_document, notification_key
+from pushsvc.store.records import NotificationRecord
 
 if TYPE_CHECKING:
     from pushsvc.scheduling.scheduler import Scheduler
@@ -236,8 +236,8 @@ class Intake:
             raise
         stored = set(result.inserted)
         if reservation is not None and self._scheduler is not None:
-            recorded = [BatchNotification(documents[n], stamped[n][0]) for n in sorted(held)]
-            await self._scheduler.dispatch(reservation, [item for item in recorded if item.doc["_id"] in stored])
+            recorded = [NotificationRecord.from_document(documents[n], stamped[n][0]) for n in sorted(held)]
+            await self._scheduler.dispatch(reservation, [item for item in recorded if item.id in stored])
         if self._scheduler is not None:
             waiting = {d["due_at"] for n, d in enumerate(documents) if n not in held and d["_id"] in stored}
             if any(at <= now for at in waiting):

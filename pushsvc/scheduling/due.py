@@ -7,6 +7,7 @@ next zone. Devices without a known timezone are treated as UTC.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -61,7 +62,8 @@ def parse_hhmm(value: str) -> int:
     return hours * 60 + minutes
 
 
-def quiet_from_doc(value: dict | None) -> QuietHours | None:
+def quiet_from_doc(value: Mapping[str, str] | None) -> QuietHours | None:
+    """Quiet hours as stored ({"start": "HH:MM", "end": "HH:MM"}); raises on a value that is not."""
     if not value:
         return None
     return parse_hhmm(value["start"]), parse_hhmm(value["end"])

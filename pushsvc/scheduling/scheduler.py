@@ -15,33 +15,24 @@ finds what nobody announced: another replica's expired lease, a due time recorde
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import heapq
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.batch import BatchNotification, BatchRunner, as_batch
+from pushsvc.dispatch.batch import BatchRunner, runs_in_batch
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.clock import ServerClock
+from pushsvc.scheduling.inflight import InFlight
+from pushsvc.scheduling.lanes import LaneRoom
 from pushsvc.scheduling.lease import Lease
+from pushsvc.scheduling.wakeups import WakeUps
 from pushsvc.store.claims import ClaimStore
 from pushsvc.store.leases import LeaseStore
-from pushsvc.store.notifications import (
-    ACTIVE_STATES,
-    LANE_BATCH,
-    LANE_FANOUT,
-    STALLED_RUNS,
-    Claim,
-    new_claim_token,
-)
+from pushsvc.store.notifications import ACTIVE_STATES, LANE_BATCH, LANE_FANOUT, Claim, new_claim_token
 from pushsvc.store.ranges import LANE_RANGE
+from pushsvc.store.records import NotificationRecord
 
 log = get_logger(__name__)
 
@@ -50,8 +41,6 @@ log = get_logger(__name__)
 BATCH_CLAIM_LIMIT = 500
 # After the drain deadline, how long interrupted work gets to hand back what it had answered.
 HAND_BACK_SECONDS = 5.0
-# Due times the scheduler remembers to wake for (see `wake`); past this many, the safety poll finds the rest.
-KNOWN_DUE_TIMES = 10_000
 # The states a range is claimed in: created scheduled, dispatching once run (never accepted).
 RANGE_STATES = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
 
@@ -86,44 +75,28 @@ class Scheduler:
         # unless a test moves it to reach local times).
         self._lease_clock = lease_clock
         self._clock = clock or lease_clock.now
-        self._leases: set[Lease] = set()
-        self._wakeup = asyncio.Event()
-        self._active: set[asyncio.Task[None]] = set()
-        self._fanouts = 0  # notifications run by the fan-out runner now
-        self._ranges = 0  # ranges of split campaigns run now (their own lane and room: max_active_ranges)
+        self._in_flight = InFlight(claims, lease_clock, settings.lease_seconds)
+        self._wakeups = WakeUps(settings.poll_interval_seconds, self._clock)
+        self._room = LaneRoom()
         # Ranges may be waiting for room here: a claim filled the lane, a range ended, or one was split.
         # A wake-up pass then claims ranges too; otherwise only the safety poll looks for them.
         self._ranges_waiting = False
-        self._batched = 0  # notifications inside running batches now
         self._stopping = False
-        self._last_full_claim = -float("inf")
-        # Due times (scheduling clock) of work recorded through this replica, earliest first: `wake`.
-        self._due_times: list[float] = []
-        # Work this replica let go of outside a claim (an abandoned reservation) waits in a state only a full
-        # claim looks at.
-        self._full_claim_wanted = False
         # Due batch-lane work may be waiting for room (intake found the lane full, or a claim filled it): a
         # batch finishing then wakes the claim loop; otherwise it does not.
         self._batch_backlog = False
         self.healthy = True
-        self._report()  # both lane series exist, at zero, before the first scrape
 
     def wake(self, due_at: float | None = None) -> None:
         """Claim now, not at the next safety poll: new requests (`due_at` None: a pass looking at `accepted`
         only), or work due at `due_at` on the scheduling clock (a pass looking at every state then: scheduled
-        requests, a resumed campaign). Past KNOWN_DUE_TIMES remembered times the safety poll finds the rest."""
-        if due_at is None:
-            self._wakeup.set()
-        elif len(self._due_times) < KNOWN_DUE_TIMES:
-            heapq.heappush(self._due_times, due_at)
-            if self._due_times[0] == due_at:
-                self._wakeup.set()  # earlier than what the loop sleeps for: let it compute its wait again
+        requests, a resumed campaign); see WakeUps."""
+        self._wakeups.wake(due_at)
 
     async def run(self) -> None:
         backoff = self._settings.poll_interval_seconds
         while not self._stopping:
-            # Cleared before claiming: a wake that arrives while the claim is in flight ends the wait at once.
-            self._wakeup.clear()
+            self._wakeups.pass_begins()
             try:
                 more = await self._claim_available()
                 self.healthy = True
@@ -135,87 +108,63 @@ class Scheduler:
                 backoff = min(backoff * 2, 5.0)
             if more:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._sleep_for(backoff))
-
-    def _sleep_for(self, longest: float) -> float:
-        """Until the next full claim: the safety poll, or sooner the earliest due time we know of."""
-        until_poll = self._last_full_claim + self._settings.poll_interval_seconds - time.monotonic()
-        wait = min(longest, max(0.0, until_poll))
-        if self._due_times:
-            wait = min(wait, max(0.0, self._due_times[0] - self._clock()))
-        return wait
-
-    def _full_claim_due(self, now: float) -> bool:
-        """Whether this pass also looks for scheduled work coming due and expired leases (every state)."""
-        due = time.monotonic() - self._last_full_claim >= self._settings.poll_interval_seconds
-        while self._due_times and self._due_times[0] <= now:
-            heapq.heappop(self._due_times)
-            due = True
-        if self._full_claim_wanted:
-            self._full_claim_wanted, due = False, True
-        return due
+            await self._wakeups.wait(backoff)
 
     async def _claim_available(self) -> bool:
         """Claim and start what is due in each lane with room; True if more may be waiting right now."""
         now = self._clock()
         # Wakes come from new requests, which are `accepted`; scheduled ones coming due (a known due time)
         # and expired leases (the safety poll) need every state, which keeps busy wake-ups to one query per lane.
-        states = [NotificationState.ACCEPTED]
-        if self._full_claim_due(now):
-            states = ACTIVE_STATES
-            self._last_full_claim = time.monotonic()
+        states = ACTIVE_STATES if self._wakeups.full_claim(now) else [NotificationState.ACCEPTED]
         more = False
         # Each lane has its own room: campaigns retrying against a slow provider fill only the fan-out
         # slots, and a burst of batch-lane pushes only the batch lane.
-        room = min(BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
+        room = min(BATCH_CLAIM_LIMIT, self._batch_room())
         if room > 0 and not self._stopping:
-            docs = await self._claim(now, room, LANE_BATCH, states)
-            more |= len(docs) == room
+            claimed = await self._claim(now, room, LANE_BATCH, states)
+            more |= claimed == room
             # A short claim took all that was waiting; a full one may have left some for the next free room.
-            self._batch_backlog = len(docs) == room
-        room = self._settings.max_active_notifications - self._fanouts
+            self._batch_backlog = claimed == room
+        room = self._settings.max_active_notifications - self._room.taken(LANE_FANOUT)
         if room > 0 and not self._stopping:
-            docs = await self._claim(now, room, LANE_FANOUT, states)
-            more |= len(docs) == room
-        room = self._settings.max_active_ranges - self._ranges
+            claimed = await self._claim(now, room, LANE_FANOUT, states)
+            more |= claimed == room
+        room = self._settings.max_active_ranges - self._room.taken(LANE_RANGE)
         if room > 0 and not self._stopping and (self._ranges_waiting or states is ACTIVE_STATES):
-            docs = await self._claim(now, room, LANE_RANGE, RANGE_STATES)
-            self._ranges_waiting = len(docs) == room
-            more |= len(docs) == room
+            claimed = await self._claim(now, room, LANE_RANGE, RANGE_STATES)
+            self._ranges_waiting = claimed == room
+            more |= claimed == room
         return more and not self._stopping
 
-    async def _claim(self, due_by: float, limit: int, lane: str, states: list[NotificationState]) -> list[dict]:
+    async def _claim(self, due_by: float, limit: int, lane: str, states: list[NotificationState]) -> int:
+        """Claim up to `limit` of `lane` and start them; returns how many were claimed."""
         now = self._lease_clock.now()
         until = now + self._settings.lease_seconds  # read before the claim is written: it ends no earlier
         # Taken as expired only if it has expired even when our estimate of the database's clock runs ahead.
         expired_by = now - self._lease_clock.error()
-        token, docs = await self._claims.claim_due(
+        token, records = await self._claims.claim_due(
             self.owner, expired_by, until, due_by, limit, lane, states
         )
-        if self._stopping and docs:
+        if self._stopping and records:
             # drain() began while this claim was in flight: hand these back at once rather than let them wait
             # for the end of the shutdown (or for their lease to run out).
-            await self._lease_store.release([d["_id"] for d in docs], token)
-            return []
+            await self._lease_store.release([record.id for record in records], token)
+            return 0
         batch = []
-        for doc in docs:
-            if int(doc.get(STALLED_RUNS) or 0) > self._settings.max_runs_without_progress:
-                lease = self._lease(token, [doc["_id"]], until)
-                self._start(self._give_up(doc, lease), f"give-up:{doc['_id']}")
-                continue
-            item = as_batch(doc)
-            if item is None:
-                self._count(lane, 1)
-                lease = self._lease(token, [doc["_id"]], until)
-                self._start(self._run_one(doc, lease, lane), f"notification:{doc['_id']}")
+        for record in records:
+            if record.stalled_runs > self._settings.max_runs_without_progress:
+                lease = self._in_flight.lease(token, [record.id], until)
+                self._in_flight.start(self._give_up(record, lease), f"give-up:{record.id}")
+            elif runs_in_batch(record):
+                batch.append(record)
             else:
-                batch.append(item)
+                self._room.change(LaneRoom.runner_lane(lane), 1)
+                lease = self._in_flight.lease(token, [record.id], until)
+                self._in_flight.start(self._run_one(record, lease, lane), f"notification:{record.id}")
         if batch:
-            self._batched += len(batch)
+            self._room.change(LANE_BATCH, len(batch))
             self._start_batch(batch, token, until)
-        self._report()
-        return docs
+        return len(records)
 
     # --------------------------------------------------------------------------- direct dispatch at intake
 
@@ -226,40 +175,36 @@ class Scheduler:
         None while draining or when the lane is full: intake then records them unclaimed and wakes the claim
         loop, which takes them as room frees. Every reservation ends in `dispatch` or `abandon`.
         """
-        room = min(wanted, BATCH_CLAIM_LIMIT, self._settings.max_batched_notifications - self._batched)
+        room = min(wanted, BATCH_CLAIM_LIMIT, self._batch_room())
         if room < wanted:
             self._batch_backlog = True  # the rest is recorded unclaimed: claimed as room frees
         if self._stopping or room <= 0:
             return None
         # Read before the insert is written, like a claim's: the lease ends no earlier than this.
         until = self._lease_clock.now() + self._settings.lease_seconds
-        self._batched += room
+        self._room.change(LANE_BATCH, room)
         return Reservation(Claim(new_claim_token(self.owner), self.owner, until), room)
 
-    async def dispatch(self, reservation: Reservation, recorded: Sequence[BatchNotification]) -> None:
+    async def dispatch(self, reservation: Reservation, recorded: Sequence[NotificationRecord]) -> None:
         """Run the notifications intake recorded under `reservation` (those it inserted; a duplicate or a
         rejected request holds no lease of ours). Room not used is given back."""
-        self._batched -= reservation.room - len(recorded)
+        self._room.change(LANE_BATCH, len(recorded) - reservation.room)
         if not recorded:
-            self._report()
             return
         if self._stopping:
             # drain() began while intake was recording: hand them back at once, as a claim in flight does.
-            self._batched -= len(recorded)
-            self._report()
-            await self._lease_store.release([item.doc["_id"] for item in recorded], reservation.claim.token)
+            self._room.change(LANE_BATCH, -len(recorded))
+            await self._lease_store.release([record.id for record in recorded], reservation.claim.token)
             return
         self._start_batch(list(recorded), reservation.claim.token, reservation.claim.until)
-        self._report()
 
     def abandon(self, reservation: Reservation, ids: Sequence[str]) -> None:
         """Intake's insert failed (it raises and its caller retries): any of `ids` it may have written anyway
         are held by a claim nobody runs. They are released in the background (fenced by the claim's token),
         and the next pass claims every state; if the release fails too, their lease expires as after a crash.
         """
-        self._batched -= reservation.room
-        self._report()
-        self._start(self._release_abandoned(reservation.claim.token, list(ids)), f"release:{len(ids)}")
+        self._room.change(LANE_BATCH, -reservation.room)
+        self._in_flight.start(self._release_abandoned(reservation.claim.token, list(ids)), f"release:{len(ids)}")
 
     async def _release_abandoned(self, token: str, ids: list[str]) -> None:
         try:
@@ -268,42 +213,20 @@ class Scheduler:
             log.warning("abandoned_claim_not_released", notifications=len(ids), error=type(exc).__name__)
             return
         if released:
-            self._full_claim_wanted = True
-            self._wakeup.set()
+            self._wakeups.want_full_claim()  # they wait in a state only a full claim looks at
 
-    def _start_batch(self, batch: list[BatchNotification], token: str, until: float) -> None:
+    def _batch_room(self) -> int:
+        """Notifications the batch lane has room for (running batches and reservations count)."""
+        return self._settings.max_batched_notifications - self._room.taken(LANE_BATCH)
+
+    def _start_batch(self, batch: list[NotificationRecord], token: str, until: float) -> None:
         """Run `batch` under one lease (claimed, or recorded held by intake); its room is counted already."""
-        lease = self._lease(token, [item.doc["_id"] for item in batch], until)
-        self._start(self._run_batch(batch, lease), f"batch:{len(batch)}")
+        lease = self._in_flight.lease(token, [record.id for record in batch], until)
+        self._in_flight.start(self._run_batch(batch, lease), f"batch:{len(batch)}")
 
-    def _lease(self, token: str, ids: list[str], until: float) -> Lease:
-        lease = Lease(self._claims, self._lease_clock, token, ids, until, self._settings.lease_seconds)
-        self._leases.add(lease)
-        return lease
-
-    def _report(self) -> None:
-        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_BATCH).set(self._batched)
-        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_FANOUT).set(self._fanouts)
-        metrics.ACTIVE_NOTIFICATIONS.labels(LANE_RANGE).set(self._ranges)
-
-    def _count(self, lane: str, change: int) -> None:
-        """Runs of the fan-out runner now, in its lane's room (a range, or any other fan-out)."""
-        if lane == LANE_RANGE:
-            self._ranges += change
-        else:
-            self._fanouts += change
-
-    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        # A fresh context: work started from an API request (direct dispatch) must not inherit that request's
-        # context, in particular its `pymongo.timeout` (http.store_timeout_ms), which would fail every write
-        # of the run once the request's deadline passed, lapse the lease and get the push sent again.
-        task = asyncio.create_task(work, name=name, context=contextvars.Context())
-        self._active.add(task)
-        task.add_done_callback(self._active.discard)
-
-    async def _run_one(self, doc: dict, lease: Lease, lane: str) -> None:
+    async def _run_one(self, record: NotificationRecord, lease: Lease, lane: str) -> None:
         try:
-            next_wave = await self._runner.run(doc, lease)
+            next_wave = await self._runner.run(record, lease)
             if next_wave is not None:
                 # Rescheduled for its next local-time wave, or split into ranges: claimed at that time (and
                 # ranges looked for at the next pass even if the known due times are full).
@@ -313,35 +236,33 @@ class Scheduler:
             raise
         except Exception as exc:
             # The lease expires and another pass (or replica) resumes from the saved cursor.
-            log.error("notification_run_failed", notification_id=doc["_id"], error=repr(exc))
+            log.error("notification_run_failed", notification_id=record.id, error=repr(exc))
         finally:
-            self._leases.discard(lease)
-            self._count(lane, -1)
+            self._in_flight.ended(lease)
+            self._room.change(LaneRoom.runner_lane(lane), -1)
             if lane == LANE_RANGE:
                 self._ranges_waiting = True  # other ranges may wait for this room
-            self._report()
-            self._wakeup.set()  # a slot is free
+            self._wakeups.wake()  # a slot is free
 
-    async def _give_up(self, doc: dict, lease: Lease) -> None:
+    async def _give_up(self, record: NotificationRecord, lease: Lease) -> None:
         try:
-            await self._runner.give_up(doc, lease)
+            await self._runner.give_up(record, lease)
         except Exception as exc:  # not failed this time: its lease expires and the next claim tries again
-            log.error("notification_give_up_failed", notification_id=doc["_id"], error=repr(exc))
+            log.error("notification_give_up_failed", notification_id=record.id, error=repr(exc))
         finally:
-            self._leases.discard(lease)
+            self._in_flight.ended(lease)
 
-    async def _run_batch(self, batch: list[BatchNotification], lease: Lease) -> None:
+    async def _run_batch(self, batch: list[NotificationRecord], lease: Lease) -> None:
         remaining = len(batch)
 
         def done(count: int) -> None:  # finished early: their room in the lane is free again
             nonlocal remaining
             remaining -= count
-            self._batched -= count
-            self._report()
+            self._room.change(LANE_BATCH, -count)
             # Only if something may wait for that room: a claim pass per finished batch is two queries, and
             # most batches (direct dispatch) leave nobody waiting.
             if self._batch_backlog:
-                self._wakeup.set()
+                self._wakeups.wake()
 
         try:
             await self._batch_runner.run(batch, lease, done)
@@ -351,7 +272,7 @@ class Scheduler:
             # The leases expire and another pass (or replica) runs these notifications again.
             log.error("batch_run_failed", notifications=remaining, error=repr(exc))
         finally:
-            self._leases.discard(lease)
+            self._in_flight.ended(lease)
             done(remaining)
 
     async def drain(self, timeout: float) -> None:
@@ -363,20 +284,5 @@ class Scheduler:
         """
         self._stopping = True
         self._runner.stop()  # runs stop after their current chunk, saving the cursor and releasing the lease
-        self._wakeup.set()
-        if not self._active:
-            return
-        _, pending = await asyncio.wait(set(self._active), timeout=timeout)
-        if not pending:
-            return
-        log.warning("drain_deadline", interrupting=len(pending))
-        for lease in list(self._leases):
-            lease.abort()
-        _, pending = await asyncio.wait(pending, timeout=HAND_BACK_SECONDS)
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Its runs must have ended before stop() releases their leases (another replica would send
-            # what a still-running run sends): wait for the cancellation to land.
-            await asyncio.gather(*pending, return_exceptions=True)
-            log.warning("drain_timeout", cancelled=len(pending))
+        self._wakeups.wake()
+        await self._in_flight.stop(timeout, HAND_BACK_SECONDS)

@@ -11,6 +11,7 @@ from typing import Any
 from pushsvc.model import NotificationState
 from pushsvc.store.database import Database, first_reply
 from pushsvc.store.notifications import ACTIVE_STATES, STALLED_RUNS, Claim, new_claim_token
+from pushsvc.store.records import NotificationRecord
 
 _ACTIVE = [str(s) for s in ACTIVE_STATES]
 
@@ -34,7 +35,7 @@ class ClaimStore:
         limit: int,
         lane: str,
         states: Sequence[NotificationState] = ACTIVE_STATES,
-    ) -> tuple[str, list[dict]]:
+    ) -> tuple[str, list[NotificationRecord]]:
         """Take up to `limit` of the oldest notifications of `lane` due by `due_by` whose lease ended by
         `expired_by`, leasing them until `until`.
 
@@ -42,8 +43,8 @@ class ClaimStore:
         judges leases by; `due_by` is the scheduling clock (the same in production; tests move it to reach
         local times). A crashed owner's lease expires, so its notifications are claimable again. Several
         replicas may pick the same candidates: the conditional update gives each notification to exactly one,
-        and the claim token written with it (returned with the documents) fences every later write
-        (scheduling/lease.py).
+        and the claim token written with it (returned with the records) fences every later write
+        (scheduling/lease.py). The records are read once here, their requests parsed, oldest due first.
         """
         candidates = await self._candidates(expired_by, due_by, limit, lane, states)
         token = new_claim_token(owner)
@@ -64,7 +65,7 @@ class ClaimStore:
         # Always read back what was won: between our read and our update another replica may have claimed a
         # candidate, saved progress and let it go, so the copy read first can be stale (cursor, progress).
         docs = await first_reply(self._collection, {"_id": {"$in": ids}, "claim": {"$eq": token}}, len(ids))
-        return token, sorted(docs, key=_due_at)
+        return token, sorted(map(NotificationRecord.from_document, docs), key=lambda record: record.due_at)
 
     async def _candidates(
         self, expired_by: float, due_by: float, limit: int, lane: str, states: Sequence[NotificationState]

@@ -26,6 +26,7 @@ from pushsvc.model import NotificationState
 from pushsvc.store.counts import COUNT_KEYS, full_counts
 from pushsvc.store.database import first_reply
 from pushsvc.store.notifications import DUPLICATE_KEY, PAUSED, STALLED_RUNS, NotificationStore
+from pushsvc.store.records import Bounds, NotificationRecord
 
 LANE_RANGE = "range"
 RANGE_KIND = "range"
@@ -40,7 +41,6 @@ FINAL_STATES = (str(NotificationState.DONE), str(NotificationState.FAILED), str(
 # Fields a range copies from its parent: the request and how it is to be sent.
 # `target_users` too: a GDPR erasure finds and scrubs ranges like any stored request.
 _INHERITED = ("app", "request_id", "request", "source", "quiet_hours", "target_users")
-Bounds = tuple[str | None, str | None]
 _STATE_FIELDS = {"state": 1, "finished_at": 1}
 # What a settled parent is announced with (OutcomeEvent, metrics, the log line).
 _SETTLED_FIELDS = {"app": 1, "request_id": 1, "kind": 1, "state": 1, "counts": 1, "error": 1, "finished_at": 1,
@@ -162,11 +162,11 @@ class RangeStore:
             if now is None or now["state"] == state:
                 return
 
-    async def settle(self, parent_id: str, expired_by: float, now: float) -> dict | None:
+    async def settle(self, parent_id: str, expired_by: float, now: float) -> NotificationRecord | None:
         """Write the parent's final counts (and state, unless cancelled) once every range is final and no
-        longer held; returns the parent as written, or None (ranges still working, or it was settled
-        already: by someone else, or by an earlier attempt of ours whose answer was lost, which the outcome
-        sweep then announces).
+        longer held; returns the parent as written (who it is and how it ended), or None (ranges still
+        working, or it was settled already: by someone else, or by an earlier attempt of ours whose answer was
+        lost, which the outcome sweep then announces).
 
         A range held by a replica whose lease ended by `expired_by` (the database's clock) is fenced off
         first (its claim cleared), so a lapsed holder's late write cannot change counts already summed. A
@@ -204,10 +204,11 @@ class RangeStore:
             projection=_SETTLED_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
-        if written is not None:
-            # Ranges expire with their parent, never before it (a paused campaign's finished ranges are kept).
-            await self._collection.update_many({"parent": {"$eq": parent_id}}, {"$set": {"expire_at": expire_at}})
-        return written
+        if written is None:
+            return None
+        # Ranges expire with their parent, never before it (a paused campaign's finished ranges are kept).
+        await self._collection.update_many({"parent": {"$eq": parent_id}}, {"$set": {"expire_at": expire_at}})
+        return NotificationRecord.from_document(written)
 
     async def _final_ranges(self, parent: dict, expired_by: float) -> list[dict] | None:
         """The parent's ranges once every one is final and no longer held (a lapsed holder fenced off: its claim

@@ -177,11 +177,11 @@ async def test_a_campaign_whose_last_range_runner_died_before_settling_is_settle
     # must not take the campaign or its ranges from the replicas the test plays.
     now = time.time() + 3600
     await split_parent(store, now, ["m"])
-    token, docs = await store.claims.claim_due("gone", now, now + 30, now, 10, LANE_RANGE,
-                                        [NotificationState.SCHEDULED, NotificationState.DISPATCHING])
-    for doc in docs:
-        await store.leases.advance(doc["_id"], token, 0, {"token": "x"}, {"targeted": 2, "delivered": 2})
-        await store.leases.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
+    token, records = await store.claims.claim_due("gone", now, now + 30, now, 10, LANE_RANGE,
+                                           [NotificationState.SCHEDULED, NotificationState.DISPATCHING])
+    for record in records:
+        await store.leases.advance(record.id, token, 0, {"token": "x"}, {"targeted": 2, "delivered": 2})
+        await store.leases.finish(record.id, token, NotificationState.DONE, None, now, announce=False)
     await store.collection.update_one({"_id": PARENT}, {"$set": {"settle_at": 0.0}})
     assert await service.settler.check_due() == 1
     parent = await store.notifications.get(PARENT)

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from pushsvc.dispatch.batch import as_batch
+from pushsvc.dispatch.batch import runs_in_batch
 from pushsvc.model import NotificationState
 from pushsvc.store.leases import BatchRunEnd
 from pushsvc.store.notifications import LANE_BATCH, LANE_FANOUT
+from pushsvc.store.records import NotificationRecord, UnreadableRequest
 from tests.integration.stores import Stores, document
 
 
@@ -37,13 +38,20 @@ async def claim(
     limit: int,
     lane: str,
     states: list[NotificationState] | None = None,
-) -> list[dict]:
+) -> list[NotificationRecord]:
     """claim_due with the lease clock and the scheduling clock at the same time (as in production)."""
-    token, docs = await store.claims.claim_due(
+    token, records = await store.claims.claim_due(
         owner, now, now + lease_seconds, now, limit, lane, *([states] if states else [])
     )
-    assert all(d["claim"] == token for d in docs)
-    return docs
+    # What was won is held under the claim's token, as written (the records leave the lease fields out).
+    held = [doc["_id"] async for doc in store.collection.find({"claim": {"$eq": token}}, {"_id": 1})]
+    assert sorted(held) == sorted(r.id for r in records)
+    return records
+
+
+async def stored(store: Stores, records: list[NotificationRecord]) -> list[dict]:
+    """The documents of `records` as they are now."""
+    return [doc for record in records if (doc := await store.notifications.get(record.id)) is not None]
 
 
 async def record(store: Stores, count: int, now: float, prefix: str = "n") -> list[str]:
@@ -60,13 +68,15 @@ async def test_concurrent_claims_split_the_due_notifications_without_overlap(sto
     now = time.time()
     ids = await record(store, 60, now)
     claims = await asyncio.gather(*(claim(store, f"owner{k}", now, 30.0, 25, LANE_BATCH) for k in range(4)))
-    taken = [doc["_id"] for docs in claims for doc in docs]
+    taken = [record.id for records in claims for record in records]
     assert len(taken) == len(set(taken)), "a notification was claimed twice"
-    assert all(len(docs) <= 25 for docs in claims)
+    assert all(len(records) <= 25 for records in claims)
     # Whatever the race left over is claimable next; nothing is lost.
     rest = await claim(store, "owner9", now, 30.0, 100, LANE_BATCH)
-    assert sorted(taken + [d["_id"] for d in rest]) == ids
-    for k, docs in enumerate(claims):
+    assert sorted(taken + [r.id for r in rest]) == ids
+    for k, records in enumerate(claims):
+        assert all(r.state == "dispatching" for r in records)
+        docs = await stored(store, records)
         assert all(d["lease_owner"] == f"owner{k}" and d["state"] == "dispatching" for d in docs)
         assert len({d["claim"] for d in docs}) <= 1
 
@@ -77,23 +87,23 @@ async def test_claim_takes_the_oldest_first_and_leaves_future_and_held_ones(stor
     future = request("later", send_at="2099-01-01T00:00:00Z")
     await store.notifications.record([document(future, "test", 4_070_908_800.0, now)])
     first = await claim(store, "a", now, 30.0, 4, LANE_BATCH)
-    assert [d["_id"] for d in first] == ids[:4]
+    assert [r.id for r in first] == ids[:4]
     second = await claim(store, "b", now, 60.0, 100, LANE_BATCH)
-    assert [d["_id"] for d in second] == ids[4:], "held leases and future notifications are not claimable"
+    assert [r.id for r in second] == ids[4:], "held leases and future notifications are not claimable"
     assert await claim(store, "c", now, 30.0, 100, LANE_BATCH) == []
     # Owner a crashed: once its leases expire another replica takes the same notifications over.
     taken_over = await claim(store, "c", now + 31.0, 30.0, 100, LANE_BATCH)
-    assert [d["_id"] for d in taken_over] == ids[:4]
+    assert [r.id for r in taken_over] == ids[:4]
 
 
 async def test_finish_many_only_finishes_what_the_claim_still_holds(store: Stores) -> None:
     now = time.time()
     ids = await record(store, 6, now)
-    docs = await claim(store, "a", now, 1.0, 6, LANE_BATCH)
-    token = docs[0]["claim"]
+    token, records = await store.claims.claim_due("a", now, now + 1.0, now, 6, LANE_BATCH)
+    assert len(records) == 6
     # a stalls past its lease; b takes two of them over.
     taken = await claim(store, "b", now + 2.0, 30.0, 2, LANE_BATCH)
-    assert [d["_id"] for d in taken] == ids[:2]
+    assert [r.id for r in taken] == ids[:2]
     assert await store.claims.renew(token, ids, now + 60.0) == set(ids[2:])
     counts = {"targeted": 1, "delivered": 1}
     finished = await store.leases.finish_many(token, [BatchRunEnd(i, NotificationState.DONE, counts) for i in ids], now)
@@ -122,9 +132,14 @@ async def test_finish_many_only_finishes_what_the_claim_still_holds(store: Store
 )
 def test_the_batch_lane_takes_only_single_chunk_notifications(raw: dict, small: bool) -> None:
     doc = document(raw, "test", 0.0, 0.0)
-    assert (as_batch(doc) is not None) is small
-    assert as_batch({**doc, "kind": "campaign"}) is None, "campaigns keep per-chunk progress"
-    assert as_batch({**doc, "cursor": 5}) is None, "a started fan-out resumes in the runner"
+    assert runs_in_batch(NotificationRecord.from_document(doc)) is small
+    campaign = NotificationRecord.from_document({**doc, "kind": "campaign"})
+    assert not runs_in_batch(campaign), "campaigns keep per-chunk progress"
+    started = NotificationRecord.from_document({**doc, "cursor": 5})
+    assert not runs_in_batch(started), "a started fan-out resumes in the runner"
+    unreadable = NotificationRecord.from_document({**doc, "request": '{"id": "x"}'})
+    assert isinstance(unreadable.request, UnreadableRequest)
+    assert not runs_in_batch(unreadable), "the fan-out runner fails it, saying why"
 
 
 async def test_backlog_counts_waiting_notifications_due_and_future(store: Stores) -> None:
@@ -133,10 +148,11 @@ async def test_backlog_counts_waiting_notifications_due_and_future(store: Stores
     later = request("later", send_at="2099-01-01T00:00:00Z")
     await store.notifications.record([document(later, "test", 4_070_908_800.0, now)])
     assert await store.notifications.backlog(now) == (5, 1)
-    docs = await claim(store, "a", now, 30.0, 2, LANE_BATCH)  # dispatching still counts as waiting
+    token, records = await store.claims.claim_due("a", now, now + 30.0, now, 2, LANE_BATCH)
+    assert len(records) == 2  # dispatching still counts as waiting
     assert await store.notifications.backlog(now) == (5, 1)
-    ends = [BatchRunEnd(d["_id"], NotificationState.DONE, {}) for d in docs]
-    await store.leases.finish_many(docs[0]["claim"], ends, now)
+    ends = [BatchRunEnd(r.id, NotificationState.DONE, {}) for r in records]
+    await store.leases.finish_many(token, ends, now)
     assert await store.notifications.backlog(now) == (3, 1)
 
 
@@ -149,10 +165,11 @@ async def test_a_wake_up_claim_takes_only_new_requests(store: Stores) -> None:
     doc = await store.notifications.get("demo:was-scheduled")
     assert doc is not None and doc["state"] == "scheduled"
     woken = await claim(store, "a", now, 30.0, 10, LANE_BATCH, [NotificationState.ACCEPTED])
-    assert sorted(d["_id"] for d in woken) == ["demo:n000", "demo:n001"]
+    assert sorted(r.id for r in woken) == ["demo:n000", "demo:n001"]
     full = await claim(store, "a", now, 30.0, 10, LANE_BATCH)
-    assert [d["_id"] for d in full] == ["demo:was-scheduled"]
-    assert full[0]["state"] == "dispatching" and full[0]["lease_owner"] == "a"
+    assert [r.id for r in full] == ["demo:was-scheduled"]
+    (doc,) = await stored(store, full)
+    assert full[0].state == "dispatching" and doc["lease_owner"] == "a"
 
 
 async def test_lanes_are_claimed_separately(store: Stores) -> None:
@@ -164,6 +181,6 @@ async def test_lanes_are_claimed_separately(store: Stores) -> None:
     ]
     await store.notifications.record([document(raw, "test", now, now) for raw in raws])
     fanout = await claim(store, "a", now, 30.0, 10, LANE_FANOUT)
-    assert sorted(d["_id"] for d in fanout) == ["demo:long-list", "demo:segment"]
+    assert sorted(r.id for r in fanout) == ["demo:long-list", "demo:segment"]
     batch = await claim(store, "a", now, 30.0, 10, LANE_BATCH)
-    assert [d["_id"] for d in batch] == ["demo:small"]
+    assert [r.id for r in batch] == ["demo:small"]

@@ -13,6 +13,7 @@ import pytest
 from pushsvc.config import DispatchSettings
 from pushsvc.service import PushService
 from pushsvc.store.notifications import LANE_BATCH
+from pushsvc.store.records import NotificationRecord
 from tests.integration.stack import Stack, auth_headers, wait_until
 
 pytestmark = pytest.mark.integration
@@ -35,10 +36,10 @@ def count_claims(service: PushService) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     real = service.claims.claim_due
 
-    async def claim_due(*args: object, **kwargs: object) -> tuple[str, list[dict]]:
-        token_, docs = await real(*args, **kwargs)  # type: ignore[arg-type]
-        calls.append((str(args[5] if len(args) > 5 else kwargs["lane"]), len(docs)))
-        return token_, docs
+    async def claim_due(*args: object, **kwargs: object) -> tuple[str, list[NotificationRecord]]:
+        token_, records = await real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append((str(args[5] if len(args) > 5 else kwargs["lane"]), len(records)))
+        return token_, records
 
     service.claims.claim_due = claim_due  # type: ignore[method-assign]
     return calls

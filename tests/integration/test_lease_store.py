@@ -98,10 +98,10 @@ async def test_hand_back_saves_what_was_answered_in_the_chunk_and_lets_go(store:
     assert doc["claim"] is None and doc["lease_until"] == 0.0 and doc["state"] == "dispatching"
     assert doc["cursor"] == "c1" and doc["chunk_done"] == answered and doc["counts"]["delivered"] == 7
     # Claimable again at once (no waiting for the lease to expire), resuming in that chunk.
-    _, docs = await store.claims.claim_due("b", now, now + 30.0, now, 10, LANE_FANOUT)
-    assert [d["_id"] for d in docs] == ["demo:n3"] and docs[0]["chunk_done"] == answered
+    claim, records = await store.claims.claim_due("b", now, now + 30.0, now, 10, LANE_FANOUT)
+    assert [r.id for r in records] == ["demo:n3"] and records[0].chunk_done == frozenset(answered)
     # The next full chunk clears the chunk's partial record.
-    claim, seq = docs[0]["claim"], docs[0]["progress_seq"]
+    seq = records[0].progress_seq
     assert await store.leases.advance("demo:n3", claim, seq, "c2", {"targeted": 3}) is not None
     doc = await store.notifications.get("demo:n3")
     assert doc is not None and doc["chunk_done"] is None and doc["counts"]["targeted"] == 10
@@ -117,8 +117,8 @@ async def test_a_finish_retried_after_a_lost_answer_reports_the_same_counts(stor
     assert await store.leases.finish("demo:n4", token, NotificationState.DONE, None, now) == counts
     for notification_id in ("demo:n5", "demo:n6"):
         await recorded(store, notification_id, now)
-    batch_token, docs = await store.claims.claim_due("b", now, now + 30.0, now, 10, LANE_FANOUT)
-    ends = [BatchRunEnd(d["_id"], NotificationState.DONE, {"targeted": 1, "delivered": 1}) for d in docs]
+    batch_token, records = await store.claims.claim_due("b", now, now + 30.0, now, 10, LANE_FANOUT)
+    ends = [BatchRunEnd(r.id, NotificationState.DONE, {"targeted": 1, "delivered": 1}) for r in records]
     assert sorted(await store.leases.finish_many(batch_token, ends, now)) == ["demo:n5", "demo:n6"]
     assert sorted(await store.leases.finish_many(batch_token, ends, now)) == ["demo:n5", "demo:n6"]
 

@@ -28,8 +28,8 @@ async def split_parent(store: Stores, now: float, cuts: list[str]) -> tuple[Rang
     doc = document(raw, "campaign", now, now)
     doc.update(kind="campaign", lane=LANE_FANOUT, audience_estimate=1000)
     await store.notifications.record([doc])
-    token, docs = await store.claims.claim_due("a", now, now + 30, now, 1, LANE_FANOUT)
-    assert [d["_id"] for d in docs] == [PARENT]
+    token, records = await store.claims.claim_due("a", now, now + 30, now, 1, LANE_FANOUT)
+    assert [r.id for r in records] == [PARENT]
     assert await store.leases.advance(PARENT, token, 0, None, {}, {"boundaries": cuts}) is not None
     ranges = RangeStore(store.notifications)
     assert await ranges.create(PARENT, cuts, None) == len(cuts) + 1
@@ -44,13 +44,14 @@ async def test_a_split_parent_is_never_claimed_again_and_its_ranges_are(store: S
     await split_parent(store, now, ["m"])
     parent = await store.notifications.get(PARENT)
     assert parent is not None and parent["lease_until"] == NEVER and parent["claim"] is None
-    _, docs = await store.claims.claim_due("b", now + 3600, now + 3630, now + 3600, 10, LANE_FANOUT)
-    assert docs == []
-    _, docs = await store.claims.claim_due(
+    _, records = await store.claims.claim_due("b", now + 3600, now + 3630, now + 3600, 10, LANE_FANOUT)
+    assert records == []
+    _, records = await store.claims.claim_due(
         "b", now, now + 30, now, 10, LANE_RANGE, [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
     )
-    assert sorted(d["_id"] for d in docs) == [range_id(PARENT, 0), range_id(PARENT, 1)]
-    assert [d["bounds"] for d in sorted(docs, key=lambda d: d["_id"])] == [[None, "m"], ["m", None]]
+    assert sorted(r.id for r in records) == [range_id(PARENT, 0), range_id(PARENT, 1)]
+    assert [r.bounds for r in sorted(records, key=lambda r: r.id)] == [(None, "m"), ("m", None)]
+    assert all(r.parent == PARENT and r.kind == "range" for r in records)
 
 
 async def test_ranges_follow_pause_resume_and_cancel(store: Stores) -> None:
@@ -75,8 +76,8 @@ async def test_settled_once_with_the_exact_sum_after_fencing_off_a_lapsed_holder
     ranges, _ = await split_parent(store, now, ["m"])
     first, second = range_id(PARENT, 0), range_id(PARENT, 1)
     states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-    token, docs = await store.claims.claim_due("b", now, now + 1.0, now, 10, LANE_RANGE, states)
-    assert len(docs) == 2
+    token, records = await store.claims.claim_due("b", now, now + 1.0, now, 10, LANE_RANGE, states)
+    assert len(records) == 2
     assert await store.leases.advance(first, token, 0, {"token": "c"}, {"targeted": 3, "delivered": 3}) is not None
     assert await store.leases.finish(first, token, NotificationState.DONE, None, now, announce=False) is not None
     assert await ranges.settle(PARENT, now - 1, now) is None  # the second range is still working
@@ -86,8 +87,8 @@ async def test_settled_once_with_the_exact_sum_after_fencing_off_a_lapsed_holder
     await ranges.follow(PARENT)
     assert await ranges.settle(PARENT, now - 1, now) is None  # held, lease still good: its chunk may count
     settled = await ranges.settle(PARENT, now + 2.0, now)  # the lease has ended: fenced off, then summed
-    assert settled is not None and settled["state"] == "cancelled"
-    assert settled["counts"]["delivered"] == 3 and settled["counts"]["targeted"] == 3
+    assert settled is not None and settled.state == "cancelled" and settled.id == PARENT
+    assert settled.counts["delivered"] == 3 and settled.counts["targeted"] == 3
     # The lapsed holder's late write lands nowhere, and nobody settles twice.
     assert await store.leases.advance(second, token, 0, {"token": "z"}, {"targeted": 9, "delivered": 9}) is None
     assert await ranges.settle(PARENT, now + 2.0, now) is None
@@ -114,9 +115,9 @@ async def test_two_settlers_at_once_write_the_end_once(store: Stores) -> None:
     now = time.time()
     ranges, _ = await split_parent(store, now, ["m"])
     states = [NotificationState.SCHEDULED, NotificationState.DISPATCHING]
-    token, docs = await store.claims.claim_due("b", now, now + 30, now, 10, LANE_RANGE, states)
-    for doc in docs:
-        finished = await store.leases.finish(doc["_id"], token, NotificationState.DONE, None, now, announce=False)
+    token, records = await store.claims.claim_due("b", now, now + 30, now, 10, LANE_RANGE, states)
+    for record in records:
+        finished = await store.leases.finish(record.id, token, NotificationState.DONE, None, now, announce=False)
         assert finished is not None
     both = await asyncio.gather(*(ranges.settle(PARENT, now, now) for _ in range(2)))
     assert sum(result is not None for result in both) == 1, both

@@ -1,0 +1,67 @@
+"""What one fan-out run carries from chunk to chunk: where it stands (`Run`: the cursor, the devices of its chunk
+already answered, the number of its next progress write) and how fast it may go (`Throttle`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from pushsvc.model import PushRequest
+from pushsvc.scheduling.lease import Lease
+from pushsvc.store.audience import resume_point
+from pushsvc.store.ranges import RANGE_KIND
+from pushsvc.store.records import NotificationRecord
+
+
+class Throttle:
+    """At most `rate` deliveries per second for one run (only the lease holder sends, so per-run is enough)."""
+
+    def __init__(self, rate: float | None, stopping: asyncio.Event) -> None:
+        self._rate = rate
+        self._stopping = stopping
+        self._start = time.monotonic()
+        self._sent = 0
+
+    async def wait(self) -> None:
+        if not self._rate or not self._sent:
+            return
+        delay = self._start + self._sent / self._rate - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def sent(self, count: int) -> None:
+        self._sent += count
+
+
+class Run:
+    """Where one run of a notification stands: the saved cursor, the devices of its chunk already answered
+    (from a run stopped mid-chunk), and the progress number of its next write. Starts where its `record`,
+    as claimed, says the last run left it."""
+
+    def __init__(self, record: NotificationRecord, request: PushRequest, lease: Lease) -> None:
+        self.record = record
+        self.id = record.id
+        self.request = request
+        self.lease = lease
+        self.seq = record.progress_seq
+        self.skip: frozenset[str] = record.chunk_done
+        # A range reads its slice of the audience: tokens after bounds[0], up to bounds[1] (store/ranges.py).
+        self.after, self.upto = record.bounds
+        self.cursor: object = self._start(record.cursor)
+
+    def restart(self) -> None:
+        """From the start of the audience, nothing of it answered (a new local-time wave)."""
+        self.skip = frozenset()
+        self.cursor = self._start(None)
+
+    def _start(self, saved: Any) -> Any:
+        """Where reading starts: explicit tokens are paged by position (None: 0), audiences by a cursor
+        (store/devices.py `resume_point`)."""
+        if self.request.target.tokens:
+            return saved
+        if self.record.kind == RANGE_KIND:
+            return saved if saved is not None else {"token": self.after or ""}
+        return resume_point(saved, self.skip)

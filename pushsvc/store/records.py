@@ -1,0 +1,120 @@
+"""A stored notification as the dispatch side reads it: `NotificationRecord`, built once from the document
+(`from_document`) by whatever reads it (a claim, intake's direct dispatch, the settle of a split campaign, the
+outcome sweep) and passed down typed, so no runner digs in a dict or parses the stored request again.
+
+The request is parsed here, once. A stored request the contract parser refuses (an incompatible upgrade, a
+parser bug) does not make the read fail: it becomes an `UnreadableRequest` saying why, and the fan-out runner
+fails that notification with it while the rest of the claim runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pushsvc.model import PushRequest, parse_request
+from pushsvc.store.notifications import STALLED_RUNS, request_id_of
+
+# Longest reason an unreadable request is failed with (the error stored on the notification).
+UNREADABLE_DETAIL_CHARS = 300
+
+# A range's slice of the audience, (after, upto]: tokens after `after` (None: from the start) up to and including
+# `upto` (None: to the end); store/ranges.py.
+Bounds = tuple[str | None, str | None]
+
+
+@dataclass(frozen=True)
+class UnreadableRequest:
+    """A stored request that no longer parses: `detail` names the error ("RequestError: ...")."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    """A notification document as read, typed. Fields a read left out (the outcome sweep and the settle read
+    only who a notification is and how it ended) take the value a missing field means in a stored one."""
+
+    id: str  # `_id`: `<app>:<request id>` (a range: `<parent>#range-NNN`)
+    app: str
+    request_id: str  # the producer's id (store.notifications.request_id_of)
+    state: str
+    request: PushRequest | UnreadableRequest
+    lane: str | None = None
+    kind: str | None = None  # None: a request; "campaign", "range"
+    due_at: float = 0.0  # epoch seconds (every stored notification has one; only the runners read it)
+    dry_run: bool = False
+    # Progress, as saved by the last run (store/leases.py).
+    counts: Mapping[str, int] = field(default_factory=dict)
+    progress_seq: int = 0
+    stalled_runs: int = 0
+    cursor: Any = None  # where the next chunk starts (store/audience.py `resume_point`)
+    chunk_done: frozenset[str] = frozenset()  # devices of the chunk at `cursor` answered already
+    # Local-time and quiet-hours waves: the zones of the wave under way (None: none chosen), those done.
+    wave_zones: tuple[str, ...] | None = None
+    zones_done: frozenset[str] = frozenset()
+    # How it is to be sent (a campaign's settings; a range's share of its parent's throttle).
+    throttle_per_second: float | None = None
+    # As stored ({"start": "HH:MM", "end": "HH:MM"}): parsed by the runner that uses it (scheduling/due.py),
+    # so a bad value fails that run alone, never the read of a whole claim.
+    quiet_hours: Mapping[str, str] | None = None
+    audience_estimate: float | None = None  # a campaign's audience, counted at its creation
+    # A split campaign (store/ranges.py): the cuts it saved (None: not cut) and how many ranges it has.
+    boundaries: tuple[str, ...] | None = None
+    ranges: int = 0
+    # A range: its campaign and its slice of the audience, (after, upto].
+    parent: str | None = None
+    bounds: Bounds = (None, None)
+    # How it ended (final states).
+    error: str | None = None
+    finished_at: float = 0.0
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any], request: PushRequest | None = None) -> NotificationRecord:
+        """The record of `doc`, its request parsed unless given (`request`: intake's, just validated and
+        stamped: the same request the stored text holds)."""
+        wave_zones = doc.get("wave_zones")
+        boundaries = doc.get("boundaries")
+        bounds = doc.get("bounds") or (None, None)
+        return cls(
+            id=doc["_id"],
+            app=doc["app"],
+            request_id=request_id_of(doc),
+            state=doc["state"],
+            request=request if request is not None else read_request(doc),
+            lane=doc.get("lane"),
+            kind=doc.get("kind"),
+            due_at=float(doc.get("due_at") or 0.0),
+            dry_run=bool(doc.get("dry_run")),
+            counts={key: int(value) for key, value in (doc.get("counts") or {}).items()},
+            progress_seq=int(doc.get("progress_seq") or 0),
+            stalled_runs=int(doc.get(STALLED_RUNS) or 0),
+            cursor=doc.get("cursor"),
+            chunk_done=frozenset(doc.get("chunk_done") or ()),
+            wave_zones=None if wave_zones is None else tuple(wave_zones),
+            zones_done=frozenset(doc.get("zones_done") or ()),
+            throttle_per_second=doc.get("throttle_per_second"),
+            quiet_hours=doc.get("quiet_hours"),
+            audience_estimate=doc.get("audience_estimate"),
+            boundaries=None if boundaries is None else tuple(boundaries),
+            ranges=int(doc.get("ranges") or 0),
+            parent=doc.get("parent"),
+            bounds=(bounds[0], bounds[1]),
+            error=doc.get("error"),
+            finished_at=float(doc.get("finished_at") or 0.0),
+        )
+
+
+def read_request(doc: Mapping[str, Any]) -> PushRequest | UnreadableRequest:
+    """The stored request, parsed with the contract it was validated with at ingest; never raises.
+
+    Whatever fails (the text, the contract, a field missing: a read that left the request out, whose record
+    nobody sends) is this one notification's problem, so it is kept as the reason rather than raised.
+    """
+    try:
+        return parse_request(orjson.loads(doc["request"]))
+    except Exception as exc:
+        return UnreadableRequest(f"{type(exc).__name__}: {exc}"[:UNREADABLE_DETAIL_CHARS])
