@@ -39,9 +39,10 @@ DEVICE_FIELDS = {
 
 
 @dataclass(frozen=True)
-class DeviceRecord:
+class Device:
     """One device: what a registration says (parse_device) and, read back from the store
-    (store/devices.py `read_device`), its stored state too. Unique per (app, token)."""
+    (store/devices.py `read_device`), its stored state too; the API's `Device`. Unique per (app, token). What a
+    push to it needs of it is a `model.Recipient`."""
 
     app: str
     token: str
@@ -70,7 +71,7 @@ class DeviceRecord:
 
 def parse_device(
     body: Any, known_apps: frozenset[str], web_hosts: Mapping[str, Collection[str]] | None = None
-) -> DeviceRecord:
+) -> Device:
     """A device registration, checked strictly. `web_hosts`: per app, the hosts a web subscription's endpoint
     may name although internal (apps.<app>.webpush.allowed_hosts)."""
     if not isinstance(body, dict):
@@ -105,7 +106,7 @@ def parse_device(
     timezone = opt_str(body, "timezone", 64)
     if timezone is not None and not is_known_timezone(timezone):
         raise RequestError("timezone", f"not an IANA timezone name: {timezone!r}")
-    return DeviceRecord(
+    return Device(
         app=app,
         token=token,
         platform=platform,

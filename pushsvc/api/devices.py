@@ -13,7 +13,7 @@ from pushsvc.api.auth import permit, permitted_apps, require
 from pushsvc.api.context import DEVICES, KNOWN_APPS, NOTIFICATIONS, WEB_ALLOWED_HOSTS
 from pushsvc.api.errors import json_error
 from pushsvc.api.validation import app_of, json_body, known_app
-from pushsvc.device_contract import TOKEN_PATTERN, DeviceRecord, parse_device, str_list
+from pushsvc.device_contract import TOKEN_PATTERN, Device, parse_device, str_list
 from pushsvc.model import RequestError
 from pushsvc.model.fields import field_name
 from pushsvc.store.device_documents import subscription_fields
@@ -22,7 +22,7 @@ from pushsvc.store.erasure import Erasure
 routes = web.RouteTableDef()
 
 
-def device_view(device: DeviceRecord) -> dict[str, Any]:
+def device_view(device: Device) -> dict[str, Any]:
     """A device as the API shows it (the `Device` schema of /openapi.json), from the record the store read."""
     return {
         "id": device.id,

@@ -18,7 +18,7 @@ from pushsvc.cli.failures import CLI_NETWORK_TIMEOUT_MS, CliFailure, mongo_failu
 from pushsvc.config import MongoSettings, Settings
 
 if TYPE_CHECKING:
-    from pushsvc.device_contract import DeviceRecord
+    from pushsvc.device_contract import Device
     from pushsvc.store.devices import DeviceStore
 
 CSV_LIST_SEPARATOR = ";"
@@ -216,7 +216,7 @@ async def _import_rows(store: DeviceStore, settings: Settings, args: argparse.Na
     from pushsvc.config import web_allowed_hosts
 
     known_apps, web_hosts = frozenset(settings.apps), web_allowed_hosts(settings)
-    batch: list[DeviceRecord] = []
+    batch: list[Device] = []
     try:
         for number, row in read_device_rows(args.file, args.format):
             summary.rows += 1
@@ -240,7 +240,7 @@ async def _import_rows(store: DeviceStore, settings: Settings, args: argparse.Na
 
 
 def _validate_row(number: int, row: Any, known_apps: frozenset[str],
-                  web_hosts: dict[str, frozenset[str]]) -> DeviceRecord | RowFailure:
+                  web_hosts: dict[str, frozenset[str]]) -> Device | RowFailure:
     # The registration contract itself, shared with POST /v1/devices (not the HTTP handler module).
     from pushsvc.device_contract import parse_device
     from pushsvc.model import RequestError
@@ -253,7 +253,7 @@ def _validate_row(number: int, row: Any, known_apps: frozenset[str],
         return RowFailure(number, exc.field, exc.reason)
 
 
-async def _upsert(store: DeviceStore, batch: list[DeviceRecord], summary: ImportSummary) -> None:
+async def _upsert(store: DeviceStore, batch: list[Device], summary: ImportSummary) -> None:
     """One bulk write of the batch (emptied after)."""
     if batch:
         inserted, updated = await store.upsert_many(batch)

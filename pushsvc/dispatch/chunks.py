@@ -28,7 +28,7 @@ from pushsvc.scheduling.lease import Hold
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
 from pushsvc.store.counts import platform_key
 from pushsvc.store.database import is_transient
-from pushsvc.store.device_documents import to_device
+from pushsvc.store.device_documents import to_recipient
 from pushsvc.store.devices import Deactivation, DeviceStore
 from pushsvc.token_kinds import provider_for, receives
 
@@ -241,7 +241,8 @@ class ChunkWorker:
                     counts[platform_key("opted_out", str(doc.get("platform")))] += 1
                 newly.append(key)
                 continue
-            deliveries.append((key, Delivery(request.id, to_device(doc), request.message, request.options, expires_at)))
+            delivery = Delivery(request.id, to_recipient(doc), request.message, request.options, expires_at)
+            deliveries.append((key, delivery))
         may_send = hold.may_send if hold is not None else None
         misconfig_tripped = self._sender.misconfig_watch(request.app)
         tasks = [asyncio.ensure_future(self._sender.deliver(d, due_at, may_send)) for _, d in deliveries]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pushsvc.model import Device, PushRequest, WebSubscription
+from pushsvc.model import PushRequest, Recipient, WebSubscription
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider
 from pushsvc.token_kinds import KINDS
 
@@ -48,7 +48,7 @@ def preview_payloads(
 def _render(
     provider: Provider, request: PushRequest, kind: str, platform: str, locale: str | None, expires_at: float | None
 ) -> dict[str, Any]:
-    device = Device(
+    device = Recipient(
         app=request.app,
         token=PREVIEW_TOKEN,
         platform=platform,

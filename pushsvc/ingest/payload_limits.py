@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from pushsvc.model import Device, Message, PushRequest, RequestError
+from pushsvc.model import Message, PushRequest, Recipient, RequestError
 from pushsvc.providers import apns, fcm
 from pushsvc.providers import hms_message as hms
 from pushsvc.providers import webpush_payload as webpush
@@ -39,8 +39,8 @@ class _Limit:
     limit: Callable[[PushRequest], int]
 
 
-def _device(request: PushRequest, platform: str, locale: str | None) -> Device:
-    return Device(app=request.app, token="", platform=platform, locale=locale)
+def _device(request: PushRequest, platform: str, locale: str | None) -> Recipient:
+    return Recipient(app=request.app, token="", platform=platform, locale=locale)
 
 
 def _apns_size(request: PushRequest, message: Message, locale: str | None) -> int:

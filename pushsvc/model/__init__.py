@@ -10,11 +10,11 @@ OpenAPI schema (api/openapi_schemas.py) is built from the same constants.
 - `fields`: checks shared by every part (objects with known keys, strings, lists, the field paths).
 - `request`: PushRequest and parse_request, the entry point; its route; stamp_live_activity.
 - `target`, `message`, `options`, `live_activity`: one part of a request each.
-- `device`: Device and WebSubscription, as the dispatcher needs them.
+- `device`: Recipient (a registered device as a push addresses it) and WebSubscription.
 - `states`: NotificationState and Outcome.
 """
 
-from pushsvc.model.device import PLATFORMS, Device, Platform, WebSubscription
+from pushsvc.model.device import PLATFORMS, Platform, Recipient, WebSubscription
 from pushsvc.model.errors import RequestError
 from pushsvc.model.fields import MAX_DATA_INT, MAX_FIELD_NAME_IN_ERRORS, MIN_DATA_INT, NOT_UNICODE
 from pushsvc.model.live_activity import (
@@ -70,7 +70,6 @@ __all__ = [
     "RESERVED_DATA_PREFIXES",
     "SEND_AT_MAX",
     "SEND_AT_MIN",
-    "Device",
     "LiveActivity",
     "LocalizedText",
     "Message",
@@ -80,6 +79,7 @@ __all__ = [
     "Platform",
     "PushRequest",
     "PushType",
+    "Recipient",
     "RequestError",
     "Segment",
     "Target",

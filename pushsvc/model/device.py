@@ -1,4 +1,4 @@
-"""A device as the dispatcher needs it, and a browser's Web Push subscription."""
+"""A recipient (a registered device as a push addresses it), and a browser's Web Push subscription."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ class WebSubscription:
 
 
 @dataclass(frozen=True)
-class Device:
-    """A registered device as the dispatcher needs it."""
+class Recipient:
+    """A registered device as a push addresses it: the fields of its stored document that dispatch reads
+    (store/device_documents.py `to_recipient`), nothing of its registration's other state. The whole device,
+    as registered and stored, is `device_contract.Device`."""
 
     app: str
     token: str

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pushsvc.model import Device, Message, Options, Outcome
+from pushsvc.model import Message, Options, Outcome, Recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Delivery:
     """One message to one device."""
 
     notification_id: str
-    device: Device
+    device: Recipient
     message: Message
     options: Options
     # Absolute expiry (epoch seconds) derived from options.ttl_seconds and the request time; None = provider default.

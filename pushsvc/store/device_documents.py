@@ -1,5 +1,5 @@
 """A device document as the `devices` collection holds it, and the records read from it: what the dispatcher
-needs (`Device`), what the API shows (`DeviceRecord`), and the fields a registration writes.
+needs (`Recipient`), what the API shows (`Device`), and the fields a registration writes.
 
 nx-27017 stores booleans written with `$set` as 0/1 and MongoDB stores dates as datetimes: `stored_bool` and
 `epoch_of` read either.
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pushsvc.device_contract import DeviceRecord
-from pushsvc.model import Device, WebSubscription
+from pushsvc.device_contract import Device
+from pushsvc.model import Recipient, WebSubscription
 from pushsvc.token_kinds import default_kind
 
 
@@ -21,8 +21,8 @@ def kind_of(doc: Mapping[str, Any]) -> str:
     return doc.get("kind") or default_kind(doc.get("platform", "")) or ""
 
 
-def to_device(doc: dict) -> Device:
-    return Device(
+def to_recipient(doc: dict) -> Recipient:
+    return Recipient(
         app=doc["app"],
         token=doc["token"],
         platform=doc["platform"],
@@ -50,10 +50,10 @@ def subscription_fields(subscription: WebSubscription | None) -> dict[str, Any] 
     return {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
 
 
-def read_device(doc: Mapping[str, Any]) -> DeviceRecord:
+def read_device(doc: Mapping[str, Any]) -> Device:
     """A stored device as the typed record the API shows: read once here, so no caller sees stored types."""
     registered_at = doc.get("registered_at")
-    return DeviceRecord(
+    return Device(
         app=str(doc["app"]),
         token=str(doc["token"]),
         platform=str(doc["platform"]),
@@ -92,7 +92,7 @@ def epoch_of(value: float | datetime) -> float:
     return float(value)
 
 
-def stored_fields(device: DeviceRecord, now: float) -> dict[str, Any]:
+def stored_fields(device: Device, now: float) -> dict[str, Any]:
     return {
         "platform": device.platform,
         "kind": device.kind or default_kind(device.platform),

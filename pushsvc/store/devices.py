@@ -16,8 +16,8 @@ from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
-# DeviceRecord is the device contract's record (parse_device builds it; this store writes and reads it).
-from pushsvc.device_contract import DeviceRecord
+# Device is the device contract's record (parse_device builds it; this store writes and reads it).
+from pushsvc.device_contract import Device
 from pushsvc.model import PushRequest, Target
 from pushsvc.store.audience import (
     AudienceCursor,
@@ -91,7 +91,7 @@ class DeviceStore:
         # another replica: the service passes the database's clock (scheduling/clock.py).
         self._clock = clock
 
-    async def upsert(self, device: DeviceRecord, now: float | None = None) -> tuple[DeviceRecord, bool]:
+    async def upsert(self, device: Device, now: float | None = None) -> tuple[Device, bool]:
         """Register or refresh a device; re-registering a deactivated token reactivates it (`active` set again,
         the deactivation cleared). Returns (the device as stored, created)."""
         now = self._clock() if now is None else now
@@ -324,7 +324,7 @@ class DeviceStore:
         result = await self._collection.bulk_write(operations, ordered=False)
         return result.modified_count
 
-    async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[DeviceRecord]:
+    async def for_user(self, app: str, user_id: str, limit: int = 1000) -> list[Device]:
         """The user's devices in `app`, active or not."""
         query = {"app": {"$eq": app}, "user_id": {"$eq": user_id}}
         # One reply (batch size = limit): no server cursor left between replies that a dropped connection
@@ -334,7 +334,7 @@ class DeviceStore:
 
     async def update_tags(
         self, app: str, token: str, tags: Sequence[str], now: float | None = None
-    ) -> DeviceRecord | None:
+    ) -> Device | None:
         """Replace a device's tags (unique (app, token) index); None if no such device."""
         now = self._clock() if now is None else now
         doc = await self._collection.find_one_and_update(
@@ -364,7 +364,7 @@ class DeviceStore:
             deleted += result.deleted_count
         return deleted
 
-    async def upsert_many(self, devices: Sequence[DeviceRecord], now: float | None = None) -> tuple[int, int]:
+    async def upsert_many(self, devices: Sequence[Device], now: float | None = None) -> tuple[int, int]:
         """Bulk register (the import CLI): one bulk_write per batch. Returns (inserted, updated)."""
         now = self._clock() if now is None else now
         operations = [

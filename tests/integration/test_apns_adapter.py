@@ -18,7 +18,7 @@ from cryptography import x509
 
 from pushsvc.config import ApnsSettings
 from pushsvc.metrics import REGISTRY
-from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
+from pushsvc.model import LocalizedText, Message, Options, Outcome, Recipient
 from pushsvc.providers.apns import ApnsProvider
 from pushsvc.providers.base import Delivery, SendResult
 from pushsvc.simulators.apns import (
@@ -87,7 +87,7 @@ def delivery(
 ) -> Delivery:
     return Delivery(
         notification_id="n1",
-        device=Device(app="app1", token=token, platform="ios", locale=locale),
+        device=Recipient(app="app1", token=token, platform="ios", locale=locale),
         message=message or Message(title="Hello", body="World"),
         options=options or Options(),
         expires_at=expires_at,

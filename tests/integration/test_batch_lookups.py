@@ -14,7 +14,7 @@ from pushsvc.dispatch.chunks import Chunk, ChunkWorker
 from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.model import PushRequest, parse_request
 from pushsvc.store.database import Database
-from pushsvc.store.devices import DeviceRecord, DeviceStore
+from pushsvc.store.devices import Device, DeviceStore
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ async def seed(devices: DeviceStore, rng: random.Random) -> list[str]:
                 kind = rng.choice(sorted(KINDS))
                 token = f"{app}-u{user}-{n}-{kind}"
                 opt_out = ("promo",) if rng.random() < 0.3 else ()
-                await devices.upsert(DeviceRecord(app, token, KINDS[kind], kind, f"u{user}", opt_out=opt_out))
+                await devices.upsert(Device(app, token, KINDS[kind], kind, f"u{user}", opt_out=opt_out))
                 tokens.append(token)
                 if rng.random() < 0.15:
                     await devices.deactivate(app, [(token, "Unregistered")])

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from pushsvc.config import FcmSettings
-from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
+from pushsvc.model import LocalizedText, Message, Options, Outcome, Recipient
 from pushsvc.providers.base import Delivery, SendResult
 from pushsvc.providers.fcm import FcmProvider
 from pushsvc.simulators import tls
@@ -69,7 +69,7 @@ def alert(
 ) -> Delivery:
     return Delivery(
         notification_id="n-1",
-        device=Device(app="demo", token=token, platform="android", locale=locale),
+        device=Recipient(app="demo", token=token, platform="android", locale=locale),
         message=message or Message(title="Hi", body="there"),
         options=options or Options(),
         expires_at=expires_at,

@@ -22,7 +22,7 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from pushsvc.config import HmsSettings
-from pushsvc.model import Device, LocalizedText, Message, Options, Outcome
+from pushsvc.model import LocalizedText, Message, Options, Outcome, Recipient
 from pushsvc.providers import hms
 from pushsvc.providers.base import Delivery, PayloadRejected
 from pushsvc.providers.hms import HmsProvider
@@ -91,7 +91,7 @@ def delivery(
 ) -> Delivery:
     return Delivery(
         notification_id=notification_id,
-        device=Device(app="demo", token=token, platform="huawei", locale=locale),
+        device=Recipient(app="demo", token=token, platform="huawei", locale=locale),
         message=message or Message(title="Hi", body="there"),
         options=options or Options(),
         expires_at=expires_at,

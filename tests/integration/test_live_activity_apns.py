@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from pushsvc.config import ApnsSettings
-from pushsvc.model import Device, Outcome, PushRequest, parse_request
+from pushsvc.model import Outcome, PushRequest, Recipient, parse_request
 from pushsvc.providers.apns import MAX_PAYLOAD_BYTES, ApnsProvider
 from pushsvc.providers.base import Delivery, PayloadRejected
 from pushsvc.simulators.apns import (
@@ -89,7 +89,7 @@ def delivery(
     request: PushRequest, token: str = UPDATE_TOKEN, *, locale: str | None = None, expires_at: float | None = None
 ) -> Delivery:
     kind = "apns_pushtostart" if request.route == "liveactivity_start" else "apns_liveactivity"
-    device = Device(app="app1", token=token, platform="ios", locale=locale, kind=kind)
+    device = Recipient(app="app1", token=token, platform="ios", locale=locale, kind=kind)
     return Delivery(request.id, device, request.message, request.options, expires_at)
 
 

@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushsvc.config import WebPushSettings
-from pushsvc.model import Device, LocalizedText, Message, Options, Outcome, WebSubscription
+from pushsvc.model import LocalizedText, Message, Options, Outcome, Recipient, WebSubscription
 from pushsvc.providers.base import Delivery, PayloadRejected
 from pushsvc.providers.webpush import VAPID_LIFETIME_SECONDS, WebPushProvider
 from pushsvc.providers.webpush_guard import EndpointRefused, GuardedResolver
@@ -179,7 +179,7 @@ def web_delivery(
         subscription = subscription.web_subscription
     return Delivery(
         notification_id="n-1",
-        device=Device(app="demo", token=token, platform="web", locale=locale, subscription=subscription),
+        device=Recipient(app="demo", token=token, platform="web", locale=locale, subscription=subscription),
         message=message or Message(title="Hi", body="there"),
         options=options or Options(),
         expires_at=expires_at,

@@ -26,7 +26,7 @@ from pushsvc.dev.servers import ServerProcess
 from pushsvc.model import Segment, Target
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, audience_filter
 from pushsvc.store.database import Database
-from pushsvc.store.devices import DeviceRecord, DeviceStore
+from pushsvc.store.devices import Device, DeviceStore
 from tests.conftest import unique
 from tests.reliability.faultproxy import FaultProxy
 
@@ -88,7 +88,7 @@ async def seeded(mongo_uri: str, count: int) -> Seeded:
         tokens = [f"{i:064x}" for i in range(count)]
         random.Random(count).shuffle(tokens)
         for start in range(0, count, 500):
-            await store.upsert_many([DeviceRecord("demo", t, "ios", tags=(TAG,)) for t in tokens[start : start + 500]])
+            await store.upsert_many([Device("demo", t, "ios", tags=(TAG,)) for t in tokens[start : start + 500]])
         docs = [d async for d in client[name].devices.find({}, {"_id": 1, "token": 1}).sort("_id", 1)]
         ids = [str(d["_id"]) for d in docs]
         assert ids != [str(d["_id"]) for d in sorted(docs, key=lambda d: d["token"])], "orders must differ"
@@ -275,7 +275,7 @@ async def test_a_users_device_list_is_never_cut_short(proxy: FaultProxy, mongo_u
     name = unique("paging")
     direct = AsyncMongoClient(mongo_uri)
     try:
-        devices = [DeviceRecord("demo", f"{i:064x}", "ios", user_id="heavy-user") for i in range(150)]
+        devices = [Device("demo", f"{i:064x}", "ios", user_id="heavy-user") for i in range(150)]
         await DeviceStore(Database(direct, direct[name])).upsert_many(devices)
     finally:
         await direct.close()

@@ -17,7 +17,7 @@ import pytest
 
 from pushsvc.config import MongoSettings
 from pushsvc.store.database import Database
-from pushsvc.store.devices import DeviceRecord, DeviceStore
+from pushsvc.store.devices import Device, DeviceStore
 from tests.integration.stack import Stack
 from tests.reliability.faultproxy import Fault, FaultPlan, proxied_nx27017
 from tests.reliability.harness import android_token, ios_token, sends_per_request
@@ -36,9 +36,9 @@ async def seed_devices(uri: str, database: str) -> list[str]:
     try:
         await db.ensure_indexes()
         records = [
-            DeviceRecord("demo", ios_token(i), "ios", tags=(TAG,))
+            Device("demo", ios_token(i), "ios", tags=(TAG,))
             if i % 2 == 0
-            else DeviceRecord("demo", android_token(i), "android", tags=(TAG,))
+            else Device("demo", android_token(i), "android", tags=(TAG,))
             for i in range(DEVICES)
         ]
         store = DeviceStore(db)

@@ -20,8 +20,8 @@ from pushsvc.model import (
     LIVE_ACTIVITY_FIELDS,
     SEND_AT_MAX,
     SEND_AT_MIN,
-    Device,
     PushRequest,
+    Recipient,
     RequestError,
     parse_request,
 )
@@ -103,7 +103,7 @@ def request(activity: Any, message: dict[str, Any] | None = None, push_type: str
 
 
 def aps_of(parsed: PushRequest, locale: str | None = None) -> dict[str, Any]:
-    device = Device(app="demo", token="a" * 64, platform="ios", locale=locale)
+    device = Recipient(app="demo", token="a" * 64, platform="ios", locale=locale)
     body = json.loads(build_payload(Delivery(parsed.id, device, parsed.message, parsed.options), SEND_TIME))
     assert set(body) == {"aps"}  # a Live Activity push has no custom keys (message.data is refused)
     return body["aps"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pushsvc.ingest.intake import Accepted, Rejection, validate
-from pushsvc.model import MAX_DATA_KEYS, MAX_LOCALIZED, Device
+from pushsvc.model import MAX_DATA_KEYS, MAX_LOCALIZED, Recipient
 from pushsvc.providers import apns, fcm
 from pushsvc.providers.base import Delivery
 
@@ -29,7 +29,7 @@ def apns_size(raw: dict, locale: str | None = None) -> int:
     outcome = validate(raw, APPS, PROVIDERS)
     assert isinstance(outcome, Accepted), outcome
     req = outcome.request
-    device = Device(app="demo", token="", platform="ios", locale=locale)
+    device = Recipient(app="demo", token="", platform="ios", locale=locale)
     return len(apns.build_payload(Delivery(req.id, device, req.message, req.options)))
 
 

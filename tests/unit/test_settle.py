@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pushsvc.dispatch.chunks import settle
 from pushsvc.dispatch.sender import FinalResult
-from pushsvc.model import Device, Message, Options
+from pushsvc.model import Message, Options, Recipient
 from pushsvc.providers.base import Delivery
 from pushsvc.store.devices import Deactivation
 
 
 def result(token: str, kind: str, push_type: str, outcome: str, reason: str = "", **extra: object) -> FinalResult:
     platform = "android" if kind == "fcm" else "ios"
-    device = Device(app="demo", token=token, platform=platform, kind=kind)
+    device = Recipient(app="demo", token=token, platform=platform, kind=kind)
     delivery = Delivery("n1", device, Message(data={"k": 1}), Options(push_type=push_type))  # type: ignore[arg-type]
     return FinalResult(delivery, outcome, reason, 1, **extra)  # type: ignore[arg-type]
 
