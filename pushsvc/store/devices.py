@@ -39,7 +39,7 @@ _EXHAUSTED = "exhausted"
 _LOOKUP_PAGE = 1000
 # A user's devices read at once (listing, erasure); far above what one person registers.
 USER_DEVICES_LIMIT = 1000
-# A request naming up to this many users or tokens is "small": the batch lane runs it (scheduling/lanes.py).
+# A request naming up to this many users or tokens goes to the batch lane (scheduling/lanes.py).
 SMALL_LOOKUP = 16
 # On nx-27017 only, up to this many values are looked up one equality query each (concurrently) instead of
 # one `$in` (see _find_values; measured with benchmarks/store_op_cost.py, kept below the ~500 break-even).
