@@ -23,7 +23,7 @@ BUILD_INFO = Info("pushsvc_build", "Version of the running pushsvc", registry=RE
 
 REQUESTS_INGESTED = Counter(
     "pushsvc_requests_ingested_total",
-    "Notification requests taken in, by source (kafka|api) and outcome (accepted|duplicate|invalid)",
+    "Notification requests taken in, by source (kafka|api|campaign) and outcome (accepted|duplicate|conflict|invalid)",
     ["source", "outcome"],
     registry=REGISTRY,
 )
@@ -165,7 +165,12 @@ DELIVERY_OUTCOMES = ("delivered", "invalid_token", "rejected", "failed", "auth_e
 FINISHED_STATES = ("done", "failed", "cancelled")
 LANES = ("batch", "fanout", "range")  # store/notifications.py LANE_BATCH, LANE_FANOUT; store/ranges.py LANE_RANGE
 DLQ_REASONS = ("invalid_json", "invalid_request", "too_large", "store_rejected", "conflict")
-INGEST_OUTCOMES = {"kafka": ("accepted", "duplicate", "invalid"), "api": ("accepted", "duplicate")}
+# A conflict: a repeated request id with another body (ingest/idempotency.py), dead-lettered or answered 409.
+INGEST_OUTCOMES = {
+    "kafka": ("accepted", "duplicate", "conflict", "invalid"),
+    "api": ("accepted", "duplicate", "conflict"),
+    "campaign": ("accepted", "duplicate", "conflict"),
+}
 # Provider reason codes are an open set, but the common ones are documented (Apple's and FCM's error
 # tables) plus the adapters' own network reasons: those retry/error series start at 0 so that the first
 # incident's first increment shows in rate() instead of appearing as a flat new series.

@@ -14,22 +14,18 @@ import orjson
 from aiohttp import web
 
 from pushsvc.api.auth import permit, permitted_apps, require
-from pushsvc.api.context import APP_PROVIDERS, CAMPAIGNS, CLOCK, DEVICES, KNOWN_APPS, NOTIFICATIONS, PREVIEW, WAKE
+from pushsvc.api.context import APP_PROVIDERS, CAMPAIGNS, CLOCK, DEVICES, INTAKE, KNOWN_APPS, PREVIEW, WAKE
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status
 from pushsvc.api.validation import app_of, json_body, known_app
 from pushsvc.dispatch.progress import progress_ratio
-from pushsvc.ingest.campaigns import (
-    OPTION_FIELDS,
-    campaign_document,
-    campaign_form,
-    parse_campaign,
-    parse_campaign_id,
-)
-from pushsvc.ingest.idempotency import REQUEST_HASH, differing_field
-from pushsvc.model import PushRequest, RequestError, parse_request, stamp_live_activity
+from pushsvc.ingest.campaigns import OPTION_FIELDS, campaign_intake, parse_campaign, parse_campaign_id
+from pushsvc.ingest.intake import key
+from pushsvc.model import PushRequest, RequestError
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, STATUSES
+from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
+from pushsvc.store.records import UnreadableRequest, read_request
 
 routes = web.RouteTableDef()
 
@@ -111,53 +107,48 @@ def _campaign_id(request: web.Request) -> str:
 @routes.post("/v1/campaigns")
 @require("campaigns")
 async def create_campaign(request: web.Request) -> web.Response:
-    """Create a campaign; repeating an id returns the existing campaign with 200 (409 if the body differs)."""
-    campaign_id, raw, fields = parse_campaign(
+    """Create a campaign; repeating an id returns the existing campaign with 200 (409 if the body differs).
+
+    Recorded through intake like any request (one insert; a repeated id told apart by its stored hash), so a
+    concurrent create of the same id is one insert and the other call is answered as a repeat."""
+    campaign_id, raw, fields, parsed = parse_campaign(
         await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS]
     )
-    permit(request, raw["app"])
-    parsed = parse_request(raw)
-    # What the caller sent, before anything is stamped on it: a repeat of the id is compared with its hash.
-    sent = campaign_form(campaign_id, raw, fields)
-    existing = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
-    if existing is not None:
-        return _repeated(request, existing, campaign_id, sent)
-    now = request.app[CLOCK]()
-    parsed, raw = stamp_live_activity(parsed, raw, now)
+    permit(request, parsed.app)
     # Exact (named kinds, the activity): a count is one query, and marketers read it as the audience.
     estimate = await request.app[DEVICES].count_audience(parsed)
-    doc = campaign_document(parsed, raw, fields, sent, now, estimate)
-    result = await request.app[NOTIFICATIONS].record([doc])
+    item = campaign_intake(campaign_id, raw, fields, parsed, estimate)
+    result = await request.app[INTAKE].record([item], source="campaign")
     if result.rejected:
-        return json_error(400, "store_rejected", result.rejected[doc["_id"]])
-    stored = await request.app[CAMPAIGNS].get(raw["app"], campaign_id)
-    if stored is None:
+        return json_error(400, "store_rejected", result.rejected[0][1])
+    notification = key(item)
+    existing = result.existing.get(notification)
+    if existing is not None and existing.get("kind") != CAMPAIGN_KIND:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
-    if not result.inserted:  # created meanwhile by a concurrent call
-        return _repeated(request, stored, campaign_id, sent)
-    request.app[WAKE](doc["due_at"] if doc["due_at"] > now else None)
-    return web.json_response(_created_view(request, stored, parsed), status=201)
-
-
-def _repeated(request: web.Request, stored: dict, campaign_id: str, sent: dict[str, Any]) -> web.Response:
-    """A campaign id created before: 200 with the campaign as it was created (and its preview) when the body
-    is the same, 409 naming the first field that differs otherwise (ids are idempotency keys)."""
-    differs = differing_field(campaign_form(campaign_id, orjson.loads(stored["request"]), stored),
-                              stored.get(REQUEST_HASH), sent)
-    if differs is not None:
-        message = (f"campaign {campaign_id!r} was created before in app {stored['app']!r} with a different body "
+    if result.conflicts:  # the id was used before with another body: the first campaign stands
+        differs = result.conflicts[0][1].field
+        message = (f"campaign {campaign_id!r} was created before in app {parsed.app!r} with a different body "
                    f"({differs} differs); the first one stands: use a new id for a new campaign")
         return json_error(409, "conflict", message, differs)
-    stored_request = parse_request(orjson.loads(stored["request"]))
-    return web.json_response(_created_view(request, stored, stored_request), status=200)
+    created = result.documents.get(notification)
+    if created is not None:
+        return web.json_response(_created_view(request, created, result.requests[notification]), status=201)
+    # A repeat: the campaign as first created, with its counts so far as GET shows them (a split one's summed
+    # from its ranges), its preview from the request it holds.
+    current = await request.app[CAMPAIGNS].get(parsed.app, campaign_id)
+    if current is None:  # deleted by retention since
+        return json_error(404, "not_found", "no campaign with that id")
+    return web.json_response(_created_view(request, current, read_request(current)), status=200)
 
 
-def _created_view(request: web.Request, doc: dict, parsed: PushRequest) -> dict[str, Any]:
+def _created_view(
+    request: web.Request, doc: Mapping[str, Any], parsed: PushRequest | UnreadableRequest
+) -> dict[str, Any]:
     """The campaign as created; a dry run adds what a marketer checks first: how many devices it reaches (the
     active devices whose token takes it, opted-out devices excluded)
     and the payload each platform would get, per locale."""
     view = campaign_view(doc)
-    if parsed.options.dry_run:
+    if isinstance(parsed, PushRequest) and parsed.options.dry_run:
         view["preview"] = {
             "audience": int(doc.get("audience_estimate") or 0),
             "payloads": request.app[PREVIEW](parsed),

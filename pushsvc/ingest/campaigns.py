@@ -3,8 +3,8 @@
 A campaign is a notification request (id "campaign:<id>" in its app, the Kafka request contract) plus campaign
 fields (name, quiet hours, throttle), so the scheduler, leases, runner and counters are the notification
 machinery. This module turns a `POST /v1/campaigns` body into that request and those fields, naming the field
-of any error as the caller spelled it (`audience.users[2]`, `schedule.at`), and builds the document; the HTTP
-handler (api/campaigns.py) only reads, permits, counts and answers.
+of any error as the caller spelled it (`audience.users[2]`, `schedule.at`), and into what intake records
+(`campaign_intake`); the HTTP handler (api/campaigns.py) only permits, counts, records through intake and answers.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pushsvc.ingest.idempotency import REQUEST_HASH, request_hash
+from pushsvc.ingest.intake import Accepted, RecordAs
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.model.fields import field_name, reject_unknown
-from pushsvc.scheduling.due import initial_due_at, parse_hhmm
+from pushsvc.scheduling.due import parse_hhmm
 from pushsvc.store.campaigns import KIND, campaign_request_id
-from pushsvc.store.notifications import LANE_FANOUT, new_document
+from pushsvc.store.notifications import LANE_FANOUT
 
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CAMPAIGN_FIELDS = (
@@ -49,8 +49,9 @@ AppProviders = Mapping[str, Collection[str]]
 
 def parse_campaign(
     body: Any, known_apps: frozenset[str], providers: AppProviders | None = None
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Validate a campaign body; returns (campaign id, the notification request, the campaign fields)."""
+) -> tuple[str, dict[str, Any], dict[str, Any], PushRequest]:
+    """Validate a campaign body; returns (campaign id, the notification request, the campaign fields, that
+    request parsed)."""
     body = _object(body, "body")
     unknown = [key for key in body if key not in CAMPAIGN_FIELDS]
     if unknown:
@@ -73,7 +74,7 @@ def parse_campaign(
         check_payload_size(parsed, None if providers is None else providers.get(parsed.app, ()))
     except RequestError as exc:
         raise RequestError(_as_campaign_field(exc.field or "body"), exc.reason) from exc
-    return campaign_id, raw, fields
+    return campaign_id, raw, fields, parsed
 
 
 def parse_campaign_id(value: Any, field: str) -> str:
@@ -82,16 +83,23 @@ def parse_campaign_id(value: Any, field: str) -> str:
     return value
 
 
-def campaign_document(
-    parsed: PushRequest, raw: dict[str, Any], fields: Mapping[str, Any], sent: Mapping[str, Any], now: float,
-    audience_estimate: int,
-) -> dict[str, Any]:
-    """The notification document a campaign is recorded as. Campaigns keep per-chunk progress (pause, resume,
-    throttle, the progress gauge): the fan-out lane, whatever their size. `sent` is the campaign in the caller's
-    terms (`campaign_form`), what a repeat of its id is compared with."""
-    doc = new_document(parsed, raw, "campaign", initial_due_at(parsed.options, now), now, lane=LANE_FANOUT)
-    doc.update(fields, audience_estimate=audience_estimate, **{REQUEST_HASH: request_hash(sent)})
-    return doc
+def campaign_intake(
+    campaign_id: str, raw: Mapping[str, Any], fields: Mapping[str, Any], parsed: PushRequest, audience_estimate: int
+) -> Accepted:
+    """A campaign as intake records it (ingest/intake.py, the one way a request becomes a notification): its
+    request, in the fan-out lane whatever its size (campaigns keep per-chunk progress: pause, resume, throttle,
+    the progress gauge), with its campaign fields, hashed and compared in the caller's terms (`campaign_form`)."""
+
+    def form_of(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+        return campaign_form(campaign_id, doc["request"], doc)
+
+    recorded_as = RecordAs(
+        lane=LANE_FANOUT,
+        fields={**fields, "audience_estimate": audience_estimate},
+        sent=campaign_form(campaign_id, raw, fields),
+        form_of=form_of,
+    )
+    return Accepted(parsed, dict(raw), recorded_as)
 
 
 def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,9 +39,33 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class RecordAs:
+    """How a request that is more than a producer's request is recorded: a campaign (ingest/campaigns.py
+    `campaign_intake`). The same insert, repeat check and wake-up as any request; only these differ."""
+
+    lane: str  # not lane_for's choice: a campaign keeps per-chunk progress whatever its size
+    fields: Mapping[str, Any]  # added to its document (a campaign's kind, name, pacing, audience estimate)
+    # What the caller sent, in their own terms (a campaign body, not the request made of it): what is hashed
+    # and what a repeat of the id is compared with.
+    sent: Mapping[str, Any]
+    # A stored document in those same terms, to name the first field a repeat changes.
+    form_of: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
 class Accepted:
     request: PushRequest
     raw: dict[str, Any]
+    recorded_as: RecordAs | None = None  # None: a request, in the lane lane_for picks
+
+    @property
+    def lane(self) -> str:
+        return self.recorded_as.lane if self.recorded_as is not None else lane_for(self.request)
+
+    @property
+    def sent(self) -> Mapping[str, Any]:
+        """What the caller sent (unstamped), in their terms: what its `request_hash` is taken over."""
+        return self.recorded_as.sent if self.recorded_as is not None else self.raw
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,9 @@ class Recorded:
     conflicts: list[tuple[Accepted, Conflict]] = field(default_factory=list)
     # The recorded documents the repeats were compared with, by key: what the API answers a repeat with.
     existing: Mapping[str, dict] = field(default_factory=dict)
+    # The request each inserted document holds, by key, as stamped: the API's previews render it (not parsed
+    # again from the document).
+    requests: Mapping[str, PushRequest] = field(default_factory=dict)
 
 
 # Per app, the providers it configures (config.configured_providers): whose payload limits its requests meet.
@@ -154,6 +181,7 @@ class Intake:
         repeats: list[Accepted] = []
         rejected: list[tuple[Accepted, str]] = []
         documents: dict[str, dict] = {}
+        requests: dict[str, PushRequest] = {}
         pending = list(accepted)
         while pending:
             unique: dict[str, Accepted] = {}
@@ -168,6 +196,7 @@ class Intake:
             repeats += [unique[k] for k in stored.duplicates]
             rejected += stored.rejected
             documents.update(stored.documents)
+            requests.update(stored.requests)
             refused = {key(item) for item, _ in stored.rejected}
             pending = [item for item in later if key(item) in refused]
             repeats += [item for item in later if key(item) not in refused]
@@ -176,11 +205,13 @@ class Intake:
             metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(inserted))
         if duplicates:
             metrics.REQUESTS_INGESTED.labels(source, "duplicate").inc(len(duplicates))
+        if conflicts:
+            metrics.REQUESTS_INGESTED.labels(source, "conflict").inc(len(conflicts))
         for item, error in rejected:
             log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
         for item, conflict in conflicts:
             log.info("request_id_conflict", notification_id=key(item)[:200], field=conflict.field, source=source)
-        return Recorded(inserted, duplicates, rejected, documents, conflicts, existing)
+        return Recorded(inserted, duplicates, rejected, documents, conflicts, existing, requests)
 
     async def _compare_repeats(
         self, repeats: list[Accepted], inserted: Mapping[str, dict]
@@ -198,7 +229,7 @@ class Intake:
         conflicts: list[tuple[Accepted, Conflict]] = []
         for item in repeats:
             doc = inserted.get(key(item)) or existing.get(key(item))
-            differs = None if doc is None else _differs(doc, item.raw)
+            differs = None if doc is None else _differs(doc, item)
             if differs is None:
                 duplicates.append(key(item))
                 continue
@@ -214,7 +245,8 @@ class Intake:
         """One insert of requests with distinct keys; the due-now batch-lane ones held by this replica if the
         lane has room, and handed to the batch runner once inserted."""
         due = [initial_due_at(item.request.options, now) for item in items]
-        direct = [n for n, item in enumerate(items) if due[n] <= now and lane_for(item.request) == LANE_BATCH]
+        lanes = [item.lane for item in items]
+        direct = [n for n in range(len(items)) if due[n] <= now and lanes[n] == LANE_BATCH]
         reservation = self._scheduler.reserve(len(direct)) if direct and self._scheduler is not None else None
         held = set(direct[: reservation.room]) if reservation is not None else set()
         # What is stored and sent: a Live Activity's default timestamp filled in (`items` stay the caller's
@@ -222,11 +254,10 @@ class Intake:
         stamped = [stamp_live_activity(item.request, item.raw, now) for item in items]
         try:
             documents = [
-                # The hash of what the caller sent (items[n].raw, unstamped): a repeat is compared with it.
-                new_document(
-                    request, raw, source, due[n], now, reservation.claim if n in held else None, lane=lane_for(request)
-                )
-                | {REQUEST_HASH: request_hash(items[n].raw)}
+                # The hash of what the caller sent (unstamped, in their terms): a repeat is compared with it.
+                new_document(request, raw, source, due[n], now, reservation.claim if n in held else None, lane=lanes[n])
+                | (items[n].recorded_as.fields if items[n].recorded_as is not None else {})
+                | {REQUEST_HASH: request_hash(items[n].sent)}
                 for n, (request, raw) in enumerate(stamped)
             ]
             result = await self._notifications.record(documents)
@@ -250,15 +281,20 @@ class Intake:
             result.duplicates,
             [(by_key[k], error) for k, error in result.rejected.items()],
             {d["_id"]: d for d in documents if d["_id"] in stored},
+            requests={d["_id"]: stamped[n][0] for n, d in enumerate(documents) if d["_id"] in stored},
         )
 
 
-def _differs(doc: Mapping[str, Any], sent: Mapping[str, Any]) -> str | None:
-    """The first field in which `sent` differs from the request recorded as `doc`; None for a true repeat."""
+def _differs(doc: Mapping[str, Any], item: Accepted) -> str | None:
+    """The first field in which `item` differs from what was recorded as `doc`, in the caller's terms (a
+    campaign's body for a campaign); None for a true repeat."""
+    sent = item.sent
     if doc.get(REQUEST_HASH) == request_hash(sent):
         return None  # the usual repeat (a redelivery, a retry): no need to read the stored request
     try:
         stored = orjson.loads(doc["request"])
+        if item.recorded_as is not None:
+            stored = item.recorded_as.form_of({**doc, "request": stored})
     except (KeyError, TypeError, orjson.JSONDecodeError):
         return None  # nothing readable to compare with (never written so): taken as a repeat, as before
     return differing_field(stored, doc.get(REQUEST_HASH), sent)

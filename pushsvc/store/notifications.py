@@ -132,7 +132,7 @@ def new_document(
         "request_id": request.id,
         "app": request.app,
         # Kept as the validated JSON text: message data keys may contain '.' or '$', which MongoDB
-        # field names do not accept everywhere, and the dispatcher re-parses it with the same validator.
+        # field names do not accept everywhere; store/records.py parses it with the same validator, once per read.
         "request": orjson.dumps(raw).decode(),
         "source": source,
         "state": str(state),

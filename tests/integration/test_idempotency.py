@@ -210,3 +210,41 @@ async def test_repeats_racing_the_first_insert_are_answered_by_what_won(stack: S
     await asyncio.sleep(0.3)
     sent = stack.apns.requests_for(IOS)
     assert len(sent) == 1 and sent[0].body["aps"]["alert"]["title"] == won
+
+
+async def test_campaign_creates_racing_are_one_campaign_and_conflicts_are_counted(stack: Stack) -> None:
+    """Eight creates of one campaign id at once, two names: campaigns are recorded through the one intake, so
+    one insert wins, its body's other posts answer 200 with it, the other name's a 409 naming `name`; one
+    campaign document exists, and every 409 is counted as a conflict of source `campaign`."""
+    await stack.start()
+
+    def ingested(text: str) -> dict[str, float]:  # the service's metrics live as long as the test process
+        return {outcome: metric_sum(text, "pushsvc_requests_ingested_total", source="campaign", outcome=outcome)
+                for outcome in ("accepted", "duplicate", "conflict")}
+
+    before = ingested(await metrics_text(stack))
+    bodies = [campaign("autumn", name="Autumn" if i % 2 else "Fall") for i in range(8)]
+    answers = await asyncio.gather(*(post(stack, "/v1/campaigns", body) for body in bodies))
+    statuses = [status for status, _ in answers]
+    assert statuses.count(201) == 1, answers
+    won = bodies[statuses.index(201)]["name"]
+    for body, (status, answer) in zip(bodies, answers, strict=True):
+        if body["name"] == won:
+            assert status in (200, 201) and (answer["id"], answer["name"]) == ("autumn", won), answer
+        else:
+            assert status == 409 and answer["error"]["field"] == "name", answer
+    assert await stack.db.notifications.count_documents({"kind": "campaign"}) == 1
+    after = ingested(await metrics_text(stack))
+    counted = {outcome: after[outcome] - before[outcome] for outcome in after}
+    assert counted == {"accepted": 1, "duplicate": 3, "conflict": statuses.count(409)} and statuses.count(409) == 4
+
+
+async def test_http_conflicts_are_counted(stack: Stack) -> None:
+    await stack.start()
+    later = {"send_at": epoch_to_iso(time.time() + 3600)}
+    assert (await post(stack, "/v1/notifications", alert("counted", options=later)))[0] == 201
+    before = metric_sum(await metrics_text(stack), "pushsvc_requests_ingested_total", source="api", outcome="conflict")
+    status, _ = await post(stack, "/v1/notifications", alert("counted", title="Another", options=later))
+    assert status == 409
+    after = metric_sum(await metrics_text(stack), "pushsvc_requests_ingested_total", source="api", outcome="conflict")
+    assert after - before == 1

@@ -75,7 +75,7 @@ def body(**extra: object) -> dict:
 
 
 def test_parse_campaign_builds_the_notification_request() -> None:
-    campaign_id, raw, fields = parse_campaign(
+    campaign_id, raw, fields, parsed = parse_campaign(
         body(id="c-1", schedule={"at": "2026-12-01T09:00:00", "local_time": True},
              quiet_hours={"start": "21:00", "end": "09:00"}, throttle_per_second=50,
              options={"ttl_seconds": 60}),
@@ -86,6 +86,8 @@ def test_parse_campaign_builds_the_notification_request() -> None:
     assert raw["options"] == {"ttl_seconds": 60, "send_at": "2026-12-01T09:00:00", "local_time": True}
     assert fields == {"kind": "campaign", "name": "Sale", "throttle_per_second": 50,
                       "quiet_hours": {"start": "21:00", "end": "09:00"}}
+    assert (parsed.id, parsed.app, parsed.options.local_time) == ("campaign:c-1", "demo", True)
+    assert parsed.target.segment is not None and parsed.target.segment.tags_any == ("fr",)
 
 
 @pytest.mark.parametrize(
