@@ -228,21 +228,7 @@ class ChunkWorker:
         if newly:
             outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
             outcomes.labels(request.app, "none", "unknown_token").inc(len(newly))
-        expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
-        deliveries: list[tuple[str, Delivery]] = []
-        category = request.message.category
-        for doc in chunk.devices:
-            key = chunk.key(doc)
-            if key in skip:
-                continue
-            if category and category in (doc.get("opt_out") or ()):
-                counts["opted_out"] += 1
-                if dry_run:
-                    counts[platform_key("opted_out", str(doc.get("platform")))] += 1
-                newly.append(key)
-                continue
-            delivery = Delivery(request.id, to_recipient(doc), request.message, request.options, expires_at)
-            deliveries.append((key, delivery))
+        deliveries = self._deliveries(request, chunk, due_at, skip, counts, newly)
         may_send = hold.may_send if hold is not None else None
         misconfig_tripped = self._sender.misconfig_watch(request.app)
         tasks = [asyncio.ensure_future(self._sender.deliver(d, due_at, may_send)) for _, d in deliveries]
@@ -260,6 +246,30 @@ class ChunkWorker:
         if newly and not dry_run:
             metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
         return ChunkOutcome(counts, finished + newly, complete)
+
+    @staticmethod
+    def _deliveries(
+        request: PushRequest, chunk: Chunk, due_at: float, skip: Collection[str], counts: Counter[str],
+        newly: list[str],
+    ) -> list[tuple[str, Delivery]]:
+        """A delivery (with its device key) for each device of the chunk not in `skip`; a device opted out of
+        the message's category gets none: counted `opted_out` and added to `newly`, final already."""
+        expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
+        deliveries: list[tuple[str, Delivery]] = []
+        category = request.message.category
+        for doc in chunk.devices:
+            key = chunk.key(doc)
+            if key in skip:
+                continue
+            if category and category in (doc.get("opt_out") or ()):
+                counts["opted_out"] += 1
+                if request.options.dry_run:
+                    counts[platform_key("opted_out", str(doc.get("platform")))] += 1
+                newly.append(key)
+                continue
+            delivery = Delivery(request.id, to_recipient(doc), request.message, request.options, expires_at)
+            deliveries.append((key, delivery))
+        return deliveries
 
     async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
         """Wait for every delivery, or until the hold says stop; True if none was cut short."""
