@@ -110,7 +110,8 @@ async def create_campaign(request: web.Request) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200 (409 if the body differs).
 
     Recorded through intake like any request (one insert; a repeated id told apart by its stored hash), so a
-    concurrent create of the same id is one insert and the other call is answered as a repeat."""
+    concurrent create of the same id is one insert and the other call is answered as a repeat. Every answer is
+    built from the document intake inserted or compared the repeat with: nothing is read back."""
     campaign_id, raw, fields, parsed = parse_campaign(
         await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS]
     )
@@ -122,31 +123,33 @@ async def create_campaign(request: web.Request) -> web.Response:
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[0][1])
     notification = key(item)
+    created = result.documents.get(notification)
+    if created is not None:
+        return web.json_response(_created_view(request, created, result.requests[notification]), status=201)
     existing = result.existing.get(notification)
-    if existing is not None and existing.get("kind") != CAMPAIGN_KIND:
+    if existing is None:  # a repeat whose record retention deleted between intake's insert and its read
+        message = f"campaign {campaign_id!r} was created before and its record has expired: use a new id"
+        return json_error(409, "conflict", message, "id")
+    if existing.get("kind") != CAMPAIGN_KIND:
         return json_error(409, "conflict", "a notification with this id exists and is not a campaign", "id")
     if result.conflicts:  # the id was used before with another body: the first campaign stands
         differs = result.conflicts[0][1].field
         message = (f"campaign {campaign_id!r} was created before in app {parsed.app!r} with a different body "
                    f"({differs} differs); the first one stands: use a new id for a new campaign")
         return json_error(409, "conflict", message, differs)
-    created = result.documents.get(notification)
-    if created is not None:
-        return web.json_response(_created_view(request, created, result.requests[notification]), status=201)
-    # A repeat: the campaign as first created, with its counts so far as GET shows them (a split one's summed
-    # from its ranges), its preview from the request it holds.
-    current = await request.app[CAMPAIGNS].get(parsed.app, campaign_id)
-    if current is None:  # deleted by retention since
-        return json_error(404, "not_found", "no campaign with that id")
-    return web.json_response(_created_view(request, current, read_request(current)), status=200)
+    # A repeat: the campaign as first created, with its counts so far as GET shows them; a dry run's preview
+    # renders the request it holds (as stamped then), the one case its stored request is parsed.
+    current = await request.app[CAMPAIGNS].with_counts_so_far(existing)
+    stored = read_request(existing) if parsed.options.dry_run else None
+    return web.json_response(_created_view(request, current, stored), status=200)
 
 
 def _created_view(
-    request: web.Request, doc: Mapping[str, Any], parsed: PushRequest | UnreadableRequest
+    request: web.Request, doc: Mapping[str, Any], parsed: PushRequest | UnreadableRequest | None
 ) -> dict[str, Any]:
     """The campaign as created; a dry run adds what a marketer checks first: how many devices it reaches (the
     active devices whose token takes it, opted-out devices excluded)
-    and the payload each platform would get, per locale."""
+    and the payload each platform would get, per locale (from `parsed`, the request the campaign holds)."""
     view = campaign_view(doc)
     if isinstance(parsed, PushRequest) and parsed.options.dry_run:
         view["preview"] = {

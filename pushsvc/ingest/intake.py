@@ -201,12 +201,10 @@ class Intake:
             pending = [item for item in later if key(item) in refused]
             repeats += [item for item in later if key(item) not in refused]
         duplicates, conflicts, existing = await self._compare_repeats(repeats, documents)
-        if inserted:
-            metrics.REQUESTS_INGESTED.labels(source, "accepted").inc(len(inserted))
-        if duplicates:
-            metrics.REQUESTS_INGESTED.labels(source, "duplicate").inc(len(duplicates))
-        if conflicts:
-            metrics.REQUESTS_INGESTED.labels(source, "conflict").inc(len(conflicts))
+        counted = {"accepted": len(inserted), "duplicate": len(duplicates), "conflict": len(conflicts)}
+        for outcome, count in counted.items():
+            if count:
+                metrics.REQUESTS_INGESTED.labels(source, outcome).inc(count)
         for item, error in rejected:
             log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
         for item, conflict in conflicts:

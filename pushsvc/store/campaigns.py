@@ -45,7 +45,12 @@ class CampaignStore:
     async def get(self, app: str, campaign_id: str) -> dict | None:
         """The campaign, with its counts so far (the sum of its ranges' while a split campaign runs)."""
         doc = await self._notifications.find(app, campaign_request_id(campaign_id))
-        return await self._ranges.live_counts(doc) if doc is not None and doc.get("kind") == KIND else None
+        return await self.with_counts_so_far(doc) if doc is not None and doc.get("kind") == KIND else None
+
+    async def with_counts_so_far(self, doc: dict) -> dict:
+        """A campaign document already read (by `get`, or by intake comparing a repeated create) with its counts
+        as GET shows them: a split campaign's summed from its ranges until settled (one read then, none else)."""
+        return await self._ranges.live_counts(doc)
 
     async def list(self, apps: Collection[str], status: str | None, limit: int) -> list[dict]:
         """Campaigns of `apps`, newest first."""

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -208,6 +208,20 @@ async def test_a_deferred_wave_is_claimed_when_its_quiet_hours_end_not_at_the_sa
     eight_in_tokyo = datetime.fromisoformat("2026-12-01T23:00:00+00:00").timestamp() - offset
     (sent,) = [r for r in stack.apns.requests if r.token == tokyo]
     assert eight_in_tokyo - 0.05 <= sent.time < eight_in_tokyo + 3.0, sent.time - eight_in_tokyo
+
+
+async def test_a_scheduled_campaign_is_claimed_at_its_due_time_not_at_the_safety_poll(stack: Stack) -> None:
+    """Intake wakes the claim loop for a campaign's `schedule.at`, as for any request it records unclaimed."""
+    service = await stack.start(dispatch={"poll_interval_seconds": 60.0})
+    await stack.register(token(1, "s"), "ios", tags=["promo"])
+    send_at = service.server_clock.now() + 2.0
+    at = datetime.fromtimestamp(send_at, UTC).isoformat()
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign("at-two", schedule={"at": at}))
+    assert status == 201 and view["status"] == "scheduled", view
+    doc = await stack.wait_finished("campaign:at-two", timeout=10)
+    assert doc["state"] == "done" and doc["counts"]["delivered"] == 1, doc
+    (sent,) = stack.apns.requests
+    assert send_at - 0.05 <= sent.time < send_at + 3.0, sent.time - send_at
 
 
 async def _state(stack: Stack, notification_id: str, state: str) -> dict | None:

@@ -102,6 +102,11 @@ async def test_a_dry_run_campaign_previews_each_platform_and_locale_then_validat
     assert payloads["android"]["de"]["body"]["message"]["notification"]["title"] == "Angebot"
     # A preview names no device.
     assert payloads["android"]["default"]["body"]["message"]["token"] != android(20)
+    # The same body again: 200 with the campaign as created, its preview too (from the request it holds).
+    async with stack.http.post(stack.url("/v1/campaigns"), json=body, headers=auth_headers()) as response:
+        assert response.status == 200, await response.text()
+        again = await response.json()
+    assert again["id"] == "black-friday-check" and again["preview"] == preview
 
     doc = await stack.wait_finished("campaign:black-friday-check")
     assert doc["counts"]["validated"] == 8 and doc["counts"]["delivered"] == 0

@@ -188,6 +188,24 @@ async def test_campaign_id_repeated_with_another_body_is_a_409_naming_the_field(
     assert (status, answer["error"]["field"]) == (409, "name")
 
 
+async def test_a_campaign_id_held_by_a_notification_that_is_not_a_campaign_is_a_409_naming_id(stack: Stack) -> None:
+    """Producers cannot use the `campaign:` prefix now, but a notification recorded before that rule may hold a
+    campaign's key: creating that campaign is a 409 naming `id`, and the notification stands as it was."""
+    await stack.start()
+    later = {"send_at": epoch_to_iso(time.time() + 3600)}
+    assert (await post(stack, "/v1/notifications", alert("plain", options=later)))[0] == 201
+    plain = await stack.notification("plain")
+    assert plain is not None
+    held = {**plain, "_id": notification_key("demo", "campaign:held"), "request_id": "campaign:held"}
+    await stack.db.notifications.insert_one(held)
+    status, answer = await post(stack, "/v1/campaigns", campaign("held"))
+    assert status == 409, answer
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("conflict", "id")
+    doc = await stack.notification("campaign:held")
+    assert doc is not None and "kind" not in doc and doc["request_hash"] == plain["request_hash"]
+    assert await stack.db.notifications.count_documents({"kind": "campaign"}) == 0
+
+
 async def test_repeats_racing_the_first_insert_are_answered_by_what_won(stack: Stack) -> None:
     """Eight posts of one id at once, half with one title and half with another: one insert wins, the posts
     with its body answer the original (201 for the winner, 200 for the others), the others a 409 naming

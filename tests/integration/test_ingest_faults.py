@@ -211,7 +211,7 @@ async def test_request_mongodb_refuses_is_dead_lettered_and_the_partition_moves_
 
     def unstorable_for_one(request, raw, source, due_at, now, claim=None, **options):  # type: ignore[no-untyped-def]
         doc = real_new_document(request, raw, source, due_at, now, claim, **options)
-        return {**doc, **UNSTORABLE} if request.id == "unstorable" else doc
+        return {**doc, **UNSTORABLE} if request.id in ("unstorable", "campaign:unstorable") else doc
 
     monkeypatch.setattr(intake_module, "new_document", unstorable_for_one)
     await stack.start()
@@ -229,6 +229,13 @@ async def test_request_mongodb_refuses_is_dead_lettered_and_the_partition_moves_
     async with stack.http.post(stack.url("/v1/notifications"), json=body, headers=auth_headers()) as response:
         assert response.status == 400, await response.text()
         assert (await response.json())["error"]["code"] == "store_rejected"
+    # And for a campaign, recorded by the same intake.
+    body = {"id": "unstorable", "name": "Refused", "app": "demo", "audience": {"segment": {"tags_any": ["x"]}},
+            "message": {"title": "t", "body": "b"}}
+    async with stack.http.post(stack.url("/v1/campaigns"), json=body, headers=auth_headers()) as response:
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"]["code"] == "store_rejected"
+    assert await stack.notification("campaign:unstorable") is None
 
 
 async def test_dead_letter_that_would_outgrow_the_broker_limit_keeps_a_prefix(stack: Stack) -> None:
