@@ -29,7 +29,6 @@ READINESS = web.AppKey("readiness", dict)
 CONSUMER_STATE: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("consumer_state")
 # Time source (epoch seconds) shared with the scheduler, so tests can inject a clock.
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-# Tell the scheduler something became due now (a campaign created or resumed).
 # Tells the scheduler something is due at a time (None: now), so it claims then rather than at its safety poll.
 WAKE: web.AppKey[Callable[[float | None], None]] = web.AppKey("wake")
 MAX_BODY = web.AppKey("max_body", int)
