@@ -13,7 +13,8 @@ and the tests start them in-process (``async with ApnsPeer(pki) as peer``).
     webpush         a browser's push service (RFC 8030) that decrypts every message (RFC 8291) and checks VAPID
     http_server     the TLS HTTP/2 + HTTP/1.1 server fcm and hms share (its HTTP/2 side: http_server_h2)
     tls             a private CA and a server certificate for 127.0.0.1, so TLS verification stays on
-    rules           counting down a scripted rule's ``times`` (apns, webpush)
+    rules           counting down a scripted rule's ``times`` (every peer: ``times=N`` answers the next N)
+    lifecycle       starting, serving and stopping a peer: ``async with`` in tests, ``python -m`` for `pushsvc dev`
 
 Each provider is a package of a few modules (the peer, its checks, its scripted answers, its standalone entry
 point, ...; its __init__ lists them) that re-exports its public names, so ``pushsvc.simulators.apns.ApnsPeer``

@@ -62,11 +62,6 @@ class TlsHttpServer:
         self._server = await asyncio.start_server(self._on_connection, host, port, ssl=self._ssl)
         return self._server.sockets[0].getsockname()[1]
 
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (standalone simulators); ``start`` first."""
-        assert self._server is not None
-        await self._server.serve_forever()
-
     async def stop(self) -> None:
         """Stop listening, release hung requests, cancel handlers and abort every open connection."""
         if self._server is not None:

@@ -16,11 +16,12 @@ from pushsvc.logs import mask_token
 from pushsvc.simulators.apns.answers import Action, Rule, response
 from pushsvc.simulators.apns.checks import AuthMode, ReceivedRequest, check_request, read_request
 from pushsvc.simulators.apns.connection import Incoming, PeerConnection
+from pushsvc.simulators.lifecycle import Peer
 from pushsvc.simulators.rules import take_rule
 from pushsvc.simulators.tls import TestPki
 
 
-class ApnsPeer:
+class ApnsPeer(Peer):
     """APNs-like HTTP/2 server. Use as ``async with ApnsPeer(pki) as peer`` or start()/stop().
 
     auth: "token" requires ``authorization: bearer <ES256 JWT>`` (signature checked when jwt_public_key is
@@ -71,13 +72,12 @@ class ApnsPeer:
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> ApnsPeer:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PeerConnection(self), self.host, self.port, ssl=self._ssl_context
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def stop(self) -> None:
         if self._server is None:
@@ -87,12 +87,6 @@ class ApnsPeer:
             connection.abort()
         await self._server.wait_closed()
         self._server = None
-
-    async def __aenter__(self) -> ApnsPeer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def endpoint(self) -> str:
@@ -193,7 +187,7 @@ class ApnsPeer:
         connection.respond(stream_id, response_headers, payload)
 
     def _rule_for(self, token: str) -> Rule:
-        return take_rule(self._rules, token, self.default)
+        return take_rule(self._rules.get(token), self.default)
 
     def _topic_check(self, request: ReceivedRequest) -> Rule | None:
         topic = self._topics.get(request.token)

@@ -14,6 +14,7 @@ from typing import Any
 from pushsvc.logs import mask_token
 from pushsvc.simulators.fcm.oauth import TokenEndpoint, to_json
 from pushsvc.simulators.http_server import Reply
+from pushsvc.simulators.rules import take_rule
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
@@ -84,7 +85,7 @@ class Script:
     retry_after: str | None = None
     delay: float = 0.0
     action: str | None = None  # "hang" | "close"
-    times: int | None = None  # None: every request for this token
+    times: int | None = None  # how many more sends it answers (rules.py); None: every one
 
 
 def fcm_error_body(
@@ -135,8 +136,7 @@ class MessagesEndpoint:
             )
             record.status = reply.status
             return reply
-        token = record.token
-        script = self._take_script(token)
+        script = take_rule(self.scripts.get(record.token or ""), None)
         if script and script.delay:
             await asyncio.sleep(script.delay)
         if script and script.action in ("hang", "close"):
@@ -149,16 +149,6 @@ class MessagesEndpoint:
         if self.log_messages and payload is not None:
             self._log(record)
         return reply
-
-    def _take_script(self, token: str | None) -> Script | None:
-        script = self.scripts.get(token or "")
-        if script is None:
-            return None
-        if script.times is not None:
-            script.times -= 1
-            if script.times <= 0:
-                self.scripts.pop(token or "", None)
-        return script
 
     def _scripted_error(self, script: Script) -> Reply:
         if script.error_code:

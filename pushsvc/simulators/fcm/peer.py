@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pushsvc.simulators.fcm.messages import ERRORS, MessagesEndpoint, RecordedRequest, Script, fcm_error_body
 from pushsvc.simulators.fcm.oauth import TokenEndpoint, TokenRequest, to_json
 from pushsvc.simulators.http_server import Reply, TlsHttpServer
+from pushsvc.simulators.lifecycle import Peer
 
 if TYPE_CHECKING:
     from pushsvc.simulators.tls import TestPki
@@ -47,7 +48,7 @@ class _Core:
         return Reply(404, to_json(fcm_error_body(404, "NOT_FOUND", f"No route for {path_only}", None)))
 
 
-class FcmPeer:
+class FcmPeer(Peer):
     """FCM v1 + OAuth2 token endpoint on one TLS port, run in a background thread with its own loop."""
 
     def __init__(
@@ -161,13 +162,6 @@ class FcmPeer:
 
     # ---------------------------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> FcmPeer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         self._thread = threading.Thread(target=self._run_thread, name="fcm-peer", daemon=True)
         self._thread.start()
@@ -207,11 +201,3 @@ class FcmPeer:
         self._core.tokens.token_uri = ""  # set once the port is known
         self.port = await self._http.start(self.host, self.port)
         self._core.tokens.token_uri = self.token_uri
-
-    async def serve_forever(self) -> None:
-        """Standalone mode: serve in the current loop until cancelled."""
-        await self._listen()
-        try:
-            await self._http.serve_forever()
-        finally:
-            await self._http.stop()

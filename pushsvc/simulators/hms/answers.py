@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,7 @@ class Script:
     retry_after: str | None = None
     delay: float = 0.0
     action: str | None = None  # "hang" | "close"
-    times: int | None = None  # None: every request it applies to
+    times: int | None = None  # how many more requests it answers (rules.py); None: every one
 
 
 def to_json(obj: Any) -> bytes:
@@ -82,17 +81,6 @@ def make_script(
     if action not in (None, "hang", "close"):
         raise ValueError("action must be 'hang' or 'close'")
     return Script(code, status, msg, None if retry_after is None else str(retry_after), delay or 0.0, action, times)
-
-
-def take(script: Script | None, drop: Callable[[], object]) -> Script | None:
-    """The script to apply now, counting down its ``times``."""
-    if script is None:
-        return None
-    if script.times is not None:
-        script.times -= 1
-        if script.times <= 0:
-            drop()
-    return script
 
 
 def code_of(reply: Reply) -> str | None:

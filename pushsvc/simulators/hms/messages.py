@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pushsvc.logs import mask_token
-from pushsvc.simulators.hms.answers import Script, answer, code_of, refuse, scripted, take
+from pushsvc.simulators.hms.answers import Script, answer, code_of, refuse, scripted
 from pushsvc.simulators.hms.checks import check_request
 from pushsvc.simulators.hms.oauth import TokenEndpoint
 from pushsvc.simulators.http_server import Reply
+from pushsvc.simulators.rules import take_rule
 
 if TYPE_CHECKING:
     from pushsvc.simulators.hms.peer import HmsPeer
@@ -84,7 +85,7 @@ class MessagesEndpoint:
                 # A token of another app (or an app id that is not ours) is refused like a bad token.
                 return refuse("80200001")
         token = record.token
-        script = take(self.scripts.get(token or ""), lambda: self.scripts.pop(token or "", None))
+        script = take_rule(self.scripts.get(token or ""), None)
         if script is not None:
             if script.delay:
                 await asyncio.sleep(script.delay)

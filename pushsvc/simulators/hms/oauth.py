@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pushsvc.logs import mask_token
-from pushsvc.simulators.hms.answers import Script, take, to_json
+from pushsvc.simulators.hms.answers import Script, to_json
 from pushsvc.simulators.http_server import Reply
+from pushsvc.simulators.rules import take_rule
 
 if TYPE_CHECKING:
     from pushsvc.simulators.hms.peer import HmsPeer
@@ -71,7 +72,7 @@ class TokenEndpoint:
 
     async def _reply(self, form: dict[str, str], record: TokenRequest) -> Reply:
         peer = self.peer
-        script = take(self.script, lambda: setattr(self, "script", None))
+        script = take_rule(self.script, None)
         if script is not None:
             if script.delay:
                 await asyncio.sleep(script.delay)

@@ -17,6 +17,7 @@ from pushsvc.simulators.hms.answers import RESULTS, make_script, to_json
 from pushsvc.simulators.hms.messages import MessagesEndpoint, RecordedRequest
 from pushsvc.simulators.hms.oauth import DEFAULT_TOKEN_LIFETIME, TOKEN_PATH, TokenEndpoint, TokenRequest
 from pushsvc.simulators.http_server import Reply, TlsHttpServer
+from pushsvc.simulators.lifecycle import Peer
 
 if TYPE_CHECKING:
     from pushsvc.simulators.tls import TestPki
@@ -46,7 +47,7 @@ class _Core:
         return Reply(404, to_json({"code": "404", "msg": f"no route for {method} {path_only}"}))
 
 
-class HmsPeer:
+class HmsPeer(Peer):
     """Push Kit's token endpoint and messages:send on one TLS port, on the caller's event loop."""
 
     def __init__(
@@ -173,23 +174,8 @@ class HmsPeer:
 
     # ---------------------------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> HmsPeer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         self.port = await self._http.start(self.host, self.port)
 
     async def stop(self) -> None:
         await self._http.stop()
-
-    async def serve_forever(self) -> None:
-        """Standalone mode: serve until cancelled."""
-        await self.start()
-        try:
-            await self._http.serve_forever()
-        finally:
-            await self.stop()

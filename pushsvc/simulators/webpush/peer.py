@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from pushsvc.logs import mask_token
+from pushsvc.simulators.lifecycle import Peer
 from pushsvc.simulators.rules import take_rule
 from pushsvc.simulators.tls import TestPki
 from pushsvc.simulators.webpush.answers import Action, Rule, answer_headers, error_response
@@ -29,7 +30,7 @@ _PUSH_PATH = re.compile(r"^/push/([A-Za-z0-9_-]+)$")
 _MESSAGES_PATH = re.compile(r"^/subscriptions/([A-Za-z0-9_-]+)/messages$")
 
 
-class WebPushPeer:
+class WebPushPeer(Peer):
     """A push service on one TLS port. Use as ``async with WebPushPeer(pki) as peer`` or start()/stop()."""
 
     def __init__(
@@ -66,12 +67,11 @@ class WebPushPeer:
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
-    async def start(self) -> WebPushPeer:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._web = web.Server(self._handle)
         self._server = await loop.create_server(self._accept, self.host, self.port, ssl=self._ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     def _accept(self) -> Any:
         self.tcp_connections += 1  # called on accept, before the TLS handshake
@@ -93,12 +93,6 @@ class WebPushPeer:
             await self._web.shutdown(0.25)
         await self._server.wait_closed()
         self._server = None
-
-    async def __aenter__(self) -> WebPushPeer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def base_url(self) -> str:
@@ -255,7 +249,7 @@ class WebPushPeer:
         return check_push(subscription, headers, body, origin, self.clock())
 
     def _rule_for(self, subscription_id: str) -> Rule:
-        return take_rule(self._rules, subscription_id, self.default)
+        return take_rule(self._rules.get(subscription_id), self.default)
 
 
 def _log(push: ReceivedPush) -> None:
