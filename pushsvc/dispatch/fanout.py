@@ -97,8 +97,7 @@ class NotificationRunner:
         if isinstance(request, UnreadableRequest):
             # Recorded requests were validated at ingest; this only happens after an incompatible upgrade (or
             # a parser bug). Whatever it is, this one notification fails, saying why; nothing else waits on it.
-            why = f"stored request unreadable: {request.detail}"
-            await self._finisher.finish(record, lease, NotificationState.FAILED, why)
+            await self._finisher.finish(record, lease, NotificationState.FAILED, request.reason)
             return None
         run = Run(record, request, lease)
         parts = await self._parts(record, request, lease)

@@ -28,9 +28,17 @@ Bounds = tuple[str | None, str | None]
 
 @dataclass(frozen=True)
 class UnreadableRequest:
-    """A stored request that no longer parses: `detail` names the error ("RequestError: ...")."""
+    """A stored request that no longer parses: `detail` names the error ("RequestError: ..."); `part` is what
+    could not be read: the request, or the document around it (a field of another shape than this version
+    writes: a hand fix, a migration, another version's writer during a rolling upgrade)."""
 
     detail: str
+    part: str = "request"
+
+    @property
+    def reason(self) -> str:
+        """What the notification is failed with."""
+        return f"stored {self.part} unreadable: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,22 @@ class NotificationRecord:
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], request: PushRequest | None = None) -> NotificationRecord:
         """The record of `doc`, its request parsed unless given (`request`: intake's, just validated and
-        stamped: the same request the stored text holds)."""
+        stamped: the same request the stored text holds). Never raises for a claimed document: one whose fields
+        this version cannot read becomes a record whose request is unreadable, which the fan-out runner fails
+        alone, instead of an exception that would fail the whole claim with it, again at every lease expiry."""
+        try:
+            return cls._read(doc, request)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:UNREADABLE_DETAIL_CHARS]
+            return cls(
+                id=str(doc["_id"]), app=str(doc.get("app")), request_id=str(doc.get("request_id") or doc["_id"]),
+                state=str(doc.get("state")), request=UnreadableRequest(detail, part="document"),
+                # Which runner it reached and how its end is told (a range settles its campaign instead).
+                lane=_text(doc.get("lane")), kind=_text(doc.get("kind")), parent=_text(doc.get("parent")),
+            )
+
+    @classmethod
+    def _read(cls, doc: Mapping[str, Any], request: PushRequest | None) -> NotificationRecord:
         wave_zones = doc.get("wave_zones")
         boundaries = doc.get("boundaries")
         bounds = doc.get("bounds") or (None, None)
@@ -106,6 +129,10 @@ class NotificationRecord:
             error=doc.get("error"),
             finished_at=float(doc.get("finished_at") or 0.0),
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def read_request(doc: Mapping[str, Any]) -> PushRequest | UnreadableRequest:

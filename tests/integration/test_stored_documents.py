@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 
 from tests.integration.stack import Stack, auth_headers
+from tests.integration.stores import document
 
 IOS = "c4" * 32
 OTHER = "c5" * 32
@@ -70,6 +72,29 @@ async def test_a_stored_request_that_no_longer_parses_fails_alone(stack: Stack) 
     assert fine["counts"]["delivered"] == 1
     assert failed["state"] == "failed" and "stored request unreadable" in failed["error"], failed
     assert "send_at" in failed["error"]
+
+
+@pytest.mark.parametrize("field, odd", [("chunk_done", 7), ("progress_seq", "three"), ("wave_zones", 5)])
+async def test_a_document_field_of_another_shape_fails_that_notification_alone(
+    stack: Stack, field: str, odd: object
+) -> None:
+    """A field of a shape this version does not write (a hand fix, a migration, another version's writer during
+    a rolling upgrade) fails that one notification saying so; the notification claimed with it in the same pass
+    is sent. (Found by review: building typed records inside the claim failed the whole claim, at every lease
+    expiry, and no other fan-out was ever sent.)"""
+    now = time.time()
+    segment = {"segment": {"tags_any": ["iso"]}}
+    await stack.db.notifications.insert_many([
+        {**document(alert("odd", segment), "kafka", now - 10, now - 10), "_id": "demo:odd", field: odd},
+        {**document(alert("good", segment), "kafka", now - 10, now - 10), "_id": "demo:good"},
+    ])
+    await stack.start()
+    await stack.register(IOS, "ios", tags=["iso"])
+    good = await stack.wait_finished("good", timeout=15.0)
+    assert good["state"] == "done" and good["counts"]["delivered"] == 1
+    failed = await stack.wait_finished("odd", timeout=15.0)
+    assert failed["state"] == "failed" and failed["error"].startswith("stored document unreadable: "), failed
+    assert len(stack.apns.requests_for(IOS)) == 1
 
 
 async def test_a_first_chunk_handed_back_by_the_previous_version_resumes_in_its_order(stack: Stack) -> None:
