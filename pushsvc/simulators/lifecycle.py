@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
@@ -82,6 +83,9 @@ def run(
 ) -> None:
     """The process: parse ``argv`` (None: the command line), then ``serve_args`` until Ctrl-C."""
     args = parser.parse_args(argv)
+    # Ctrl-C stops it even when started with SIGINT ignored, as a shell without job control starts background
+    # commands (and CI runners their jobs): Python keeps an inherited SIG_IGN.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # asyncio.run cancels the serve on Ctrl-C, so the peer stops, and then raises KeyboardInterrupt: no traceback.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_args(args))
