@@ -31,11 +31,15 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def running(name: str, port: int, pki: Pki, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """The simulator's process, killed at the end if the test did not stop it."""
+    """The simulator's process (SIGINT ignored, the hardest start for Ctrl-C), killed at the end if the test
+    did not stop it."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"pushsvc.simulators.{name}", "--port", str(port),
         "--cert", str(pki.cert_file), "--key", str(pki.key_file), *extra,
         cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        # Started with SIGINT ignored, as a shell without job control (a CI job) starts background commands:
+        # Ctrl-C must stop it all the same, wherever the tests run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         yield process
