@@ -181,6 +181,7 @@ TRANSIENT_REASONS = {
         "ServiceUnavailable",
         "Shutdown",
         "IdleTimeout",
+        "TooManyProviderTokenUpdates",
         "timeout",
         "connection_error",
     ),
@@ -217,6 +218,8 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
             DELIVERY_ERRORS.labels(app, provider, reason)
         for reason in INVALID_TOKEN_REASONS.get(provider, ()):
             DELIVERY_ERRORS.labels(app, provider, reason)
+        for reason in TOKEN_REFRESH_REASONS.get(provider, ()):
+            PROVIDER_TOKEN_REFRESHES.labels(app, provider, reason)
     for provider in sorted({provider for _, provider in pairs}):
         INFLIGHT.labels(provider)
         QUEUE_DEPTH.labels(provider)
@@ -237,3 +240,16 @@ def init_series(app_providers: Iterable[tuple[str, str]]) -> None:
             REQUESTS_INGESTED.labels(source, outcome)
     for reason in DLQ_REASONS:
         DLQ_MESSAGES.labels(reason)
+
+
+PROVIDER_TOKEN_REFRESHES = Counter(
+    "pushsvc_provider_token_refreshes_total",
+    "Provider credentials obtained: APNs provider tokens (JWTs) signed, FCM OAuth access tokens fetched. reason: "
+    "first, age/expiry (scheduled: APNs at 50 minutes, FCM 5 minutes before expiry), rejected (the provider "
+    "refused the current one). One APNs token serves every app sharing the key: counted for the app whose send "
+    "signed it",
+    ["app", "provider", "reason"],
+    registry=REGISTRY,
+)
+# The refresh counter's reasons per provider (apns_token.py, fcm.py), created at zero by init_series.
+TOKEN_REFRESH_REASONS = {"apns": ("first", "age", "rejected"), "fcm": ("first", "expiry", "rejected")}

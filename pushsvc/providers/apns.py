@@ -1,8 +1,9 @@
 """APNs adapter: one HTTP/2 request per delivery on aioapns 4.0, classified into a SendResult.
 
 What each request carries (body, topic, priority, expiry, per push type) is built in apns_payload.py;
-the connection handling (aioapns's pool, our HTTP/2 request handling) in apns_connection.py; what
-Apple's answers mean in apns_answers.py.
+the connection handling (aioapns's pool, our HTTP/2 request handling) in apns_connection.py; the provider
+token (one per key, shared by every connection) in apns_token.py; what Apple's answers mean in apns_answers.py.
+The one second request: after ExpiredProviderToken, with a new token (``send``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,6 +45,13 @@ from pushsvc.providers.apns_payload import (
     priority_for,
     topic_for,
 )
+from pushsvc.providers.apns_token import (
+    DEFAULT_REFRESH_AGE_SECONDS,
+    PROCESS_PROVIDER_TOKENS,
+    ProviderToken,
+    ProviderTokens,
+    ProviderTokenSigner,
+)
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider, Rendered, SendResult, parse_retry_after
 
 log = get_logger(__name__)
@@ -57,7 +66,17 @@ class ApnsProvider(Provider):
     # token; a wrong `topic`: DeviceTokenNotForTopic for every token.
     misconfiguration_reasons = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 
-    def __init__(self, app_id: str, settings: ApnsSettings, send_timeout: float) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        settings: ApnsSettings,
+        send_timeout: float,
+        clock: Callable[[], float] = time.time,
+        token_refresh_age: float = DEFAULT_REFRESH_AGE_SECONDS,
+        provider_tokens: ProviderTokens = PROCESS_PROVIDER_TOKENS,
+    ) -> None:
+        """``clock`` is what provider tokens' ``iat`` is counted on (the service passes the database's);
+        ``provider_tokens`` the registry of shared tokens (the process's; a test gives its own)."""
         super().__init__(app_id)
         self._settings = settings
         self._send_timeout = send_timeout
@@ -77,6 +96,13 @@ class ApnsProvider(Provider):
             APNS_CERTIFICATE_EXPIRY.labels(app=app_id).set(expires.timestamp())
         # Read the signing key now so a bad path fails at start-up, not at the first push.
         self._signing_key = Path(settings.key_file).read_text() if settings.key_file else None
+        # Token auth: the one token of this key, shared with every other app of the process using it.
+        self._signer: ProviderTokenSigner | None = None
+        if self._signing_key is not None and not settings.cert_file:
+            self._signer = provider_tokens.signer(
+                settings.team_id or "", settings.key_id or "", self._signing_key, token_refresh_age
+            )
+        self._clock = clock
         self._client: APNs | None = None
         # (notification, locale) -> (message, options, send second, body): the body never depends on the token.
         self._payloads: dict[tuple[str, str | None], tuple[Any, Any, int | None, bytes]] = {}
@@ -163,17 +189,20 @@ class ApnsProvider(Provider):
         apns_id = str(uuid.uuid4())
         headers = self._headers(delivery, apns_id)
         token = delivery.device.token
-        loop = asyncio.get_running_loop()
-        connection: ApnsConnection | None = None
-        sent_at = loop.time()
+        attempt = _Attempt(sent_at=asyncio.get_running_loop().time())
         try:
+            credential = self._signer.current(self.app_id, self._clock()) if self._signer is not None else None
             async with asyncio.timeout(self._send_timeout):
-                # Always our protocol class: _build_client sets it on the pool.
-                connection = cast(ApnsConnection, await self._pool().acquire())
-                sent_at = loop.time()
-                response = await connection.send_push(token, headers, payload)
+                response = await self._request(attempt, token, headers, payload, credential)
+                if credential is not None and _expired_provider_token(response):
+                    # The one exception to "one request per send", as FCM's 401: APNs refused the request
+                    # before taking the notification, so resending it with a new token delivers it once.
+                    renewed = self._renewed(credential, token)
+                    if renewed is not None:
+                        response = await self._request(attempt, token, headers, payload, renewed)
         except TimeoutError:
-            if connection is not None and connection.last_received < sent_at:
+            connection = attempt.connection
+            if connection is not None and connection.last_received < attempt.sent_at:
                 # Not a byte back since we sent: the connection is likely dead (e.g. silently dropped by a
                 # NAT); retire it rather than let every later send wait out the timeout on it too.
                 connection.retire()
@@ -182,19 +211,40 @@ class ApnsProvider(Provider):
             )
             return SendResult(Outcome.RETRYABLE, "timeout")
         except (ApnsConnectionError, ConnectionClosed, H2Error, OSError) as exc:
-            if connection is not None and not isinstance(exc, ApnsStreamReset):
-                connection.close()  # drop it from the pool: the next send opens a fresh connection
+            if attempt.connection is not None and not isinstance(exc, ApnsStreamReset):
+                attempt.connection.close()  # drop it from the pool: the next send opens a fresh connection
             log.info(
                 "apns_connection_error", app=self.app_id, token=mask_token(token), error=type(exc).__name__
             )
             return SendResult(Outcome.RETRYABLE, "connection_error")
         except (ValueError, jwt.PyJWTError) as exc:
-            # The provider token could not be signed (aioapns signs it per connection): the key is unusable.
-            # An auth error pauses the app's APNs and pages, instead of an unexplained failure per device.
-            # Start-up checks the key (pushsvc.credentials); this catches one that changed or broke since.
+            # The provider token could not be signed: the key is unusable. An auth error pauses the app's APNs
+            # and pages, instead of an unexplained failure per device. Start-up checks the key
+            # (pushsvc.credentials); this catches one that changed or broke since.
             log.warning("apns_signing_failed", app=self.app_id, error=f"{type(exc).__name__}: {exc}"[:300])
             return SendResult(Outcome.AUTH_ERROR, "SigningKeyUnusable")
-        return self._result(response, apns_id, connection)
+        return self._result(response, apns_id)
+
+    async def _request(
+        self,
+        attempt: _Attempt,
+        token: str,
+        headers: list[tuple[str, str]],
+        payload: bytes,
+        credential: ProviderToken | None,
+    ) -> ApnsResponse:
+        # Always our protocol class: _build_client sets it on the pool.
+        attempt.connection = cast(ApnsConnection, await self._pool().acquire())
+        attempt.sent_at = asyncio.get_running_loop().time()
+        authorization = credential.authorization if credential is not None else None
+        return await attempt.connection.send_push(token, headers, payload, authorization)
+
+    def _renewed(self, rejected: ProviderToken, token: str) -> ProviderToken | None:
+        """The token to resend with after ExpiredProviderToken, or None: then the 403 stands (an auth error)."""
+        assert self._signer is not None
+        renewed = self._signer.replace_rejected(rejected, self.app_id, self._clock())
+        log.info("apns_provider_token_expired", app=self.app_id, token=mask_token(token), resent=renewed is not None)
+        return renewed
 
     def _headers(self, delivery: Delivery, apns_id: str) -> list[tuple[str, str]]:
         options = delivery.options
@@ -212,15 +262,12 @@ class ApnsProvider(Provider):
             headers.append(("apns-collapse-id", options.collapse_key))
         return headers
 
-    def _result(self, response: ApnsResponse, apns_id: str, connection: ApnsConnection) -> SendResult:
+    def _result(self, response: ApnsResponse, apns_id: str) -> SendResult:
         provider_id = response.headers.get("apns-id") or apns_id
         if response.status == 200:
             return SendResult(Outcome.DELIVERED, status=200, provider_id=provider_id)
         reason, invalid_since = error_details(response.status, response.body)
         outcome = classify(response.status, reason)
-        if reason == "ExpiredProviderToken":
-            # aioapns caches the JWT per connection; only a new connection signs a fresh one.
-            connection.retire()
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return SendResult(outcome, reason, response.status, retry_after, provider_id, invalid_since)
 
@@ -233,3 +280,17 @@ class ApnsProvider(Provider):
         if connections:
             await asyncio.wait([c.closed for c in connections], timeout=2.0)
         self._client = None
+
+
+class _Attempt:
+    """Where a send stands, for its failure handling: the connection it last used, and when it sent on it."""
+
+    __slots__ = ("connection", "sent_at")
+
+    def __init__(self, sent_at: float) -> None:
+        self.connection: ApnsConnection | None = None
+        self.sent_at = sent_at
+
+
+def _expired_provider_token(response: ApnsResponse) -> bool:
+    return response.status == 403 and error_details(403, response.body)[0] == "ExpiredProviderToken"

@@ -13,8 +13,12 @@ from pushsvc.model import Outcome
 _INVALID_TOKEN_REASONS = frozenset(
     {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
 )
-# 400s that are about the connection, not the notification.
-_RETRYABLE_REASONS = frozenset({"IdleTimeout"})
+# Answers about the connection or the rate, not the notification: the same request later can succeed.
+# IdleTimeout (400): the connection, not the notification. TooManyRequests (429): too many pushes to one
+# device. TooManyProviderTokenUpdates (429): a new provider token within 20 minutes of the previous one;
+# apns_token.py never signs that often, so another process signing with the same key did (its next request,
+# past the 20 minutes, goes through).
+_RETRYABLE_REASONS = frozenset({"IdleTimeout", "TooManyRequests", "TooManyProviderTokenUpdates"})
 
 
 def classify(status: int, reason: str) -> Outcome:
@@ -24,6 +28,8 @@ def classify(status: int, reason: str) -> Outcome:
     if status == 410 or reason in _INVALID_TOKEN_REASONS:
         return Outcome.INVALID_TOKEN
     if status == 403:  # Expired/Invalid/MissingProviderToken, BadCertificate(Environment), Forbidden
+        # ExpiredProviderToken reaches here only when apns.py could not answer it with one new token and one
+        # resend: the token refused was itself fresh (our clock far from Apple's, or the wrong key).
         return Outcome.AUTH_ERROR
     if status == 429 or status >= 500 or reason in _RETRYABLE_REASONS:
         return Outcome.RETRYABLE

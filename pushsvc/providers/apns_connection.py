@@ -1,6 +1,7 @@
-"""APNs connections: aioapns's pool and TLS/JWT handling with our own HTTP/2 request handling.
+"""APNs connections: aioapns's pool and TLS handling with our own HTTP/2 request handling.
 
-aioapns provides the connection pool, TLS (client certificate) and provider-token (JWT) handling. Its
+aioapns provides the connection pool and TLS (client certificate); the provider token (JWT) is ours
+(apns_token.py: one per key, shared by every connection, where aioapns signs one per connection). Its
 request/response handling on a connection falls short in ways that bite in production, so ``ApnsConnection``
 replaces that part and keeps the rest:
 
@@ -93,6 +94,11 @@ class ApnsConnection(APNsTLSClientProtocol):
         self.retired = False  # out of the pool: no new streams
         self.last_received = 0.0  # loop time of the last bytes from the server
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        # aioapns's key pool gives every connection its own JWT signer (its own token, wall clock, 30-minute
+        # lifetime): with it, N connections would present N tokens, each a "token update" to Apple. Dropped, so
+        # nothing on this connection signs: every request carries the provider's shared token (apns_token.py),
+        # handed to send_push.
+        self.auth_provider = None
 
     @property
     def is_busy(self) -> bool:
@@ -103,8 +109,13 @@ class ApnsConnection(APNsTLSClientProtocol):
         super().connection_made(transport)
         self.live.add(self)
 
-    async def send_push(self, token: str, headers: list[tuple[str, str]], payload: bytes) -> ApnsResponse:
-        """One request, awaiting its answer; raises ConnectionClosed or H2Error on transport trouble."""
+    async def send_push(
+        self, token: str, headers: list[tuple[str, str]], payload: bytes, authorization: str | None = None
+    ) -> ApnsResponse:
+        """One request, awaiting its answer; raises ConnectionClosed or H2Error on transport trouble.
+
+        ``authorization``: the provider token's header value (token auth), None with certificate auth.
+        """
         if self.retired:
             raise ConnectionClosed("connection retired")
         stream_id = await self.free_channels.acquire()
@@ -115,8 +126,10 @@ class ApnsConnection(APNsTLSClientProtocol):
             ("host", self.APNS_SERVER),
             *headers,
         ]
-        if self.auth_provider is not None:
-            request_headers.append(("authorization", self.auth_provider.get_header()))
+        if authorization is not None:
+            # Indexed (unlike :path and apns-id): the same value for the token's 50 minutes, so after the first
+            # request on a connection it costs one byte instead of ~200.
+            request_headers.append(("authorization", authorization))
         try:
             self.conn.send_headers(stream_id, request_headers)
         except H2Error:

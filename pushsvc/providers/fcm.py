@@ -18,8 +18,9 @@ What we do not take from firebase-admin, and why
       the dispatcher is the only retrier, because it owns the attempt budget, the backoff, the
       Retry-After pause and the retry metrics; hidden retries would multiply attempts (4 x max_attempts),
       hide 5xx answers from the metrics and run past ``send_timeout`` (turning UNAVAILABLE into "timeout").
-    * Instead the access token is refreshed off the loop (one shared refresh in a worker thread) and the
-      HTTP call goes through ``FcmTransport``. The default is ``h2client.H2Transport``: a small HTTP/2
+    * Instead the access token is refreshed off the loop (one shared refresh in a worker thread), on our
+      clock ``REFRESH_MARGIN_SECONDS`` before it expires (google-auth's own freshness check reads the wall
+      clock), and the HTTP call goes through ``FcmTransport``. The default is ``h2client.H2Transport``: a small HTTP/2
       client on the ``h2`` state machine (multiplexed streams on a pool of connections, flow control,
       GOAWAY), about 2-3x less CPU per message than httpx. ``HttpxTransport`` (httpx over HTTP/2, as
       firebase-admin) remains available as a drop-in.
@@ -37,6 +38,7 @@ FCM refused the first request before accepting the message, so nothing is delive
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
 from collections.abc import Callable
@@ -48,10 +50,10 @@ import orjson
 import requests
 import requests.adapters
 from firebase_admin import credentials, messaging
-from google.auth.credentials import TokenState
 
 from pushsvc.config import FcmSettings
 from pushsvc.logs import get_logger, mask_token
+from pushsvc.metrics import PROVIDER_TOKEN_REFRESHES
 from pushsvc.model import Outcome
 from pushsvc.providers.base import (
     Delivery,
@@ -75,6 +77,13 @@ from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailur
 log = get_logger(__name__)
 
 _app_names = itertools.count(1)
+
+# An access token is replaced this long before it expires (at most half its lifetime before): google-auth's own
+# threshold is 3 min 45 s and Huawei's SDKs use 5 minutes (hms_oauth.py); 5 minutes covers a slow token
+# endpoint and a send that picked the token up just before the refresh point.
+REFRESH_MARGIN_SECONDS = 300.0
+# When the token endpoint gives no expires_in: Google's lifetime for a service account's access token.
+DEFAULT_TOKEN_LIFETIME = 3600.0
 
 
 class FcmProvider(Provider):
@@ -108,6 +117,8 @@ class FcmProvider(Provider):
         self._token_session.mount("https://", SslContextAdapter(ssl_context(settings.ca_file)))
         self._token_request = TokenRequest(self._token_session, timeout=send_timeout)
         self._refresh: asyncio.Future[None] | None = None
+        # When the current access token is due for replacement, on self._clock; None before the first one.
+        self._refresh_at: float | None = None
         if transport is None:
             # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
             transport = H2Transport(ssl_context(settings.ca_file), settings.max_connections, None)
@@ -234,20 +245,42 @@ class FcmProvider(Provider):
     # ------------------------------------------------------------------------------------ credentials
 
     async def _access_token(self) -> str:
-        """A fresh OAuth2 access token; one shared refresh runs in a worker thread (google-auth blocks)."""
+        """An access token not yet due for refresh; one shared refresh runs in a worker thread (google-auth
+        blocks)."""
         cred = self._credential
-        while cred.token_state is not TokenState.FRESH:
+        while cred.token is None or self._refresh_at is None or self._clock() >= self._refresh_at:
             if self._refresh is None or self._refresh.done():
-                loop = asyncio.get_running_loop()
-                self._refresh = loop.run_in_executor(None, cred.refresh, self._token_request)
+                self._refresh = asyncio.ensure_future(self._fetch_token())
                 # Retrieve the outcome even if every waiting send timed out (no "never retrieved" noise).
                 self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())
             refresh = self._refresh
             # Shielded: a send timing out must not abandon the refresh that other sends wait for.
             await asyncio.shield(refresh)
-            if refresh.done() and refresh.exception() is None and cred.token_state is not TokenState.FRESH:
-                break  # the token endpoint granted a token that is already stale (tiny expires_in): use it
+            if refresh.done() and refresh.exception() is None and cred.token is not None:
+                break  # a token just fetched is used even if already due (a tiny expires_in): no refresh loop
+        assert cred.token is not None
         return cred.token
+
+    async def _fetch_token(self) -> None:
+        # Why: a first token, one past its refresh point, or one FCM refused (_invalidate cleared it).
+        reason = "first" if self._refresh_at is None else ("rejected" if self._credential.token is None else "expiry")
+        started = self._clock()  # the token's lifetime starts no earlier than the request
+        lifetime = await asyncio.get_running_loop().run_in_executor(None, self._refresh_credential)
+        self._refresh_at = started + lifetime - min(REFRESH_MARGIN_SECONDS, lifetime / 2)
+        PROVIDER_TOKEN_REFRESHES.labels(self.app_id, "fcm", reason).inc()
+        log.info("fcm_token_fetched", app=self.app_id, reason=reason, expires_in=round(lifetime))
+
+    def _refresh_credential(self) -> float:
+        """In a worker thread: a new access token; returns its remaining lifetime in seconds.
+
+        google-auth keeps only the expiry it computed on the wall clock (now + expires_in); the difference to the
+        wall clock right after the refresh is the lifetime, which _fetch_token counts on the provider's clock.
+        """
+        cred = self._credential
+        cred.refresh(self._token_request)
+        if cred.expiry is None:
+            return DEFAULT_TOKEN_LIFETIME
+        return (cred.expiry - dt.datetime.now(dt.UTC).replace(tzinfo=None)).total_seconds()
 
     def _invalidate(self, rejected: str) -> None:
         # Only if it is still the current token: a concurrent send may have refreshed it already.
@@ -255,6 +288,8 @@ class FcmProvider(Provider):
             self._credential.token = None
 
     async def close(self) -> None:
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
         await self._transport.aclose()
         self._token_session.close()
         if self._firebase_app is not None:

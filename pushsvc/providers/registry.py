@@ -11,7 +11,7 @@ from pushsvc.providers.base import Provider
 
 def build_providers(settings: Settings, clock: Callable[[], float] = time.time) -> dict[tuple[str, str], Provider]:
     """`clock` is the one expiry times are counted on (the database's, in the service): FCM sends a TTL
-    relative to it."""
+    relative to it, APNs provider tokens carry it as their `iat`, FCM access tokens are refreshed by it."""
     # Imported here so that importing pushsvc does not pull in both provider SDKs.
     from pushsvc.providers.apns import ApnsProvider
     from pushsvc.providers.fcm import FcmProvider
@@ -20,7 +20,7 @@ def build_providers(settings: Settings, clock: Callable[[], float] = time.time) 
     providers: dict[tuple[str, str], Provider] = {}
     for app_id, app in settings.apps.items():
         if app.apns is not None:
-            providers[(app_id, "apns")] = ApnsProvider(app_id, app.apns, timeout)
+            providers[(app_id, "apns")] = ApnsProvider(app_id, app.apns, timeout, clock=clock)
         if app.fcm is not None:
             providers[(app_id, "fcm")] = FcmProvider(app_id, app.fcm, timeout, clock=clock)
         if app.hms is not None:

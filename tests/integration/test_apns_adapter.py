@@ -238,6 +238,7 @@ async def test_ttl_without_absolute_expiry_counts_from_now(provider: ApnsProvide
         (500, "InternalServerError", Outcome.RETRYABLE),
         (503, "ServiceUnavailable", Outcome.RETRYABLE),
         (429, "TooManyRequests", Outcome.RETRYABLE),
+        (429, "TooManyProviderTokenUpdates", Outcome.RETRYABLE),
         (403, "ExpiredProviderToken", Outcome.AUTH_ERROR),
         (403, "InvalidProviderToken", Outcome.AUTH_ERROR),
         (403, "MissingProviderToken", Outcome.AUTH_ERROR),
@@ -459,15 +460,32 @@ async def test_token_signed_with_wrong_key_is_an_auth_error(
     assert (result.outcome, result.reason, result.status) == (Outcome.AUTH_ERROR, "InvalidProviderToken", 403)
 
 
-async def test_expired_provider_token_drops_the_connection(provider: ApnsProvider, peer: ApnsPeer) -> None:
+async def test_a_fresh_token_refused_as_expired_keeps_token_and_connection(
+    provider: ApnsProvider, peer: ApnsPeer
+) -> None:
+    """A token seconds old cannot be replaced (Apple: no new token within 20 minutes): the answer stands as an
+    auth error, with no resend, no new token and no new connection (test_apns_provider_token.py has the
+    refresh of an older one)."""
     await assert_still_works(provider, peer)
     peer.auth_error = "ExpiredProviderToken"
     result = await provider.send(delivery())
     assert (result.outcome, result.reason, result.status) == (Outcome.AUTH_ERROR, "ExpiredProviderToken", 403)
+    assert len(peer.requests_for(TOKEN)) == 1
     peer.auth_error = None
     await assert_still_works(provider, peer)
-    # A new connection, so aioapns signs a new JWT.
-    assert peer.connections_opened == 2
+    assert len({r.headers["authorization"] for r in peer.requests}) == 1
+    assert peer.connections_opened == 1
+
+
+async def test_every_connection_carries_the_one_shared_token(make_provider: MakeProvider, peer: ApnsPeer) -> None:
+    """aioapns signs a token per connection (ECDSA: two signatures of the same claims differ); ours is one per key
+    for the process, also across apps (two providers here: a connection each). Many connections of one app:
+    test_apns_provider_token.py."""
+    providers = [make_provider(), make_provider()]
+    sends = [p.send(delivery(f"share-{i}-{n}")) for i, p in enumerate(providers) for n in range(20)]
+    assert {r.outcome for r in await asyncio.gather(*sends)} == {Outcome.DELIVERED}
+    assert len({r.connection_id for r in peer.requests}) == 2
+    assert len({r.headers["authorization"] for r in peer.requests}) == 1
 
 
 async def test_certificate_auth(

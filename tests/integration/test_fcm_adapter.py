@@ -8,9 +8,10 @@ test CA given as ``ca_file`` (the process-wide CA environment is not touched).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,15 @@ import pytest
 import pytest_asyncio
 
 from pushsvc.config import FcmSettings
+from pushsvc.metrics import REGISTRY
 from pushsvc.model import LocalizedText, Message, Options, Outcome, Recipient
+from pushsvc.providers import fcm
 from pushsvc.providers.base import Delivery, SendResult
 from pushsvc.providers.fcm import FcmProvider
 from pushsvc.simulators import tls
 from pushsvc.simulators.fcm import DEFAULT_PROJECT as FCM_PROJECT
 from pushsvc.simulators.fcm import FcmPeer
+from tests.peers.fake_clock import FakeClock
 
 # fcm_test_pki, fcm_test_peer (one TLS peer per session), fcm_test_service_account
 pytest_plugins = ["tests.peers.fixtures_fcm"]
@@ -235,6 +239,71 @@ async def test_unauthenticated_after_refresh_is_auth_error(provider: FcmProvider
     assert len(peer.requests_for("tok-401")) == 2  # original + one resend with a fresh token
     assert len(peer.token_requests) == 2
     await assert_still_works(provider, peer)
+
+
+@pytest.fixture
+def clock(peer: FcmPeer) -> Iterator[FakeClock]:
+    """A fake clock the session's peer judges access tokens by, for this test only."""
+    clock = FakeClock()
+    peer.clock = clock
+    yield clock
+    peer.reset()  # back to the wall clock and an hour's lifetime
+
+
+async def test_access_token_is_refreshed_before_it_expires(
+    peer: FcmPeer, settings: FcmSettings, clock: FakeClock
+) -> None:
+    """Provider and peer on one fake clock, which the peer judges access tokens by (an hour's expires_in):
+    replaced REFRESH_MARGIN_SECONDS before expiry, whatever the wall clock (google-auth's own check) says; three
+    hours of sends never meet a 401."""
+    provider = FcmProvider("demo", settings, send_timeout=SEND_TIMEOUT, clock=clock)
+    fetched_before = REGISTRY.get_sample_value(
+        "pushsvc_provider_token_refreshes_total", {"app": "demo", "provider": "fcm", "reason": "expiry"}
+    )
+    try:
+        await assert_still_works(provider, peer)
+        first = peer.token_requests[0].granted
+        clock.advance(3600 - fcm.REFRESH_MARGIN_SECONDS - 1)  # one second before the refresh point
+        await assert_still_works(provider, peer)
+        assert peer.token_fetches == 1 and peer.requests[-1].headers["authorization"] == f"Bearer {first}"
+        clock.advance(2)  # past it, still valid for almost five minutes: replaced before the next send
+        await assert_still_works(provider, peer)
+        assert peer.token_fetches == 2
+        assert peer.requests[-1].headers["authorization"] == f"Bearer {peer.token_requests[1].granted}"
+
+        # Three hours in uneven steps.
+        for _ in range(111):
+            clock.advance(97)
+            assert (await provider.send(alert("tok-walk-1"))).outcome is Outcome.DELIVERED
+    finally:
+        await provider.close()
+    assert {(r.status, r.auth) for r in peer.requests} == {(200, "valid")}  # never a 401, never an expired token
+    fetch_times = [r.time for r in peer.token_requests]
+    assert all(later - earlier < 3600 for earlier, later in itertools.pairwise(fetch_times))  # before expiry
+    due = 3600 - fcm.REFRESH_MARGIN_SECONDS
+    assert all(later - earlier >= due for earlier, later in itertools.pairwise(fetch_times))  # not before due
+    assert peer.token_fetches == len(fetch_times) == 2 + (111 * 97) // 3300
+    fetched_after = REGISTRY.get_sample_value(
+        "pushsvc_provider_token_refreshes_total", {"app": "demo", "provider": "fcm", "reason": "expiry"}
+    )
+    assert (fetched_after or 0) - (fetched_before or 0) == peer.token_fetches - 1
+
+
+async def test_expired_access_token_is_refused_by_the_peer(
+    peer: FcmPeer, settings: FcmSettings, clock: FakeClock
+) -> None:
+    """The peer's side: a token past its expires_in gets 401, and the provider's one refresh and resend."""
+    peer.token_lifetime = 600
+    provider = FcmProvider("demo", settings, send_timeout=SEND_TIMEOUT, clock=FakeClock(clock()))
+    try:
+        await assert_still_works(provider, peer)
+        clock.advance(600)  # the provider's clock stands still: it still thinks the token fresh
+        result = await provider.send(alert("tok-expired"))
+    finally:
+        await provider.close()
+    assert result.outcome is Outcome.DELIVERED
+    assert [(r.status, r.auth) for r in peer.requests_for("tok-expired")] == [(401, "expired"), (200, "valid")]
+    assert peer.token_fetches == 2
 
 
 async def test_token_endpoint_refusal_is_auth_error(peer: FcmPeer, settings: FcmSettings, tmp_path: Path) -> None:

@@ -13,6 +13,11 @@ requests the way Apple does (auth, apns-* headers, payload size) and can be scri
         peer.bind_topic("tok-voip", "com.example.app.voip")  # any other topic: 400 DeviceTokenNotForTopic
         ... peer.port, peer.requests, peer.connections_opened ...
 
+Provider tokens are judged on ``peer.clock`` (settable: a test shares a fake clock with the provider): older than
+an hour, 403 ExpiredProviderToken. ``peer.provider_tokens`` lists every distinct token accepted (team, key, iat,
+first seen, connections); with ``peer.provider_tokens.min_update_seconds = TOKEN_UPDATE_MIN_SECONDS`` a new token
+within 20 minutes of the previous one of its key gets 429 TooManyProviderTokenUpdates, as at Apple.
+
 Live Activity pushes (apns-push-type liveactivity) are checked like APNs checks them: the topic must be
 ``<bundle id>.push-type.liveactivity`` exactly when the push type is liveactivity (else 400 InvalidPushType),
 and a certificate-authenticated one is refused (Apple takes them with token auth only; 400 TopicDisallowed is
@@ -31,6 +36,7 @@ The package, one module per part:
     checks.py         ReceivedRequest and Apple's checks of a request (method, auth, headers, size)
     live_activity.py  what a device reads from a Live Activity push and would drop it for
     answers.py        Rule, the scripted answers, and the response a rule makes
+    provider_tokens.py  the provider tokens seen over time, and Apple's limit on token updates
     credentials.py    a .p8 signing key, a client certificate, ApnsSettings for a running peer
     standalone.py     the process entry point (``python -m``, through __main__.py)
 """
@@ -63,6 +69,7 @@ from pushsvc.simulators.apns.live_activity import (
     read_live_activity,
 )
 from pushsvc.simulators.apns.peer import ApnsPeer
+from pushsvc.simulators.apns.provider_tokens import TOKEN_UPDATE_MIN_SECONDS, ProviderTokenLog, SeenProviderToken
 from pushsvc.simulators.apns.standalone import main
 
 __all__ = [
@@ -76,14 +83,17 @@ __all__ = [
     "MAX_COLLAPSE_ID_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_VOIP_PAYLOAD_BYTES",
+    "TOKEN_UPDATE_MIN_SECONDS",
     "Action",
     "ApnsClientCert",
     "ApnsPeer",
     "ApnsSigningKey",
     "AuthMode",
     "LiveActivityPush",
+    "ProviderTokenLog",
     "ReceivedRequest",
     "Rule",
+    "SeenProviderToken",
     "apns_cert_settings",
     "apns_token_settings",
     "main",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote
@@ -18,6 +18,7 @@ import jwt
 
 from pushsvc.simulators.apns.answers import Rule
 from pushsvc.simulators.apns.live_activity import LIVE_ACTIVITY_TOPIC_SUFFIX, LiveActivityPush, read_live_activity
+from pushsvc.simulators.apns.provider_tokens import ProviderTokenLog
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_VOIP_PAYLOAD_BYTES = 5120  # Apple's limit for VoIP pushes ("Generating a remote notification")
@@ -47,7 +48,7 @@ class ReceivedRequest:
     headers: dict[str, str]  # every header, pseudo-headers included (":path", ":method", ...)
     body: Any  # decoded JSON, or None if the body was not valid JSON
     raw_body: bytes
-    time: float  # epoch seconds when the request was complete
+    time: float  # epoch seconds when the request was complete, on the peer's clock
     connection_id: int
     stream_id: int
     client_cert: dict[str, str] | None  # subject of the TLS client certificate, if one was presented
@@ -62,18 +63,25 @@ class ProviderAuth(Protocol):
     key_id: str | None
     team_id: str | None
     auth_error: str | None
+    clock: Callable[[], float]  # epoch seconds: what a token's age is judged by
+    provider_tokens: ProviderTokenLog
 
 
 def read_request(
-    headers: dict[str, str], raw: bytes, connection_id: int, stream_id: int, client_cert: dict[str, str] | None
+    headers: dict[str, str],
+    raw: bytes,
+    connection_id: int,
+    stream_id: int,
+    client_cert: dict[str, str] | None,
+    received_at: float,
 ) -> tuple[ReceivedRequest, bool]:
-    """The request one stream carried, and whether its path is a device path (``/3/device/<token>``)."""
+    """The request one stream carried (complete at ``received_at``), and whether its path is a device path
+    (``/3/device/<token>``)."""
     match = _PATH.match(headers.get(":path", ""))
     try:
         body = json.loads(raw) if raw else None
     except ValueError:
         body = None
-    received_at = time.time()
     request = ReceivedRequest(
         token=unquote(match.group(1)) if match else "",
         headers=dict(headers),
@@ -97,9 +105,9 @@ def check_request(request: ReceivedRequest, path_ok: bool, provider: ProviderAut
         return Rule(405, "MethodNotAllowed")
     if not path_ok:
         return Rule(404, "BadPath")
-    auth_reason = check_auth(h.get("authorization"), request.client_cert, provider)
+    auth_reason = check_auth(h.get("authorization"), request.client_cert, provider, request.connection_id)
     if auth_reason:
-        return Rule(403, auth_reason)
+        return Rule(429 if auth_reason == "TooManyProviderTokenUpdates" else 403, auth_reason)
     if "apns-topic" not in h and (provider.auth == "token" or "authorization" in h):
         return Rule(400, "MissingTopic")
     if "apns-priority" in h and h["apns-priority"] not in ("1", "5", "10"):
@@ -125,8 +133,13 @@ def check_request(request: ReceivedRequest, path_ok: bool, provider: ProviderAut
     return None
 
 
-def check_auth(authorization: str | None, client_cert: dict[str, str] | None, provider: ProviderAuth) -> str | None:
-    """The 403 reason for a request's credentials, or None when they pass."""
+def check_auth(
+    authorization: str | None, client_cert: dict[str, str] | None, provider: ProviderAuth, connection_id: int = 0
+) -> str | None:
+    """The reason (403, or 429 TooManyProviderTokenUpdates) for a request's credentials, or None when they pass.
+
+    A token that passes is logged in ``provider.provider_tokens`` (distinct tokens, refreshes, update limit).
+    """
     if provider.auth == "none":
         return None
     if provider.auth == "cert" and authorization is None:
@@ -155,9 +168,13 @@ def check_auth(authorization: str | None, client_cert: dict[str, str] | None, pr
     issued_at = claims.get("iat")
     if not isinstance(issued_at, int):
         return "InvalidProviderToken"
-    if issued_at < time.time() - JWT_MAX_AGE_SECONDS:
+    now = provider.clock()
+    if issued_at < now - JWT_MAX_AGE_SECONDS:
         return "ExpiredProviderToken"
-    return provider.auth_error
+    if provider.auth_error:
+        return provider.auth_error
+    tokens = provider.provider_tokens
+    return tokens.presented(authorization, claims["iss"], header["kid"], issued_at, connection_id, now)
 
 
 def _is_uuid(value: str) -> bool:

@@ -37,6 +37,9 @@ class Incoming:
 
     headers: dict[str, str]
     body: bytearray = field(default_factory=bytearray)
+    # Header names sent more than once (``headers`` keeps the last value): a second authorization header is
+    # what a client library adding its own token to ours would send.
+    repeated: frozenset[str] = frozenset()
 
 
 class PeerConnection(asyncio.Protocol):
@@ -88,7 +91,9 @@ class PeerConnection(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, RequestReceived):
-                self._incoming[event.stream_id] = Incoming(dict(event.headers))  # type: ignore[arg-type]
+                names = [name for name, _ in event.headers]  # type: ignore[union-attr]
+                repeated = frozenset(name for name in names if names.count(name) > 1)
+                self._incoming[event.stream_id] = Incoming(dict(event.headers), repeated=repeated)  # type: ignore[arg-type]
             elif isinstance(event, DataReceived):
                 incoming = self._incoming.get(event.stream_id)
                 if incoming is not None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 import uuid
+from collections.abc import Callable
 
 from pushsvc.logs import mask_token
 from pushsvc.simulators.apns.answers import Action, Rule, response
 from pushsvc.simulators.apns.checks import AuthMode, ReceivedRequest, check_request, read_request
 from pushsvc.simulators.apns.connection import Incoming, PeerConnection
+from pushsvc.simulators.apns.provider_tokens import ProviderTokenLog
 from pushsvc.simulators.lifecycle import Peer
 from pushsvc.simulators.rules import take_rule
 from pushsvc.simulators.tls import TestPki
@@ -28,6 +31,11 @@ class ApnsPeer(Peer):
     given, kid/iss checked when key_id/team_id are given); "cert" asks for a TLS client certificate signed
     by client_ca_file (a request with neither a certificate nor a token gets 403 MissingProviderToken);
     "none" accepts anything (developer simulator).
+
+    clock: epoch seconds the peer judges provider tokens' age by (and stamps requests with); a test may set
+    ``peer.clock`` to a fake one shared with the provider. Every distinct provider token accepted is in
+    ``peer.provider_tokens`` (provider_tokens.py); ``peer.provider_tokens.min_update_seconds`` turns on Apple's
+    TooManyProviderTokenUpdates.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class ApnsPeer(Peer):
         ssl_context: ssl.SSLContext | None = None,
         max_concurrent_streams: int = 1000,
         log_json: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         ssl_context = _server_context(pki, ssl_context, auth, client_ca_file)
         self.host = host
@@ -54,6 +63,8 @@ class ApnsPeer(Peer):
         self.team_id = team_id
         self.max_concurrent_streams = max_concurrent_streams
         self.log_json = log_json
+        self.clock = clock
+        self.provider_tokens = ProviderTokenLog()
         self._ssl_context = ssl_context
         self._server: asyncio.Server | None = None
         self._connections: set[PeerConnection] = set()
@@ -129,8 +140,11 @@ class ApnsPeer(Peer):
         self.default = Rule(status, reason, retry_after, delay, action)
 
     def reset(self) -> None:
-        """Forget requests, scripts, the default rule, auth_error and counters (connections stay open)."""
+        """Forget requests, scripts, the default rule, auth_error, provider tokens and counters (connections stay
+        open); back to the real clock and no token update limit."""
         self.requests.clear()
+        self.provider_tokens = ProviderTokenLog()
+        self.clock = time.time
         self._rules.clear()
         self._topics.clear()
         self.default = Rule()
@@ -160,12 +174,17 @@ class ApnsPeer(Peer):
     async def _handle(self, connection: PeerConnection, stream_id: int, incoming: Incoming) -> None:
         headers = incoming.headers
         request, path_ok = read_request(
-            headers, bytes(incoming.body), connection.id, stream_id, connection.client_cert
+            headers, bytes(incoming.body), connection.id, stream_id, connection.client_cert, self.clock()
         )
         self.requests.append(request)
         self._arrived.set()
         apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
-        rule = check_request(request, path_ok, self) or self._topic_check(request) or self._rule_for(request.token)
+        rule = (
+            self._repeated_check(incoming)
+            or check_request(request, path_ok, self)
+            or self._topic_check(request)
+            or self._rule_for(request.token)
+        )
         if self.log_json:
             self._log(request, apns_id, rule)
         if rule.delay:
@@ -188,6 +207,14 @@ class ApnsPeer(Peer):
 
     def _rule_for(self, token: str) -> Rule:
         return take_rule(self._rules.get(token), self.default)
+
+    @staticmethod
+    def _repeated_check(incoming: Incoming) -> Rule | None:
+        # Two provider tokens on one request (ours and a client library's own): which one would Apple read?
+        # Refused here, so a test catches a client that adds a token of its own.
+        if "authorization" in incoming.repeated:
+            return Rule(403, "InvalidProviderToken")
+        return None
 
     def _topic_check(self, request: ReceivedRequest) -> Rule | None:
         topic = self._topics.get(request.token)

@@ -59,6 +59,8 @@ class RecordedRequest:
     http_version: str  # "h2" or "http/1.1"
     authorized: bool
     status: int | None = None  # what the peer answered (None: hung or closed)
+    # The bearer token as the token endpoint judged it: "valid", "expired", "unknown", "missing" (oauth.py).
+    auth: str = "valid"
 
     @property
     def token(self) -> str | None:
@@ -123,8 +125,9 @@ class MessagesEndpoint:
             payload = None
         auth = headers.get("authorization", "")
         bearer = auth[7:] if auth[:7].lower() == "bearer " else ""
-        authorized = bool(bearer) and (self.accept_any_auth or bearer in self.tokens.issued)
-        record = RecordedRequest(project, dict(headers), payload, time.time(), version, authorized)
+        judged = self.tokens.auth(bearer)
+        authorized = bool(bearer) and (self.accept_any_auth or judged == "valid")
+        record = RecordedRequest(project, dict(headers), payload, self.tokens.clock(), version, authorized, auth=judged)
         self.requests.append(record)
         if not authorized:
             reply = self._error(

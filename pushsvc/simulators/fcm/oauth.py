@@ -1,5 +1,6 @@
 """Google's OAuth2 token endpoint as the FCM peer plays it: a service account's signed JWT assertion in, an
-access token out; and the service-account files whose token_uri points at the peer."""
+access token out, living ``token_lifetime`` seconds on the peer's clock; the check of an access token presented
+later; and the service-account files whose token_uri points at the peer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from pushsvc.simulators.http_server import Reply
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+DEFAULT_TOKEN_LIFETIME = 3600  # Google's expires_in for a service account's access token
 
 
 @dataclass
@@ -27,7 +30,7 @@ class TokenRequest:
 
     form: dict[str, str]
     claims: dict[str, Any] | None  # decoded JWT assertion claims
-    time: float
+    time: float  # on the peer's clock
     granted: str | None  # the access token issued, None if refused
 
 
@@ -36,14 +39,18 @@ class TokenEndpoint:
 
     def __init__(self, accept_any_auth: bool) -> None:
         self.accept_any_auth = accept_any_auth
+        # Read per request: a test may set a fake clock (shared with the provider) and a shorter lifetime.
+        self.clock: Callable[[], float] = time.time
+        self.token_lifetime: float = DEFAULT_TOKEN_LIFETIME
         self.requests: list[TokenRequest] = []
         self.issued: set[str] = set()
+        self.expires_at: dict[str, float] = {}  # issued token -> when it stops working, on the peer's clock
         self.public_keys: dict[str, Any] = {}  # client_email -> RSA public key of service accounts we wrote
         self.token_uri = ""
 
     def handle(self, body: bytes) -> Reply:
         form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
-        record = TokenRequest(form=form, claims=None, time=time.time(), granted=None)
+        record = TokenRequest(form=form, claims=None, time=self.clock(), granted=None)
         self.requests.append(record)
         if form.get("grant_type") != JWT_BEARER_GRANT:
             return Reply(400, to_json({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}))
@@ -52,10 +59,25 @@ class TokenEndpoint:
         if problem:
             return Reply(400, to_json({"error": "invalid_grant", "error_description": problem}))
         access_token = "ya29.peer-" + secrets.token_urlsafe(24)
+        lifetime = self.token_lifetime
         self.issued.add(access_token)
+        self.expires_at[access_token] = record.time + lifetime
         record.granted = access_token
-        answer = {"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"}
+        answer = {"access_token": access_token, "expires_in": lifetime, "token_type": "Bearer"}
         return Reply(200, to_json(answer), [("content-type", "application/json; charset=utf-8")])
+
+    @property
+    def fetches(self) -> int:
+        """Access tokens granted so far (each one a fetch by a client)."""
+        return sum(1 for request in self.requests if request.granted is not None)
+
+    def auth(self, bearer: str) -> str:
+        """What a bearer token presented to messages:send is: "valid", "expired", "unknown" or "missing"."""
+        if not bearer:
+            return "missing"
+        if bearer not in self.issued:
+            return "unknown"
+        return "valid" if self.clock() < self.expires_at.get(bearer, float("inf")) else "expired"
 
     def _check_assertion(self, assertion: str, record: TokenRequest) -> str | None:
         parts = assertion.split(".")
@@ -84,6 +106,7 @@ class TokenEndpoint:
             return "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe"
         if not claims.get("scope"):
             return "Invalid JWT: scope missing"
+        # The wall clock, not the peer's: google-auth signs the assertion on the wall clock, which no test sets.
         if float(claims.get("exp", 0)) < time.time():
             return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
         return None

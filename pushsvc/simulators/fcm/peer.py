@@ -12,11 +12,12 @@ import asyncio
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pushsvc.simulators.fcm.messages import ERRORS, MessagesEndpoint, RecordedRequest, Script, fcm_error_body
-from pushsvc.simulators.fcm.oauth import TokenEndpoint, TokenRequest, to_json
+from pushsvc.simulators.fcm.oauth import DEFAULT_TOKEN_LIFETIME, TokenEndpoint, TokenRequest, to_json
 from pushsvc.simulators.http_server import Reply, TlsHttpServer
 from pushsvc.simulators.lifecycle import Peer
 
@@ -98,6 +99,30 @@ class FcmPeer(Peer):
     def issued_tokens(self) -> set[str]:
         return self._core.tokens.issued
 
+    @property
+    def token_fetches(self) -> int:
+        """Access tokens granted so far: one per refresh by a client."""
+        return self._core.tokens.fetches
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Epoch seconds access tokens expire by (and requests are stamped with); a test may set a fake one,
+        shared with the provider. The JWT assertions google-auth signs are still judged on the wall clock."""
+        return self._core.tokens.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._core.tokens.clock = clock
+
+    @property
+    def token_lifetime(self) -> float:
+        """The expires_in of access tokens issued from now on (an hour, as Google's)."""
+        return self._core.tokens.token_lifetime
+
+    @token_lifetime.setter
+    def token_lifetime(self, seconds: float) -> None:
+        self._core.tokens.token_lifetime = seconds
+
     def requests_for(self, token: str) -> list[RecordedRequest]:
         return [r for r in self._core.messages.requests if r.token == token]
 
@@ -140,12 +165,16 @@ class FcmPeer(Peer):
     def revoke_tokens(self) -> None:
         """Forget every issued access token: the next send gets 401 UNAUTHENTICATED."""
         self._core.tokens.issued.clear()
+        self._core.tokens.expires_at.clear()
 
     def reset(self) -> None:
-        """Forget scripts and recorded requests (issued tokens and known service accounts stay valid)."""
+        """Forget scripts and recorded requests (issued tokens and known service accounts stay valid); back to
+        the real clock and an hour's token lifetime."""
         self._core.messages.scripts.clear()
         self._core.messages.requests.clear()
         self._core.tokens.requests.clear()
+        self._core.tokens.clock = time.time
+        self._core.tokens.token_lifetime = DEFAULT_TOKEN_LIFETIME
 
     def write_service_account(self, path: str | Path, project_id: str = DEFAULT_PROJECT) -> Path:
         """Write a service-account JSON with a fresh RSA key whose token_uri points at this peer."""
