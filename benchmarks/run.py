@@ -50,6 +50,9 @@ from pushsvc.dev.servers import create_topics, free_port, nx27017, tansu, wait_f
 from pushsvc.simulators.tls import make_test_pki  # noqa: E402
 
 APP = "bench"
+CAPPED_CATEGORY = "bench-marketing"
+BENCH_CAPS = {"limits": [{"max": 1000, "window_hours": 24}, {"max": 1000, "window_hours": 168}],
+              "categories": [CAPPED_CATEGORY]}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NGINX_CONF = """
@@ -286,9 +289,11 @@ class Bench:
                         self.arrived[event["id"]].set()
 
     def _request(self, rid: str, target: dict) -> bytes:
+        # With --frequency-caps every request carries the capped category (so each delivery is admitted first).
+        category = {"category": CAPPED_CATEGORY} if self.args.frequency_caps else {}
         return json.dumps({"id": rid, "app": APP, "target": target,
                            "message": {"title": "Benchmark", "body": "Hello from the benchmark",
-                                       "data": {"k": 1}, "sound": "default"}}).encode()
+                                       "data": {"k": 1}, "sound": "default", **category}}).encode()
 
     async def run_phase(self, name: str, requests: list[tuple[str, dict]], rate: float | None,
                         token_request: dict[str, str] | None = None) -> dict:
@@ -556,6 +561,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--profile", choices=["py-spy", "none"], default="none",
                         help="record py-spy collapsed stacks of pushsvc into WORK/profile.txt")
+    parser.add_argument("--frequency-caps", action="store_true",
+                        help="configure frequency caps (never reached) and send every request in their category")
     parser.add_argument("--phases", default="idle,apns,fcm,campaign,latency,single,txn",
                         help="which phases to run (comma separated: idle,apns,fcm,campaign,latency,single,txn)")
     parser.add_argument("--peak-rate", type=float, default=None,
@@ -623,6 +630,8 @@ def main() -> int:
                          "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
                 "fcm": {"service_account_file": str(sa), "endpoint": f"https://127.0.0.1:{nginx_port}",
                         "ca_file": str(pki.ca_file), "max_connections": args.max_connections},
+                # A cap no bench device reaches: what is measured is the admission itself.
+                **({"frequency_caps": BENCH_CAPS} if args.frequency_caps else {}),
             }},
         }
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SSL_CERT_FILE": str(pki.bundle_file),

@@ -49,17 +49,19 @@ class OutcomeEvent:
 
     def encode(self) -> bytes:
         # Every counter, also for a notification recorded before one was added (the contract requires them).
-        counts, by_platform = split_counts(full_counts(self.counts))
+        split = split_counts(full_counts(self.counts))
         event: dict[str, Any] = {
             "id": self.request_id,
             "app": self.app,
             "state": self.state,
-            "counts": counts,
+            "counts": split.plain,
             "error": self.error,
             "finished_at": self.finished_at,
         }
         if self.dry_run:
-            event["dry_run"] = {"by_platform": by_platform}
+            event["dry_run"] = {"by_platform": split.by_platform}
+        if split.by_variant:
+            event["variants"] = split.by_variant
         return orjson.dumps(event)
 
 

@@ -36,6 +36,7 @@ from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.scheduler import Scheduler
 from pushsvc.store.campaigns import CampaignStore
+from pushsvc.store.caps import FrequencyCaps
 from pushsvc.store.claims import ClaimStore
 from pushsvc.store.database import Database
 from pushsvc.store.devices import DeviceStore
@@ -143,8 +144,10 @@ class PushService:
         self.outcome_sweeper = OutcomeSweeper(
             events, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock
         )
+        caps = {app: config.frequency_caps for app, config in settings.apps.items() if config.frequency_caps}
         chunks = ChunkWorker(
-            self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds
+            self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds,
+            caps=FrequencyCaps(self.database, caps) if caps else None,
         )
         self.settler = RangeSettler(RangeStore(self.notifications), self.announcer, self.server_clock, clock)
         self.runner = NotificationRunner(

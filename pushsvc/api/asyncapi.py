@@ -90,6 +90,13 @@ OUTCOME_EVENT = {
                 }
             },
         },
+        "variants": {
+            "type": "object",
+            "description": "present only for a campaign with variants or a control group: `targeted` and the final "
+            "outcomes per variant ('control': the held-out users, counted `control`; 'default': everyone else "
+            "when there are no variants)",
+            "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+        },
     },
 }
 
@@ -127,7 +134,7 @@ CONFLICT_EXAMPLE = {
 OUTCOME_EXAMPLE = {
     "id": "order-1234-shipped", "app": "demo", "state": "done",
     "counts": {"targeted": 2, "delivered": 1, "invalid_token": 1, "rejected": 0, "failed": 0, "auth_error": 0,
-               "unknown_token": 0, "opted_out": 0, "validated": 0},
+               "unknown_token": 0, "opted_out": 0, "expired": 0, "control": 0, "capped": 0, "validated": 0},
     "error": None, "finished_at": 1764000001.5,
 }
 

@@ -26,10 +26,17 @@ from pushsvc.api.context import (
     WAKE,
 )
 from pushsvc.api.errors import json_error
-from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status
+from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status, variant_counts_view
 from pushsvc.api.validation import app_of, json_body, known_app
+from pushsvc.dispatch.preview import audience_breakdown
 from pushsvc.dispatch.progress import progress_ratio
-from pushsvc.ingest.campaigns import OPTION_FIELDS, campaign_intake, parse_campaign, parse_campaign_id
+from pushsvc.ingest.campaigns import (
+    OPTION_FIELDS,
+    campaign_intake,
+    parse_campaign,
+    parse_campaign_id,
+    schedule_fields,
+)
 from pushsvc.ingest.intake import key
 from pushsvc.model import PushRequest, RequestError
 from pushsvc.scheduling.due import epoch_to_iso
@@ -55,10 +62,15 @@ class CampaignRecord:
     # schedule.at as given (None: as soon as created) and whether it is a wall-clock time per device.
     schedule_at: str | None
     local_time: bool
+    # Local time: how many zones' schedule.at had passed at creation (never sent to).
+    zones_passed: int
     quiet_hours: Mapping[str, str] | None
     throttle_per_second: int | None
     audience_estimate: int
     progress_ratio: float
+    # A/B: the variants as created (name, weight, message) and the control group's share; None without.
+    variants: list[Mapping[str, Any]] | None
+    control_percent: float | None
 
 
 def read_campaign(doc: Mapping[str, Any]) -> CampaignRecord:
@@ -77,10 +89,13 @@ def read_campaign(doc: Mapping[str, Any]) -> CampaignRecord:
         options={k: v for k, v in options.items() if k in OPTION_FIELDS},
         schedule_at=options.get("send_at") or None,
         local_time=bool(options.get("local_time", False)),
+        zones_passed=len(doc.get("zones_passed") or ()),
         quiet_hours=None if not quiet else {"start": str(quiet["start"]), "end": str(quiet["end"])},
         throttle_per_second=None if throttle is None else int(throttle),
         audience_estimate=int(doc.get("audience_estimate") or 0),
         progress_ratio=1.0 if status.state == "done" else round(progress_ratio(doc), 4),
+        variants=None if not doc.get("variants") else [dict(v) for v in doc["variants"]],
+        control_percent=None if doc.get("control_percent") is None else float(doc["control_percent"]),
     )
 
 
@@ -94,10 +109,12 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "app": status.app,
         "status": status.state,
         "audience": campaign.audience,
-        "message": campaign.message,
+        "message": None if campaign.variants else campaign.message,
         "options": campaign.options,
         "schedule": (
-            None if campaign.schedule_at is None else {"at": campaign.schedule_at, "local_time": campaign.local_time}
+            None
+            if campaign.schedule_at is None
+            else {"at": campaign.schedule_at, "local_time": campaign.local_time, "zones_passed": campaign.zones_passed}
         ),
         "quiet_hours": None if campaign.quiet_hours is None else dict(campaign.quiet_hours),
         "throttle_per_second": campaign.throttle_per_second,
@@ -107,6 +124,9 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "counts": counts_view(status),
         "dry_run": dry_run_view(status),
         "progress": {"audience_estimate": campaign.audience_estimate, "ratio": campaign.progress_ratio},
+        "variants": campaign.variants,
+        "control_percent": campaign.control_percent,
+        "variant_counts": variant_counts_view(status) if campaign.variants or campaign.control_percent else None,
     }
 
 
@@ -126,7 +146,12 @@ async def create_campaign(request: web.Request) -> web.Response:
         await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS]
     )
     permit(request, parsed.app)
-    estimate = await _audience_estimate(request, parsed)
+    known = await request.app[NOTIFICATIONS].find(parsed.app, parsed.id)
+    if known is None:
+        # Only a new campaign's time is judged against the clock: a repeat (a retry after a timeout) is
+        # answered with the campaign as created even once its time has passed.
+        fields = {**fields, **schedule_fields(parsed, request.app[CLOCK]())}
+    estimate = await _audience_estimate(request, parsed, known)
     item = campaign_intake(campaign_id, raw, fields, parsed, estimate)
     result = await request.app[INTAKE].record([item], source="campaign")
     if result.rejected:
@@ -153,13 +178,13 @@ async def create_campaign(request: web.Request) -> web.Response:
     return web.json_response(_created_view(request, current, stored), status=200)
 
 
-async def _audience_estimate(request: web.Request, parsed: PushRequest) -> int:
+async def _audience_estimate(request: web.Request, parsed: PushRequest, known: Mapping[str, Any] | None) -> int:
     """The campaign's audience, counted exactly (named kinds, the activity): marketers read it as the audience.
 
     A repeat reuses what its first create counted (the estimate is not part of what a repeat is compared by):
     a repeat is typically a retry after a timeout, and counting a large audience again (tens of seconds for a
-    million devices on nx-27017) would time it out again. One read by id, cheap beside any count."""
-    known = await request.app[NOTIFICATIONS].find(parsed.app, parsed.id)
+    million devices on nx-27017) would time it out again. `known`: the notification already recorded under its
+    id, read by id (cheap beside any count)."""
     if known is not None and known.get("audience_estimate") is not None:
         return int(known["audience_estimate"])
     return await request.app[DEVICES].count_audience(parsed)
@@ -206,6 +231,27 @@ async def get_campaign(request: web.Request) -> web.Response:
     if doc is None:
         return json_error(404, "not_found", "no campaign with that id")
     return web.json_response(campaign_view(doc))
+
+
+@routes.get("/v1/campaigns/{campaign_id}/preview")
+@require("read")
+async def preview_campaign(request: web.Request) -> web.Response:
+    """Whom the campaign reaches now (per platform and per text) and what each platform's provider would get
+    per text: computed at each call, from the devices as they are (a campaign is counted once, at creation)."""
+    app, campaign_id = app_of(request), _campaign_id(request)
+    doc = await request.app[CAMPAIGNS].get(app, campaign_id)
+    if doc is None:
+        return json_error(404, "not_found", "no campaign with that id")
+    stored = read_request(doc)
+    if isinstance(stored, UnreadableRequest):
+        return json_error(409, "invalid_state", f"the campaign cannot be previewed: {stored.reason}")
+    groups = await request.app[DEVICES].count_audience_by(stored)
+    return web.json_response({
+        "id": campaign_id,
+        "app": app,
+        "audience": audience_breakdown(stored.message, groups),
+        "payloads": request.app[PREVIEW](stored),
+    })
 
 
 async def _transition(request: web.Request, action: str) -> web.Response:

@@ -41,11 +41,14 @@ class NotificationStatus:
     counts: Mapping[str, int]
     # A dry run's final outcomes per device platform ({"ios": {"validated": 3}}); None for a real send.
     by_platform: Mapping[str, Mapping[str, int]] | None
+    # A campaign with variants or a control group: the final outcomes and `targeted` per variant ("control"
+    # for the control group); empty otherwise.
+    by_variant: Mapping[str, Mapping[str, int]]
 
 
 def read_status(doc: Mapping[str, Any]) -> NotificationStatus:
     """The status of a stored notification (a split campaign's: with its ranges' counts summed in)."""
-    counts, by_platform = split_counts(full_counts(doc.get("counts") or {}))
+    split = split_counts(full_counts(doc.get("counts") or {}))
     finished_at = doc.get("finished_at")
     return NotificationStatus(
         id=request_id_of(doc),
@@ -56,8 +59,9 @@ def read_status(doc: Mapping[str, Any]) -> NotificationStatus:
         due_at=epoch_of(doc["due_at"]),
         finished_at=epoch_of(finished_at) if finished_at else None,
         error=doc.get("error"),
-        counts=counts,
-        by_platform=by_platform if stored_bool(doc.get("dry_run"), default=False) else None,
+        counts=split.plain,
+        by_platform=split.by_platform if stored_bool(doc.get("dry_run"), default=False) else None,
+        by_variant=split.by_variant,
     )
 
 
@@ -66,6 +70,17 @@ def counts_view(status: NotificationStatus) -> dict[str, int]:
     counts = dict(status.counts)
     counts["pending"] = max(0, counts["targeted"] - sum(counts[k] for k in FINAL_KEYS))
     return counts
+
+
+def variant_counts_view(status: NotificationStatus) -> dict[str, dict[str, int]]:
+    """A campaign's counts per variant ("control" for the control group): `targeted` and every final outcome,
+    0 where none, and `pending`."""
+    view = {}
+    for variant, counts in sorted(status.by_variant.items()):
+        full = {key: int(counts.get(key, 0)) for key in ("targeted", *FINAL_KEYS)}
+        full["pending"] = max(0, full["targeted"] - sum(full[k] for k in FINAL_KEYS))
+        view[variant] = full
+    return view
 
 
 def dry_run_view(status: NotificationStatus) -> dict[str, Any] | None:

@@ -241,6 +241,14 @@ PATHS: dict[str, Any] = {
             parameters=[CAMPAIGN_PATH, APP_SCOPE],
         )
     },
+    "/v1/campaigns/{campaign_id}/preview": {
+        "get": _op(
+            "Whom a campaign reaches now (per platform and per text) and what each platform's provider would get",
+            "read",
+            {"200": _json(_ref("CampaignPreview"), "the preview"), **_errors(*AUTHED, 404)},
+            parameters=[CAMPAIGN_PATH, APP_SCOPE],
+        )
+    },
     "/v1/campaigns/{campaign_id}/pause": _campaign_action("Pause after the chunk in flight"),
     "/v1/campaigns/{campaign_id}/resume": _campaign_action("Resume a paused campaign where it stopped"),
     "/v1/campaigns/{campaign_id}/cancel": _campaign_action("Cancel: nothing more is sent"),

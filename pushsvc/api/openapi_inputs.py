@@ -57,6 +57,7 @@ from pushsvc.model.target import (
     SEGMENT_FIELDS,
     TARGET_KINDS,
 )
+from pushsvc.model.variants import CONTROL, MAX_CONTROL_PERCENT, MAX_VARIANTS, MAX_WEIGHT, VARIANT_FIELDS, VARIANT_NAME
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.subscriptions import MAX_ENDPOINT_LENGTH
 from pushsvc.token_kinds import KIND_NAMES, kinds_for_push_type
@@ -169,7 +170,13 @@ TARGET_PROPERTIES = {
 _KINDS_OF = {push_type: _and(kinds_for_push_type(push_type)) for push_type in PUSH_TYPES}
 OPTIONS_PROPERTIES = {
     "priority": {"type": "string", "enum": list(PRIORITIES)},
-    "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_TTL_SECONDS},
+    "ttl_seconds": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": MAX_TTL_SECONDS,
+        "description": "the provider keeps the push this long from its send (each wave's); a push or wave that would "
+        "go out later than this (at least 30 s) after it was due is counted expired, not sent",
+    },
     "collapse_key": {
         **_text(MAX_COLLAPSE_KEY_BYTES),
         "description": f"at most {MAX_COLLAPSE_KEY_BYTES} bytes in UTF-8 (apns-collapse-id's limit)",
@@ -228,7 +235,9 @@ CAMPAIGN_INPUT = closed(
                 "at": {
                     "type": "string",
                     "format": "date-time",
-                    "description": "with an offset, or a wall-clock time when local_time is true",
+                    "description": "with an offset, or a wall-clock time when local_time is true; not in the "
+                    "past (a minute's grace) for a new campaign: a local-time one is sent only to the zones where it "
+                    "is still ahead (the answer's schedule.zones_passed counts those left out)",
                 },
                 "local_time": {"type": "boolean"},
             },
@@ -242,9 +251,34 @@ CAMPAIGN_INPUT = closed(
             description="device-local; deliveries to devices inside it wait until it ends",
         ),
         "throttle_per_second": {"type": "integer", "minimum": 1, "maximum": MAX_THROTTLE},
+        "variants": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_VARIANTS,
+            "description": "A/B test: each user (a device without one: its token) gets one variant, by weight, the "
+            "same one on every replica and after a restart (a hash of the campaign id and the user); instead of "
+            "message",
+            "items": closed(
+                {
+                    "name": {"type": "string", "pattern": VARIANT_NAME.pattern, "not": {"enum": [CONTROL]}},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT, "default": 1},
+                    "message": _ref("Message"),
+                },
+                VARIANT_FIELDS,
+                required=["name", "message"],
+            ),
+        },
+        "control_percent": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_CONTROL_PERCENT,
+            "description": "the share of users held out as the control group: counted (counts.control, "
+            "variants.control), never sent",
+        },
     },
     CAMPAIGN_FIELDS,
-    required=["name", "app", "audience", "message"],
+    required=["name", "app", "audience"],
+    oneOf=[{"required": ["message"]}, {"required": ["variants"]}],
 )
 # A subscription as the browser's PushSubscription.toJSON() gives it.
 SUBSCRIPTION = closed(

@@ -28,6 +28,11 @@ COUNT_DESCRIPTIONS = {
     "opted_out": "devices named by target.tokens whose opt_out lists message.category, not sent to. A users or "
     "segment audience leaves such devices out when it is read: they are in neither targeted nor opted_out",
     "validated": "a dry run's devices whose payload was built and accepted",
+    "control": "a campaign's devices in its control group (control_percent): counted, never sent",
+    "capped": "devices not sent to because their user had had as many capped pushes as the app's frequency caps "
+    "allow (README: Campaigns)",
+    "expired": "devices not sent to because the notification, or its wave (local time, quiet hours), would have "
+    "gone out more than options.ttl_seconds (at least 30 s) after it was due",
     "pending": "targeted devices without a final count yet",
 }
 COUNTS = {
@@ -51,6 +56,12 @@ DRY_RUN = {
     },
 }
 
+PAYLOADS = {
+    "type": "object",
+    "description": "{platform: {locale or 'default': {headers, body} or {rejected: reason}}}: the provider request "
+    "each would get (no credentials, before Web Push encryption)",
+    "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
+}
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -138,6 +149,7 @@ SCHEMAS: dict[str, Any] = {
         "required": [
             "id", "name", "app", "status", "audience", "message", "options", "schedule", "quiet_hours",
             "throttle_per_second", "created_at", "next_run_at", "finished_at", "counts", "dry_run", "progress",
+            "variants", "control_percent", "variant_counts",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -145,13 +157,22 @@ SCHEMAS: dict[str, Any] = {
             "app": {"type": "string"},
             "status": {"type": "string", "enum": STATES},
             "audience": {"type": "object", "description": "as created"},
-            "message": {"type": "object", "description": "as created"},
+            "message": {"type": "object", "nullable": True, "description": "as created (null: see variants)"},
             "options": {"type": "object", "description": "as created"},
             "schedule": {
                 "type": "object",
                 "nullable": True,
-                "required": ["at", "local_time"],
-                "properties": {"at": {"type": "string"}, "local_time": {"type": "boolean"}},
+                "required": ["at", "local_time", "zones_passed"],
+                "properties": {
+                    "at": {"type": "string"},
+                    "local_time": {"type": "boolean"},
+                    "zones_passed": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "local time: the timezones where `at` had already passed when the campaign "
+                        "was created; their devices are not sent to (0 otherwise)",
+                    },
+                },
             },
             "quiet_hours": {
                 "type": "object",
@@ -172,13 +193,23 @@ SCHEMAS: dict[str, Any] = {
                 "required": ["audience", "payloads"],
                 "properties": {
                     "audience": {"type": "integer", "minimum": 0, "description": "active devices it targets"},
-                    "payloads": {
-                        "type": "object",
-                        "description": "{platform: {locale or 'default': {headers, body} or {rejected: reason}}}: "
-                        "the provider request each would get (no credentials, before Web Push encryption)",
-                        "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
-                    },
+                    "payloads": PAYLOADS,
                 },
+            },
+            "variants": {
+                "type": "array",
+                "nullable": True,
+                "description": "as created: name, weight, message",
+                "items": {"type": "object"},
+            },
+            "control_percent": {"type": "number", "nullable": True},
+            "variant_counts": {
+                "type": "object",
+                "nullable": True,
+                "description": "with variants or a control group: targeted, every final outcome and pending per "
+                "variant; 'control' is the control group (counted control, never sent), 'default' everyone else "
+                "when there are no variants",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             },
             "progress": {
                 "type": "object",
@@ -188,6 +219,32 @@ SCHEMAS: dict[str, Any] = {
                     "ratio": {"type": "number", "minimum": 0, "maximum": 1},
                 },
             },
+        },
+    },
+    "CampaignPreview": {
+        "type": "object",
+        "required": ["id", "app", "audience", "payloads"],
+        "properties": {
+            "id": {"type": "string"},
+            "app": {"type": "string"},
+            "audience": {
+                "type": "object",
+                "description": "active devices it reaches now (opted-out devices left out); a text is the "
+                "message.localized locale a device gets from its own locale, or 'default'",
+                "required": ["total", "by_platform", "by_locale", "by_platform_and_locale"],
+                "properties": {
+                    "total": {"type": "integer", "minimum": 0},
+                    "by_platform": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "by_locale": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "by_platform_and_locale": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object", "additionalProperties": {"type": "integer", "minimum": 0}
+                        },
+                    },
+                },
+            },
+            "payloads": PAYLOADS,
         },
     },
     "CampaignList": {

@@ -10,7 +10,14 @@ from urllib.parse import urlsplit
 
 from pushsvc.config.errors import ENV_PREFIX, ConfigError, _Problems
 from pushsvc.config.providers import ApnsSettings, HmsSettings, WebPushSettings
-from pushsvc.config.settings import ApiKeySettings, AppSettings, DispatchSettings, KafkaSettings, Settings
+from pushsvc.config.settings import (
+    ApiKeySettings,
+    AppSettings,
+    DispatchSettings,
+    FrequencyCapSettings,
+    KafkaSettings,
+    Settings,
+)
 from pushsvc.credentials import (
     CredentialError,
     apns_certificate_expiry,
@@ -104,6 +111,24 @@ def _check_kafka_security(kafka: KafkaSettings) -> None:
     problems.raise_any()
 
 
+MAX_CAP_LIMITS = 5
+MAX_CAP = 1000  # the pushes remembered per user: a cap is a small number
+MAX_CAP_WINDOW_HOURS = 90 * 24
+
+
+def _check_caps(caps: FrequencyCapSettings, base: str) -> None:
+    if not 1 <= len(caps.limits) <= MAX_CAP_LIMITS:
+        raise ConfigError(f"{base}.limits: give 1 to {MAX_CAP_LIMITS} limits ({{max, window_hours}})")
+    for i, limit in enumerate(caps.limits):
+        if not 1 <= limit.max <= MAX_CAP:
+            raise ConfigError(f"{base}.limits[{i}].max: must be between 1 and {MAX_CAP}")
+        if not 0 < limit.window_hours <= MAX_CAP_WINDOW_HOURS:
+            raise ConfigError(f"{base}.limits[{i}].window_hours: must be above 0 and at most {MAX_CAP_WINDOW_HOURS}")
+    both = sorted(set(caps.categories) & set(caps.exempt_categories))
+    if both:
+        raise ConfigError(f"{base}.exempt_categories: {both[0]!r} is also in categories")
+
+
 def _check_app(app_id: str, app: AppSettings) -> None:
     base = f"apps.{app_id}"
     if not APP_ID.match(app_id):
@@ -130,6 +155,9 @@ def _check_app(app_id: str, app: AppSettings) -> None:
     if app.hms is not None:
         with problems.check():
             _check_hms(app.hms, f"{base}.hms")
+    if app.frequency_caps is not None:
+        with problems.check():
+            _check_caps(app.frequency_caps, f"{base}.frequency_caps")
     problems.raise_any()
 
 

@@ -125,11 +125,31 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class CapLimit:
+    """At most `max` capped pushes to one user in any rolling window of `window_hours`."""
+
+    max: int
+    window_hours: float
+
+
+@dataclass(frozen=True)
+class FrequencyCapSettings:
+    # Every limit holds at once (e.g. 3 per 24 h and 10 per 168 h).
+    limits: list[CapLimit] = field(default_factory=list)
+    # Requests carrying one of these message categories are capped; campaigns are capped unless their
+    # category is exempt (transactional ones: order updates, security codes).
+    categories: list[str] = field(default_factory=list)
+    exempt_categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class AppSettings:
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
     webpush: WebPushSettings | None = None
     hms: HmsSettings | None = None
+    # Marketing pressure per user (store/caps.py); None: nothing is capped.
+    frequency_caps: FrequencyCapSettings | None = None
 
 
 @dataclass(frozen=True)

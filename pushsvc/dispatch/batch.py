@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.chunks import Chunk, ChunkWorker
+from pushsvc.dispatch.chunks import Chunk, ChunkWorker, Terms
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest
 from pushsvc.outcomes import Announcer, OutcomeEvent
+from pushsvc.scheduling.due import ttl_lapsed
 from pushsvc.scheduling.lanes import lane_for
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
 from pushsvc.store.leases import BatchRunEnd, HandBack, LeaseStore
@@ -222,13 +223,17 @@ class BatchRunner:
         counts: Counter[str] = Counter()
         cursor = None
         skip = item.chunk_done
+        # Claimed later than its TTL allows (a scheduled push after an outage): counted expired, not sent. One
+        # that began (a run stopped part-way) goes on.
+        lapsed = not skip and ttl_lapsed(request.options.ttl_seconds, item.due_at, self._clock())
+        terms = Terms(lane=LANE_BATCH, lapsed=lapsed)
         while True:
             chunk, first = first, None
             if chunk is None:
                 chunk = await self._chunks.next_chunk(
                     request, cursor, None, True, self._settings.chunk_size, retry_while=lease.valid
                 )
-            outcome = await self._chunks.deliver(request, chunk, item.due_at, skip, hold)
+            outcome = await self._chunks.deliver(request, chunk, item.due_at, skip, hold, terms)
             counts.update(outcome.counts)
             if not outcome.complete:
                 return _Sent(counts, False, cursor, outcome.done)

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pushsvc import metrics
+from pushsvc.dispatch.pace import Pace
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
 from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
+from pushsvc.model.variants import CONTROL, DEFAULT_VARIANT, Split, Variant
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.lease import Hold
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
-from pushsvc.store.counts import platform_key
+from pushsvc.store.caps import FrequencyCaps, identity
+from pushsvc.store.counts import platform_key, variant_key
 from pushsvc.store.database import is_transient
 from pushsvc.store.device_documents import to_recipient
 from pushsvc.store.devices import Deactivation, DeviceStore
@@ -58,6 +61,18 @@ class ChunkOutcome:
     done: list[str] = field(default_factory=list)
     # Every device of the chunk has a final outcome; otherwise the chunk was stopped part-way.
     complete: bool = True
+
+
+@dataclass(frozen=True)
+class Terms:
+    """How one run sends its chunks, beyond the request: the lane (a label of the end-to-end latency), a
+    throttled run's `pace`, whether it began too late to send (`lapsed`: scheduling/due.py ttl_lapsed; its
+    devices are counted expired), and a campaign's A/B `split` (model/variants.py)."""
+
+    lane: str = "fanout"
+    pace: Pace | None = None
+    lapsed: bool = False
+    split: Split | None = None
 
 
 @dataclass
@@ -100,6 +115,9 @@ def settle(
                 deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
                 metrics.INVALID_TOKENS.labels(app, provider).inc()
         counts[outcome] += 1
+        if result.delivery.variant is not None:
+            counts[variant_key(outcome, result.delivery.variant)] += 1
+            counts[variant_key("targeted", result.delivery.variant)] += 1
         if dry_run:
             counts[platform_key(outcome, device.platform)] += 1
             metrics.DRY_RUN_OUTCOMES.labels(app, provider, outcome).inc()
@@ -110,10 +128,16 @@ def settle(
 
 class ChunkWorker:
     def __init__(
-        self, devices: DeviceStore, sender: DeliverySender, answer_seconds: float, read_retry_seconds: float = 30.0
+        self,
+        devices: DeviceStore,
+        sender: DeliverySender,
+        answer_seconds: float,
+        read_retry_seconds: float = 30.0,
+        caps: FrequencyCaps | None = None,
     ) -> None:
         self._devices = devices
         self._sender = sender
+        self._caps = caps
         # The longest a provider answer can take (the send timeout): how long a lapsed lease awaits them.
         self._answer_seconds = answer_seconds
         # How long a device read keeps failing before the run ends with its error (the service: one lease's
@@ -216,9 +240,10 @@ class ChunkWorker:
         due_at: float,
         skip: Collection[str] = (),
         hold: Hold | None = None,
+        terms: Terms = Terms(),
     ) -> ChunkOutcome:
         """Deliver to the chunk's devices not in `skip` (done before) until all are final or the lease's `hold`
-        says stop. Nothing is sent once `hold` no longer may send."""
+        says stop, as the run's `terms` say. Nothing is sent once `hold` no longer may send."""
         counts: Counter[str] = Counter()
         keys = [*chunk.unknown_tokens, *map(chunk.key, chunk.devices)]
         finished = [key for key in keys if key in skip]  # answered before the chunk was last stopped
@@ -228,10 +253,19 @@ class ChunkWorker:
         if newly:
             outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
             outcomes.labels(request.app, "none", "unknown_token").inc(len(newly))
-        deliveries = self._deliveries(request, chunk, due_at, skip, counts, newly)
+        deliveries = self._deliveries(request, chunk, skip, counts, newly, self._sender.now(), terms.split)
+        if terms.lapsed and deliveries:
+            counts["expired"] += len(deliveries)
+            newly.extend(key for key, _ in deliveries)
+            metrics.DELIVERIES.labels(request.app, "none", "expired").inc(len(deliveries))
+            deliveries = []
+        if deliveries and self._caps is not None and self._caps.applies(request):
+            deliveries = await self._within_caps(request, deliveries, counts, newly, hold)
         may_send = hold.may_send if hold is not None else None
         misconfig_tripped = self._sender.misconfig_watch(request.app)
-        tasks = [asyncio.ensure_future(self._sender.deliver(d, due_at, may_send)) for _, d in deliveries]
+        send = self._sender.deliver
+        lane, pace = terms.lane, terms.pace
+        tasks = [asyncio.ensure_future(send(d, due_at, may_send, lane=lane, pace=pace)) for _, d in deliveries]
         complete = await self._wait_all(tasks, hold)
         results: list[FinalResult] = []
         for (key, _), task in zip(deliveries, tasks, strict=True):
@@ -249,12 +283,18 @@ class ChunkWorker:
 
     @staticmethod
     def _deliveries(
-        request: PushRequest, chunk: Chunk, due_at: float, skip: Collection[str], counts: Counter[str],
-        newly: list[str],
+        request: PushRequest, chunk: Chunk, skip: Collection[str], counts: Counter[str], newly: list[str], now: float,
+        split: Split | None,
     ) -> list[tuple[str, Delivery]]:
         """A delivery (with its device key) for each device of the chunk not in `skip`; a device opted out of
-        the message's category gets none: counted `opted_out` and added to `newly`, final already."""
-        expires_at = None if request.options.ttl_seconds is None else due_at + request.options.ttl_seconds
+        the message's category gets none: counted `opted_out` and added to `newly`, final already; so does one
+        in a campaign's control group (`split`): counted `control`. A device of a variant gets its message.
+
+        The TTL counts from `now`, the send (the sender's clock, which a provider's expiry is on): a wave or a
+        scheduled push going out later than it was due still gets its whole TTL at the provider. How late it
+        may go at all is the caller's `lapsed`."""
+        ttl = request.options.ttl_seconds
+        expires_at = None if ttl is None else now + ttl
         deliveries: list[tuple[str, Delivery]] = []
         category = request.message.category
         for doc in chunk.devices:
@@ -267,9 +307,51 @@ class ChunkWorker:
                     counts[platform_key("opted_out", str(doc.get("platform")))] += 1
                 newly.append(key)
                 continue
-            delivery = Delivery(request.id, to_recipient(doc), request.message, request.options, expires_at)
+            message, variant = request.message, None
+            if split is not None:
+                assigned = split.assign(str(doc.get("user_id") or doc["token"]))
+                if assigned == CONTROL:
+                    counts["control"] += 1
+                    counts[variant_key("targeted", CONTROL)] += 1
+                    counts[variant_key("control", CONTROL)] += 1
+                    newly.append(key)
+                    continue
+                if isinstance(assigned, Variant):
+                    message, variant = assigned.message, assigned.name
+                else:  # a control group and no variants: the others get the campaign's message, as "default"
+                    variant = DEFAULT_VARIANT
+            delivery = Delivery(request.id, to_recipient(doc), message, request.options, expires_at, variant)
             deliveries.append((key, delivery))
         return deliveries
+
+    async def _within_caps(
+        self, request: PushRequest, deliveries: list[tuple[str, Delivery]], counts: Counter[str], newly: list[str],
+        hold: Hold | None,
+    ) -> list[tuple[str, Delivery]]:
+        """The deliveries whose user has room under the app's frequency caps (store/caps.py); the others are
+        counted `capped` (per variant too) and final. Retried like a read while the lease holds: nothing of the
+        chunk was sent yet."""
+        assert self._caps is not None
+        caps, now = self._caps, self._sender.now()
+        users = {identity(d.device) for _, d in deliveries}
+        capped = await _retrying(
+            lambda: caps.admit(request.app, request.id, users, now),
+            hold.may_send if hold is not None else None, self._read_retry_seconds, notification_id=request.id,
+        )
+        if not capped:
+            return deliveries
+        kept = []
+        for key, delivery in deliveries:
+            if identity(delivery.device) not in capped:
+                kept.append((key, delivery))
+                continue
+            counts["capped"] += 1
+            if delivery.variant is not None:
+                counts[variant_key("capped", delivery.variant)] += 1
+                counts[variant_key("targeted", delivery.variant)] += 1
+            newly.append(key)
+        metrics.DELIVERIES.labels(request.app, "none", "capped").inc(len(deliveries) - len(kept))
+        return kept
 
     async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
         """Wait for every delivery, or until the hold says stop; True if none was cut short."""

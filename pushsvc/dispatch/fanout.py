@@ -15,20 +15,21 @@ from collections.abc import Callable, Sequence
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker
-from pushsvc.dispatch.fanout_state import Run, Throttle
+from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker, Terms
+from pushsvc.dispatch.fanout_state import Run
 from pushsvc.dispatch.finish import RunFinisher
+from pushsvc.dispatch.pace import Pace
 from pushsvc.dispatch.progress import campaign_progress, progress_ratio
 from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience, may_cut, parts_for
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest
 from pushsvc.outcomes import Announcer
-from pushsvc.scheduling.due import QuietHours, next_ready_at, quiet_from_doc, ready_zones
+from pushsvc.scheduling.due import QuietHours, next_ready_at, quiet_from_doc, ready_zones, ttl_lapsed, zones_lapsed
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.leases import HandBack, LeaseStore
-from pushsvc.store.notifications import STALLED_RUNS, NotificationStore
-from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
+from pushsvc.store.notifications import LANE_FANOUT, STALLED_RUNS, NotificationStore
+from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore
 from pushsvc.store.records import NotificationRecord, UnreadableRequest
 
 log = get_logger(__name__)
@@ -100,10 +101,13 @@ class NotificationRunner:
             await self._finisher.finish(record, lease, NotificationState.FAILED, request.reason)
             return None
         run = Run(record, request, lease)
-        parts = await self._parts(record, request, lease)
+        quiet = quiet_from_doc(record.quiet_hours)
+        if not request.options.local_time and quiet is None:
+            run.lapsed = self._begins_lapsed(run)
+        # One that begins too late to be sent is not cut: its devices are counted expired in one run.
+        parts = 1 if run.lapsed else await self._parts(record, request, lease)
         if parts > 1:
             return await self._split(run, parts)
-        quiet = quiet_from_doc(record.quiet_hours)
         wave = await self._current_wave(run, quiet)
         if not await self._send_chunks(run, wave, first_wave=not record.zones_done):
             return None  # handed back, stopped mid-chunk, or paused/cancelled: said and written already
@@ -122,8 +126,15 @@ class NotificationRunner:
             return None
         if run.record.wave_zones is not None:
             return list(run.record.wave_zones)
-        wave = ready_zones(options.send_at, options.local_time, quiet, self._clock(), set(run.record.zones_done))
-        await self._advance(run, None, {}, {"wave_zones": wave})
+        now, record = self._clock(), run.record
+        behind = set(record.zones_done | record.zones_passed)
+        wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
+        lapsed = [] if record.kind == RANGE_KIND else zones_lapsed(
+            wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now
+        )
+        # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
+        wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
+        await self._advance(run, None, {}, {"wave_zones": wave, "ttl_lapsed": run.lapsed})
         run.restart()
         return wave
 
@@ -132,22 +143,30 @@ class NotificationRunner:
         stopped mid-chunk, paused or cancelled), True when the audience (of this wave) is exhausted."""
         lease, request, due_at = run.lease, run.request, run.record.due_at
         rate = run.record.throttle_per_second
-        throttle = Throttle(rate, self._stopping)
         size = max(1, min(self._settings.chunk_size, int(rate))) if rate else self._settings.chunk_size
+        lapsed = run.lapsed
+        terms = Terms(run.record.lane or LANE_FANOUT, Pace(rate) if rate else None, lapsed, run.record.split)
+        # Nothing of this due time (notification, range or wave) sent before: its first chunk's send is timed.
+        starting = run.record.cursor is None and not run.skip
+        if lapsed and starting:
+            log.info("notification_expired", notification_id=run.id, app=run.record.app, zones=wave and len(wave),
+                     late_seconds=round(self._clock() - due_at, 1), ttl_seconds=request.options.ttl_seconds)
+        saved = {STALLED_RUNS: 0, **({"ttl_lapsed": True} if lapsed else {})}
         while wave is None or wave:
-            await throttle.wait()
             if self._stopping.is_set():
                 await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
                 return False
             chunk = await self._chunks.next_chunk(
                 request, run.cursor, wave, first_wave, size, retry_while=lease.valid, upto=run.upto
             )
-            outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id))
-            throttle.sent(outcome.counts["targeted"])
+            if starting and chunk.devices:
+                starting = False
+                metrics.FANOUT_START_DELAY.labels(request.app).observe(max(0.0, self._clock() - due_at))
+            outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id), terms)
             if not outcome.complete:
                 await self._stopped_mid_chunk(run, outcome)
                 return False
-            after = await self._advance(run, chunk.next_cursor, outcome.counts, {STALLED_RUNS: 0})
+            after = await self._advance(run, chunk.next_cursor, outcome.counts, saved)
             if "audience_estimate" in after:
                 campaign_progress(run.record).set(progress_ratio(after))
             run.cursor, run.skip = chunk.next_cursor, frozenset()
@@ -158,15 +177,25 @@ class NotificationRunner:
                 break
         return True
 
+    def _begins_lapsed(self, run: Run) -> bool:
+        """Whether a notification sent whole (no waves) counts its devices expired instead of sending them: it
+        was found too late when it began, or begins now later than its TTL allows. A range never decides so on
+        its own: it is part of a campaign that began in time (and may have waited for another range)."""
+        record = run.record
+        if record.ttl_lapsed or record.kind == RANGE_KIND or record.cursor is not None or run.skip:
+            return record.ttl_lapsed
+        return ttl_lapsed(run.request.options.ttl_seconds, record.due_at, self._clock())
+
     async def _next_wave(self, run: Run, quiet: QuietHours | None, wave: list[str]) -> float | None:
         """When zones remain, reschedule the notification for the next one's time under the lease and let it
         go (returns that time); None when this was the last wave."""
         lease, options = run.lease, run.request.options
         done = set(run.record.zones_done) | set(wave)
-        next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done)
+        passed = run.record.zones_passed
+        next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done | passed)
         if next_at is None:
             return None
-        extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None}
+        extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None, "ttl_lapsed": False}
         token = lease.token
         if not await lease.write([run.id], lambda: self._leases.reschedule(run.id, token, next_at, extra)):
             raise LeaseLost

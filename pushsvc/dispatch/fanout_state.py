@@ -1,11 +1,8 @@
 """What one fan-out run carries from chunk to chunk: where it stands (`Run`: the cursor, the devices of its chunk
-already answered, the number of its next progress write) and how fast it may go (`Throttle`)."""
+already answered, the number of its next progress write); how fast it may go is dispatch/pace.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from typing import Any
 
 from pushsvc.model import PushRequest
@@ -13,27 +10,6 @@ from pushsvc.scheduling.lease import Lease
 from pushsvc.store.audience import resume_point
 from pushsvc.store.ranges import RANGE_KIND
 from pushsvc.store.records import NotificationRecord
-
-
-class Throttle:
-    """At most `rate` deliveries per second for one run (only the lease holder sends, so per-run is enough)."""
-
-    def __init__(self, rate: float | None, stopping: asyncio.Event) -> None:
-        self._rate = rate
-        self._stopping = stopping
-        self._start = time.monotonic()
-        self._sent = 0
-
-    async def wait(self) -> None:
-        if not self._rate or not self._sent:
-            return
-        delay = self._start + self._sent / self._rate - time.monotonic()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-
-    def sent(self, count: int) -> None:
-        self._sent += count
 
 
 class Run:
@@ -51,6 +27,9 @@ class Run:
         # A range reads its slice of the audience: tokens after bounds[0], up to bounds[1] (store/ranges.py).
         self.after, self.upto = record.bounds
         self.cursor: object = self._start(record.cursor)
+        # Counting its devices expired instead of sending them (NotificationRunner decides when a wave, or the
+        # notification, begins; a resumed run goes on as its record says).
+        self.lapsed = record.ttl_lapsed
 
     def restart(self) -> None:
         """From the start of the audience, nothing of it answered (a new local-time wave)."""

@@ -1,4 +1,5 @@
-"""What a push would look like on each platform, before anything is sent: a dry-run campaign's preview.
+"""What a push would look like on each platform, and whom it reaches, before anything is sent: a campaign's
+preview (`GET /v1/campaigns/{id}/preview`, and a dry-run campaign's answer to its creation).
 
 For every platform whose token kind takes the request's route and whose provider the app configures, and
 for the default text and every locale of `message.localized`, the provider's own `render` builds the request
@@ -8,10 +9,11 @@ itself then builds and checks every device's payload through the normal dispatch
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from pushsvc.model import PushRequest, Recipient, WebSubscription
+from pushsvc.model import Message, PushRequest, Recipient, WebSubscription
 from pushsvc.providers.base import Delivery, PayloadRejected, Provider
 from pushsvc.token_kinds import KINDS
 
@@ -45,6 +47,26 @@ def preview_payloads(
     return previews
 
 
+def audience_breakdown(message: Message, groups: Mapping[tuple[str, str | None], int]) -> dict[str, Any]:
+    """A campaign's audience as a marketer checks it: in all, per platform, per text (the `localized` locale a
+    device gets, as dispatch picks it from the device's locale, or `default`), and per platform and text.
+    `groups`: devices per (platform, device locale) (DeviceStore.count_audience_by)."""
+    by_platform: Counter[str] = Counter()
+    by_locale: Counter[str] = Counter()
+    by_both: dict[str, Counter[str]] = {}
+    for (platform, locale), count in groups.items():
+        text = message.localized_key(locale) or DEFAULT_LOCALE
+        by_platform[platform] += count
+        by_locale[text] += count
+        by_both.setdefault(platform, Counter())[text] += count
+    return {
+        "total": sum(by_platform.values()),
+        "by_platform": dict(sorted(by_platform.items())),
+        "by_locale": dict(sorted(by_locale.items())),
+        "by_platform_and_locale": {p: dict(sorted(c.items())) for p, c in sorted(by_both.items())},
+    }
+
+
 def _render(
     provider: Provider, request: PushRequest, kind: str, platform: str, locale: str | None, expires_at: float | None
 ) -> dict[str, Any]:
@@ -65,4 +87,4 @@ def _render(
     return {"headers": dict(rendered.headers), "body": dict(rendered.body)}
 
 
-__all__ = ["DEFAULT_LOCALE", "preview_payloads"]
+__all__ = ["DEFAULT_LOCALE", "audience_breakdown", "preview_payloads"]

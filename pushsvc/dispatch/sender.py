@@ -20,6 +20,7 @@ from typing import Any
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.guard import Change, MisconfigGuard
+from pushsvc.dispatch.pace import Pace
 from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult
@@ -67,7 +68,7 @@ class _ProviderSlot:
         name = provider.name
         self.queue_depth = metrics.QUEUE_DEPTH.labels(name)
         self.inflight = metrics.INFLIGHT.labels(name)
-        self.end_to_end = metrics.END_TO_END_LATENCY.labels(name)
+        self.end_to_end = {lane: metrics.END_TO_END_LATENCY.labels(name, lane) for lane in metrics.LANES}
         self.guard_trips = metrics.MISCONFIG_GUARD_TRIPS.labels(provider.app_id, name)
         self.latency: dict[Outcome, Any] = {}  # by outcome, filled on first use
 
@@ -95,6 +96,11 @@ class DeliverySender:
             delay = max(delay, min(retry_after, self._settings.backoff_max_seconds * 10))
         return delay
 
+    def now(self) -> float:
+        """Epoch seconds on the clock deliveries' expiries are set and judged on (the database's, as estimated:
+        a replica's own clock may be off)."""
+        return self._clock()
+
     def misconfig_watch(self, app: str) -> Callable[[str], bool]:
         """Taken before a chunk is sent: the function returned says whether the app's misconfiguration guard
         for a provider was tripped at any moment since (asked when the chunk's results are settled)."""
@@ -107,19 +113,28 @@ class DeliverySender:
         return tripped
 
     async def deliver(
-        self, delivery: Delivery, due_at: float, may_send: Callable[[], bool] | None = None
+        self,
+        delivery: Delivery,
+        due_at: float,
+        may_send: Callable[[], bool] | None = None,
+        *,
+        lane: str = "fanout",
+        pace: Pace | None = None,
     ) -> FinalResult:
         """Send until a final outcome; cancellation (lease lost, shutdown) always propagates.
 
+        `lane` (of the delivery's notification: batch, fanout, range) labels its end-to-end latency.
+
         `may_send` is asked right before every attempt; when it says no, SendingStopped is raised and nothing
         reaches the provider (the lease of the work is no longer good: another replica may send it now).
+        `pace` (a throttled run's) holds every attempt to its rate.
         """
         provider_name = provider_for(delivery.device.kind)
         slot = self._slots.get((delivery.device.app, provider_name or ""))
         if slot is None:
             return FinalResult(delivery, "rejected", "provider_not_configured", 0)
         try:
-            return await self._deliver(slot, delivery, due_at, may_send)
+            return await self._deliver(slot, delivery, due_at, may_send, lane, pace)
         except SendingStopped:
             raise
         except Exception as exc:
@@ -135,7 +150,13 @@ class DeliverySender:
             return FinalResult(delivery, "failed", "internal_error", 0)
 
     async def _deliver(
-        self, slot: _ProviderSlot, delivery: Delivery, due_at: float, may_send: Callable[[], bool] | None
+        self,
+        slot: _ProviderSlot,
+        delivery: Delivery,
+        due_at: float,
+        may_send: Callable[[], bool] | None,
+        lane: str,
+        pace: Pace | None,
     ) -> FinalResult:
         app, name = delivery.device.app, slot.provider.name
         # A dry run changes nothing shared: its answers neither pause the provider nor feed the guard or the
@@ -144,11 +165,15 @@ class DeliverySender:
         attempt = 0
         while True:
             attempt += 1
-            result, sent_at = await self._attempt(slot, delivery, may_send)
+            if pace is None:
+                result, sent_at = await self._attempt(slot, delivery, may_send)
+            else:
+                async with pace.permit():
+                    result, sent_at = await self._attempt(slot, delivery, may_send)
             if result.outcome is Outcome.DELIVERED:
                 if delivery.options.dry_run:
                     return FinalResult(delivery, "validated", "", attempt)
-                slot.end_to_end.observe(max(0.0, self._clock() - due_at))
+                slot.end_to_end[lane].observe(max(0.0, self._clock() - due_at))
                 return FinalResult(delivery, "delivered", "", attempt)
             reason = result.reason or "unknown"
             if live:

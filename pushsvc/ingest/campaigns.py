@@ -12,13 +12,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pushsvc.ingest.intake import Accepted, RecordAs
 from pushsvc.ingest.payload_limits import check_payload_size
 from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.model.fields import field_name, reject_unknown
-from pushsvc.scheduling.due import parse_hhmm
+from pushsvc.model.timezones import all_timezones
+from pushsvc.model.variants import parse_control_percent, parse_variants
+from pushsvc.scheduling.due import PAST_SCHEDULE_GRACE_SECONDS, parse_hhmm, zone_due_at, zones_passed
 from pushsvc.store.campaigns import KIND, campaign_request_id
 from pushsvc.store.notifications import LANE_FANOUT
 
@@ -33,6 +36,8 @@ CAMPAIGN_FIELDS = (
     "schedule",
     "quiet_hours",
     "throttle_per_second",
+    "variants",
+    "control_percent",
 )
 OPTION_FIELDS = ("priority", "ttl_seconds", "collapse_key", "push_type", "dry_run")
 AUDIENCE_FIELDS = ("users", "segment")
@@ -62,19 +67,75 @@ def parse_campaign(
         fields["quiet_hours"] = _quiet_hours(body["quiet_hours"])
     if body.get("throttle_per_second") is not None:
         fields["throttle_per_second"] = _throttle(body["throttle_per_second"])
+    variants = body.get("variants")
+    if variants is not None and body.get("message") is not None:
+        raise RequestError("message", "leave out when variants are given: each variant carries its message")
     raw = {
         "id": campaign_request_id(campaign_id),
         "app": body.get("app"),
         "target": _audience(body.get("audience")),
-        "message": body.get("message"),
+        # With variants the request's message is the first variant's: what intake checks, a dry run previews.
+        "message": variants[0].get("message") if _first_is_object(variants) else body.get("message"),
         "options": _options(body.get("options", {}), body.get("schedule")),
     }
     try:
         parsed = parse_request(raw, known_apps)
         check_payload_size(parsed, None if providers is None else providers.get(parsed.app, ()))
     except RequestError as exc:
+        if variants is not None and exc.field and exc.field.startswith("message"):
+            exc = RequestError(f"variants[0].{exc.field}", exc.reason)
         raise RequestError(_as_campaign_field(exc.field or "body"), exc.reason) from exc
+    if variants is not None:
+        fields["variants"] = parse_variants(variants, parsed.options)
+        _check_variant_sizes(fields["variants"], raw, parsed, known_apps, providers)
+    if body.get("control_percent") is not None:
+        fields["control_percent"] = parse_control_percent(body["control_percent"])
     return campaign_id, raw, fields, parsed
+
+
+def schedule_fields(parsed: PushRequest, now: float) -> dict[str, Any]:
+    """What a new campaign's schedule.at means at `now` (the server's clock), as fields to record with it.
+
+    A time already past is refused (beyond a minute's grace: then it means now), rather than sent at once as if
+    it had been left out. A local-time schedule is a time in each zone: the zones where it has passed are
+    recorded as `zones_passed` and never sent to; only when it has passed everywhere is it refused."""
+    at, options = parsed.options.send_at, parsed.options
+    if at is None:
+        return {}
+    server_time = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+    if not options.local_time:
+        if at.timestamp() < now - PAST_SCHEDULE_GRACE_SECONDS:
+            raise RequestError("schedule.at", f"is in the past (server time {server_time}); leave schedule out to "
+                               "send now")
+        return {}
+    passed = zones_passed(at, now)
+    if not passed:
+        return {}
+    ahead = set(all_timezones()).difference(passed)
+    if not ahead:
+        raise RequestError("schedule.at", f"{at:%Y-%m-%dT%H:%M:%S} has passed in every timezone (server time "
+                           f"{server_time})")
+    # Due when the first zone still ahead reaches it (intake's due time would be the first zone of all).
+    return {"zones_passed": passed, "due_at": min(zone_due_at(at, zone) for zone in ahead)}
+
+
+def _first_is_object(variants: Any) -> bool:
+    return isinstance(variants, list) and bool(variants) and isinstance(variants[0], dict)
+
+
+def _check_variant_sizes(
+    variants: list[dict[str, Any]], raw: Mapping[str, Any], parsed: PushRequest, known_apps: frozenset[str],
+    providers: AppProviders | None,
+) -> None:
+    """Each variant's payload within every configured provider's limit, as intake checks a request's."""
+    for index, variant in enumerate(variants[1:], start=1):
+        try:
+            check_payload_size(
+                parse_request({**raw, "message": variant["message"]}, known_apps),
+                None if providers is None else providers.get(parsed.app, ()),
+            )
+        except RequestError as exc:
+            raise RequestError(f"variants[{index}].{exc.field or 'message'}", exc.reason) from exc
 
 
 def parse_campaign_id(value: Any, field: str) -> str:
@@ -117,9 +178,11 @@ def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[
     }
     if options.get("send_at") is not None:
         form["schedule"] = {"at": options["send_at"], "local_time": bool(options.get("local_time", False))}
-    for name in ("quiet_hours", "throttle_per_second"):
+    for name in ("quiet_hours", "throttle_per_second", "variants", "control_percent"):
         if fields.get(name) is not None:
             form[name] = fields[name]
+    if fields.get("variants") is not None:
+        del form["message"]  # the first variant's, as parse_campaign set it: not what the caller sent
     return form
 
 

@@ -63,14 +63,23 @@ class Message:
     live_activity: LiveActivity | None = None
 
     def text_for(self, locale: str | None) -> LocalizedText:
-        """Title and body for a device locale: exact match ("pt-BR"), then language ("pt"), then default."""
+        """Title and body for a device locale: those of `localized_key(locale)`, else the default."""
+        key = self.localized_key(locale)
+        if key is None:
+            return LocalizedText(self.title, self.body)
+        text = self.localized[key]
+        return LocalizedText(text.title or self.title, text.body or self.body)
+
+    def localized_key(self, locale: str | None) -> str | None:
+        """Which `localized` text a device locale gets: exact match ("pt-BR"), then language ("pt"); None: the
+        default text."""
         if locale and self.localized:
             normalized = locale.replace("_", "-")
             for candidate in (normalized, normalized.split("-")[0]):
-                for key, text in self.localized.items():
+                for key in self.localized:
                     if key.lower() == candidate.lower():
-                        return LocalizedText(text.title or self.title, text.body or self.body)
-        return LocalizedText(self.title, self.body)
+                        return key
+        return None
 
     def data_as_strings(self) -> dict[str, str]:
         """FCM data values must be strings: numbers and booleans are converted, JSON-style."""

@@ -104,8 +104,9 @@ class ApnsProvider(Provider):
             )
         self._clock = clock
         self._client: APNs | None = None
-        # (notification, locale) -> (message, options, send second, body): the body never depends on the token.
-        self._payloads: dict[tuple[str, str | None], tuple[Any, Any, int | None, bytes]] = {}
+        # (notification, variant, locale) -> (message, options, send second, body): the body never depends on the
+        # token.
+        self._payloads: dict[tuple[str, str | None, str | None], tuple[Any, Any, int | None, bytes]] = {}
 
     def _payload(self, delivery: Delivery) -> bytes:
         """build_payload(delivery), built once per (notification, locale): only the token (in the path) varies.
@@ -116,7 +117,7 @@ class ApnsProvider(Provider):
         is reused within the second it was built only: aps.timestamp counts whole seconds, so within that
         second it is byte for byte what a fresh build would give, and it is built at most once a second.
         """
-        key = (delivery.notification_id, delivery.device.locale)
+        key = (delivery.notification_id, delivery.variant, delivery.device.locale)
         second = int(time.time()) if embeds_send_time(delivery) else None
         cached = self._payloads.get(key)
         if (

@@ -26,8 +26,11 @@ class Delivery:
     device: Recipient
     message: Message
     options: Options
-    # Absolute expiry (epoch seconds) derived from options.ttl_seconds and the request time; None = provider default.
+    # Absolute expiry (epoch seconds): the send plus options.ttl_seconds; None = provider default.
     expires_at: float | None = None
+    # A campaign's A/B variant this device was assigned (model/variants.py): `message` is that variant's.
+    # Adapters that cache what they build per notification keep variants apart by it.
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

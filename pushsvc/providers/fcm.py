@@ -123,7 +123,7 @@ class FcmProvider(Provider):
             # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
             transport = H2Transport(ssl_context(settings.ca_file), settings.max_connections, None)
         self._transport: FcmTransport = transport
-        self._encoded: dict[tuple[str, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
+        self._encoded: dict[tuple[str, str | None, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
         self._static_headers = {
             "content-type": "application/json; charset=UTF-8",
             "x-goog-api-format-version": "2",
@@ -152,7 +152,7 @@ class FcmProvider(Provider):
         """encode_body(build_message(delivery)), with firebase-admin's encoding done once per message variant.
 
         Within one notification only the token changes between devices of one locale (and the TTL, counted
-        in whole seconds), so the encoded v1 message is cached by (notification, locale, ttl) and only its
+        in whole seconds), so the encoded v1 message is cached by (notification, variant, locale, ttl) and only its
         "token" is replaced: firebase-admin's Message building and validation was about a third of a send's CPU.
         """
         token = delivery.device.token
@@ -160,7 +160,7 @@ class FcmProvider(Provider):
             return encode_body(build_message(delivery))  # raises firebase-admin's ValueError
         now = self._clock()
         ttl = None if delivery.expires_at is None else max(0, int(delivery.expires_at - now))
-        key = (delivery.notification_id, delivery.device.locale, ttl)
+        key = (delivery.notification_id, delivery.variant, delivery.device.locale, ttl)
         cached = self._encoded.get(key)
         if cached is None or cached[0] is not delivery.message or cached[1] is not delivery.options:
             encoded = messaging._MessagingService.encode_message(build_message(delivery, now))

@@ -105,7 +105,7 @@ class HmsProvider(Provider):
         self._tokens = TokenSource(app_id, settings, _ssl_context(settings.ca_file), send_timeout, clock)
         # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
         self._transport: FcmTransport = H2Transport(_ssl_context(settings.ca_file), settings.max_connections, None)
-        self._encoded: dict[tuple[str, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
+        self._encoded: dict[tuple[str, str | None, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
 
     async def start(self) -> None:
         """Fetch the first access token ahead of the first send; a failure is logged, and surfaces on send."""
@@ -120,10 +120,11 @@ class HmsProvider(Provider):
         """build_message + check_size, once per message variant.
 
         Within one notification only the token changes between devices of one locale (and the TTL, counted
-        in whole seconds): the message is cached by (notification, locale, ttl), as the FCM adapter does.
+        in whole seconds): the message is cached by (notification, variant, locale, ttl), as the FCM adapter does.
         """
         now = self._clock()
-        key = (delivery.notification_id, delivery.device.locale, ttl_seconds(delivery.expires_at, now))
+        ttl = ttl_seconds(delivery.expires_at, now)
+        key = (delivery.notification_id, delivery.variant, delivery.device.locale, ttl)
         cached = self._encoded.get(key)
         if cached is None or cached[0] is not delivery.message or cached[1] is not delivery.options:
             message = build_message(delivery, now)

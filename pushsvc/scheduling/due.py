@@ -30,6 +30,28 @@ def initial_due_at(options: Options, now: float) -> float:
     return options.send_at.timestamp()
 
 
+# How late a push (or a wave) may go out and still count as on time whatever its TTL: the slack claiming it
+# may take (the safety poll, a full lane). Without it a TTL of 0 ("now or never") would expire pushes
+# routinely a few seconds late.
+LATE_GRACE_SECONDS = 30.0
+# How far in the past a campaign's schedule.at may be and still mean "now": a marketer's clock and the
+# request's way here.
+PAST_SCHEDULE_GRACE_SECONDS = 60.0
+
+
+def ttl_lapsed(ttl_seconds: int | None, due_at: float, now: float) -> bool:
+    """Whether a push (or a wave of one) due at `due_at` and about to go out at `now` is no longer worth sending:
+    later than its TTL (no TTL: never). The TTL a provider is given then counts from the send (dispatch)."""
+    return ttl_seconds is not None and now - due_at > max(float(ttl_seconds), LATE_GRACE_SECONDS)
+
+
+def zones_passed(wall_time: datetime, now: float) -> list[str]:
+    """The zones where the naive `wall_time` has passed (beyond the grace): a local-time campaign created now
+    sends to the others only."""
+    since = now - PAST_SCHEDULE_GRACE_SECONDS
+    return [z for z in all_timezones() if zone_due_at(wall_time, z) < since]
+
+
 def zones_due(wall_time: datetime, now: float, done: set[str]) -> list[str]:
     return [z for z in all_timezones() if z not in done and zone_due_at(wall_time, z) <= now]
 
@@ -120,3 +142,23 @@ def next_ready_at(
         if best is None or at < best:
             best = at
     return best
+
+
+def zones_lapsed(
+    zones: list[str], wall_time: datetime | None, local_time: bool, quiet: QuietHours | None, ttl_seconds: int | None,
+    due_at: float, now: float,
+) -> list[str]:
+    """Of the zones of a wave about to begin at `now`, those that became ready longer ago than the TTL allows
+    (ttl_lapsed). A zone is ready from its wall-clock time (local time; otherwise the wave's `due_at`), or, when
+    that falls in quiet hours, from their end: a deferral the campaign asked for is not lateness."""
+    if ttl_seconds is None:
+        return []
+    lapsed = []
+    for zone in zones:
+        since = zone_due_at(wall_time, zone) if local_time and wall_time is not None else due_at
+        if quiet is not None and in_quiet_hours(zone, since, quiet):
+            since = quiet_end_after(zone, since, quiet)
+        if ttl_lapsed(ttl_seconds, since, now):
+            lapsed.append(zone)
+    return lapsed
+

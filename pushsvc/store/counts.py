@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Final-outcome counters kept on each notification; "pending" is derived from them.
@@ -15,6 +16,12 @@ COUNT_KEYS = (
     "auth_error",
     "unknown_token",
     "opted_out",
+    # Not sent: due longer ago than its TTL when it would have gone out (scheduling/due.py ttl_lapsed).
+    "expired",
+    # A campaign's control group: assigned, counted, never sent (model/variants.py).
+    "control",
+    # Not sent: its user had had as many capped pushes as the app's frequency caps allow (store/caps.py).
+    "capped",
     # A dry run's devices whose payload was built and accepted (FCM: by its validate_only check).
     "validated",
 )
@@ -23,27 +30,50 @@ FINAL_KEYS = COUNT_KEYS[1:]
 # A dry run also counts each final outcome per device platform, as "<outcome>:<platform>" (flat keys, so the
 # same $inc per chunk, sums and hand-backs carry them; split_counts shows them nested).
 PLATFORM_SEPARATOR = ":"
+# A campaign with variants or a control group also counts each device's final outcome (and `targeted`) per
+# variant, as "<outcome>@<variant>" (variant names are letters, digits, '_' and '-': no separator inside).
+VARIANT_SEPARATOR = "@"
 
 
 def platform_key(outcome: str, platform: str) -> str:
     return f"{outcome}{PLATFORM_SEPARATOR}{platform}"
 
 
-def split_counts(counts: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Stored counts as (the COUNT_KEYS counters, {platform: {outcome: n}} of a dry run)."""
+def variant_key(outcome: str, variant: str) -> str:
+    return f"{outcome}{VARIANT_SEPARATOR}{variant}"
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Stored counts taken apart: the COUNT_KEYS counters, a dry run's {platform: {outcome: n}}, a campaign's
+    {variant: {outcome: n}}."""
+
+    plain: dict[str, int]
+    by_platform: dict[str, dict[str, int]]
+    by_variant: dict[str, dict[str, int]]
+
+
+def split_counts(counts: Mapping[str, Any]) -> SplitCounts:
     plain: dict[str, int] = {}
     by_platform: dict[str, dict[str, int]] = {}
+    by_variant: dict[str, dict[str, int]] = {}
     for key, value in counts.items():
         outcome, separator, platform = key.partition(PLATFORM_SEPARATOR)
         if separator:
             by_platform.setdefault(platform, {})[outcome] = int(value)
+            continue
+        outcome, separator, variant = key.partition(VARIANT_SEPARATOR)
+        if separator:
+            by_variant.setdefault(variant, {})[outcome] = int(value)
         else:
             plain[key] = int(value)
-    return plain, by_platform
+    return SplitCounts(plain, by_platform, by_variant)
 
 
 def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
-    """Every counter of COUNT_KEYS, zero where `counts` has none, and a dry run's per-platform counters."""
+    """Every counter of COUNT_KEYS, zero where `counts` has none, and the per-platform and per-variant ones."""
     full = {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
-    full.update((key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key)
+    full.update(
+        (key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key
+    )
     return full

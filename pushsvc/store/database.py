@@ -71,6 +71,8 @@ NOTIFICATION_INDEXES = [
     IndexModel([("parent", ASCENDING)], sparse=True, name="range_parent"),
     IndexModel([("settle_at", ASCENDING)], sparse=True, name="settle_at"),
 ]
+# store/caps.py: a user's capped sends are forgotten once the longest window is over.
+FREQUENCY_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="frequency_expiry")]
 
 
 Document = dict[str, Any]
@@ -118,6 +120,7 @@ class Database:
     # The server answers `$in` on an indexed field by scanning the collection (nx-27017, the MongoDB wire
     # server used for tests and benchmarks here): see DeviceStore._find_values, the one place that uses it.
     scans_for_in: bool = False
+    groups_by_one_field: bool = False
     # A second client, with its own small pool, for what keeps leases alive (renewals, the server clock):
     # with one pool, a replica whose connections are all busy with long reads (a large audience page, a slow
     # server) would queue its renewals behind them until its leases lapsed and another replica sent again.
@@ -145,17 +148,24 @@ class Database:
     def notifications(self) -> AsyncCollection[Document]:
         return self.db["notifications"]
 
+    @property
+    def frequency(self) -> AsyncCollection[Document]:
+        return self.db["frequency"]
+
     async def ensure_indexes(self) -> None:
         await self.devices.create_indexes(DEVICE_INDEXES)
         await self.notifications.create_indexes(NOTIFICATION_INDEXES)
+        await self.frequency.create_indexes(FREQUENCY_INDEXES)
 
     async def identify_server(self) -> None:
         """Learn whether the server is nx-27017 (its buildInfo names its process; MongoDB's has no such field).
 
-        Only to pick how a set of values is looked up (`scans_for_in`); every query means the same on both.
+        Only to pick how a set of values is looked up (`scans_for_in`) and how devices are counted by two fields
+        (`groups_by_one_field`: nx-27017's $group takes a single field path as `_id`, and returns a compound
+        `_id` as written); every query means the same on both.
         """
         info = await self.client.admin.command("buildInfo")
-        self.scans_for_in = info.get("process") == "nx_27017"
+        self.scans_for_in = self.groups_by_one_field = info.get("process") == "nx_27017"
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from pushsvc.store.caps import user_key
 from pushsvc.store.database import Database, first_reply
 
 # An erasure rewrites matching requests this many at a time, and gives up (an error) after this many rounds.
@@ -19,6 +20,13 @@ ERASURE_ROUNDS = 100
 class Erasure:
     def __init__(self, database: Database) -> None:
         self._collection = database.notifications
+        self._frequency = database.frequency
+
+    async def forget_caps(self, app: str, user_id: str, tokens: Sequence[str]) -> None:
+        """Delete the user's frequency-cap record (store/caps.py), and those of their devices counted alone."""
+        keys = [user_key(app, f"u:{user_id}"), *(user_key(app, f"t:{token}") for token in tokens)]
+        for key in keys:  # equality deletes: `_id: {$in}` makes nx-27017 scan (erasures are rare either way)
+            await self._frequency.delete_one({"_id": {"$eq": key}})
 
     async def erase_user(self, app: str, user_id: str, tokens: Sequence[str]) -> int:
         """Remove a user id and their device tokens from every stored request of `app`.

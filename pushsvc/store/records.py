@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from pushsvc.model import PushRequest, parse_request
+from pushsvc.model.variants import Split, split_of
 from pushsvc.store.notifications import STALLED_RUNS, request_id_of
 
 # Longest reason an unreadable request is failed with (the error stored on the notification).
@@ -64,8 +65,15 @@ class NotificationRecord:
     # Local-time and quiet-hours waves: the zones of the wave under way (None: none chosen), those done.
     wave_zones: tuple[str, ...] | None = None
     zones_done: frozenset[str] = frozenset()
+    # A local-time campaign's zones whose time had passed at its creation: no wave goes to them.
+    zones_passed: frozenset[str] = frozenset()
+    # The wave (or the whole notification) under way began later than its TTL allows: its devices are
+    # counted expired, not sent (scheduling/due.py ttl_lapsed); kept so a resumed run goes on the same way.
+    ttl_lapsed: bool = False
     # How it is to be sent (a campaign's settings; a range's share of its parent's throttle).
     throttle_per_second: float | None = None
+    # A campaign's A/B variants and control group (model/variants.py); None: everyone gets the request's message.
+    split: Split | None = None
     # As stored ({"start": "HH:MM", "end": "HH:MM"}): parsed by the runner that uses it (scheduling/due.py),
     # so a bad value fails that run alone, never the read of a whole claim.
     quiet_hours: Mapping[str, str] | None = None
@@ -102,12 +110,18 @@ class NotificationRecord:
         wave_zones = doc.get("wave_zones")
         boundaries = doc.get("boundaries")
         bounds = doc.get("bounds") or (None, None)
+        parsed = request if request is not None else read_request(doc)
+        split = None
+        if isinstance(parsed, PushRequest):
+            # Assigned by the campaign's request id: the same for each of its ranges.
+            split = split_of(request_id_of(doc), doc.get("variants"), doc.get("control_percent"), parsed.options)
         return cls(
             id=doc["_id"],
             app=doc["app"],
             request_id=request_id_of(doc),
             state=doc["state"],
-            request=request if request is not None else read_request(doc),
+            request=parsed,
+            split=split,
             lane=doc.get("lane"),
             kind=doc.get("kind"),
             due_at=float(doc.get("due_at") or 0.0),
@@ -119,6 +133,8 @@ class NotificationRecord:
             chunk_done=frozenset(doc.get("chunk_done") or ()),
             wave_zones=None if wave_zones is None else tuple(wave_zones),
             zones_done=frozenset(doc.get("zones_done") or ()),
+            zones_passed=frozenset(doc.get("zones_passed") or ()),
+            ttl_lapsed=bool(doc.get("ttl_lapsed")),
             throttle_per_second=doc.get("throttle_per_second"),
             quiet_hours=doc.get("quiet_hours"),
             audience_estimate=doc.get("audience_estimate"),

@@ -57,6 +57,7 @@ AT_DEMO: list[tuple[str, str, str, Any]] = [
     ("POST", "/v1/campaigns", "/v1/campaigns", campaign("autumn")),
     ("GET", "/v1/campaigns", "/v1/campaigns?app=demo", None),
     ("GET", "/v1/campaigns/{campaign_id}", "/v1/campaigns/spring?app=demo", None),
+    ("GET", "/v1/campaigns/{campaign_id}/preview", "/v1/campaigns/spring/preview?app=demo", None),
     ("POST", "/v1/campaigns/{campaign_id}/pause", "/v1/campaigns/spring/pause?app=demo", None),
     ("POST", "/v1/campaigns/{campaign_id}/resume", "/v1/campaigns/spring/resume?app=demo", None),
     ("POST", "/v1/campaigns/{campaign_id}/cancel", "/v1/campaigns/spring/cancel?app=demo", None),

@@ -344,6 +344,13 @@ async def _campaigns(api: ApiCheck) -> None:
     await api.call("GET", one, "/v1/campaigns/nope?app=demo", expect=404)
     await api.call("GET", one, "/v1/campaigns/spring?app=demo", expect=401, key=None)
     await api.call("GET", one, "/v1/campaigns/spring?app=demo", expect=403, key=SHOP_KEY)
+    look = "/v1/campaigns/{campaign_id}/preview"
+    shown = await api.call("GET", look, "/v1/campaigns/spring/preview?app=demo", expect=200)
+    assert shown["audience"]["total"] == 2 and set(shown["payloads"]) == {"ios", "android"}, shown
+    await api.call("GET", look, "/v1/campaigns/bad!id/preview?app=demo", expect=400)
+    await api.call("GET", look, "/v1/campaigns/nope/preview?app=demo", expect=404)
+    await api.call("GET", look, "/v1/campaigns/spring/preview?app=demo", expect=401, key=None)
+    await api.call("GET", look, "/v1/campaigns/spring/preview?app=demo", expect=403, key=SHOP_KEY)
 
     # pause -> 409 (paused already) -> resume -> 409 (not paused) -> cancel -> 409 (over); each 400/401/403/404.
     for action in ("pause", "resume", "cancel"):

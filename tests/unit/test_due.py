@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pushsvc.model import Options
-from pushsvc.scheduling.due import initial_due_at, next_wave_at, zone_due_at, zones_due
+from pushsvc.scheduling.due import (
+    LATE_GRACE_SECONDS,
+    initial_due_at,
+    next_wave_at,
+    ttl_lapsed,
+    zone_due_at,
+    zones_due,
+    zones_lapsed,
+    zones_passed,
+)
 
 
 def test_immediate_and_absolute() -> None:
@@ -38,3 +47,32 @@ def test_dst_is_respected() -> None:
     summer = zone_due_at(datetime(2026, 7, 15, 9, 0), "America/New_York")
     assert datetime.fromtimestamp(winter, UTC).hour == 14
     assert datetime.fromtimestamp(summer, UTC).hour == 13
+
+
+def test_lateness_counts_against_the_ttl_beyond_a_grace() -> None:
+    assert not ttl_lapsed(None, 0.0, 10**9)  # no TTL: never too late
+    assert not ttl_lapsed(0, 100.0, 100.0 + LATE_GRACE_SECONDS)  # "now or never", a claim's slack late
+    assert ttl_lapsed(0, 100.0, 100.0 + LATE_GRACE_SECONDS + 0.01)
+    assert not ttl_lapsed(3600, 0.0, 3600.0) and ttl_lapsed(3600, 0.0, 3600.5)
+
+
+def test_a_zone_is_late_from_its_own_time_and_quiet_hours_are_no_lateness() -> None:
+    wall = datetime(2026, 1, 15, 9, 0)
+    at_one = datetime(2026, 1, 15, 1, 0, 30, tzinfo=UTC).timestamp()  # Tokyo's 09:00 an hour ago, Shanghai's 30 s
+    zones = ["Asia/Tokyo", "Asia/Shanghai"]
+    assert zones_lapsed(zones, wall, True, None, 600, 0.0, at_one) == ["Asia/Tokyo"]
+    assert zones_lapsed(zones, wall, True, None, 7200, 0.0, at_one) == []
+    assert zones_lapsed(zones, wall, True, None, None, 0.0, at_one) == []
+    # 09:00 falls in Tokyo's quiet hours 08:00-10:00: it is ready from 10:00 (01:00 UTC), 30 s ago: in time.
+    assert zones_lapsed(["Asia/Tokyo"], wall, True, (8 * 60, 10 * 60), 600, 0.0, at_one) == []
+    # Not local time: a zone is ready from the wave's due time.
+    assert zones_lapsed(zones, None, False, None, 600, at_one - 700, at_one) == zones
+
+
+def test_a_schedule_passed_in_some_zones_leaves_those_out() -> None:
+    wall = datetime(2026, 1, 15, 9, 0)
+    ten_utc = datetime(2026, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+    passed = set(zones_passed(wall, ten_utc))
+    assert {"Asia/Tokyo", "Europe/Paris", "UTC"} <= passed and "America/New_York" not in passed
+    # Within the grace it still means now.
+    assert "UTC" not in zones_passed(wall, datetime(2026, 1, 15, 9, 0, 59, tzinfo=UTC).timestamp())

@@ -81,6 +81,9 @@ CAMPAIGNS: list[dict[str, Any]] = [
     {"name": "Activity", "app": "demo", "audience": {"users": ["u1"]},
      "message": {"live_activity": {"event": "update", "activity_id": "a1", "content_state": {}}},
      "options": {"push_type": "liveactivity"}},
+    {"name": "Test", "app": "demo", "audience": {"segment": {"tags_any": ["fr"]}}, "control_percent": 10,
+     "variants": [{"name": "A", "weight": 3, "message": {"title": "Sale"}},
+                  {"name": "B", "message": {"title": "-20%"}}]},
 ]
 DEVICES: list[dict[str, Any]] = [
     {"app": "demo", "token": "apns-token-1", "platform": "ios", "kind": "apns", "user_id": "u1", "tags": ["fr"],
