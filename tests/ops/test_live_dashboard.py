@@ -4,9 +4,11 @@ pushsvc runs in-process (the ``stack`` fixture: real Tansu, nx-27017 and TLS APN
 ``prometheus`` binary scrapes its /metrics every second as job="pushsvc". The load covers the paths the
 panels watch: deliveries on all four providers (APNs, FCM, Huawei Push Kit, Web Push: the same labels), an
 invalid token (410), a retried send (503 once), a dead letter, a duplicate request, an unknown token, a
-notification scheduled for later, a campaign and a dry run. Then each panel
-target of config/grafana/pushsvc.json is evaluated through Prometheus' HTTP API with the dashboard
-variables filled in as Grafana would ("All" and an explicit selection), and must return data.
+notification scheduled for later, a campaign and a dry run. Prometheus loads config/prometheus/alerts.yaml,
+whose recording rules the SLO row reads (transactional pushes feed the latency SLI, the campaign the
+campaign-start SLI). Then each panel target of config/grafana/pushsvc.json is evaluated through Prometheus'
+HTTP API with the dashboard variables filled in as Grafana would ("All" and an explicit selection), and must
+return data; every rule must evaluate without error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.ops.prometheus_harness import PrometheusHarness, prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config/grafana/pushsvc.json"
+RULES = ROOT / "config/prometheus/alerts.yaml"
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,7 +99,9 @@ async def test_every_dashboard_panel_returns_data(
 ) -> None:
     started = time.monotonic()
     service = await stack.start(providers=newer_providers)
-    prom = PrometheusHarness(tmp_path / "prometheus", targets=[f"127.0.0.1:{service.port}"], job="pushsvc")
+    prom = PrometheusHarness(
+        tmp_path / "prometheus", targets=[f"127.0.0.1:{service.port}"], job="pushsvc", rule_files=[RULES]
+    )
     # The harness blocks (subprocess, urllib): run it off the event loop, which serves the scrapes.
     await asyncio.to_thread(prom.start)
     try:
@@ -117,6 +122,8 @@ async def test_every_dashboard_panel_returns_data(
         await wait_for('up{job="pushsvc"} == 1')
         await wait_for('pushsvc_provider_paused{job="pushsvc", app="demo", provider="apns"} == 0')
 
+        # The registry is this process's: other tests may have counted before.
+        starts_before = local_value("pushsvc_fanout_start_delay_seconds_count", app="demo")
         await stack.register(IOS_OK, "ios")
         await stack.register(IOS_OK_2, "ios", user_id="alice")
         await stack.register(IOS_GONE, "ios")
@@ -173,6 +180,10 @@ async def test_every_dashboard_panel_returns_data(
         )
         # The backlog gauge is refreshed every few seconds from MongoDB.
         await wait_for('pushsvc_scheduled_backlog{job="pushsvc", due="future"} >= 1')
+        # The SLO recording rules (evaluated every second here) have seen the campaign's start and the
+        # transactional pushes' acknowledgements.
+        await wait_for('app:pushsvc_sli_campaign_start_errors:ratio_rate5m{app="demo"} >= 0')
+        await wait_for("pushsvc:sli_transactional_latency_errors:ratio_rate5m >= 0")
 
         dashboard = json.loads(DASHBOARD.read_text())
         targets = list(panel_targets(dashboard))
@@ -216,6 +227,33 @@ async def test_every_dashboard_panel_returns_data(
         assert by(rows, "campaign")[("live-campaign",)] == 1.0
         rows = await query('pushsvc_scheduled_backlog{job="pushsvc"}')
         assert by(rows, "due")[("future",)] >= 1
+
+        # The SLIs measure this load: the transactional pushes (live-tokens, live-users: the batch lane) and only
+        # they are in the latency SLI; the campaign started once; nothing failed.
+        window = INTERVALS["__range"]
+        rows = await query(f"sum by (lane) (increase(pushsvc_end_to_end_latency_seconds_count[{window}]))")
+        acked = by(rows, "lane")
+        assert acked[("batch",)] >= 7, acked  # 3 of live-tokens + 4 of live-users (Prometheus extrapolates up)
+        assert acked[("fanout",)] >= 2, acked  # the campaign's two devices
+        rows = await query('pushsvc_fanout_start_delay_seconds_count{job="pushsvc", app="demo"}')
+        assert finite(rows) == [starts_before + 1], "one fan-out started: the campaign"
+        for record in (
+            'app:pushsvc_sli_delivery_errors:ratio_rate30d{app="demo"}',  # the 503 was retried, then delivered
+            'app:pushsvc_sli_campaign_start_errors:ratio_rate30d{app="demo"}',  # started within seconds
+        ):
+            assert finite(await query(record)) == [0.0], record
+        # Whether a retried push took over 1 s depends on its random backoff and this box's load: a ratio, not NaN.
+        [late] = finite(await query("pushsvc:sli_transactional_latency_errors:ratio_rate30d"))
+        assert 0 <= late <= 1
+        rows = await query('pushsvc:slo_objective:ratio')
+        assert by(rows, "sli") == {("delivery",): 0.995, ("transactional_latency",): 0.99, ("campaign_start",): 0.95}
+        # Every rule evaluates (a matching error, e.g. many-to-many, shows only at evaluation), no alert fires.
+        groups = await asyncio.to_thread(prom.rule_groups)
+        assert {g["name"] for g in groups} == {"pushsvc", "pushsvc-slo"}
+        unhealthy = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
+        assert not unhealthy, unhealthy
+        firing = [r["name"] for g in groups for r in g["rules"] if r.get("state") == "firing" and "slo" in g["name"]]
+        assert not firing, firing
     finally:
         await asyncio.to_thread(prom.stop)
     assert time.monotonic() - started < 60

@@ -531,10 +531,22 @@ def test_promtool_test_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def alert_rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    assert [g["name"] for g in groups] == ["pushsvc"]
+    assert [g["name"] for g in groups] == ["pushsvc", "pushsvc-slo"]
     return [r for g in groups for r in g["rules"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for r in all_rules() if "alert" in r]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [r for r in all_rules() if "record" in r]
+
+
+def recorded_names() -> set[str]:
+    return {r["record"] for r in recording_rules()}
 
 
 def test_every_alert_is_complete_and_tested() -> None:
@@ -561,6 +573,24 @@ def test_every_alert_is_complete_and_tested() -> None:
         assert url.split("#", 1)[1] in runbook_anchors, f"{name}: no runbook section {url}"
         assert fired.get(name), f"{name}: no test that fires it"
         assert quiet.get(name), f"{name}: no test where it stays quiet"
+
+
+def test_alerts_name_the_app_when_they_know_it() -> None:
+    """An alert whose series keep the app label (grouped by app, or an app: recording rule) says which app in its
+    summary, and every tested firing with an app label shows that app in the rendered summary."""
+    for rule in alert_rules():
+        keeps_app = re.search(r"\bby \(app\b|\bby \([^)]*\bapp\b|^app:|\sapp:", rule["expr"], re.M)
+        if keeps_app:
+            assert "{{ $labels.app }}" in rule["annotations"]["summary"], rule["alert"]
+    tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    checked = 0
+    for test in tests:
+        for case in test["alert_rule_test"]:
+            for alert in case.get("exp_alerts") or ():
+                if "app" in alert["exp_labels"]:
+                    assert f"app {alert['exp_labels']['app']}" in alert["exp_annotations"]["summary"], case
+                    checked += 1
+    assert checked >= 8
 
 
 def markdown_anchors(text: str) -> set[str]:
@@ -777,13 +807,82 @@ def test_dashboard_queries_use_only_pushsvc_metrics(dashboard: dict[str, Any]) -
     queries = list(dashboard_queries(dashboard))
     assert len(queries) >= 15
     for _, expr in queries:
-        check_references(expr, known)
+        check_references(expr, known, allowed_outside=recorded_names())
 
 
 def test_alerts_use_only_pushsvc_metrics() -> None:
     known = known_metrics()
     for rule in alert_rules():
-        check_references(rule["expr"], known, allowed_outside={"up"})
+        check_references(rule["expr"], known, allowed_outside={"up"} | recorded_names())
+    for rule in recording_rules():
+        check_references(rule["expr"], known)
+
+
+# --- (e2) SLOs: recording rules and burn-rate alerts (docs/slo.md) ---------------------------------------
+
+SLIS = {
+    # sli label of pushsvc:slo_objective:ratio -> (recorded error-ratio name without the window, alert prefix)
+    "delivery": ("app:pushsvc_sli_delivery_errors", "PushsvcDeliverySLO"),
+    "transactional_latency": ("pushsvc:sli_transactional_latency_errors", "PushsvcTransactionalLatencySLO"),
+    "campaign_start": ("app:pushsvc_sli_campaign_start_errors", "PushsvcCampaignStartSLO"),
+}
+SLO_WINDOWS = ("5m", "30m", "1h", "6h", "30d")
+# The SRE workbook's multiwindow, multi-burn-rate alerts: (burn factor, long window, short window, severity).
+BURNS = {"FastBurn": ("14.4", "1h", "5m", "page"), "SlowBurn": ("6", "6h", "30m", "ticket")}
+
+
+def test_slo_recording_rules_and_burn_rate_alerts() -> None:
+    rules = recording_rules()
+    names = [r["record"] for r in rules]
+    for name in names:
+        assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", name), f"{name}: not level:metric:operations"
+    objectives = {r["labels"]["sli"]: r for r in rules if r["record"] == "pushsvc:slo_objective:ratio"}
+    assert set(objectives) == set(SLIS)
+    for rule in objectives.values():
+        objective = float(re.fullmatch(r"vector\((0\.\d+)\)", rule["expr"]).group(1))
+        assert 0.9 <= objective < 1
+    alerts = {r["alert"]: r for r in alert_rules()}
+    for sli, (record, prefix) in SLIS.items():
+        # Every window is recorded once, with the same SLI expression but for the window.
+        exprs = {}
+        for window in SLO_WINDOWS:
+            matching = [r for r in rules if r["record"] == f"{record}:ratio_rate{window}"]
+            assert len(matching) == 1, f"{record}:ratio_rate{window}"
+            exprs[window] = matching[0]["expr"]
+            assert f"[{window}]" in exprs[window]
+        assert len({e.replace(f"[{w}]", "[W]") for w, e in exprs.items()}) == 1, f"{record}: windows differ"
+        for speed, (factor, long, short, severity) in BURNS.items():
+            alert = alerts.pop(f"{prefix}{speed}")
+            threshold = f'> on () group_left () ({factor} * (1 - pushsvc:slo_objective:ratio{{sli="{sli}"}}))'
+            expected = f"{record}:ratio_rate{long} {threshold} and {record}:ratio_rate{short} {threshold}"
+            assert " ".join(alert["expr"].split()) == expected, alert["alert"]
+            assert alert["labels"]["severity"] == severity
+            assert "for" not in alert, "the short window already resets the alert quickly: no `for`"
+            if record.startswith("app:"):
+                assert "{{ $labels.app }}" in alert["annotations"]["summary"], "name the app"
+
+
+def test_slo_thresholds_are_bucket_boundaries() -> None:
+    """An `le` the SLI rules read must be a bucket of that histogram, or the ratio silently reads nothing; a lane
+    must be one the metric is labelled with."""
+    from pushsvc import metrics
+
+    histograms = {
+        "pushsvc_end_to_end_latency_seconds_bucket": metrics.END_TO_END_LATENCY,
+        "pushsvc_fanout_start_delay_seconds_bucket": metrics.FANOUT_START_DELAY,
+    }
+    seen = set()
+    for rule in recording_rules():
+        for name, le in re.findall(r'(\w+_bucket)\{[^}]*le="([^"]+)"', rule["expr"]):
+            assert float(le) in histograms[name]._upper_bounds, (rule["record"], le)
+            assert le == str(float(le)), f"{le}: the client exposes bucket bounds as floats"
+            seen.add((name, float(le)))
+        for lane in re.findall(r'lane="(\w+)"', rule["expr"]):
+            assert lane in metrics.LANES
+    assert seen == {
+        ("pushsvc_end_to_end_latency_seconds_bucket", 1.0),
+        ("pushsvc_fanout_start_delay_seconds_bucket", 60.0),
+    }
 
 
 def test_dashboard_queries_parse_with_promtool(dashboard: dict[str, Any], tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_scrapes_itself(prometheus: PrometheusHarness) -> None:
 
 def test_loads_the_alert_rules(prometheus: PrometheusHarness) -> None:
     groups = prometheus.rule_groups()
-    assert [g["name"] for g in groups] == ["pushsvc"]
+    assert [g["name"] for g in groups] == ["pushsvc", "pushsvc-slo"]
     rules = groups[0]["rules"]
     assert {r["name"] for r in rules} >= {
         "PushsvcHighFailureRatio",
@@ -53,8 +53,9 @@ def test_loads_the_alert_rules(prometheus: PrometheusHarness) -> None:
     }
     # Once evaluated, every rule is healthy; with no pushsvc target, only PushsvcDown can be pending.
     prometheus.wait_for("ALERTS", timeout=20)
-    for rule in prometheus.rule_groups()[0]["rules"]:
-        assert rule["health"] in ("ok", "unknown"), rule
+    for group in prometheus.rule_groups():
+        for rule in group["rules"]:
+            assert rule["health"] in ("ok", "unknown"), rule
     pending = {row["metric"]["alertname"] for row in prometheus.query("ALERTS")}
     assert pending == {"PushsvcDown"}
 
