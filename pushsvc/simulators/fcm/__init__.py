@@ -14,6 +14,7 @@ Usage in tests::
     async with FcmPeer(pki) as peer:
         sa = peer.write_service_account(tmp_path / "sa.json")
         peer.script("tok-gone", error_code="UNREGISTERED")
+        quota = peer.enforce_quota(200, window_seconds=2.0)  # FCM's 600,000 a minute, scaled down
         ...
         assert peer.requests[0].body["message"]["token"] == "tok-1"
 
@@ -36,6 +37,7 @@ from pushsvc.simulators.fcm.messages import (
     FCM_ERROR_TYPE,
     MAX_PAYLOAD_BYTES,
     STATUS_NAMES,
+    Quota,
     RecordedRequest,
     Script,
     fcm_error_body,
@@ -54,6 +56,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "STATUS_NAMES",
     "FcmPeer",
+    "Quota",
     "RecordedRequest",
     "Script",
     "TokenRequest",

@@ -1,5 +1,6 @@
-"""FCM HTTP v1 ``messages:send`` as the peer plays it: the bearer token's check, then a script for the device
-token or the subset of FCM's validation a test can trip over; every request is recorded whatever the answer."""
+"""FCM HTTP v1 ``messages:send`` as the peer plays it: the bearer token's check, the project's quota if one is set,
+then a script for the device token or the subset of FCM's validation a test can trip over; every request is
+recorded whatever the answer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from pushsvc.logs import mask_token
@@ -90,6 +92,29 @@ class Script:
     times: int | None = None  # how many more sends it answers (rules.py); None: every one
 
 
+@dataclass
+class Quota:
+    """A per-project quota the peer enforces itself, as FCM does (600,000 a minute; scaled down in tests): at most
+    `limit` requests per project in each window of `window_seconds` (windows aligned on the peer's clock), the
+    rest refused with 429 QUOTA_EXCEEDED. Counts what each window saw, refused requests included."""
+
+    limit: int
+    window_seconds: float
+    retry_after: str | None = None
+    # (project, window start) -> authorized requests that arrived in it, accepted or refused
+    seen: Counter[tuple[str, float]] = field(default_factory=Counter)
+    refused: int = 0
+
+    def admit(self, project: str, now: float) -> bool:
+        start = (now // self.window_seconds) * self.window_seconds
+        key = (project, start)
+        self.seen[key] += 1
+        if self.seen[key] > self.limit:
+            self.refused += 1
+            return False
+        return True
+
+
 def fcm_error_body(
     status: int,
     rpc_status: str,
@@ -116,6 +141,7 @@ class MessagesEndpoint:
         self.log_messages = log_messages
         self.requests: list[RecordedRequest] = []
         self.scripts: dict[str, Script] = {}
+        self.quota: Quota | None = None
         self._counter = 0
 
     async def handle(self, project: str, headers: dict[str, str], body: bytes, version: str) -> Reply:
@@ -137,6 +163,10 @@ class MessagesEndpoint:
                 "or other valid authentication credential.",
                 None,
             )
+            record.status = reply.status
+            return reply
+        if self.quota is not None and not self.quota.admit(project, record.time):
+            reply = self._scripted_error(Script(error_code="QUOTA_EXCEEDED", retry_after=self.quota.retry_after))
             record.status = reply.status
             return reply
         script = take_rule(self.scripts.get(record.token or ""), None)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pushsvc.simulators.fcm.messages import ERRORS, MessagesEndpoint, RecordedRequest, Script, fcm_error_body
+from pushsvc.simulators.fcm.messages import ERRORS, MessagesEndpoint, Quota, RecordedRequest, Script, fcm_error_body
 from pushsvc.simulators.fcm.oauth import DEFAULT_TOKEN_LIFETIME, TokenEndpoint, TokenRequest, to_json
 from pushsvc.simulators.http_server import Reply, TlsHttpServer
 from pushsvc.simulators.lifecycle import Peer
@@ -162,15 +162,29 @@ class FcmPeer(Peer):
             times=times,
         )
 
+    def enforce_quota(self, limit: int, window_seconds: float = 60.0, retry_after: float | str | None = None) -> Quota:
+        """Enforce a per-project quota from now on, as FCM does (600,000 messages a minute; scale it down): at most
+        ``limit`` sends per project in each ``window_seconds`` window of the peer's clock, the others answered
+        429 QUOTA_EXCEEDED (with ``retry_after`` if given). Returns the counts: ``seen`` per (project, window
+        start), ``refused``."""
+        quota = Quota(limit, window_seconds, None if retry_after is None else str(retry_after))
+        self._core.messages.quota = quota
+        return quota
+
+    @property
+    def quota(self) -> Quota | None:
+        return self._core.messages.quota
+
     def revoke_tokens(self) -> None:
         """Forget every issued access token: the next send gets 401 UNAUTHENTICATED."""
         self._core.tokens.issued.clear()
         self._core.tokens.expires_at.clear()
 
     def reset(self) -> None:
-        """Forget scripts and recorded requests (issued tokens and known service accounts stay valid); back to
-        the real clock and an hour's token lifetime."""
+        """Forget scripts, the quota and recorded requests (issued tokens and known service accounts stay valid);
+        back to the real clock and an hour's token lifetime."""
         self._core.messages.scripts.clear()
+        self._core.messages.quota = None
         self._core.messages.requests.clear()
         self._core.tokens.requests.clear()
         self._core.tokens.clock = time.time
