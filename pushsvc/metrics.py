@@ -268,3 +268,31 @@ PROVIDER_TOKEN_REFRESHES = Counter(
 )
 # The refresh counter's reasons per provider (apns_token.py, fcm.py), created at zero by init_series.
 TOKEN_REFRESH_REASONS = {"apns": ("first", "age", "rejected"), "fcm": ("first", "expiry", "rejected")}
+# A provider quota shared by every replica (dispatch/quota.py). scope: what the quota counts against, e.g.
+# "fcm:<project id>" (from config: bounded). cause: limit (the shared limiter's slice was used up) or
+# quota_exceeded (the provider answered so: every send of the scope held back for 60 s or its Retry-After).
+PROVIDER_QUOTA_WAITS = Counter(
+    "pushsvc_provider_quota_waits_total",
+    "Provider requests held back before going out, by quota scope and cause (limit|quota_exceeded)",
+    ["scope", "cause"],
+    registry=REGISTRY,
+)
+PROVIDER_QUOTA_HELD_SECONDS = Counter(
+    "pushsvc_provider_quota_held_seconds_total",
+    "Seconds this replica sent nothing of a quota scope, by cause (limit: waiting for the next slice of the "
+    "shared limiter; quota_exceeded: the hold after the provider's QUOTA_EXCEEDED)",
+    ["scope", "cause"],
+    registry=REGISTRY,
+)
+PROVIDER_QUOTA_BLOCKS = Counter(
+    "pushsvc_provider_quota_blocks_total",
+    "Blocks of permits asked of the shared quota limiter in MongoDB (one round trip each)",
+    ["scope"],
+    registry=REGISTRY,
+)
+PROVIDER_QUOTA_PERMITS = Counter(
+    "pushsvc_provider_quota_permits_total",
+    "Permits the shared quota limiter granted this replica (one per provider request)",
+    ["scope"],
+    registry=REGISTRY,
+)

@@ -43,6 +43,7 @@ from pushsvc.store.devices import DeviceStore
 from pushsvc.store.events import EventStore
 from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.quotas import QuotaStore
 from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
 
 log = get_logger(__name__)
@@ -139,7 +140,9 @@ class PushService:
     def _build_dispatch(self, settings: Settings, events: EventStore, clock: Callable[[], float]) -> None:
         """Sending, announcing, running claimed work and the scheduler that claims it, bottom up."""
         # The database's clock: a send's moment is compared with registrations made through other replicas.
-        self.sender = DeliverySender(self.providers, settings.dispatch, clock=self.server_clock.now)
+        self.sender = DeliverySender(
+            self.providers, settings.dispatch, clock=self.server_clock.now, quota_counter=QuotaStore(self.database)
+        )
         self.announcer = Announcer(OutcomePublisher(self.producer, settings.kafka.outcomes_topic), events)
         self.outcome_sweeper = OutcomeSweeper(
             events, self.announcer, settings.dispatch.outcome_sweep_grace_seconds, clock=clock

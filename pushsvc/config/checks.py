@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pushsvc.config.errors import ENV_PREFIX, ConfigError, _Problems
-from pushsvc.config.providers import ApnsSettings, HmsSettings, WebPushSettings
+from pushsvc.config.providers import ApnsSettings, FcmSettings, HmsSettings, WebPushSettings
 from pushsvc.config.settings import (
     ApiKeySettings,
     AppSettings,
@@ -26,6 +26,9 @@ from pushsvc.credentials import (
     check_vapid_private_key,
 )
 
+# dispatch/quota.py's MIN_LIMIT and HOLD_MAX_SECONDS (config is imported by dispatch, not the other way round).
+MIN_QUOTA = 22
+HOLD_MAX_SECONDS = 600.0
 API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
 MIN_LEASE_SECONDS = 2.0
 APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -149,6 +152,8 @@ def _check_app(app_id: str, app: AppSettings) -> None:
                 _require_file(app.fcm.ca_file, f"{base}.fcm.ca_file")
             if app.fcm.endpoint:
                 endpoint_address(app.fcm.endpoint, f"{base}.fcm.endpoint", path_allowed=True)
+        with problems.check():
+            _check_fcm_quota(app.fcm, f"{base}.fcm")
     if app.webpush is not None:
         with problems.check():
             _check_webpush(app.webpush, f"{base}.webpush")
@@ -158,6 +163,24 @@ def _check_app(app_id: str, app: AppSettings) -> None:
     if app.frequency_caps is not None:
         with problems.check():
             _check_caps(app.frequency_caps, f"{base}.frequency_caps")
+    problems.raise_any()
+
+
+def _check_fcm_quota(fcm: FcmSettings, base: str) -> None:
+    problems = _Problems()
+    with problems.check():
+        if fcm.quota_per_window is not None and fcm.quota_per_window < MIN_QUOTA:
+            # dispatch/quota.py cuts the window into slices, each granted a share: below this a slice gets none.
+            raise ConfigError(f"{base}.quota_per_window: must be at least {MIN_QUOTA} (or unset: no shared limiter), "
+                              f"got {fcm.quota_per_window}")
+    with problems.check():
+        if fcm.quota_window_seconds < 1:
+            # A slice (a twentieth of the window) must outlast a request's trip to the provider.
+            raise ConfigError(f"{base}.quota_window_seconds: must be at least 1, got {fcm.quota_window_seconds:g}")
+    with problems.check():
+        if not 0 < fcm.quota_backoff_seconds <= HOLD_MAX_SECONDS:
+            raise ConfigError(f"{base}.quota_backoff_seconds: must be greater than 0 and at most "
+                              f"{HOLD_MAX_SECONDS:g} (FCM asks for 60), got {fcm.quota_backoff_seconds:g}")
     problems.raise_any()
 
 

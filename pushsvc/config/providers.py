@@ -30,6 +30,16 @@ class FcmSettings:
     endpoint: str | None = None
     ca_file: str | None = None
     max_connections: int = 10
+    # FCM's rate quota is per Firebase project, across every sender (600,000 messages a minute by default).
+    # quota_per_window: what all replicas together may send to this app's project per quota window, taken
+    # from a limiter in MongoDB; none (the default): no shared limiter. Apps of one project share it (the
+    # smallest value wins). Set it to the project's quota minus what other senders (the console, other
+    # backends) use.
+    quota_per_window: int | None = None
+    quota_window_seconds: float = 60.0
+    # A QUOTA_EXCEEDED answer holds back every send to the project this long at least (a longer Retry-After
+    # wins): FCM asks for 60 s. Shorter only in tests.
+    quota_backoff_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

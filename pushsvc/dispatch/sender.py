@@ -3,6 +3,10 @@
 Every call ends in exactly one final outcome (a count key of the notification), whatever the provider
 or the network does: adapters never raise, and a belt-and-braces timeout guards against one that hangs.
 
+A provider with a quota shared across apps and replicas (FCM's per project) sends through its scope's
+QuotaGate (dispatch/quota.py): a QUOTA_EXCEEDED answer holds back every send of the project, and a configured
+limit is kept with permits taken from MongoDB.
+
 Each (app, provider) also has a misconfiguration guard (dispatch/guard.py): when too many of its answers
 are errors a wrong setting gives for every token, the provider is paused as after an auth error, and
 the chunks running meanwhile keep those devices (see dispatch/chunks.settle).
@@ -21,6 +25,7 @@ from pushsvc import metrics
 from pushsvc.config import DispatchSettings
 from pushsvc.dispatch.guard import Change, MisconfigGuard
 from pushsvc.dispatch.pace import Pace
+from pushsvc.dispatch.quota import QuotaCounter, QuotaGate, merge_quotas
 from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult
@@ -71,6 +76,8 @@ class _ProviderSlot:
         self.end_to_end = {lane: metrics.END_TO_END_LATENCY.labels(name, lane) for lane in metrics.LANES}
         self.guard_trips = metrics.MISCONFIG_GUARD_TRIPS.labels(provider.app_id, name)
         self.latency: dict[Outcome, Any] = {}  # by outcome, filled on first use
+        # The quota scope's gate (shared with every app of the scope), if the provider has a quota.
+        self.gate: QuotaGate | None = None
 
 
 class DeliverySender:
@@ -80,11 +87,23 @@ class DeliverySender:
         settings: DispatchSettings,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        quota_counter: QuotaCounter | None = None,
     ) -> None:
+        """`quota_counter` (store/quotas.py) counts the shared limiters' permits; without one, a configured quota
+        limit is not kept (the hold after a quota answer still is)."""
         self._slots = {key: _ProviderSlot(p, settings) for key, p in providers.items()}
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
+        by_scope: dict[str, list[_ProviderSlot]] = {}
+        for slot in self._slots.values():
+            if slot.provider.quota is not None:
+                by_scope.setdefault(slot.provider.quota.scope, []).append(slot)
+        for slots in by_scope.values():
+            quota = merge_quotas(slot.provider.quota for slot in slots if slot.provider.quota is not None)
+            gate = QuotaGate(quota, quota_counter, clock, sleep)
+            for slot in slots:
+                slot.gate = gate
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff; a provider's Retry-After is a floor, never shortened."""
@@ -186,6 +205,11 @@ class DeliverySender:
                 return FinalResult(delivery, "rejected", reason, attempt)
             if result.outcome is Outcome.AUTH_ERROR and live:
                 self._pause(slot, reason)
+            # The project is over its quota: every send of it waits (in _attempt), this one's retry included.
+            # A dry run's answer too: validate_only requests count against the same quota.
+            held = slot.gate if slot.gate is not None and slot.gate.is_quota_answer(reason) else None
+            if held is not None:
+                held.hold(result.retry_after)
             if attempt >= self._settings.max_attempts:
                 final = "auth_error" if result.outcome is Outcome.AUTH_ERROR else "failed"
                 log.warning(
@@ -199,7 +223,11 @@ class DeliverySender:
                 )
                 return FinalResult(delivery, final, reason, attempt)
             delay = self.backoff(attempt, result.retry_after) if result.outcome is Outcome.RETRYABLE else 0.0
-            if delivery.expires_at is not None and self._clock() + delay >= delivery.expires_at:
+            if held is not None:
+                # The hold is the wait (its Retry-After included): no backoff of its own on top.
+                delay = 0.0
+            waits = held.remaining() if held is not None else delay
+            if delivery.expires_at is not None and self._clock() + waits >= delivery.expires_at:
                 # The provider would drop it on arrival anyway (TTL passed): stop here, with the reason.
                 log.info("delivery_expired", notification_id=delivery.notification_id,
                          token=mask_token(delivery.device.token), provider=name, last_reason=reason)
@@ -224,6 +252,10 @@ class DeliverySender:
             finally:  # also when cancelled while queued: the gauge must not leak
                 slot.queue_depth.dec()
             try:
+                if slot.gate is not None:
+                    # After the semaphore: a permit is good only in its slice of time, so it is taken right
+                    # before the request goes out. The deliveries waiting here are all of the gate's scope.
+                    await slot.gate.admit()
                 if slot.paused_until > self._clock():
                     # The provider was paused while this delivery queued for a slot: nothing may reach it
                     # during a pause, so give the slot back and wait for the pause to end.

@@ -57,6 +57,24 @@ class Rendered:
     body: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderQuota:
+    """A provider's rate quota that every sender of one scope shares (FCM: the Firebase project), and what the
+    sender does about it (dispatch/quota.py): every app whose provider names the same scope is held back together.
+    """
+
+    # What the quota counts against, e.g. "fcm:<project id>": apps sharing a project share one limiter and hold.
+    scope: str
+    # Requests per window all replicas together may make (a shared limiter in MongoDB); None: no limiter, only
+    # the hold below.
+    limit: int | None
+    window_seconds: float
+    # The least time a quota answer holds every send of the scope back (a longer Retry-After wins).
+    backoff_seconds: float
+    # The answers (SendResult.reason) that say the scope is over its quota.
+    reasons: frozenset[str]
+
+
 class PayloadRejected(ValueError):
     """The provider would refuse this payload whatever the device (too large, a field it forbids)."""
 
@@ -72,6 +90,9 @@ class Provider(abc.ABC):
     # Invalid-token reasons a wrong app-wide setting (environment, topic, project) gives for every token:
     # the sender's misconfiguration guard watches their share (dispatch/guard.py) before any is believed.
     misconfiguration_reasons: ClassVar[frozenset[str]] = frozenset()
+    # The quota this app's sends count against, if the provider has one worth sharing across replicas (FCM's
+    # per-project rate): set by the adapter from its settings.
+    quota: ProviderQuota | None = None
 
     def __init__(self, app_id: str) -> None:
         self.app_id = app_id

@@ -59,6 +59,7 @@ from pushsvc.providers.base import (
     Delivery,
     PayloadRejected,
     Provider,
+    ProviderQuota,
     Rendered,
     SendResult,
     bounded_attempt,
@@ -77,6 +78,11 @@ from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailur
 log = get_logger(__name__)
 
 _app_names = itertools.count(1)
+
+# The answers that say the project is over its quota: FCM's errorCode QUOTA_EXCEEDED (429 RESOURCE_EXHAUSTED with
+# the FcmError detail, fcm_answers.classify_error). A plain 429 without it (a proxy's, or Google's front end
+# before the FCM service) is left to the per-delivery backoff.
+QUOTA_REASONS = frozenset({"QUOTA_EXCEEDED"})
 
 # An access token is replaced this long before it expires (at most half its lifetime before): google-auth's own
 # threshold is 3 min 45 s and Huawei's SDKs use 5 minutes (hms_oauth.py); 5 minutes covers a slow token
@@ -111,6 +117,14 @@ class FcmProvider(Provider):
             certificate, name=self._free_app_name(app_id)
         )
         self.project_id: str = self._firebase_app.project_id
+        # FCM's quota is per project, across every sender (and so every app of the project).
+        self.quota = ProviderQuota(
+            scope=f"fcm:{self.project_id}",
+            limit=settings.quota_per_window,
+            window_seconds=settings.quota_window_seconds,
+            backoff_seconds=settings.quota_backoff_seconds,
+            reasons=QUOTA_REASONS,
+        )
         self._credential = certificate.get_credential()
         self.url = endpoint_url(messaging._MessagingService.FCM_URL.format(self.project_id), settings.endpoint)
         self._token_session = requests.Session()

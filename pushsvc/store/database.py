@@ -73,6 +73,8 @@ NOTIFICATION_INDEXES = [
 ]
 # store/caps.py: a user's capped sends are forgotten once the longest window is over.
 FREQUENCY_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="frequency_expiry")]
+# store/quotas.py: the shared quota limiter's slices are found by _id; the TTL monitor removes past ones.
+QUOTA_SLICE_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
 
 
 Document = dict[str, Any]
@@ -152,10 +154,15 @@ class Database:
     def frequency(self) -> AsyncCollection[Document]:
         return self.db["frequency"]
 
+    @property
+    def quota_slices(self) -> AsyncCollection[Document]:
+        return self.db["quota_slices"]
+
     async def ensure_indexes(self) -> None:
         await self.devices.create_indexes(DEVICE_INDEXES)
         await self.notifications.create_indexes(NOTIFICATION_INDEXES)
         await self.frequency.create_indexes(FREQUENCY_INDEXES)
+        await self.quota_slices.create_indexes(QUOTA_SLICE_INDEXES)
 
     async def identify_server(self) -> None:
         """Learn whether the server is nx-27017 (its buildInfo names its process; MongoDB's has no such field).
