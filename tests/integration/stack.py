@@ -85,8 +85,9 @@ def write_config(
                     "endpoint": f"https://127.0.0.1:{apns_port}",
                     "ca_file": str(ca_file),
                 },
+                # A QUOTA_EXCEEDED answer holds the project back 0.5 s here, not FCM's 60 (like the short backoff).
                 "fcm": {"service_account_file": str(service_account), "endpoint": fcm_base_url,
-                        "ca_file": str(ca_file)},
+                        "ca_file": str(ca_file), "quota_backoff_seconds": 0.5},
                 **(providers or {}),
             }
         },
