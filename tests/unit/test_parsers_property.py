@@ -1,6 +1,7 @@
 """Property-based tests: every parser of outside input, fed arbitrary input, raises only its documented error.
 
-The contract parser (Kafka and HTTP), device registration, campaign bodies, the devices import CLI's rows,
+The contract parser (Kafka and HTTP), device registration, campaign bodies, receipt batches, the devices import
+CLI's rows,
 Retry-After, and the APNs / FCM error-body classification. Strategies reach the edges: huge and odd numbers,
 dates from year 1 to 9999 with extreme offsets, deep nesting, unicode and lone surrogates, and every field of a
 valid request replaced by a value of the wrong type. Each test sets max_examples so the file stays within
@@ -26,6 +27,7 @@ from pushsvc.device_contract import parse_device
 from pushsvc.ingest.campaigns import parse_campaign
 from pushsvc.ingest.intake import Accepted, Rejection, decode, validate
 from pushsvc.ingest.payload_limits import check_payload_size
+from pushsvc.ingest.receipts import CLOCK_SKEW_SECONDS, parse_receipts
 from pushsvc.model import RequestError, parse_request
 from pushsvc.providers import apns, fcm
 from pushsvc.providers.base import parse_retry_after
@@ -379,3 +381,43 @@ def test_fcm_error_classification_never_raises(status: int, body: bytes, headers
 def test_fcm_odd_error_bodies_are_rejected_or_retried(body: bytes) -> None:
     result = fcm.classify_error(fcm.firebase_error(fcm.HttpReply(400, {}, body), "https://fcm.test/v1"))
     assert result.outcome.value in ("rejected", "invalid_token")
+
+
+# ------------------------------------------------------------------------------------------ receipts
+
+NOW = datetime(2026, 12, 4, 21, 30, tzinfo=UTC).timestamp()
+RECEIPT = {"notification_id": "order-1", "token": "ab" * 32, "event": "opened", "at": "2026-12-04T21:29:00Z"}
+RECEIPT_KEYS = ["notification_id", "token", "user_id", "event", "at", "x", ""]
+
+
+def receipt_batch(items: list[Any]) -> dict[str, Any]:
+    return {"app": "demo", "receipts": items}
+
+
+@FAST
+@given(
+    JSON_VALUES
+    | st.builds(lambda value: {"app": "demo", "receipts": value}, JSON_VALUES)
+    | st.builds(lambda key, value: receipt_batch([RECEIPT, {**RECEIPT, key: value}]),
+                st.sampled_from(RECEIPT_KEYS), JSON_VALUES)
+    | st.builds(lambda items: receipt_batch(items), st.lists(st.dictionaries(st.sampled_from(RECEIPT_KEYS),
+                                                                             JSON_VALUES), max_size=4))
+    | st.builds(lambda at: receipt_batch([{**RECEIPT, "at": at}]), SEND_AT)
+)
+@example(receipt_batch([{**RECEIPT, "at": "9999-12-31T23:59:59-23:59"}]))
+@example(receipt_batch([{**RECEIPT, "at": "0001-01-01T00:00:00+23:59"}]))
+@example(receipt_batch([RECEIPT] * 501))
+def test_receipt_batches_raise_only_request_error_naming_the_item(body: Any) -> None:
+    """Any input is a batch or a RequestError; an error inside an item names that item (receipts[1].event), and
+    an accepted `at` is a finite time no further ahead than the allowed clock skew."""
+    try:
+        batch = parse_receipts(body, APPS, NOW)
+    except RequestError as exc:
+        assert exc.field
+        items = body.get("receipts") if isinstance(body, dict) else None
+        if isinstance(items, list) and 0 < len(items) <= 500 and body == {"app": "demo", "receipts": items}:
+            assert exc.field.startswith("receipts["), exc.field
+        return
+    for receipt in batch.receipts:
+        assert math.isfinite(receipt.at) and receipt.at <= NOW + CLOCK_SKEW_SECONDS
+        assert (receipt.token is None) != (receipt.user_id is None)
