@@ -296,3 +296,25 @@ PROVIDER_QUOTA_PERMITS = Counter(
     ["scope"],
     registry=REGISTRY,
 )
+
+# Receipts (POST /v1/receipts, api/receipts.py): what became of each receipt of a valid batch. recorded: new,
+# counted in the funnel; duplicate: recorded before (a retried batch); unknown_notification: no such
+# notification in the app (never sent, expired by retention, or another app's id); unknown_device: no device of
+# the app has that token or user id. Only `recorded` ones are stored and counted.
+RECEIPTS = Counter(
+    "pushsvc_receipts_total",
+    "Receipts posted by apps' backends, by event (received|opened) and outcome "
+    "(recorded|duplicate|unknown_notification|unknown_device)",
+    ["app", "event", "outcome"],
+    registry=REGISTRY,
+)
+RECEIPT_EVENTS = ("received", "opened")
+RECEIPT_OUTCOMES = ("recorded", "duplicate", "unknown_notification", "unknown_device")
+
+
+def init_receipt_series(apps: Iterable[str]) -> None:
+    """Every app's receipt series at zero, so a rate over the first receipts is not lost to a missing start."""
+    for app in apps:
+        for event in RECEIPT_EVENTS:
+            for outcome in RECEIPT_OUTCOMES:
+                RECEIPTS.labels(app, event, outcome)

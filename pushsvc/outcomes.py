@@ -1,4 +1,6 @@
-"""Outcome events on Kafka `push.outcomes`: one per notification that reached a final state."""
+"""Events on Kafka `push.outcomes`, keyed by the notification's key (`<app>:<id>`): the outcome event, one per
+notification that reached a final state, and the receipt event, one per new receipt (`"type": "receipt"`;
+outcome events carry no `type`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -65,12 +67,49 @@ class OutcomeEvent:
         return orjson.dumps(event)
 
 
+@dataclass(frozen=True)
+class ReceiptEvent:
+    """A new receipt (store/receipts.py), published once when it is recorded: best effort (a broker failure is
+    logged and the receipt stays counted; a repeat of it is a duplicate, never published again)."""
+
+    notification_id: str  # the notification's key (`_id`): the Kafka key, as for its outcome event
+    request_id: str
+    app: str
+    event: str  # received | opened
+    at: float  # when the device says it happened (epoch seconds)
+    recorded_at: float
+    dimensions: Mapping[str, str]  # platform, locale (and what else the funnel is broken down by)
+    implied: bool  # a "received" recorded because the device reported "opened"
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "type": "receipt",
+            "id": self.request_id,
+            "app": self.app,
+            "event": self.event,
+            "at": self.at,
+            "recorded_at": self.recorded_at,
+            "platform": self.dimensions.get("platform"),
+            "locale": self.dimensions.get("locale"),
+            "implied": self.implied,
+        })
+
+
+class Event(Protocol):
+    """What goes on `push.outcomes`: keyed by the notification's key."""
+
+    @property
+    def notification_id(self) -> str: ...
+
+    def encode(self) -> bytes: ...
+
+
 class OutcomePublisher:
     def __init__(self, producer: AIOKafkaProducer | None, topic: str) -> None:
         self._producer = producer
         self._topic = topic
 
-    async def publish_many(self, events: Sequence[OutcomeEvent]) -> list[str]:
+    async def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Send all events at once (the producer batches them); returns the notification keys the broker
         acknowledged."""
         if self._producer is None or not events:

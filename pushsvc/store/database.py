@@ -75,6 +75,11 @@ NOTIFICATION_INDEXES = [
 FREQUENCY_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="frequency_expiry")]
 # store/quotas.py: the shared quota limiter's slices are found by _id; the TTL monitor removes past ones.
 QUOTA_SLICE_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
+# store/receipts.py: looked up by `_id` only (a hash of notification, device and event: a repeat is a duplicate
+# key); retention like notifications'.
+RECEIPT_INDEXES = [
+    IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention"),
+]
 
 
 Document = dict[str, Any]
@@ -158,11 +163,16 @@ class Database:
     def quota_slices(self) -> AsyncCollection[Document]:
         return self.db["quota_slices"]
 
+    @property
+    def receipts(self) -> AsyncCollection[Document]:
+        return self.db["receipts"]
+
     async def ensure_indexes(self) -> None:
         await self.devices.create_indexes(DEVICE_INDEXES)
         await self.notifications.create_indexes(NOTIFICATION_INDEXES)
         await self.frequency.create_indexes(FREQUENCY_INDEXES)
         await self.quota_slices.create_indexes(QUOTA_SLICE_INDEXES)
+        await self.receipts.create_indexes(RECEIPT_INDEXES)
 
     async def identify_server(self) -> None:
         """Learn whether the server is nx-27017 (its buildInfo names its process; MongoDB's has no such field).

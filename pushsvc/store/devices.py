@@ -180,6 +180,11 @@ class DeviceStore:
         query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route, self.exact_kinds)}
         return await self._find_values(query, field, values)
 
+    async def lookup(self, app: str, field: str, values: Sequence[str]) -> list[dict]:
+        """The devices of `app`, active or not, whose `field` (token, user_id) is one of `values`: who a
+        receipt names (store/receipts.py). Point lookups on nx-27017, one `$in` on MongoDB (_find_values)."""
+        return await self._find_values({"app": {"$eq": app}}, field, values)
+
     async def find_audience(
         self,
         app: str,
