@@ -45,6 +45,7 @@ from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import NotificationStore
 from pushsvc.store.quotas import QuotaStore
 from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
+from pushsvc.store.receipts import ReceiptStore
 
 log = get_logger(__name__)
 
@@ -190,6 +191,10 @@ class PushService:
             clock=clock,
             wake=self.scheduler.wake,
             preview=lambda request: preview_payloads(self.providers, request),
+            receipt_store=ReceiptStore(
+                self.database, self.devices, retention_seconds=settings.retention.notification_days * 86400
+            ),
+            receipt_events=OutcomePublisher(self.producer, settings.kafka.outcomes_topic),
         )
 
     async def _backfill_request_ids(self) -> None:
@@ -217,6 +222,7 @@ class PushService:
     async def start(self) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.init_series(self.providers.keys())
+        metrics.init_receipt_series(self.settings.apps)
         # HTTP first so liveness answers while dependencies are awaited; readiness stays 503 until started.
         self._runner = web.AppRunner(self.http_app, access_log=None)
         await self._runner.setup()

@@ -100,6 +100,26 @@ OUTCOME_EVENT = {
     },
 }
 
+# outcomes.py ReceiptEvent: on the same topic and key as the outcome event; `type` tells them apart (an outcome
+# event has none).
+RECEIPT_EVENT = {
+    "type": "object",
+    "required": ["type", "id", "app", "event", "at", "recorded_at", "platform", "locale", "implied"],
+    "properties": {
+        "type": {"const": "receipt", "description": "a receipt event; outcome events carry no type"},
+        "id": {"type": "string", "description": "the request id (unique within the app)"},
+        "app": {"type": "string"},
+        "event": {"type": "string", "enum": ["received", "opened"]},
+        "at": {"type": "number", "description": "epoch seconds: when the device says it happened"},
+        "recorded_at": {"type": "number", "description": "epoch seconds: when pushsvc recorded it"},
+        "platform": {"type": "string", "description": "the device's platform (ios, android, huawei, web), 'other', "
+                     "or 'mixed' for a receipt by user_id whose devices differ"},
+        "locale": {"type": "string", "description": "the language of the device's locale (fr), 'other' or 'mixed'"},
+        "implied": {"type": "boolean", "description": "true: a received recorded because the device reported "
+                    "opened"},
+    },
+}
+
 REQUEST_EXAMPLES = [
     {"name": "order-shipped", "payload": {
         "id": "order-1234-shipped", "app": "demo", "target": {"users": ["u-42"]},
@@ -138,6 +158,11 @@ OUTCOME_EXAMPLE = {
     "error": None, "finished_at": 1764000001.5,
 }
 
+RECEIPT_EXAMPLE = {
+    "type": "receipt", "id": "order-1234-shipped", "app": "demo", "event": "opened", "at": 1764000060.0,
+    "recorded_at": 1764000061.25, "platform": "ios", "locale": "fr", "implied": False,
+}
+
 
 def _refs_to(prefix: str, schema: Any) -> Any:
     """`schema` with its OpenAPI component references pointed at `prefix` (#/$defs/ or #/components/...)."""
@@ -162,6 +187,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
             "$schema": JSON_SCHEMA, "$id": "https://pushsvc.invalid/contracts/outcome-event.schema.json",
             "title": "pushsvc outcome event (push.outcomes value)", **OUTCOME_EVENT,
         },
+        "receipt-event.schema.json": {
+            "$schema": JSON_SCHEMA, "$id": "https://pushsvc.invalid/contracts/receipt-event.schema.json",
+            "title": "pushsvc receipt event (push.outcomes value with type receipt)", **RECEIPT_EVENT,
+        },
     }
 
 
@@ -179,14 +208,18 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
     return {
         "asyncapi": "3.0.0",
         "info": {"title": "pushsvc Kafka contract", "version": __version__,
-                 "description": "Requests in, dead letters and outcome events out. At-least-once: a consumer of "
-                                "push.outcomes may see an event twice; request ids are idempotency keys per app."},
+                 "description": "Requests in, dead letters, outcome and receipt events out. At-least-once: a "
+                                "consumer of push.outcomes may see an outcome event twice; request ids are idempotency "
+                                "keys per app."},
         "defaultContentType": "application/json",
         "channels": {
             "requests": {"address": requests_topic, "messages": {"request": {"$ref": "#/components/messages/request"}}},
             "deadLetters": {"address": dlq_topic,
                             "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}}},
-            "outcomes": {"address": outcomes_topic, "messages": {"outcome": {"$ref": "#/components/messages/outcome"}}},
+            "outcomes": {"address": outcomes_topic, "messages": {
+                "outcome": {"$ref": "#/components/messages/outcome"},
+                "receipt": {"$ref": "#/components/messages/receipt"},
+            }},
         },
         "operations": {
             "consumeRequests": {"action": "receive", "channel": {"$ref": "#/channels/requests"},
@@ -194,12 +227,15 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
             "publishDeadLetters": {"action": "send", "channel": {"$ref": "#/channels/deadLetters"},
                                    "summary": "requests pushsvc cannot accept, with the reason and the field"},
             "publishOutcomes": {"action": "send", "channel": {"$ref": "#/channels/outcomes"},
-                                "summary": "one event per finished notification (at least once)"},
+                                "summary": "one event per finished notification (at least once), and one per new "
+                                           "receipt (type receipt, best effort); both keyed <app>:<id>",
+                                "messages": [{"$ref": "#/channels/outcomes/messages/outcome"},
+                                             {"$ref": "#/channels/outcomes/messages/receipt"}]},
         },
         "components": {
             "schemas": {
                 "NotificationRequest": SCHEMAS["NotificationRequest"], "Message": SCHEMAS["Message"],
-                "DeadLetter": DEAD_LETTER, "OutcomeEvent": OUTCOME_EVENT,
+                "DeadLetter": DEAD_LETTER, "OutcomeEvent": OUTCOME_EVENT, "ReceiptEvent": RECEIPT_EVENT,
             },
             "messages": {
                 "request": message("NotificationRequest", "A push request", "NotificationRequest",
@@ -210,6 +246,8 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
                                       "the original key"),
                 "outcome": message("OutcomeEvent", "A finished notification", "OutcomeEvent",
                                    [{"name": "done", "payload": OUTCOME_EXAMPLE}], "<app>:<id>"),
+                "receipt": message("ReceiptEvent", "A new receipt (POST /v1/receipts)", "ReceiptEvent",
+                                   [{"name": "opened", "payload": RECEIPT_EXAMPLE}], "<app>:<id>"),
             },
         },
     }

@@ -42,6 +42,7 @@ from pushsvc.model import PushRequest, RequestError
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, STATUSES
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
+from pushsvc.store.funnel import funnel_view
 from pushsvc.store.records import UnreadableRequest, read_request
 
 routes = web.RouteTableDef()
@@ -123,6 +124,7 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "finished_at": None if status.finished_at is None else epoch_to_iso(status.finished_at),
         "counts": counts_view(status),
         "dry_run": dry_run_view(status),
+        "funnel": funnel_view(status.counts, doc),
         "progress": {"audience_estimate": campaign.audience_estimate, "ratio": campaign.progress_ratio},
         "variants": campaign.variants,
         "control_percent": campaign.control_percent,

@@ -9,9 +9,11 @@ from aiohttp import web
 
 from pushsvc.ingest.intake import Intake
 from pushsvc.model import PushRequest
+from pushsvc.outcomes import OutcomePublisher
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.receipts import ReceiptStore
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -36,3 +38,6 @@ MAX_BODY = web.AppKey("max_body", int)
 PREVIEW: web.AppKey[Callable[[PushRequest], dict[str, Any]]] = web.AppKey("preview")
 # Seconds one API request may spend on MongoDB in all (http.store_timeout_ms).
 STORE_TIMEOUT = web.AppKey("store_timeout", float)
+# Receipts (api/receipts.py): where they are recorded, and the publisher of their events (None: not announced).
+RECEIPT_STORE = web.AppKey("receipt_store", ReceiptStore)
+RECEIPT_EVENTS: web.AppKey[OutcomePublisher | None] = web.AppKey("receipt_events")

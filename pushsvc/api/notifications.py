@@ -18,6 +18,7 @@ from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import StateChanges
 from pushsvc.store.counts import FINAL_KEYS, full_counts, split_counts
 from pushsvc.store.device_documents import epoch_of, stored_bool
+from pushsvc.store.funnel import funnel_view
 from pushsvc.store.notifications import LANE_BATCH, request_id_of
 from pushsvc.store.ranges import RANGE_KIND, RangeStore
 
@@ -104,6 +105,8 @@ def notification_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "error": status.error,
         "counts": counts_view(status),
         "dry_run": dry_run_view(status),
+        # targeted -> sent -> delivered -> received -> opened, from the counts and the receipts (store/funnel.py).
+        "funnel": funnel_view(status.counts, doc),
     }
 
 

@@ -249,6 +249,19 @@ PATHS: dict[str, Any] = {
             parameters=[CAMPAIGN_PATH, APP_SCOPE],
         )
     },
+    "/v1/receipts": {
+        "post": _op(
+            "Report pushes devices received or users opened (a batch from the app's mobile backend), idempotent per "
+            "(notification, device, event)",
+            "receipts",
+            {
+                "200": _json(_ref("ReceiptResults"), "one outcome per item: recorded, duplicate (recorded before), "
+                             "unknown_notification or unknown_device (counted and dropped, nothing stored)"),
+                **_errors(*WITH_BODY),
+            },
+            body="ReceiptBatch",
+        )
+    },
     "/v1/campaigns/{campaign_id}/pause": _campaign_action("Pause after the chunk in flight"),
     "/v1/campaigns/{campaign_id}/resume": _campaign_action("Resume a paused campaign where it stopped"),
     "/v1/campaigns/{campaign_id}/cancel": _campaign_action("Cancel: nothing more is sent"),
@@ -261,7 +274,7 @@ def spec() -> dict[str, Any]:
         "info": {
             "title": "pushsvc",
             "version": __version__,
-            "description": "Push-notification delivery: devices, notifications, campaigns.",
+            "description": "Push-notification delivery: devices, notifications, campaigns, receipts.",
         },
         "paths": PATHS,
         "components": {

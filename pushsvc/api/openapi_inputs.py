@@ -17,6 +17,7 @@ from typing import Any
 from pushsvc.device_contract import DEVICE_FIELDS, LOCALE_PATTERN, TOKEN_PATTERN
 from pushsvc.ingest.campaigns import CAMPAIGN_FIELDS, CAMPAIGN_ID, MAX_THROTTLE
 from pushsvc.ingest.campaigns import OPTION_FIELDS as CAMPAIGN_OPTION_FIELDS
+from pushsvc.ingest.receipts import BATCH_FIELDS, CLOCK_SKEW_SECONDS, EVENTS, MAX_RECEIPTS, RECEIPT_FIELDS
 from pushsvc.model import PLATFORMS
 from pushsvc.model.fields import MAX_ID_LENGTH
 from pushsvc.model.live_activity import (
@@ -336,6 +337,27 @@ DEVICE_INPUT = closed(
     required=["app", "platform"],
 )
 DEVICE_TAGS = closed({"tags": TAGS}, ("tags",), required=["tags"])
+RECEIPT = closed(
+    {
+        "notification_id": {**_text(MAX_ID_LENGTH), "description": "the request id the push carried (for a "
+                            f"campaign '{CAMPAIGN_PREFIX}<id>'), within the batch's app"},
+        "token": {**_text(MAX_TOKEN_LENGTH), "description": "the device's token (exactly one of token or user_id)"},
+        "user_id": {**_text(MAX_USER_ID_LENGTH), "description": "the user (counted once per user, whichever of "
+                    "their devices)"},
+        "event": {"type": "string", "enum": list(EVENTS), "description": "opened also records received"},
+        "at": {"type": "string", "format": "date-time", "description": "when it happened on the device, with an "
+               f"offset; at most {CLOCK_SKEW_SECONDS:.0f} s in the future or before the notification was created"},
+    },
+    RECEIPT_FIELDS,
+    required=["notification_id", "event", "at"],
+    oneOf=[{"required": ["token"]}, {"required": ["user_id"]}],
+)
+RECEIPT_BATCH = closed(
+    {"app": APP, "receipts": {"type": "array", "minItems": 1, "maxItems": MAX_RECEIPTS, "items": RECEIPT}},
+    BATCH_FIELDS,
+    required=list(BATCH_FIELDS),
+    description="validated whole: a bad item is a 400 naming it (receipts[3].event) and nothing is recorded",
+)
 
 INPUT_SCHEMAS: dict[str, Any] = {
     "DeviceInput": DEVICE_INPUT,
@@ -344,4 +366,5 @@ INPUT_SCHEMAS: dict[str, Any] = {
     "LiveActivity": LIVE_ACTIVITY,
     "NotificationRequest": NOTIFICATION_REQUEST,
     "CampaignInput": CAMPAIGN_INPUT,
+    "ReceiptBatch": RECEIPT_BATCH,
 }

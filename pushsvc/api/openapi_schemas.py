@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pushsvc.api.openapi_inputs import HHMM, INPUT_SCHEMAS, SUBSCRIPTION
+from pushsvc.metrics import RECEIPT_OUTCOMES
 from pushsvc.model import PLATFORMS
 from pushsvc.store.campaigns import STATUSES
 from pushsvc.store.counts import COUNT_KEYS
@@ -53,6 +54,57 @@ DRY_RUN = {
             "type": "object",
             "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
         }
+    },
+}
+
+_RATE = {"type": "number", "nullable": True, "minimum": 0}
+# store/funnel.py funnel_view.
+FUNNEL = {
+    "type": "object",
+    "description": "targeted -> sent (a provider was asked) -> delivered -> received -> opened (receipts, POST "
+    "/v1/receipts); each rate is a stage over the one before (null when that is 0), open_rate is opened over "
+    "delivered. `by`: receipts per dimension (platform, locale: the device locale's language, 'other' or "
+    "'mixed') and value",
+    "required": ["targeted", "sent", "delivered", "received", "opened", "rates", "by"],
+    "properties": {
+        **{k: {"type": "integer", "minimum": 0} for k in ("targeted", "sent", "delivered", "received", "opened")},
+        "rates": {
+            "type": "object",
+            "required": ["sent", "delivered", "received", "opened", "open_rate"],
+            "properties": {k: _RATE for k in ("sent", "delivered", "received", "opened", "open_rate")},
+        },
+        "by": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["received", "opened", "open_rate"],
+                    "properties": {
+                        "received": {"type": "integer", "minimum": 0},
+                        "opened": {"type": "integer", "minimum": 0},
+                        "open_rate": {**_RATE, "description": "opened over received"},
+                    },
+                },
+            },
+        },
+    },
+}
+RECEIPT_RESULTS = {
+    "type": "object",
+    "required": ["app", "results", "counts"],
+    "properties": {
+        "app": {"type": "string"},
+        "results": {
+            "type": "array",
+            "description": "one outcome per item, in order",
+            "items": {"type": "string", "enum": list(RECEIPT_OUTCOMES)},
+        },
+        "counts": {
+            "type": "object",
+            "required": list(RECEIPT_OUTCOMES),
+            "properties": {k: {"type": "integer", "minimum": 0} for k in RECEIPT_OUTCOMES},
+        },
     },
 }
 
@@ -129,6 +181,7 @@ SCHEMAS: dict[str, Any] = {
         # Every field is always present (null where unset).
         "required": [
             "id", "app", "state", "source", "created_at", "due_at", "finished_at", "error", "counts", "dry_run",
+            "funnel",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -141,6 +194,7 @@ SCHEMAS: dict[str, Any] = {
             "error": NULLABLE_STRING,
             "counts": COUNTS,
             "dry_run": DRY_RUN,
+            "funnel": _ref("Funnel"),
         },
     },
     "Campaign": {
@@ -149,7 +203,7 @@ SCHEMAS: dict[str, Any] = {
         "required": [
             "id", "name", "app", "status", "audience", "message", "options", "schedule", "quiet_hours",
             "throttle_per_second", "created_at", "next_run_at", "finished_at", "counts", "dry_run", "progress",
-            "variants", "control_percent", "variant_counts",
+            "variants", "control_percent", "variant_counts", "funnel",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -186,6 +240,7 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": {**NULLABLE_STRING, "format": "date-time"},
             "counts": COUNTS,
             "dry_run": DRY_RUN,
+            "funnel": _ref("Funnel"),
             "preview": {
                 "type": "object",
                 "description": "a dry run's answer to its creation only: the audience and the payload per platform "
@@ -247,6 +302,8 @@ SCHEMAS: dict[str, Any] = {
             "payloads": PAYLOADS,
         },
     },
+    "Funnel": FUNNEL,
+    "ReceiptResults": RECEIPT_RESULTS,
     "CampaignList": {
         "type": "object",
         "required": ["campaigns"],

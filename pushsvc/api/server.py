@@ -10,7 +10,7 @@ import pymongo
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
-from pushsvc.api import asyncapi, campaigns, devices, health, notifications, openapi
+from pushsvc.api import asyncapi, campaigns, devices, health, notifications, openapi, receipts
 from pushsvc.api.auth import AUTH_KEY, ApiKeyAuth, AppForbidden
 from pushsvc.api.context import (
     APP_PROVIDERS,
@@ -24,6 +24,8 @@ from pushsvc.api.context import (
     NOTIFICATIONS,
     PREVIEW,
     READINESS,
+    RECEIPT_EVENTS,
+    RECEIPT_STORE,
     STORE_TIMEOUT,
     WAKE,
     WEB_ALLOWED_HOSTS,
@@ -33,10 +35,12 @@ from pushsvc.api.errors import json_error
 from pushsvc.ingest.intake import Intake
 from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, RequestError
+from pushsvc.outcomes import OutcomePublisher
 from pushsvc.scheduling.clock import ClockNotSynced
 from pushsvc.store.campaigns import CampaignStore
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.receipts import ReceiptStore
 
 log = get_logger(__name__)
 
@@ -92,6 +96,8 @@ def build_http_app(
     clock: Callable[[], float] = time.time,
     wake: Callable[[float | None], None] = lambda due_at: None,
     preview: Callable[[PushRequest], dict[str, Any]] = lambda request: {},
+    receipt_store: ReceiptStore | None = None,
+    receipt_events: OutcomePublisher | None = None,
 ) -> web.Application:
     http_app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     http_app[AUTH_KEY] = auth
@@ -108,12 +114,15 @@ def build_http_app(
     http_app[CLOCK] = clock
     http_app[WAKE] = wake
     http_app[PREVIEW] = preview
+    http_app[RECEIPT_STORE] = receipt_store or ReceiptStore(notification_store.database, device_store)
+    http_app[RECEIPT_EVENTS] = receipt_events
     http_app[MAX_BODY] = max_body_bytes
     http_app[STORE_TIMEOUT] = store_timeout_seconds
     http_app.add_routes(health.routes)
     http_app.add_routes(devices.routes)
     http_app.add_routes(notifications.routes)
     http_app.add_routes(campaigns.routes)
+    http_app.add_routes(receipts.routes)
     http_app.add_routes(openapi.routes)
     http_app.add_routes(asyncapi.routes)
     return http_app

@@ -29,7 +29,7 @@ from pushsvc.credentials import (
 # dispatch/quota.py's MIN_LIMIT and HOLD_MAX_SECONDS (config is imported by dispatch, not the other way round).
 MIN_QUOTA = 22
 HOLD_MAX_SECONDS = 600.0
-API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read"})
+API_SCOPES = frozenset({"devices:write", "notify", "campaigns", "read", "receipts"})
 MIN_LEASE_SECONDS = 2.0
 APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

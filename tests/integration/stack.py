@@ -92,8 +92,8 @@ def write_config(
             }
         },
         "api_keys": [
-            {"name": "test", "hash": hash_api_key(API_KEY), "scopes": ["devices:write", "notify", "campaigns", "read"],
-             "apps": ["*"]}
+            {"name": "test", "hash": hash_api_key(API_KEY),
+             "scopes": ["devices:write", "notify", "campaigns", "read", "receipts"], "apps": ["*"]}
         ],
         "log_level": "warning",
         **(extra or {}),

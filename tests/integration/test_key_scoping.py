@@ -14,7 +14,7 @@ from pushsvc.scheduling.due import epoch_to_iso
 from tests.integration.stack import API_KEY, Stack
 from tests.reliability.harness import api_key_config
 
-ALL_SCOPES = ["devices:write", "notify", "campaigns", "read"]
+ALL_SCOPES = ["devices:write", "notify", "campaigns", "read", "receipts"]
 DEMO_KEY = "key-of-the-demo-backend-0123456789"
 SHOP_KEY = "key-of-the-shop-backend-0123456789"
 DEMO_IOS = "d4" * 32
@@ -61,6 +61,8 @@ AT_DEMO: list[tuple[str, str, str, Any]] = [
     ("POST", "/v1/campaigns/{campaign_id}/pause", "/v1/campaigns/spring/pause?app=demo", None),
     ("POST", "/v1/campaigns/{campaign_id}/resume", "/v1/campaigns/spring/resume?app=demo", None),
     ("POST", "/v1/campaigns/{campaign_id}/cancel", "/v1/campaigns/spring/cancel?app=demo", None),
+    ("POST", "/v1/receipts", "/v1/receipts", {"app": "demo", "receipts": [
+        {"notification_id": "order-1", "token": DEMO_IOS, "event": "opened", "at": epoch_to_iso(time.time())}]}),
 ]
 
 
@@ -128,6 +130,7 @@ async def test_a_key_of_one_app_gets_403_or_404_and_never_data_of_another(stack:
     assert await stack.notification("campaign:autumn") is None
     notification = await stack.notification("order-1")
     assert notification is not None and notification["target_users"] == ["alice"], "not scrubbed by shop's erasure"
+    assert "funnel" not in notification and await stack.db.receipts.count_documents({}) == 0, "shop's receipt"
     assert len(stack.apns.requests_for(DEMO_IOS)) == 1
 
     # A key for every app still names the app where ids could be ambiguous, and reaches both.

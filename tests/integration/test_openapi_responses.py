@@ -32,7 +32,7 @@ from tests.reliability.harness import api_key_config
 
 pytestmark = pytest.mark.integration
 
-ALL_SCOPES = ["devices:write", "notify", "campaigns", "read"]
+ALL_SCOPES = ["devices:write", "notify", "campaigns", "read", "receipts"]
 # A key with every scope for another app: 403 on every route that names app demo.
 SHOP_KEY = "key-of-the-shop-backend-0123456789"
 IOS = "a1" * 32
@@ -208,6 +208,7 @@ async def test_every_answer_matches_the_served_openapi_description(stack: Stack)
 
     await _devices(api)
     await _notifications(api)
+    await _receipts(api)
     await _campaigns(api)
 
     assert api.unreached() == [], "documented statuses this test never saw: add a case (or a reason in UNREACHABLE)"
@@ -310,6 +311,30 @@ async def _notifications(api: ApiCheck) -> None:
     cancelled = await api.call("POST", cancel, "/v1/notifications/later/cancel?app=demo", expect=200)
     assert cancelled["state"] == "cancelled"
     await api.call("POST", cancel, "/v1/notifications/later/cancel?app=demo", expect=409)
+
+
+async def _receipts(api: ApiCheck) -> None:
+    """After _notifications: "hello" was delivered to alice's two devices."""
+    route = "/v1/receipts"
+    now = epoch_to_iso(time.time())
+    batch = {"app": "demo", "receipts": [
+        {"notification_id": "hello", "token": IOS, "event": "received", "at": now},
+        {"notification_id": "hello", "user_id": "alice", "event": "opened", "at": now},
+        {"notification_id": "nope", "token": IOS, "event": "opened", "at": now},
+    ]}
+    answer = await api.call("POST", route, route, batch, expect=200)
+    assert answer["results"] == ["recorded", "recorded", "unknown_notification"], answer
+    again = await api.call("POST", route, route, batch, expect=200)
+    assert again["results"] == ["duplicate", "duplicate", "unknown_notification"], again
+    refused = await api.call("POST", route, route, {**batch, "receipts": [{**batch["receipts"][0], "event": "x"}]},
+                             expect=400)
+    assert refused["error"]["field"] == "receipts[0].event"
+    await api.call("POST", route, route, batch, expect=401, key=None)
+    await api.call("POST", route, route, batch, expect=403, key=SHOP_KEY)
+    await api.call("POST", route, route, data=b"[" * 300_000, expect=413)
+    shown = await api.call("GET", "/v1/notifications/{notification_id}", "/v1/notifications/hello?app=demo",
+                           expect=200)
+    assert shown["funnel"]["received"] == 2 and shown["funnel"]["opened"] == 1, shown["funnel"]
 
 
 async def _campaigns(api: ApiCheck) -> None:

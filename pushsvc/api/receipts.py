@@ -1,0 +1,129 @@
+"""Receipts over HTTP: an app's mobile backend reports pushes its devices received and users opened.
+
+`POST /v1/receipts` (scope `receipts`). The batch is validated whole (400 naming the field, nothing recorded);
+each valid item then ends in one outcome, answered in order and counted in `pushsvc_receipts_total`:
+recorded (new: stored, counted in its notification's funnel, announced on `push.outcomes`), duplicate
+(recorded before: a retried batch counts nothing twice), unknown_notification or unknown_device (counted and
+dropped: nothing is stored for a notification or device the app does not have, so receipts cannot grow the
+database without bound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from pushsvc import metrics
+from pushsvc.api.auth import permit, require
+from pushsvc.api.context import CLOCK, KNOWN_APPS, RECEIPT_EVENTS, RECEIPT_STORE
+from pushsvc.api.validation import json_body
+from pushsvc.ingest.receipts import OPENED, RECEIVED, Receipt, check_not_before, parse_receipts
+from pushsvc.logs import get_logger
+from pushsvc.metrics import RECEIPT_OUTCOMES
+from pushsvc.outcomes import ReceiptEvent
+from pushsvc.store.receipts import NewReceipt, NotificationRef, receipt_key
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+
+RECORDED, DUPLICATE, UNKNOWN_NOTIFICATION, UNKNOWN_DEVICE = RECEIPT_OUTCOMES
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A valid item of the batch and what it names, or the outcome that drops it."""
+
+    receipt: Receipt
+    outcome: str | None  # UNKNOWN_NOTIFICATION, UNKNOWN_DEVICE, or None: to be recorded
+    new: NewReceipt | None = None
+
+
+def _device(receipt: Receipt) -> str:
+    """The device part of the idempotency key: a token, or a user (counted once per user, whatever devices)."""
+    return f"t:{receipt.token}" if receipt.token is not None else f"u:{receipt.user_id}"
+
+
+@routes.post("/v1/receipts")
+@require("receipts")
+async def post_receipts(request: web.Request) -> web.Response:
+    """Record a batch of receipts; 200 with one outcome per item, in order."""
+    now = request.app[CLOCK]()
+    batch = parse_receipts(await json_body(request), request.app[KNOWN_APPS], now)
+    app = permit(request, batch.app)
+    store = request.app[RECEIPT_STORE]
+    notifications = await store.notifications(app, [r.notification_id for r in batch.receipts])
+    for receipt in batch.receipts:
+        found = notifications.get(receipt.notification_id)
+        if found is not None:
+            check_not_before(receipt, found.created_at)  # 400 naming receipts[i].at: before anything is written
+    known = [r for r in batch.receipts if r.notification_id in notifications]
+    by_token = await store.devices(app, "token", [r.token for r in known if r.token is not None])
+    by_user = await store.devices(app, "user_id", [r.user_id for r in known if r.user_id is not None])
+
+    resolved: list[Resolved] = []
+    implied: list[NewReceipt] = []
+    for receipt in batch.receipts:
+        notification = notifications.get(receipt.notification_id)
+        if notification is None:
+            resolved.append(Resolved(receipt, UNKNOWN_NOTIFICATION))
+            continue
+        dimensions = by_token.get(receipt.token) if receipt.token is not None else by_user.get(str(receipt.user_id))
+        if dimensions is None:
+            resolved.append(Resolved(receipt, UNKNOWN_DEVICE))
+            continue
+        new = _new(notification, receipt, receipt.event, dimensions)
+        resolved.append(Resolved(receipt, None, new))
+        if receipt.event == OPENED:
+            implied.append(_new(notification, receipt, RECEIVED, dimensions, implied=True))
+
+    # One document per key: an item's own receipt before any implied one (an explicit "received" in the same
+    # batch as the "opened" is the one recorded), and the first of repeated items.
+    unique: dict[str, NewReceipt] = {}
+    for new in [r.new for r in resolved if r.new is not None] + implied:
+        unique.setdefault(new.key, new)
+    new_keys = await store.record(list(unique.values()), now)
+    recorded = [new for key, new in unique.items() if key in new_keys]
+    await store.count(recorded)
+
+    outcomes = [_outcome(r, unique, new_keys) for r in resolved]
+    for r, outcome in zip(resolved, outcomes, strict=True):
+        metrics.RECEIPTS.labels(app, r.receipt.event, outcome).inc()
+    await _announce(request, recorded, now)
+    totals = {outcome: outcomes.count(outcome) for outcome in RECEIPT_OUTCOMES}
+    return web.json_response({"app": app, "results": outcomes, "counts": totals})
+
+
+def _new(
+    notification: NotificationRef, receipt: Receipt, event: str, dimensions: dict[str, str], implied: bool = False
+) -> NewReceipt:
+    key = receipt_key(notification.key, _device(receipt), event)
+    return NewReceipt(key, notification, event, receipt.at, dimensions, implied)
+
+
+def _outcome(item: Resolved, unique: dict[str, NewReceipt], new_keys: set[str]) -> str:
+    if item.outcome is not None:
+        return item.outcome
+    assert item.new is not None
+    # Recorded only by the item whose document was inserted: a copy later in the batch is a duplicate.
+    return RECORDED if item.new.key in new_keys and unique[item.new.key] is item.new else DUPLICATE
+
+
+async def _announce(request: web.Request, recorded: list[NewReceipt], now: float) -> None:
+    """One receipt event per new receipt on `push.outcomes`: best effort, never fails the answer (the receipts
+    are stored and counted already; a retry would find them recorded and announce nothing)."""
+    publisher = request.app[RECEIPT_EVENTS]
+    if publisher is None or not recorded:
+        return
+    events = [
+        ReceiptEvent(r.notification.key, r.notification.request_id, r.notification.app, r.event, r.at, now,
+                     r.dimensions, r.implied)
+        for r in recorded
+    ]
+    try:
+        published = await publisher.publish_many(events)
+    except Exception as exc:
+        published = []
+        log.warning("receipt_events_not_published", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
+    if len(published) < len(events):
+        log.warning("receipt_events_lost", count=len(events) - len(published))
