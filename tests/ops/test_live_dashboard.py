@@ -4,11 +4,11 @@ pushsvc runs in-process (the ``stack`` fixture: real Tansu, nx-27017 and TLS APN
 ``prometheus`` binary scrapes its /metrics every second as job="pushsvc". The load covers the paths the
 panels watch: deliveries on all four providers (APNs, FCM, Huawei Push Kit, Web Push: the same labels), an
 invalid token (410), a retried send (503 once), a dead letter, a duplicate request, an unknown token, a
-notification scheduled for later, a campaign and a dry run. Prometheus loads config/prometheus/alerts.yaml,
-whose recording rules the SLO row reads (transactional pushes feed the latency SLI, the campaign the
-campaign-start SLI). Then each panel target of config/grafana/pushsvc.json is evaluated through Prometheus'
-HTTP API with the dashboard variables filled in as Grafana would ("All" and an explicit selection), and must
-return data; every rule must evaluate without error.
+notification scheduled for later, a campaign, a dry run and receipts (an open, a receipt, a repeat, one for an
+unknown notification). Prometheus loads config/prometheus/alerts.yaml, whose recording rules the SLO row reads
+(transactional pushes feed the latency SLI, the campaign the campaign-start SLI). Then each panel target of
+config/grafana/pushsvc.json is evaluated through Prometheus' HTTP API with the dashboard variables filled in as
+Grafana would ("All" and an explicit selection), and must return data; every rule must evaluate without error.
 """
 
 from __future__ import annotations
@@ -171,6 +171,23 @@ async def test_every_dashboard_panel_returns_data(
         assert len(stack.apns.requests_for(IOS_RETRY)) == 2, "the 503 was retried once"
         assert (await stack.wait_finished("campaign:live-campaign"))["counts"]["delivered"] == 2
 
+        # Receipts from the app's backend (the Opens row): an open, a receipt, a repeat, an unknown notification.
+        now = datetime.now(UTC).isoformat()
+        receipts = {"app": "demo", "receipts": [
+            {"notification_id": "live-tokens", "token": IOS_OK, "event": "opened", "at": now},
+            {"notification_id": "live-tokens", "token": ANDROID_OK, "event": "received", "at": now},
+            {"notification_id": "live-tokens", "token": IOS_OK, "event": "opened", "at": now},
+            {"notification_id": "never-sent", "token": IOS_OK, "event": "opened", "at": now},
+        ]}
+        async with stack.http.post(stack.url("/v1/receipts"), json=receipts, headers=auth_headers()) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["results"] == ["recorded", "recorded", "duplicate", "unknown_notification"]
+        opened = local_value("pushsvc_receipts_total", app="demo", event="opened", outcome="recorded")
+        await wait_for(
+            'sum(pushsvc_receipts_total{job="pushsvc", app="demo", event="opened", outcome="recorded"})',
+            lambda rows: rows and float(rows[0]["value"][1]) >= opened,
+        )
+
         # Prometheus has scraped everything the load produced (the registry is this process's).
         expected = local_value("pushsvc_deliveries_total", app="demo", provider="apns", outcome="invalid_token")
         assert expected >= 1
@@ -223,6 +240,10 @@ async def test_every_dashboard_panel_returns_data(
         assert ingested[("kafka", "accepted")] > 0
         assert ingested[("kafka", "duplicate")] > 0
         assert ingested[("kafka", "invalid")] > 0
+        rows = await query(f"sum by (event, outcome) (rate(pushsvc_receipts_total[{rate}]))")
+        receipts_seen = by(rows, "event", "outcome")
+        assert receipts_seen[("opened", "recorded")] > 0 and receipts_seen[("opened", "duplicate")] > 0
+        assert receipts_seen[("opened", "unknown_notification")] > 0
         rows = await query('pushsvc_campaign_progress_ratio{job="pushsvc"}')
         assert by(rows, "campaign")[("live-campaign",)] == 1.0
         rows = await query('pushsvc_scheduled_backlog{job="pushsvc"}')
