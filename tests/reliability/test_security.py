@@ -28,7 +28,7 @@ from tests.reliability.harness import (
 
 pytestmark = pytest.mark.integration
 
-SCOPES = ["devices:write", "notify", "campaigns", "read"]
+SCOPES = ["devices:write", "notify", "campaigns", "read", "receipts"]
 # Health and metrics are open to probes and scrapers; the API description documents only public shapes.
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/asyncapi.json"}
 # The documented scope of each route (README); routes added later are checked generically.
@@ -37,6 +37,7 @@ DOCUMENTED = {
     ("GET", "/v1/users/{user_id}/devices"): "read",
     ("POST", "/v1/notifications"): "notify",
     ("GET", "/v1/notifications/{notification_id}"): "read",
+    ("POST", "/v1/receipts"): "receipts",
 }
 
 
