@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pushsvc.scheduling.due import epoch_to_iso
-from tests.integration.stack import API_KEY, Stack, auth_headers
+from tests.integration.stack import API_KEY, Stack, auth_headers, wait_until
+from tests.integration.test_campaigns import api, campaign, register_many, token
 from tests.reliability.harness import api_key_config
 
 pytestmark = pytest.mark.integration
@@ -227,3 +228,27 @@ async def test_another_apps_key_cannot_post_receipts_for_this_apps_notification(
     assert status == 403 and "receipts" in answer["error"]["message"]
     assert await stack.db.receipts.count_documents({}) == 0
     assert (await get(stack, "/v1/notifications/order-6?app=demo"))["funnel"]["opened"] == 0
+
+
+async def test_a_split_campaigns_receipts_count_on_the_campaign_and_survive_its_settle(stack: Stack) -> None:
+    """Receipts name the campaign (every range sends its request id); posted while its ranges still run, they
+    stay counted when the settle writes the summed counts."""
+    await stack.start(dispatch={"range_devices": 50, "max_active_ranges": 1, "poll_interval_seconds": 0.3,
+                                "chunk_size": 10})
+    tokens = [token(i, "f") for i in range(120)]
+    await register_many(stack, tokens, tags=["promo"], locale="ja-JP")
+    stack.apns.set_default(delay=0.1)  # 12 chunks of 10: the ranges run for over a second
+    status, _ = await api(stack, "POST", "/v1/campaigns", campaign("wide"))
+    assert status == 201
+    first = await wait_until(lambda: asyncio.sleep(0, [r.token for r in stack.apns.requests][:5]), 20)
+    assert len(first) == 5
+    status, answer = await post(stack, [receipt("campaign:wide", "opened", token=t) for t in first])
+    assert status == 200 and answer["results"] == ["recorded"] * 5, answer
+    parent = await stack.notification("campaign:wide")
+    assert parent is not None and not parent.get("settled") and parent["funnel"]["opened"] == 5, "settled already"
+    doc = await stack.wait_finished("campaign:wide", timeout=60)
+    assert doc["ranges"] >= 2 and doc["settled"] and doc["counts"]["delivered"] == 120
+    status, view = await api(stack, "GET", "/v1/campaigns/wide")
+    assert status == 200 and view["funnel"]["delivered"] == 120 and view["funnel"]["opened"] == 5, view["funnel"]
+    assert view["funnel"]["by"]["locale"] == {"ja": {"received": 5, "opened": 5, "open_rate": 1.0}}
+    assert view["funnel"]["rates"]["open_rate"] == round(5 / 120, 4)
