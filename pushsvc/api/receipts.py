@@ -10,6 +10,7 @@ database without bound).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,6 +29,10 @@ log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 RECORDED, DUPLICATE, UNKNOWN_NOTIFICATION, UNKNOWN_DEVICE = RECEIPT_OUTCOMES
+# How long an answer waits for the broker to acknowledge the batch's receipt events: the API's bound on MongoDB
+# (http.store_timeout_ms) does not cover Kafka, and a broker outage must not hold a mobile backend's request.
+# Events not acknowledged by then may still go out (they are queued in the producer), or be lost.
+EVENTS_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -121,9 +126,9 @@ async def _announce(request: web.Request, recorded: list[NewReceipt], now: float
         for r in recorded
     ]
     try:
-        published = await publisher.publish_many(events)
-    except Exception as exc:
+        published = await asyncio.wait_for(publisher.publish_many(events), EVENTS_WAIT_SECONDS)
+    except Exception as exc:  # TimeoutError included
         published = []
-        log.warning("receipt_events_not_published", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
+        log.warning("receipt_events_unconfirmed", count=len(events), error=f"{type(exc).__name__}: {exc}"[:200])
     if len(published) < len(events):
         log.warning("receipt_events_lost", count=len(events) - len(published))

@@ -22,7 +22,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from pushsvc.store.database import Database
+from pushsvc.store.database import Database, first_reply
 from pushsvc.store.devices import POINT_LOOKUPS_UP_TO, DeviceStore
 from pushsvc.store.funnel import MIXED, increments, locale_value, platform_value
 from pushsvc.store.notifications import DEFAULT_RETENTION_SECONDS, DUPLICATE_KEY, expiry, notification_key
@@ -93,8 +93,7 @@ class ReceiptStore:
             )
             docs = [d for d in found if d is not None]
         else:
-            cursor = self._notifications.find({**query, "_id": {"$in": list(keys)}}, projection)
-            docs = await cursor.to_list(length=len(keys))
+            docs = await first_reply(self._notifications, {**query, "_id": {"$in": list(keys)}}, len(keys), projection)
         return {
             keys[d["_id"]]: NotificationRef(d["_id"], keys[d["_id"]], app, float(d.get("created_at") or 0.0))
             for d in docs
