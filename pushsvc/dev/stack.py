@@ -193,7 +193,7 @@ def _dev_config(stack: DevStack, api_key: str) -> dict[str, Any]:
             }
         },
         "api_keys": [{"name": "dev", "hash": hash_api_key(api_key),
-                      "scopes": ["devices:write", "notify", "campaigns", "read"], "apps": ["demo"]}],
+                      "scopes": ["devices:write", "notify", "campaigns", "read", "receipts"], "apps": ["demo"]}],
     }
 
 
