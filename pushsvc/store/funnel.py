@@ -61,7 +61,7 @@ def _rate(part: int, whole: int) -> float | None:
 def _count(value: Any) -> int:
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):  # a hand-edited document: shown as nothing rather than failing the read
+    except (TypeError, ValueError, OverflowError):  # a hand-edited document: shown as 0, the read not failed
         return 0
 
 

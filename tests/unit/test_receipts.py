@@ -121,3 +121,10 @@ def test_a_real_receipt_event_and_the_example_validate_against_the_contract() ->
     assert decoded["type"] == "receipt" and decoded["id"] == "order-1"
     # An outcome event is not a receipt event: consumers tell them apart by `type`.
     assert not schema.is_valid(asyncapi.OUTCOME_EXAMPLE)
+
+
+def test_a_hand_edited_funnel_reads_as_zero_instead_of_failing() -> None:
+    doc = {"funnel": {"received": float("inf"), "opened": "x"}, "funnel_by": {"platform": {"ios": "junk"}},
+           "counts": None}
+    view = funnel_view({"targeted": 1, "delivered": 1}, doc)
+    assert (view["received"], view["opened"], view["by"]) == (0, 0, {"platform": {}})
