@@ -11,12 +11,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from pushsvc import __version__, metrics
+from pushsvc import __version__, metrics, tracing
 from pushsvc.api.auth import ApiKeyAuth
 from pushsvc.api.server import build_http_app
 from pushsvc.config import Settings, configured_providers, web_allowed_hosts
@@ -46,6 +46,9 @@ from pushsvc.store.notifications import NotificationStore
 from pushsvc.store.quotas import QuotaStore
 from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
 from pushsvc.store.receipts import ReceiptStore
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider  # imported only when tracing is on (tracing.configure)
 
 log = get_logger(__name__)
 
@@ -133,6 +136,7 @@ class PushService:
         self.ingest = KafkaIngest(settings.kafka, self.intake, self.producer, known_apps, providers_of)
         self.http_app = self._build_http_app(settings, known_apps, providers_of, clock)
         self._runner: web.AppRunner | None = None
+        self._tracer_provider: TracerProvider | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopping = False
@@ -223,6 +227,8 @@ class PushService:
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.init_series(self.providers.keys())
         metrics.init_receipt_series(self.settings.apps)
+        # Off unless tracing.otlp_endpoint is set: then the SDK is loaded and spans exported from a thread.
+        self._tracer_provider = tracing.configure(self.settings.tracing)
         # HTTP first so liveness answers while dependencies are awaited; readiness stays 503 until started.
         self._runner = web.AppRunner(self.http_app, access_log=None)
         await self._runner.setup()
@@ -352,6 +358,10 @@ class PushService:
                 await asyncio.wait_for(self._runner.cleanup(), CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.database.close(), CLOSE_TIMEOUT_SECONDS)
+        if self._tracer_provider is not None:
+            # The spans of the drain included; the export is bounded by tracing.export_timeout_seconds.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(tracing.shutdown, self._tracer_provider)
         log.info("pushsvc_stopped", owner=self.owner, seconds=round(time.monotonic() - started, 3))
 
     @staticmethod

@@ -23,6 +23,7 @@ from pushsvc.config.settings import (
     MongoSettings,
     RetentionSettings,
     Settings,
+    TracingSettings,
     configured_providers,
     web_allowed_hosts,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "MongoSettings",
     "RetentionSettings",
     "Settings",
+    "TracingSettings",
     "WebPushSettings",
     "configured_providers",
     "endpoint_address",

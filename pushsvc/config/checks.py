@@ -17,6 +17,7 @@ from pushsvc.config.settings import (
     FrequencyCapSettings,
     KafkaSettings,
     Settings,
+    TracingSettings,
 )
 from pushsvc.credentials import (
     CredentialError,
@@ -76,6 +77,8 @@ def check_semantics(settings: Settings) -> None:
     with problems.check():
         if settings.retention.notification_days <= 0:
             raise ConfigError("retention.notification_days: must be greater than 0")
+    with problems.check():
+        _check_tracing(settings.tracing)
     problems.raise_any()
 
 
@@ -296,6 +299,46 @@ def _check_apns(apns: ApnsSettings, base: str) -> None:
         _require_file(apns.ca_file, f"{base}.ca_file")
     if apns.endpoint:
         endpoint_address(apns.endpoint, f"{base}.endpoint", path_allowed=False)
+
+
+# Where an OTLP endpoint may be plain http: a collector on this host (sidecar, node agent on the loopback).
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _check_tracing(tracing: TracingSettings) -> None:
+    """Spans name apps, request ids and outcomes: they leave the host over TLS only (http:// is refused unless
+    the collector listens on this host's loopback)."""
+    problems = _Problems()
+    with problems.check():
+        if not 0.0 <= tracing.sample_ratio <= 1.0:
+            raise ConfigError("tracing.sample_ratio: must be between 0 and 1")
+    with problems.check():
+        if tracing.export_timeout_seconds <= 0:
+            raise ConfigError("tracing.export_timeout_seconds: must be greater than 0")
+    with problems.check():
+        if not tracing.service_name:
+            raise ConfigError("tracing.service_name: must not be empty")
+    if tracing.ca_file is not None:
+        with problems.check():
+            _require_file(tracing.ca_file, "tracing.ca_file")
+    url = tracing.otlp_endpoint
+    if url is not None:
+        with problems.check():
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 (raises for a port out of range)
+            except ValueError:
+                raise ConfigError(f"tracing.otlp_endpoint: not a URL: {url!r}") from None
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+                raise ConfigError(f"tracing.otlp_endpoint: expected https://host[:port][/path], got {url!r}")
+            if parts.username or parts.password:
+                raise ConfigError("tracing.otlp_endpoint: must not hold credentials")
+            if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+                raise ConfigError(
+                    f"tracing.otlp_endpoint: http:// is allowed only to a collector on this host "
+                    f"({', '.join(sorted(LOCAL_HOSTS))}); use https:// (TLS is never off), got {url!r}"
+                )
+    problems.raise_any()
 
 
 def endpoint_address(url: str, key: str, path_allowed: bool) -> tuple[str, int]:

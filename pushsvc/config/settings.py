@@ -143,6 +143,21 @@ class FrequencyCapSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    # OTLP/HTTP (protobuf) traces URL of a collector (https://collector:4318/v1/traces; an empty path gets
+    # /v1/traces). None: tracing is off and no OpenTelemetry SDK is loaded (pushsvc/tracing.py). http:// only to
+    # this host (a sidecar or node-local collector): TLS is never off on the network.
+    otlp_endpoint: str | None = None
+    # Share of new traces (requests without a traceparent) sampled; a request with one follows its sampled flag.
+    sample_ratio: float = 0.01
+    service_name: str = "pushsvc"
+    # CA bundle to trust for an https collector besides the system's (a private CA).
+    ca_file: str | None = None
+    # One export request's bound: spans are exported from a background thread, never from the event loop.
+    export_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class AppSettings:
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
@@ -171,6 +186,7 @@ class Settings:
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     api_keys: list[ApiKeySettings] = field(default_factory=list)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Free-form name shown in logs and used as lease owner prefix.
     instance_name: str | None = None
