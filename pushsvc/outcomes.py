@@ -12,11 +12,14 @@ from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from pushsvc import tracing
 from pushsvc.logs import get_logger
 from pushsvc.store.counts import PLATFORM_SEPARATOR, full_counts, split_counts
 from pushsvc.store.events import EventStore
 from pushsvc.store.records import NotificationRecord
+from pushsvc.tracing import TraceContext
 
 log = get_logger(__name__)
 
@@ -34,6 +37,9 @@ class OutcomeEvent:
     error: str | None
     finished_at: float  # as stored on the notification (the database's clock): the same on every resend
     dry_run: bool = False
+    # The context it is published under (its `outcome.publish` span's parent; tracing off, the `traceparent`
+    # header as is): the finish's span, or the notification's stored context (the sweep's resend).
+    trace: TraceContext | None = None
 
     @classmethod
     def of(
@@ -43,11 +49,14 @@ class OutcomeEvent:
         counts: Mapping[str, int],
         error: str | None,
         finished_at: float,
+        trace: TraceContext | None = None,
     ) -> OutcomeEvent:
+        """`trace`: the finish span's context; by default the span current here (a finish's), else the stored."""
         # A dry run is marked on its document; its per-platform counts say so too (a document read without
         # the mark, e.g. by an older projection).
         dry_run = record.dry_run or any(PLATFORM_SEPARATOR in key for key in counts)
-        return cls(record.id, record.request_id, record.app, state, counts, error, finished_at, dry_run)
+        trace = trace or tracing.current() or record.trace
+        return cls(record.id, record.request_id, record.app, state, counts, error, finished_at, dry_run, trace)
 
     def encode(self) -> bytes:
         # Every counter, also for a notification recorded before one was added (the contract requires them).
@@ -114,22 +123,46 @@ class OutcomePublisher:
         acknowledged."""
         if self._producer is None or not events:
             return []
+        spans = [self._span(event) for event in events]
         try:
             futures = [
-                await self._producer.send(self._topic, event.encode(), key=event.notification_id.encode())
-                for event in events
+                await self._producer.send(
+                    self._topic, event.encode(), key=event.notification_id.encode(),
+                    headers=_headers(tracing.carried(span) or event.trace),
+                )
+                for event, span in zip(events, spans, strict=True)
             ]
         except Exception as exc:  # not even queued (producer closed): all stay pending for the sweep
             log.warning("outcome_events_not_published", count=len(events), error=str(exc))
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.end()
             return []
         acknowledged: list[str] = []
-        for event, result in zip(events, await asyncio.gather(*futures, return_exceptions=True), strict=True):
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for event, result, span in zip(events, results, spans, strict=True):
+            if isinstance(result, BaseException):
+                span.set_status(Status(StatusCode.ERROR, type(result).__name__))
+            span.end()
             if isinstance(result, BaseException):
                 # MongoDB keeps event_pending set, so the outcome sweep publishes it later.
                 log.warning("outcome_event_not_published", notification_id=event.notification_id, error=str(result))
             else:
                 acknowledged.append(event.notification_id)
         return acknowledged
+
+
+    def _span(self, event: OutcomeEvent) -> Span:
+        """The event's `outcome.publish` span (its context is the record's `traceparent`)."""
+        return tracing.start("outcome.publish", event.trace, SpanKind.PRODUCER, {
+            "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": self._topic,
+            "pushsvc.app": event.app, "pushsvc.notification.id": event.notification_id[:200],
+            "pushsvc.state": event.state,
+        })
+
+
+def _headers(trace: TraceContext | None) -> list[tuple[str, bytes]] | None:
+    return None if trace is None else trace.kafka_headers()
 
 
 class Announcer:

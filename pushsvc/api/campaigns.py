@@ -7,7 +7,7 @@ fields, so the scheduler, leases, runner and counters are the notification machi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from pushsvc.api.context import (
 )
 from pushsvc.api.errors import json_error
 from pushsvc.api.notifications import NotificationStatus, counts_view, dry_run_view, read_status, variant_counts_view
+from pushsvc.api.traced import traced_intake
 from pushsvc.api.validation import app_of, json_body, known_app
 from pushsvc.dispatch.preview import audience_breakdown
 from pushsvc.dispatch.progress import progress_ratio
@@ -44,6 +45,7 @@ from pushsvc.store.campaigns import CAMPAIGN_PREFIX, STATUSES
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
 from pushsvc.store.funnel import funnel_view
 from pushsvc.store.records import UnreadableRequest, read_request
+from pushsvc.tracing import TraceContext
 
 routes = web.RouteTableDef()
 
@@ -138,7 +140,8 @@ def _campaign_id(request: web.Request) -> str:
 
 @routes.post("/v1/campaigns")
 @require("campaigns")
-async def create_campaign(request: web.Request) -> web.Response:
+@traced_intake
+async def create_campaign(request: web.Request, trace: TraceContext | None) -> web.Response:
     """Create a campaign; repeating an id returns the existing campaign with 200 (409 if the body differs).
 
     Recorded through intake like any request (one insert; a repeated id told apart by its stored hash), so a
@@ -154,7 +157,7 @@ async def create_campaign(request: web.Request) -> web.Response:
         # answered with the campaign as created even once its time has passed.
         fields = {**fields, **schedule_fields(parsed, request.app[CLOCK]())}
     estimate = await _audience_estimate(request, parsed, known)
-    item = campaign_intake(campaign_id, raw, fields, parsed, estimate)
+    item = replace(campaign_intake(campaign_id, raw, fields, parsed, estimate), trace=trace)
     result = await request.app[INTAKE].record([item], source="campaign")
     if result.rejected:
         return json_error(400, "store_rejected", result.rejected[0][1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +11,7 @@ from aiohttp import web
 from pushsvc.api.auth import permit, require
 from pushsvc.api.context import APP_PROVIDERS, CLOCK, INTAKE, KNOWN_APPS, NOTIFICATIONS
 from pushsvc.api.errors import json_error
+from pushsvc.api.traced import traced_intake
 from pushsvc.api.validation import app_of, json_body
 from pushsvc.ingest.intake import Rejection, key, validate
 from pushsvc.model import NotificationState
@@ -21,6 +22,7 @@ from pushsvc.store.device_documents import epoch_of, stored_bool
 from pushsvc.store.funnel import funnel_view
 from pushsvc.store.notifications import LANE_BATCH, request_id_of
 from pushsvc.store.ranges import RANGE_KIND, RangeStore
+from pushsvc.tracing import TraceContext
 
 routes = web.RouteTableDef()
 
@@ -112,11 +114,13 @@ def notification_view(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 @routes.post("/v1/notifications")
 @require("notify")
-async def create_notification(request: web.Request) -> web.Response:
+@traced_intake
+async def create_notification(request: web.Request, trace: TraceContext | None) -> web.Response:
     """Record a request; repeating the same id returns the existing record with 200 instead of 201."""
     outcome = validate(await json_body(request), request.app[KNOWN_APPS], request.app[APP_PROVIDERS])
     if isinstance(outcome, Rejection):
         return json_error(400, outcome.reason, outcome.detail, outcome.field)
+    outcome = replace(outcome, trace=trace)
     permit(request, outcome.request.app)
     result = await request.app[INTAKE].record([outcome], source="api")
     if result.rejected:

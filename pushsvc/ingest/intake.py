@@ -24,6 +24,7 @@ from pushsvc.scheduling.lanes import lane_for
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.notifications import LANE_BATCH, NotificationStore, new_document, notification_key
 from pushsvc.store.records import NotificationRecord
+from pushsvc.tracing import TRACE_FIELD, TraceContext
 
 if TYPE_CHECKING:
     from pushsvc.scheduling.scheduler import Scheduler
@@ -57,6 +58,9 @@ class Accepted:
     request: PushRequest
     raw: dict[str, Any]
     recorded_as: RecordAs | None = None  # None: a request, in the lane lane_for picks
+    # The W3C context of its intake span (or the producer's, tracing off): stored with the notification so the
+    # spans of whoever sends it join the trace (pushsvc/tracing.py). Not part of the request: never hashed.
+    trace: TraceContext | None = None
 
     @property
     def lane(self) -> str:
@@ -256,6 +260,7 @@ class Intake:
                 new_document(request, raw, source, due[n], now, reservation.claim if n in held else None, lane=lanes[n])
                 | (items[n].recorded_as.fields if items[n].recorded_as is not None else {})
                 | {REQUEST_HASH: request_hash(items[n].sent)}
+                | ({TRACE_FIELD: items[n].trace.document()} if items[n].trace is not None else {})
                 for n, (request, raw) in enumerate(stamped)
             ]
             result = await self._notifications.record(documents)

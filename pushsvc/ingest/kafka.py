@@ -19,18 +19,20 @@ import asyncio
 import base64
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from pymongo.errors import BulkWriteError
 
-from pushsvc import metrics
+from pushsvc import metrics, tracing
 from pushsvc.config import KafkaSettings
 from pushsvc.ingest.intake import Accepted, AppProviders, Intake, Rejection, decode
 from pushsvc.kafka_options import client_options
 from pushsvc.logs import get_logger
+from pushsvc.tracing import TraceContext
 
 log = get_logger(__name__)
 
@@ -65,8 +67,11 @@ class DeadLetter:
     headers: list[tuple[str, bytes]]
 
 
-def dead_letter(record: ConsumerRecord, rejection: Rejection, limit: int) -> DeadLetter:
-    """The DLQ record for a rejected message, never larger than ``limit`` bytes.
+def dead_letter(
+    record: ConsumerRecord, rejection: Rejection, limit: int, trace: TraceContext | None = None
+) -> DeadLetter:
+    """The DLQ record for a rejected message, never larger than ``limit`` bytes, carrying `trace` (the context
+    of its intake span) as its `traceparent`, in place of the producer's, even when other headers are dropped.
 
     A dead letter that cannot be sent holds its partition forever (sending is retried like an outage), and
     quoting a value in JSON can make it six times larger (control characters become \\u00XX): over the
@@ -78,7 +83,8 @@ def dead_letter(record: ConsumerRecord, rejection: Rejection, limit: int) -> Dea
         key = key[:DLQ_MAX_KEY_BYTES]
     original_headers = list(record.headers or ())
     headers_dropped = sum(len(name) + len(value or b"") for name, value in original_headers) > DLQ_MAX_HEADER_BYTES
-    headers = [*([] if headers_dropped else original_headers), ("pushsvc-dlq-reason", rejection.reason.encode())]
+    kept = [] if headers_dropped else original_headers
+    headers = [*tracing.with_context(kept, trace), ("pushsvc-dlq-reason", rejection.reason.encode())]
     budget = limit - (len(key or b"") + sum(len(n) + len(v or b"") for n, v in headers) + 1024)  # + record overhead
     value = record.value or b""
     encoded = _envelope(record, rejection, value, rejection.reason == "too_large", key, key_truncated, headers_dropped)
@@ -121,6 +127,30 @@ def _envelope(
     except UnicodeDecodeError:
         envelope["value_base64"] = base64.b64encode(value).decode()
     return orjson.dumps(envelope)
+
+
+def _intake_span(record: ConsumerRecord) -> tuple[Span, TraceContext | None]:
+    """The intake span of one record (a child of its `traceparent` header, a new root without one) and the
+    context its notification or dead letter carries on; tracing off: no span, the producer's context as is."""
+    received = TraceContext.of_headers(record.headers)
+    if not tracing.enabled():
+        return INVALID_SPAN, received
+    span = tracing.start("intake.record", received, SpanKind.CONSUMER, {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        "pushsvc.source": "kafka",
+    })
+    return span, tracing.carried(span)
+
+
+def _describe(span: Span, item: Accepted) -> None:
+    """Who a request is, on its intake span (never its tokens or message)."""
+    if span.is_recording():
+        span.set_attributes({"pushsvc.app": item.request.app, "pushsvc.request_id": item.request.id[:200],
+                             "pushsvc.lane": item.lane})
 
 
 def _brief(exc: Exception) -> str:
@@ -166,6 +196,7 @@ class KafkaIngest:
         self._stopping = asyncio.Event()
         self._lag_refreshed = 0.0
         self._poll: asyncio.Future[Mapping[TopicPartition, list[ConsumerRecord]]] | None = None
+        self._traced: dict[int, tuple[Span, TraceContext | None]] = {}
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -281,14 +312,33 @@ class KafkaIngest:
         accepted: list[Accepted] = []
         source: dict[int, ConsumerRecord] = {}  # id(accepted item) -> its record, to dead-letter store rejections
         dead: list[tuple[ConsumerRecord, Rejection]] = []
+        # id(record) -> its intake span and the context its notification or dead letter carries on.
+        self._traced = {}
         for records in batch.values():
             for record in records:
+                span, trace = _intake_span(record)
+                self._traced[id(record)] = (span, trace)
                 outcome = decode(record.value, self._settings.max_message_bytes, self._known_apps, self._providers)
                 if isinstance(outcome, Rejection):
                     dead.append((record, outcome))
                 else:
+                    outcome = replace(outcome, trace=trace)
+                    _describe(span, outcome)
                     accepted.append(outcome)
                     source[id(outcome)] = record
+        try:
+            return await self._record(accepted, source, dead)
+        finally:
+            for span, _ in self._traced.values():
+                span.end()
+            self._traced = {}
+
+    async def _record(
+        self,
+        accepted: list[Accepted],
+        source: dict[int, ConsumerRecord],
+        dead: list[tuple[ConsumerRecord, Rejection]],
+    ) -> bool:
         recorded = False
         delay = 0.2
         while True:
@@ -325,7 +375,10 @@ class KafkaIngest:
         futures = []
         limit = producer_request_limit(self._settings)
         for record, rejection in dead:
-            letter = dead_letter(record, rejection, limit)
+            span, trace = self._traced.get(id(record), (INVALID_SPAN, None))
+            if span.is_recording():
+                span.set_attributes({"pushsvc.intake.result": "dead_letter", "pushsvc.dlq.reason": rejection.reason})
+            letter = dead_letter(record, rejection, limit, trace)
             futures.append(
                 await self._producer.send(
                     self._settings.dlq_topic, letter.value, key=letter.key, headers=letter.headers

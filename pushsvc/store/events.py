@@ -31,6 +31,7 @@ class EventStore:
         cursor = self._collection.find(
             # `$eq` spelled out (same meaning): nx-27017 scans the collection for a bare equality.
             {"event_pending": {"$eq": True}, "finished_at": {"$lte": finished_before}},
-            {"app": 1, "request_id": 1, "state": 1, "counts": 1, "error": 1, "finished_at": 1, "dry_run": 1},
+            {"app": 1, "request_id": 1, "state": 1, "counts": 1, "error": 1, "finished_at": 1, "dry_run": 1,
+             "trace": 1},
         ).limit(limit).batch_size(limit)
         return [doc async for doc in cursor]

@@ -40,14 +40,15 @@ NEVER = 1e15
 FINAL_STATES = (str(NotificationState.DONE), str(NotificationState.FAILED), str(NotificationState.CANCELLED))
 # Fields a range copies from its parent: the request and how it is to be sent.
 # `target_users` too: a GDPR erasure finds and scrubs ranges like any stored request.
+# `trace`: a range's spans join its campaign's trace.
 _INHERITED = (
     "app", "request_id", "request", "source", "quiet_hours", "zones_passed", "variants", "control_percent",
-    "target_users",
+    "target_users", "trace",
 )
 _STATE_FIELDS = {"state": 1, "finished_at": 1}
 # What a settled parent is announced with (OutcomeEvent, metrics, the log line).
 _SETTLED_FIELDS = {"app": 1, "request_id": 1, "kind": 1, "state": 1, "counts": 1, "error": 1, "finished_at": 1,
-                   "ranges": 1}
+                   "ranges": 1, "trace": 1}
 
 
 def range_id(parent_id: str, index: int) -> str:

@@ -18,6 +18,7 @@ import orjson
 from pushsvc.model import PushRequest, parse_request
 from pushsvc.model.variants import Split, split_of
 from pushsvc.store.notifications import STALLED_RUNS, request_id_of
+from pushsvc.tracing import TRACE_FIELD, TraceContext
 
 # Longest reason an unreadable request is failed with (the error stored on the notification).
 UNREADABLE_DETAIL_CHARS = 300
@@ -87,6 +88,9 @@ class NotificationRecord:
     # How it ended (final states).
     error: str | None = None
     finished_at: float = 0.0
+    # The trace its spans join (pushsvc/tracing.py): its intake span's context, stored at intake; None for one
+    # recorded without (before tracing existed), whose spans then begin traces of their own.
+    trace: TraceContext | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], request: PushRequest | None = None) -> NotificationRecord:
@@ -103,6 +107,7 @@ class NotificationRecord:
                 state=str(doc.get("state")), request=UnreadableRequest(detail, part="document"),
                 # Which runner it reached and how its end is told (a range settles its campaign instead).
                 lane=_text(doc.get("lane")), kind=_text(doc.get("kind")), parent=_text(doc.get("parent")),
+                trace=TraceContext.of_mapping(doc.get(TRACE_FIELD)),
             )
 
     @classmethod
@@ -144,6 +149,7 @@ class NotificationRecord:
             bounds=(bounds[0], bounds[1]),
             error=doc.get("error"),
             finished_at=float(doc.get("finished_at") or 0.0),
+            trace=TraceContext.of_mapping(doc.get(TRACE_FIELD)),
         )
 
 
