@@ -20,8 +20,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from pushsvc import metrics
+from opentelemetry.trace import Span
+
+from pushsvc import metrics, tracing
 from pushsvc.config import DispatchSettings
+from pushsvc.dispatch import traces
 from pushsvc.dispatch.chunks import Chunk, ChunkWorker, Terms
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest
@@ -94,10 +97,12 @@ class BatchRunner:
         """Send and finish the batch held by `lease`; `on_done(n)` reports n more notifications off our hands."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:batch:{len(batch)}")
         sending: dict[asyncio.Future[_Sent], NotificationRecord] = {}
+        # Each notification's run, in its own trace; ended when its sending ends.
+        spans = {item.id: traces.dispatching(item, LANE_BATCH) for item in batch}
         try:
-            firsts = await self._first_chunks(batch, lease)
+            firsts = await self._first_chunks(batch, lease, [spans[item.id] for item in batch])
             sending = {
-                asyncio.ensure_future(self._send(item, lease, first)): item
+                asyncio.ensure_future(tracing.within(spans[item.id], self._send(item, lease, first))): item
                 for item, first in zip(batch, firsts, strict=True)
             }
             pending = set(sending)
@@ -110,6 +115,7 @@ class BatchRunner:
                 for task in done:
                     item = sending[task]
                     notification_id = item.id
+                    spans[notification_id].end()
                     error = task.exception()
                     if error is not None:
                         # Only this one: it is no longer renewed, its lease expires and a later claim runs it.
@@ -128,21 +134,28 @@ class BatchRunner:
             heartbeat.cancel()
             for task in sending:
                 task.cancel()
+            for span in spans.values():
+                span.end()  # those not ended above (a second end is ignored)
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _first_chunks(self, batch: Sequence[NotificationRecord], lease: Lease) -> list[Chunk | None]:
+    async def _first_chunks(
+        self, batch: Sequence[NotificationRecord], lease: Lease, spans: Sequence[Span]
+    ) -> list[Chunk | None]:
         """Every notification's first chunk, read together (one lookup per app, push type and target field).
         If that read fails, each notification reads its own, so a failure concerns that one alone."""
+        started_ns = time.time_ns()
         try:
-            return list(
+            chunks: list[Chunk | None] = list(
                 await self._chunks.first_chunks(
                     [_request(item) for item in batch], self._settings.chunk_size, retry_while=lease.valid
                 )
             )
         except Exception as exc:
             log.warning("batch_read_failed", notifications=len(batch), error=type(exc).__name__)
-            return [None] * len(batch)
+            chunks = [None] * len(batch)
+        traces.looked_up(spans, started_ns, chunks)  # one lookup span in each notification's trace
+        return chunks
 
     @staticmethod
     async def _contained(lease: Lease, group: Sequence[NotificationRecord], work: Awaitable[None]) -> None:
@@ -163,6 +176,7 @@ class BatchRunner:
         ends = [BatchRunEnd(item.id, NotificationState.DONE, Counter(item.counts) + counts) for item, counts in ready]
         ids = [end.notification_id for end in ends]
         now = self._clock()
+        finishing = traces.finish_spans([item for item, _ in ready], str(NotificationState.DONE))
         # The same bulk write marks the outcome events acknowledged since the last one (Announcer).
         announced = self._announcer.take()
         try:
@@ -171,6 +185,8 @@ class BatchRunner:
             )
         except BaseException as exc:
             self._announcer.give_back(announced)
+            for span in finishing:
+                span.end()
             if not isinstance(exc, LeaseLost):
                 raise
             # The database stayed out of reach for the whole lease: whoever claims them next sends them again.
@@ -181,7 +197,8 @@ class BatchRunner:
         if len(finished) < len(ends):
             log_lease_event("lease_lost", set(ids) - finished, claim=token)
         events = []
-        for (item, _), end in zip(ready, ends, strict=True):
+        for (item, _), end, span in zip(ready, ends, finishing, strict=True):
+            tracing.counted(span, end.counts)
             if end.notification_id not in finished:
                 continue
             metrics.NOTIFICATIONS_FINISHED.labels(item.app, str(end.state)).inc()
@@ -192,8 +209,10 @@ class BatchRunner:
                 state=str(end.state),
                 counts=end.counts,
             )
-            events.append(OutcomeEvent.of(item, str(end.state), end.counts, None, now))
+            events.append(OutcomeEvent.of(item, str(end.state), end.counts, None, now, trace=tracing.carried(span)))
         await self._announcer.announce(events)
+        for span in finishing:
+            span.end()
 
     async def _hand_back(self, lease: Lease, stopped: Sequence[tuple[NotificationRecord, _Sent]]) -> None:
         """Notifications stopped mid-chunk (drain deadline, lapsed lease): save what was answered, let go."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pushsvc import metrics
+from pushsvc.dispatch import traces
 from pushsvc.dispatch.pace import Pace
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
 from pushsvc.logs import get_logger
@@ -33,6 +34,7 @@ from pushsvc.store.counts import platform_key, variant_key
 from pushsvc.store.database import is_transient
 from pushsvc.store.device_documents import to_recipient
 from pushsvc.store.devices import Deactivation, DeviceStore
+from pushsvc.store.notifications import LANE_BATCH
 from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
@@ -159,7 +161,10 @@ class ChunkWorker:
         database errors are retried while `retry_while()` holds (the lease is still good: nothing was sent
         for this chunk yet, so waiting costs only time)."""
         read = lambda: self._read(request, cursor, wave, count_unknown, size, upto)  # noqa: E731
-        return await _retrying(read, retry_while, self._read_retry_seconds, notification_id=request.id)
+        with traces.lookup(request.id) as span:
+            chunk = await _retrying(read, retry_while, self._read_retry_seconds, notification_id=request.id)
+            traces.chunk_read(span, chunk)
+            return chunk
 
     async def read_retried(
         self, read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool], **about: object
@@ -263,8 +268,9 @@ class ChunkWorker:
             deliveries = await self._within_caps(request, deliveries, counts, newly, hold)
         may_send = hold.may_send if hold is not None else None
         misconfig_tripped = self._sender.misconfig_watch(request.app)
-        send = self._sender.deliver
         lane, pace = terms.lane, terms.pace
+        # The batch lane's few devices get a span each; a fan-out's chunk is one span (fanout.py, dispatch/traces.py).
+        send = traces.per_device(self._sender.deliver) if lane == LANE_BATCH else self._sender.deliver
         tasks = [asyncio.ensure_future(send(d, due_at, may_send, lane=lane, pace=pace)) for _, d in deliveries]
         complete = await self._wait_all(tasks, hold)
         results: list[FinalResult] = []

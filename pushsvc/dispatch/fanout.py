@@ -13,8 +13,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from pushsvc import metrics
+from pushsvc import metrics, tracing
 from pushsvc.config import DispatchSettings
+from pushsvc.dispatch import traces
 from pushsvc.dispatch.chunks import ChunkOutcome, ChunkWorker, Terms
 from pushsvc.dispatch.fanout_state import Run
 from pushsvc.dispatch.finish import RunFinisher
@@ -65,12 +66,14 @@ class NotificationRunner:
         for its next local-time wave: then with that wave's due time (scheduling clock), so the scheduler can
         wake for it rather than wait for its safety poll."""
         heartbeat = asyncio.create_task(lease.keep(), name=f"lease:{record.id}")
+        span = traces.dispatching(record)
         try:
-            return await self._run(record, lease)
+            return await tracing.within(span, self._run(record, lease))
         except LeaseLost as exc:
             log.warning("lease_lost", notification_id=record.id, detail=str(exc) or None)
             return None
         finally:
+            span.end()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -162,7 +165,9 @@ class NotificationRunner:
             if starting and chunk.devices:
                 starting = False
                 metrics.FANOUT_START_DELAY.labels(request.app).observe(max(0.0, self._clock() - due_at))
-            outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id), terms)
+            with traces.chunk_send(run.record, len(chunk.devices)) as span:  # one span per chunk, with its counts
+                outcome = await self._chunks.deliver(request, chunk, due_at, run.skip, lease.hold(run.id), terms)
+                traces.sent(span, outcome.counts)
             if not outcome.complete:
                 await self._stopped_mid_chunk(run, outcome)
                 return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pushsvc import metrics
+from pushsvc.dispatch import traces
 from pushsvc.dispatch.progress import announce_finished
 from pushsvc.dispatch.ranges import RangeSettler
 from pushsvc.logs import get_logger
@@ -41,6 +42,12 @@ class RunFinisher:
         self, record: NotificationRecord, lease: Lease, state: NotificationState, error: str | None
     ) -> None:
         """Write the final state under `lease` (LeaseLost if another replica holds it now), then tell it."""
+        with traces.finishing(record, str(state)):  # the outcome event is published under it
+            await self._finish(record, lease, state, error)
+
+    async def _finish(
+        self, record: NotificationRecord, lease: Lease, state: NotificationState, error: str | None
+    ) -> None:
         notification_id, token, now = record.id, lease.token, self._clock()
         # A range is not announced: its parent is, once, with the sum of its ranges (store/ranges.py).
         announce = record.kind != RANGE_KIND

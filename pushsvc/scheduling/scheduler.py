@@ -15,10 +15,12 @@ finds what nobody announced: another replica's expired lease, a due time recorde
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pushsvc.config import DispatchSettings
+from pushsvc.dispatch import traces
 from pushsvc.dispatch.batch import BatchRunner, runs_in_batch
 from pushsvc.dispatch.fanout import NotificationRunner
 from pushsvc.logs import get_logger
@@ -142,9 +144,11 @@ class Scheduler:
         until = now + self._settings.lease_seconds  # read before the claim is written: it ends no earlier
         # Taken as expired only if it has expired even when our estimate of the database's clock runs ahead.
         expired_by = now - self._lease_clock.error()
+        started_ns = time.time_ns()
         token, records = await self._claims.claim_due(
             self.owner, expired_by, until, due_by, limit, lane, states
         )
+        traces.claimed(records, lane, self.owner, started_ns, direct=False)
         if self._stopping and records:
             # drain() began while this claim was in flight: hand these back at once rather than let them wait
             # for the end of the shutdown (or for their lease to run out).
@@ -196,6 +200,7 @@ class Scheduler:
             self._room.change(LANE_BATCH, -len(recorded))
             await self._lease_store.release([record.id for record in recorded], reservation.claim.token)
             return
+        traces.claimed(recorded, LANE_BATCH, self.owner, time.time_ns(), direct=True)
         self._start_batch(list(recorded), reservation.claim.token, reservation.claim.until)
 
     def abandon(self, reservation: Reservation, ids: Sequence[str]) -> None:
