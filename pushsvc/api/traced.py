@@ -25,7 +25,7 @@ def traced_intake(handler: TracedHandler) -> Callable[[web.Request], Awaitable[w
             return await handler(request, received)
         attributes = {"http.request.method": request.method, "http.route": request.path, "pushsvc.source": "api"}
         with tracing.span("intake.record", received, attributes, kind=SpanKind.SERVER) as span:
-            response = await handler(request, tracing.carried(span))
+            response = await handler(request, tracing.carried(span) or received)  # or not sampled
             span.set_attribute("http.response.status_code", response.status)
             return response
 

@@ -97,6 +97,8 @@ def per_device(send: Send) -> Send:
         return send
 
     async def traced(delivery: Delivery, *args: Any, **kwargs: Any) -> Any:
+        if not tracing.current_span().is_recording():  # a push not sampled
+            return await send(delivery, *args, **kwargs)
         device = delivery.device
         attributes = {"pushsvc.provider": provider_for(device.kind) or "none", "pushsvc.platform": device.platform,
                       "pushsvc.token": str(mask_token(device.token))}

@@ -143,7 +143,7 @@ def _intake_span(record: ConsumerRecord) -> tuple[Span, TraceContext | None]:
         "messaging.kafka.offset": record.offset,
         "pushsvc.source": "kafka",
     })
-    return span, tracing.carried(span)
+    return span, tracing.carried(span) or received  # not sampled: the producer's context, passed on
 
 
 def _describe(span: Span, item: Accepted) -> None:

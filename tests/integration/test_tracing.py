@@ -240,6 +240,23 @@ async def test_with_tracing_off_the_producers_context_is_passed_on_unchanged(sta
     assert header(letter, "traceparent") == traceparent
 
 
+async def test_a_push_its_producer_did_not_sample_records_no_span_and_passes_the_context_on(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    """Under a parent that is not sampled nothing is recorded (the SDK is not even asked: the 99% of pushes at
+    the default 1%), and the producer's context goes on as it came."""
+    await stack.start()
+    await stack.register(token(6), "ios", user_id="u6")
+    traceparent, trace_id, _ = producer_context()
+    unsampled = traceparent[:-2] + "00"
+    await publish(stack, alert("unsampled", {"users": ["u6"]}), [("traceparent", unsampled.encode())])
+    doc = await stack.wait_finished("unsampled")
+    assert doc["counts"]["delivered"] == 1 and doc["trace"] == {"traceparent": unsampled}, doc
+    (event,) = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1)
+    assert header(event, "traceparent") == unsampled
+    assert in_trace(spans, trace_id) == {}
+
+
 class OtlpReceiver:
     """A collector's OTLP/HTTP traces endpoint: POST /v1/traces, an ExportTraceServiceRequest in protobuf."""
 
