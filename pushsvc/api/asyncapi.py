@@ -194,12 +194,28 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     }
 
 
+def trace_headers(traceparent: str, **more: Any) -> dict[str, Any]:
+    """Kafka headers of a message: the W3C trace context (pushsvc/tracing.py), and `more`."""
+    return {
+        "type": "object",
+        "properties": {
+            "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}",
+                            "description": traceparent},
+            "tracestate": {"type": "string", "maxLength": 512, "description": "W3C tracestate, passed on"},
+            **more,
+        },
+    }
+
+
 def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.dlq",
          outcomes_topic: str = "push.outcomes") -> dict[str, Any]:
     """The AsyncAPI 3.0 document for the three topics (names as configured)."""
-    def message(name: str, title: str, schema: str, examples: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    def message(
+        name: str, title: str, schema: str, examples: list[dict[str, Any]], key: str, headers: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "name": name, "title": title, "contentType": "application/json",
+            "headers": headers,
             "payload": {"$ref": f"#/components/schemas/{schema}"},
             "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
             "examples": examples,
@@ -239,13 +255,21 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
             },
             "messages": {
                 "request": message("NotificationRequest", "A push request", "NotificationRequest",
-                                   REQUEST_EXAMPLES, "<app>:<id> recommended (spreads apps over partitions)"),
+                                   REQUEST_EXAMPLES, "<app>:<id> recommended (spreads apps over partitions)",
+                                   trace_headers("optional: the producer's span; the push's spans join its trace "
+                                                 "(without it, a new trace begins at intake)")),
                 "deadLetter": message("DeadLetter", "A rejected request", "DeadLetter",
                                       [{"name": "bad-badge", "payload": DEAD_LETTER_EXAMPLE},
                                        {"name": "id-reused-with-another-body", "payload": CONFLICT_EXAMPLE}],
-                                      "the original key"),
+                                      "the original key",
+                                      trace_headers("the request's intake span (tracing off or not sampled: the "
+                                                    "producer's traceparent as it came)",
+                                                    **{"pushsvc-dlq-reason": {"type": "string"}})),
                 "outcome": message("OutcomeEvent", "A finished notification", "OutcomeEvent",
-                                   [{"name": "done", "payload": OUTCOME_EXAMPLE}], "<app>:<id>"),
+                                   [{"name": "done", "payload": OUTCOME_EXAMPLE}], "<app>:<id>",
+                                   trace_headers("the event's publish span, in the push's trace (tracing off or "
+                                                 "not sampled: the context stored at intake); absent for a "
+                                                 "notification recorded without one while tracing was off")),
                 "receipt": message("ReceiptEvent", "A new receipt (POST /v1/receipts)", "ReceiptEvent",
                                    [{"name": "opened", "payload": RECEIPT_EXAMPLE}], "<app>:<id>"),
             },
