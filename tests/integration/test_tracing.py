@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -56,12 +57,14 @@ def alert(request_id: str, target: dict[str, Any]) -> dict:
     return {"id": request_id, "app": "demo", "target": target, "message": {"title": "t", "body": "b"}}
 
 
-async def publish(stack: Stack, value: dict | bytes, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+async def publish(
+    stack: Stack, value: dict | bytes, headers: Sequence[tuple[str, bytes]] = (), key: bytes | None = None
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     try:
         payload = value if isinstance(value, bytes) else orjson.dumps(value)
-        await producer.send_and_wait(stack.requests_topic, payload, headers=list(headers))
+        await producer.send_and_wait(stack.requests_topic, payload, key=key, headers=list(headers))
     finally:
         await producer.stop()
 
@@ -240,6 +243,29 @@ async def test_with_tracing_off_the_producers_context_is_passed_on_unchanged(sta
     assert header(letter, "traceparent") == traceparent
 
 
+async def test_a_repeat_with_another_traceparent_is_the_same_request_and_keeps_the_first_trace(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    """The trace context is not part of the request: a redelivery traced anew is absorbed, not a conflict."""
+    await stack.start()
+    await stack.register(token(7), "ios", user_id="u7")
+    first, trace_id, _ = producer_context()
+    second, _, _ = producer_context()
+    body = alert("repeated", {"users": ["u7"]})
+    await publish(stack, body, [("traceparent", first.encode())])
+    doc = await stack.wait_finished("repeated")
+    # One key, one partition: once "after" is done, the repeat before it was handled.
+    await publish(stack, body, [("traceparent", second.encode())], key=b"same")
+    await publish(stack, alert("after", {"users": ["u7"]}), key=b"same")
+    await stack.wait_finished("after")
+    again = await stack.notification("repeated")
+    assert again is not None and again["trace"] == doc["trace"] and again["trace"]["traceparent"][3:35] == trace_id
+    assert again["counts"]["delivered"] == 1 and len(stack.apns.requests) == 2
+    assert await stack.db.notifications.count_documents({}) == 2
+    with pytest.raises(AssertionError):  # no dead letter (a conflict would be one)
+        await consume(stack.bootstrap, stack.kafka["dlq_topic"], 1, timeout=2)
+
+
 async def test_a_push_its_producer_did_not_sample_records_no_span_and_passes_the_context_on(
     stack: Stack, spans: InMemorySpanExporter
 ) -> None:
@@ -260,7 +286,8 @@ async def test_a_push_its_producer_did_not_sample_records_no_span_and_passes_the
 class OtlpReceiver:
     """A collector's OTLP/HTTP traces endpoint: POST /v1/traces, an ExportTraceServiceRequest in protobuf."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.requests: list[ExportTraceServiceRequest] = []
         self.content_types: list[str] = []
         self.port = 0
@@ -278,7 +305,7 @@ class OtlpReceiver:
         app.router.add_post("/v1/traces", self._traces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -297,16 +324,19 @@ class OtlpReceiver:
                         yield resource, span
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    async with OtlpReceiver() as peer:
+@pytest.fixture(params=["https", "http"])
+async def receiver(request: pytest.FixtureRequest, stack: Stack) -> AsyncIterator[OtlpReceiver]:
+    """A collector over TLS (its certificate from the test CA, trusted through tracing.ca_file), or plain http
+    on the loopback (a sidecar collector: the one place http:// is accepted)."""
+    async with OtlpReceiver(stack.pki.server_context() if request.param == "https" else None) as peer:
         yield peer
 
 
 async def test_spans_reach_a_collector_over_otlp_http_as_configured(stack: Stack, receiver: OtlpReceiver) -> None:
-    # The loopback may be plain http (a sidecar collector); the sample ratio does not apply to a sampled parent.
-    tracing_config = {"otlp_endpoint": f"http://127.0.0.1:{receiver.port}", "sample_ratio": 0.0,
-                      "service_name": "pushsvc-test"}
+    # The sample ratio does not apply to a sampled parent.
+    scheme = "https" if receiver.tls is not None else "http"
+    tracing_config = {"otlp_endpoint": f"{scheme}://127.0.0.1:{receiver.port}", "sample_ratio": 0.0,
+                      "service_name": "pushsvc-test", "ca_file": str(stack.pki.ca_file)}
     service = await stack.start(extra={"tracing": tracing_config})
     assert tracing.enabled()
     await stack.register(token(5), "ios", user_id="u5")
