@@ -359,9 +359,11 @@ class PushService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.database.close(), CLOSE_TIMEOUT_SECONDS)
         if self._tracer_provider is not None:
-            # The spans of the drain included; the export is bounded by tracing.export_timeout_seconds.
+            # Export the spans still queued (the drain's too), within the shutdown budget like any close: past it
+            # the process exits and they are lost (the exporter's thread does not hold the exit).
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(tracing.shutdown, self._tracer_provider)
+                await asyncio.wait_for(asyncio.to_thread(tracing.shutdown, self._tracer_provider),
+                                       CLOSE_TIMEOUT_SECONDS)
         log.info("pushsvc_stopped", owner=self.owner, seconds=round(time.monotonic() - started, 3))
 
     @staticmethod

@@ -403,9 +403,10 @@ def test_shutdown_budget(rendered: list[dict[str, Any]]) -> None:
     drain = drain_timeout_seconds(rendered)
     assert sleep >= 5, "endpoints need a few seconds to drop the pod before SIGTERM"
     # The grace period covers the preStop hook, the drain that follows SIGTERM, the hand-back of work stopped
-    # at the drain deadline, and the closes after it (leases, consumer, producer, providers: one bound each).
+    # at the drain deadline, and the closes after it (leases, consumer, producer, providers, the span export when
+    # tracing is on: one bound each).
     assert grace > drain
-    closing = 4 * CLOSE_TIMEOUT_SECONDS
+    closing = 5 * CLOSE_TIMEOUT_SECONDS
     budget = sleep + drain + HAND_BACK_SECONDS + closing
     assert grace >= budget, f"grace {grace}s < preStop {sleep}s + drain {drain}s + {HAND_BACK_SECONDS}s + {closing}s"
 
