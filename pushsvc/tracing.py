@@ -128,9 +128,12 @@ class TraceContext:
 
 
 def with_context(headers: Iterable[tuple[str, bytes]], context: TraceContext | None) -> list[tuple[str, bytes]]:
-    """Kafka headers with `context` as their trace context (any other one replaced, not repeated)."""
+    """Kafka headers with `context` as their trace context (any other one replaced, not repeated); without one,
+    the headers as they are (a malformed `traceparent` a producer sent stays in its dead letter, as it came)."""
+    if context is None:
+        return list(headers)
     kept = [(n, v) for n, v in headers if n.lower() not in (TRACEPARENT, TRACESTATE)]
-    return kept if context is None else [*kept, *context.kafka_headers()]
+    return [*kept, *context.kafka_headers()]
 
 
 class _State:

@@ -214,6 +214,25 @@ async def test_an_http_request_with_traceparent_is_traced_like_a_kafka_record(
     assert header(event, "traceparent") == f"00-{trace_id}-{span_id(publish_span)}-01"
 
 
+async def test_a_campaign_created_with_traceparent_is_traced_to_its_outcome_event(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    await stack.start()
+    for n in range(3):
+        await stack.register(token(20 + n), "ios", tags=["promo"])
+    traceparent, trace_id, caller_span = producer_context()
+    body = {"id": "spring", "name": "Spring", "app": "demo", "audience": {"segment": {"tags_any": ["promo"]}},
+            "message": {"title": "Sale", "body": "b"}}
+    async with stack.http.post(stack.url("/v1/campaigns"), json=body,
+                               headers={**auth_headers(), "traceparent": traceparent}) as response:
+        assert response.status == 201, await response.text()
+    doc = await stack.wait_finished("campaign:spring")
+    assert doc["counts"]["delivered"] == 3, doc
+    found = await trace_of(spans, trace_id, ["intake.record", *AFTER_CLAIM])
+    assert_tree(found, caller_span)
+    assert sum(int((s.attributes or {})["pushsvc.count.delivered"]) for s in found["provider.send"]) == 3
+
+
 async def test_without_traceparent_the_intake_span_is_a_new_root_and_the_push_joins_its_trace(
     stack: Stack, spans: InMemorySpanExporter
 ) -> None:

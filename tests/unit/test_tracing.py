@@ -95,6 +95,9 @@ def test_a_dead_letter_carries_its_intake_context_in_place_of_the_producers() ->
     huge = record([("traceparent", PARENT.encode()), ("big", b"x" * DLQ_MAX_HEADER_BYTES)])
     letter = dead_letter(huge, Rejection("invalid_json", "x"), 1_000_000, ours)
     assert [name for name, _ in letter.headers] == ["traceparent", "pushsvc-dlq-reason"]
+    # No context (a malformed header, tracing off): the headers stay as they came.
+    bad = [("traceparent", b"garbage"), ("x", b"1")]
+    assert dead_letter(record(bad), Rejection("invalid_json", "x"), 1_000_000).headers[:2] == bad
 
 
 def test_off_no_span_is_made_and_the_sender_is_not_wrapped() -> None:
