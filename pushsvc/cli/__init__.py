@@ -115,6 +115,9 @@ def _add_send(sub: Any) -> None:
     send.add_argument("--body", default="It works.", help="the notification's body")
     send.add_argument("--id", help="request id (default: a new UUID)")
     send.add_argument("--dry-run", action="store_true", help="build and check every device's push, deliver nothing")
+    send.add_argument("--trace", action="store_true",
+                      help="send a sampled W3C traceparent (a new trace) and print its trace id: the push is traced "
+                           "whatever tracing.sample_ratio says, if the replicas export traces")
 
 
 def _add_topics(sub: Any) -> None:

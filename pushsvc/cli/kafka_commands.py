@@ -97,6 +97,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     """Publish one test request to the requests topic, exactly as a producing service would."""
     import json
+    import secrets
     import uuid
 
     from pushsvc.model import RequestError, parse_request
@@ -116,20 +117,26 @@ def cmd_send(args: argparse.Namespace) -> int:
         parse_request(request, frozenset(settings.apps))
     except RequestError as exc:
         raise CliFailure(str(exc)) from None
+    # A new trace, sampled: the replicas record every push whose parent is sampled (pushsvc/tracing.py).
+    trace_id = secrets.token_hex(16) if args.trace else None
+    headers = [("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01".encode())] if trace_id else []
     source = setting_source("kafka.bootstrap_servers", args.config)
-    _run_kafka(lambda: _publish(settings.kafka, request), settings.kafka, source)
-    print(json.dumps({"published": request["id"], "topic": settings.kafka.requests_topic}))
+    _run_kafka(lambda: _publish(settings.kafka, request, headers), settings.kafka, source)
+    print(json.dumps({"published": request["id"], "topic": settings.kafka.requests_topic,
+                      **({"trace_id": trace_id} if trace_id else {})}))
     return 0
 
 
-async def _publish(kafka: KafkaSettings, request: dict[str, Any]) -> None:
+async def _publish(kafka: KafkaSettings, request: dict[str, Any], headers: list[tuple[str, bytes]]) -> None:
     import orjson
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**_kafka_options(kafka), acks="all")
     try:
         await producer.start()
-        await producer.send_and_wait(kafka.requests_topic, orjson.dumps(request), key=request["id"].encode())
+        await producer.send_and_wait(
+            kafka.requests_topic, orjson.dumps(request), key=request["id"].encode(), headers=headers
+        )
     finally:
         # After a failed start too: a producer never stopped prints "Unclosed AIOKafkaProducer" at exit.
         await producer.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -300,6 +301,28 @@ async def test_a_push_its_producer_did_not_sample_records_no_span_and_passes_the
     (event,) = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1)
     assert header(event, "traceparent") == unsampled
     assert in_trace(spans, trace_id) == {}
+
+
+async def test_pushsvc_send_trace_publishes_a_sampled_push_and_prints_its_trace_id(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    """The operator's way to trace one push whatever the sample ratio (docs/runbook.md)."""
+    await stack.start()
+    await stack.register(token(8), "ios", user_id="u8")
+    config = stack.tmp_path / "config-0.yaml"  # written by the service's start
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pushsvc.cli", "send", "--config", str(config), "--app", "demo", "--user", "u8",
+        "--id", "sent-traced", "--trace", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    printed = orjson.loads(out)
+    trace_id = printed["trace_id"]
+    assert printed["published"] == "sent-traced" and len(trace_id) == 32
+    await stack.wait_finished("sent-traced")
+    found = await trace_of(spans, trace_id, ["intake.record", *AFTER_CLAIM])
+    (intake,) = found["intake.record"]
+    assert intake.parent is not None and intake.parent.is_remote  # under the CLI's (unrecorded) span
 
 
 class OtlpReceiver:
