@@ -579,6 +579,9 @@ def main() -> int:
     parser.add_argument("--fetch-wait-ms", type=int, default=50,
                         help="kafka.fetch_max_wait_ms (Tansu holds every fetch this long: latency against idle CPU)")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="length of the idle phase")
+    parser.add_argument("--tracing-ratio", type=float, default=None,
+                        help="turn tracing on, sampling new traces at this ratio, exporting over OTLP/HTTP to a "
+                             "receiver in its own process (benchmarks/tracing_cost.py); default: tracing off")
     parser.add_argument("--single-rate", type=float, default=350.0,
                         help="requests/s of the single phase's steady stream (one device each)")
     args = parser.parse_args()
@@ -613,6 +616,15 @@ def main() -> int:
         print(f"seeded {args.devices} devices in {time.monotonic() - t:.1f}s", flush=True)
 
         apns_key, sa = write_credentials(work, nginx_port)
+        tracing_section = {}
+        if args.tracing_ratio is not None:
+            receiver_port = free_port()
+            receiver = subprocess.Popen([sys.executable, str(REPO_ROOT / "benchmarks" / "tracing_cost.py"),
+                                         "--serve-receiver", str(receiver_port)], start_new_session=True)
+            procs.append(receiver)
+            wait_for_port(receiver_port, 10, receiver)
+            tracing_section = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{receiver_port}",
+                                           "sample_ratio": args.tracing_ratio}}
         config = {
             # Tansu holds a fetch for the whole wait, even when data arrives (config.py: Kafka answers at once).
             "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500, "fetch_max_wait_ms": args.fetch_wait_ms},
@@ -633,6 +645,7 @@ def main() -> int:
                 # A cap no bench device reaches: what is measured is the admission itself.
                 **({"frequency_caps": BENCH_CAPS} if args.frequency_caps else {}),
             }},
+            **tracing_section,
         }
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SSL_CERT_FILE": str(pki.bundle_file),
                "REQUESTS_CA_BUNDLE": str(pki.bundle_file)}
