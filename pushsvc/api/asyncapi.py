@@ -271,7 +271,8 @@ def spec(requests_topic: str = "push.requests", dlq_topic: str = "push.requests.
                                                  "not sampled: the context stored at intake); absent for a "
                                                  "notification recorded without one while tracing was off")),
                 "receipt": message("ReceiptEvent", "A new receipt (POST /v1/receipts)", "ReceiptEvent",
-                                   [{"name": "opened", "payload": RECEIPT_EXAMPLE}], "<app>:<id>"),
+                                   [{"name": "opened", "payload": RECEIPT_EXAMPLE}], "<app>:<id>",
+                                   {"type": "object", "description": "none: receipts are not traced"}),
             },
         },
     }
