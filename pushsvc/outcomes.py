@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from pushsvc import tracing
 from pushsvc.logs import get_logger
@@ -89,6 +89,8 @@ class ReceiptEvent:
     recorded_at: float
     dimensions: Mapping[str, str]  # platform, locale (and what else the funnel is broken down by)
     implied: bool  # a "received" recorded because the device reported "opened"
+    # Receipts come from apps' backends after the push's trace has ended: published under no trace.
+    trace: TraceContext | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps({
@@ -100,6 +102,7 @@ class ReceiptEvent:
             "recorded_at": self.recorded_at,
             "platform": self.dimensions.get("platform"),
             "locale": self.dimensions.get("locale"),
+            **({"variant": self.dimensions["variant"]} if "variant" in self.dimensions else {}),
             "implied": self.implied,
         })
 
@@ -109,6 +112,12 @@ class Event(Protocol):
 
     @property
     def notification_id(self) -> str: ...
+
+    @property
+    def trace(self) -> TraceContext | None: ...
+
+    @property
+    def app(self) -> str: ...
 
     def encode(self) -> bytes: ...
 
@@ -151,14 +160,17 @@ class OutcomePublisher:
                 acknowledged.append(event.notification_id)
         return acknowledged
 
-
-    def _span(self, event: OutcomeEvent) -> Span:
-        """The event's `outcome.publish` span (its context is the record's `traceparent`)."""
-        return tracing.start("outcome.publish", event.trace, SpanKind.PRODUCER, {
+    def _span(self, event: Event) -> Span:
+        """An outcome event's `outcome.publish` span (its context is the record's `traceparent`)."""
+        attributes = {
             "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": self._topic,
             "pushsvc.app": event.app, "pushsvc.notification.id": event.notification_id[:200],
-            "pushsvc.state": event.state,
-        })
+        }
+        if isinstance(event, OutcomeEvent):
+            return tracing.start("outcome.publish", event.trace, SpanKind.PRODUCER,
+                                 {**attributes, "pushsvc.state": event.state})
+        # A receipt comes after its push's trace has ended: no span, rather than a new root trace per receipt.
+        return INVALID_SPAN
 
 
 def _headers(trace: TraceContext | None) -> list[tuple[str, bytes]] | None:

@@ -115,6 +115,8 @@ RECEIPT_EVENT = {
         "platform": {"type": "string", "description": "the device's platform (ios, android, huawei, web), 'other', "
                      "or 'mixed' for a receipt by user_id whose devices differ"},
         "locale": {"type": "string", "description": "the language of the device's locale (fr), 'other' or 'mixed'"},
+        "variant": {"type": "string", "description": "a campaign with variants or a control group only: the group "
+                    "the device was in (a variant's name, 'control', or 'default')"},
         "implied": {"type": "boolean", "description": "true: a received recorded because the device reported "
                     "opened"},
     },

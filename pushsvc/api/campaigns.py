@@ -6,6 +6,7 @@ fields, so the scheduler, leases, runner and counters are the notification machi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +41,7 @@ from pushsvc.ingest.campaigns import (
 )
 from pushsvc.ingest.intake import key
 from pushsvc.model import PushRequest, RequestError
+from pushsvc.model.variants import split_of
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX, STATUSES
 from pushsvc.store.campaigns import KIND as CAMPAIGN_KIND
@@ -130,8 +132,19 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "progress": {"audience_estimate": campaign.audience_estimate, "ratio": campaign.progress_ratio},
         "variants": campaign.variants,
         "control_percent": campaign.control_percent,
-        "variant_counts": variant_counts_view(status) if campaign.variants or campaign.control_percent else None,
+        "variant_counts": _with_opens(variant_counts_view(status), doc)
+        if campaign.variants or campaign.control_percent else None,
     }
+
+
+def _with_opens(by_variant: dict[str, dict[str, int]], doc: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Each variant's counts with its receipts (`received`, `opened`: the funnel's variant breakdown, counted
+    by POST /v1/receipts), so a marketer reads an A/B test's result in one place."""
+    funnel = funnel_view({}, doc)["by"].get("variant", {})
+    for name, counts in by_variant.items():
+        receipts = funnel.get(name, {})
+        counts["received"], counts["opened"] = receipts.get("received", 0), receipts.get("opened", 0)
+    return by_variant
 
 
 def _campaign_id(request: web.Request) -> str:
@@ -251,11 +264,17 @@ async def preview_campaign(request: web.Request) -> web.Response:
     if isinstance(stored, UnreadableRequest):
         return json_error(409, "invalid_state", f"the campaign cannot be previewed: {stored.reason}")
     groups = await request.app[DEVICES].count_audience_by(stored)
+    # With variants the stored message is the first variant's; each variant's payloads are shown as well.
+    split = split_of(stored.id, doc.get("variants"), doc.get("control_percent"), stored.options)
+    variants = None if split is None or not split.variants else {
+        v.name: request.app[PREVIEW](dataclasses.replace(stored, message=v.message)) for v in split.variants
+    }
     return web.json_response({
         "id": campaign_id,
         "app": app,
         "audience": audience_breakdown(stored.message, groups),
         "payloads": request.app[PREVIEW](stored),
+        "variants": variants,
     })
 
 

@@ -245,7 +245,12 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "Whom a campaign reaches now (per platform and per text) and what each platform's provider would get",
             "read",
-            {"200": _json(_ref("CampaignPreview"), "the preview"), **_errors(*AUTHED, 404)},
+            {
+                "200": _json(_ref("CampaignPreview"), "the preview"),
+                **_errors(*AUTHED, 404),
+                "409": _json(_ref("Error"), "the stored campaign cannot be read by this version (the message says "
+                             "why)"),
+            },
             parameters=[CAMPAIGN_PATH, APP_SCOPE],
         )
     },

@@ -278,7 +278,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "CampaignPreview": {
         "type": "object",
-        "required": ["id", "app", "audience", "payloads"],
+        "required": ["id", "app", "audience", "payloads", "variants"],
         "properties": {
             "id": {"type": "string"},
             "app": {"type": "string"},
@@ -300,6 +300,13 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "payloads": PAYLOADS,
+            "variants": {
+                "type": "object",
+                "nullable": True,
+                "description": "a campaign with variants: each variant's payloads (`payloads` is the first's); the "
+                "audience counts every device, the control group's included",
+                "additionalProperties": PAYLOADS,
+            },
         },
     },
     "Funnel": FUNNEL,

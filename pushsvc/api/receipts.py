@@ -73,10 +73,13 @@ async def post_receipts(request: web.Request) -> web.Response:
         if notification is None:
             resolved.append(Resolved(receipt, UNKNOWN_NOTIFICATION))
             continue
-        dimensions = by_token.get(receipt.token) if receipt.token is not None else by_user.get(str(receipt.user_id))
-        if dimensions is None:
+        device = by_token.get(receipt.token) if receipt.token is not None else by_user.get(str(receipt.user_id))
+        if device is None:
             resolved.append(Resolved(receipt, UNKNOWN_DEVICE))
             continue
+        dimensions = device.dimensions
+        if notification.split is not None:  # bounded: at most 10 variant names, control and default
+            dimensions = {**dimensions, "variant": notification.split.group(device.identity)}
         new = _new(notification, receipt, receipt.event, dimensions)
         resolved.append(Resolved(receipt, None, new))
         if receipt.event == OPENED:

@@ -29,7 +29,7 @@ from pushsvc.model.variants import CONTROL, DEFAULT_VARIANT, Split, Variant
 from pushsvc.providers.base import Delivery
 from pushsvc.scheduling.lease import Hold
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
-from pushsvc.store.caps import FrequencyCaps, identity
+from pushsvc.store.caps import CapsContended, FrequencyCaps, identity
 from pushsvc.store.counts import platform_key, variant_key
 from pushsvc.store.database import is_transient
 from pushsvc.store.device_documents import to_recipient
@@ -260,9 +260,11 @@ class ChunkWorker:
             outcomes.labels(request.app, "none", "unknown_token").inc(len(newly))
         deliveries = self._deliveries(request, chunk, skip, counts, newly, self._sender.now(), terms.split)
         if terms.lapsed and deliveries:
-            counts["expired"] += len(deliveries)
-            newly.extend(key for key, _ in deliveries)
-            metrics.DELIVERIES.labels(request.app, "none", "expired").inc(len(deliveries))
+            for key, delivery in deliveries:
+                _count_final(counts, "expired", delivery.variant, delivery.device.platform, dry_run)
+                newly.append(key)
+            outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
+            outcomes.labels(request.app, "none", "expired").inc(len(deliveries))
             deliveries = []
         if deliveries and self._caps is not None and self._caps.applies(request):
             deliveries = await self._within_caps(request, deliveries, counts, newly, hold)
@@ -317,9 +319,7 @@ class ChunkWorker:
             if split is not None:
                 assigned = split.assign(str(doc.get("user_id") or doc["token"]))
                 if assigned == CONTROL:
-                    counts["control"] += 1
-                    counts[variant_key("targeted", CONTROL)] += 1
-                    counts[variant_key("control", CONTROL)] += 1
+                    _count_final(counts, "control", CONTROL, str(doc.get("platform")), request.options.dry_run)
                     newly.append(key)
                     continue
                 if isinstance(assigned, Variant):
@@ -351,10 +351,7 @@ class ChunkWorker:
             if identity(delivery.device) not in capped:
                 kept.append((key, delivery))
                 continue
-            counts["capped"] += 1
-            if delivery.variant is not None:
-                counts[variant_key("capped", delivery.variant)] += 1
-                counts[variant_key("targeted", delivery.variant)] += 1
+            _count_final(counts, "capped", delivery.variant, delivery.device.platform, False)  # dry runs: uncapped
             newly.append(key)
         metrics.DELIVERIES.labels(request.app, "none", "capped").inc(len(deliveries) - len(kept))
         return kept
@@ -440,6 +437,17 @@ def _lookup_values(request: PushRequest, size: int) -> list[str]:
     return list(request.target.tokens[:size]) if request.target.tokens else list(request.target.users)
 
 
+def _count_final(counts: Counter[str], outcome: str, variant: str | None, platform: str, dry_run: bool) -> None:
+    """A device's final count that no provider answered (expired, control, capped): the counter, its variant's
+    (with `targeted`, as `settle` counts an answered one) and a dry run's per-platform one."""
+    counts[outcome] += 1
+    if variant is not None:
+        counts[variant_key(outcome, variant)] += 1
+        counts[variant_key("targeted", variant)] += 1
+    if dry_run:
+        counts[platform_key(outcome, platform)] += 1
+
+
 async def _retrying(
     read: Callable[[], Awaitable[T]], retry_while: Callable[[], bool] | None, for_seconds: float, **about: object
 ) -> T:
@@ -453,7 +461,8 @@ async def _retrying(
         except Exception as exc:
             if give_up_at is None:
                 give_up_at = time.monotonic() + for_seconds
-            if retry_while is None or not is_transient(exc) or not retry_while() or time.monotonic() >= give_up_at:
+            retried = is_transient(exc) or isinstance(exc, CapsContended)  # a lost race is decided again
+            if retry_while is None or not retried or not retry_while() or time.monotonic() >= give_up_at:
                 raise
             log.warning("chunk_read_retry", error=type(exc).__name__, **about)
             await asyncio.sleep(delay)

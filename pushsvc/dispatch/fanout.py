@@ -107,6 +107,9 @@ class NotificationRunner:
         quiet = quiet_from_doc(record.quiet_hours)
         if not request.options.local_time and quiet is None:
             run.lapsed = self._begins_lapsed(run)
+            if run.lapsed and not record.ttl_lapsed:
+                # Saved before the first chunk: a run stopped part-way through counting goes on counting.
+                await self._advance(run, None, {}, {"ttl_lapsed": True})
         # One that begins too late to be sent is not cut: its devices are counted expired in one run.
         parts = 1 if run.lapsed else await self._parts(record, request, lease)
         if parts > 1:

@@ -64,6 +64,15 @@ class Split:
         return self.variants[-1]  # float rounding at the very top of the range
 
 
+    def group(self, identity: str) -> str:
+        """The name of the group `identity` is in: a variant's, CONTROL, or DEFAULT_VARIANT (a control group and
+        no variants: everyone else)."""
+        assigned = self.assign(identity)
+        if isinstance(assigned, Variant):
+            return assigned.name
+        return assigned if assigned is not None else DEFAULT_VARIANT
+
+
 def _unit(campaign_id: str, purpose: str, identity: str) -> float:
     """A uniform number in [0, 1) from SHA-256 of the three (NUL-separated: no two triples share a preimage)."""
     digest = hashlib.sha256(f"{campaign_id}\0{purpose}\0{identity}".encode()).digest()
@@ -77,6 +86,7 @@ def parse_variants(value: Any, options: Options) -> list[dict[str, Any]]:
         raise RequestError("variants", f"must be a list of 1 to {MAX_VARIANTS} variants")
     names: set[str] = set()
     stored = []
+    category: str | None = None
     for index, item in enumerate(value):
         where = f"variants[{index}]"
         variant = require_mapping(item, where)
@@ -91,9 +101,14 @@ def parse_variants(value: Any, options: Options) -> list[dict[str, Any]]:
         if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= MAX_WEIGHT:
             raise RequestError(f"{where}.weight", f"must be an integer between 1 and {MAX_WEIGHT}")
         try:
-            parse_message(variant.get("message"), options)
+            message = parse_message(variant.get("message"), options)
         except RequestError as exc:
             raise RequestError(f"{where}.{exc.field or 'message'}", exc.reason) from exc
+        if index and message.category != category:
+            # Opt-outs are applied as the audience is read and caps decided per chunk, both before a device's
+            # variant is drawn: one category for the whole campaign keeps them right for every variant.
+            raise RequestError(f"{where}.message.category", f"must be the same in every variant ({category!r})")
+        category = message.category if not index else category
         stored.append({"name": name, "weight": weight, "message": variant["message"]})
     return stored
 
@@ -114,3 +129,12 @@ def split_of(campaign_id: str, variants: Sequence[Mapping[str, Any]] | None, con
         Variant(str(v["name"]), int(v["weight"]), parse_message(v["message"], options)) for v in variants or ()
     )
     return Split(campaign_id, parsed, float(control_percent or 0.0))
+
+
+def groups_of(campaign_id: str, variants: Sequence[Mapping[str, Any]] | None, control_percent: Any) -> Split | None:
+    """The split of a stored campaign for telling groups apart only (names and weights: what assignment reads),
+    without parsing its messages: receipts find the group of the device they name."""
+    if not variants and not control_percent:
+        return None
+    named = tuple(Variant(str(v["name"]), int(v["weight"]), Message()) for v in variants or ())
+    return Split(campaign_id, named, float(control_percent or 0.0))

@@ -192,7 +192,7 @@ class ApnsProvider(Provider):
         token = delivery.device.token
         attempt = _Attempt(sent_at=asyncio.get_running_loop().time())
         try:
-            credential = self._signer.current(self.app_id, self._clock()) if self._signer is not None else None
+            credential = self._signed(lambda signer: signer.current(self.app_id, self._clock()))
             async with asyncio.timeout(self._send_timeout):
                 response = await self._request(attempt, token, headers, payload, credential)
                 if credential is not None and _expired_provider_token(response):
@@ -218,7 +218,8 @@ class ApnsProvider(Provider):
                 "apns_connection_error", app=self.app_id, token=mask_token(token), error=type(exc).__name__
             )
             return SendResult(Outcome.RETRYABLE, "connection_error")
-        except (ValueError, jwt.PyJWTError) as exc:
+        except _SigningFailed as failed:
+            exc = failed.__cause__
             # The provider token could not be signed: the key is unusable. An auth error pauses the app's APNs
             # and pages, instead of an unexplained failure per device. Start-up checks the key
             # (pushsvc.credentials); this catches one that changed or broke since.
@@ -240,10 +241,19 @@ class ApnsProvider(Provider):
         authorization = credential.authorization if credential is not None else None
         return await attempt.connection.send_push(token, headers, payload, authorization)
 
+    def _signed(self, sign: Callable[[ProviderTokenSigner], ProviderToken | None]) -> ProviderToken | None:
+        """`sign` applied to this app's signer (None with certificate auth); a key that cannot sign raises
+        _SigningFailed, so only signing, not the transport's own ValueErrors, is taken for an unusable key."""
+        if self._signer is None:
+            return None
+        try:
+            return sign(self._signer)
+        except (ValueError, jwt.PyJWTError) as exc:
+            raise _SigningFailed from exc
+
     def _renewed(self, rejected: ProviderToken, token: str) -> ProviderToken | None:
         """The token to resend with after ExpiredProviderToken, or None: then the 403 stands (an auth error)."""
-        assert self._signer is not None
-        renewed = self._signer.replace_rejected(rejected, self.app_id, self._clock())
+        renewed = self._signed(lambda signer: signer.replace_rejected(rejected, self.app_id, self._clock()))
         log.info("apns_provider_token_expired", app=self.app_id, token=mask_token(token), resent=renewed is not None)
         return renewed
 
@@ -281,6 +291,10 @@ class ApnsProvider(Provider):
         if connections:
             await asyncio.wait([c.closed for c in connections], timeout=2.0)
         self._client = None
+
+
+class _SigningFailed(Exception):
+    """The provider token could not be signed (its cause: the key's error)."""
 
 
 class _Attempt:

@@ -17,14 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from pushsvc.model import PLATFORMS
-from pushsvc.store.counts import FINAL_KEYS
 
 FUNNEL = "funnel"
 FUNNEL_BY = "funnel_by"
 RECEIPT_EVENTS = ("received", "opened")
-# The outcomes that mean a provider was asked to take the push (sent): every final count but those never sent
-# (unknown_token, opted_out, expired) and a dry run's validated.
-SENT_KEYS = tuple(k for k in FINAL_KEYS if k not in ("unknown_token", "opted_out", "expired", "validated"))
+# The outcomes that mean a provider was asked to take the push (sent), listed rather than derived: the other
+# final counts (unknown_token, opted_out, expired, control, capped, a dry run's validated) were never sent.
+SENT_KEYS = ("delivered", "invalid_token", "rejected", "failed", "auth_error")
 # Bounded dimension values: a platform outside PLATFORMS, or a locale whose language is not two letters, is
 # "other"; a user_id receipt whose devices disagree is "mixed" (store/receipts.py).
 OTHER = "other"

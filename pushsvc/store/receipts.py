@@ -22,6 +22,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
+from pushsvc.model.variants import Split, groups_of
 from pushsvc.store.database import Database, first_reply
 from pushsvc.store.devices import POINT_LOOKUPS_UP_TO, DeviceStore
 from pushsvc.store.funnel import MIXED, increments, locale_value, platform_value
@@ -36,6 +37,8 @@ class NotificationRef:
     request_id: str
     app: str
     created_at: float
+    # A campaign's A/B split (model/variants.py): a receipt is also counted by the variant its device was in.
+    split: Split | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,14 @@ class NewReceipt:
     # An "opened" also records the device's "received" (a device cannot open what it did not receive, and
     # Android apps often cannot report receipt while killed): such a receipt is `implied`.
     implied: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceOf:
+    """What a receipt learns of the device (or user) it names."""
+
+    dimensions: dict[str, str]
+    identity: str  # as dispatch assigns variants: the user id, or the token of a device without one
 
 
 def receipt_key(notification: str, device: str, event: str) -> str:
@@ -83,7 +94,7 @@ class ReceiptStore:
         """The notifications of `app` among `request_ids`, by request id; another app's, or none, are left out
         (ids are per app: another app's notification is simply not found)."""
         keys = {notification_key(app, r): r for r in dict.fromkeys(request_ids)}
-        projection = {"app": 1, "request_id": 1, "created_at": 1}
+        projection = {"app": 1, "request_id": 1, "created_at": 1, "variants": 1, "control_percent": 1}
         query: dict[str, Any] = {"app": {"$eq": app}}
         docs: list[dict]
         if len(keys) == 1 or (self._database.scans_for_in and len(keys) <= POINT_LOOKUPS_UP_TO):
@@ -95,19 +106,26 @@ class ReceiptStore:
         else:
             docs = await first_reply(self._notifications, {**query, "_id": {"$in": list(keys)}}, len(keys), projection)
         return {
-            keys[d["_id"]]: NotificationRef(d["_id"], keys[d["_id"]], app, float(d.get("created_at") or 0.0))
+            keys[d["_id"]]: NotificationRef(
+                d["_id"], keys[d["_id"]], app, float(d.get("created_at") or 0.0),
+                groups_of(keys[d["_id"]], d.get("variants"), d.get("control_percent")),
+            )
             for d in docs
             if d["_id"] in keys
         }
 
-    async def devices(self, app: str, field: str, values: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Per token or user id of `app` that has a device (active or not): its breakdown values."""
+    async def devices(self, app: str, field: str, values: Sequence[str]) -> dict[str, DeviceOf]:
+        """Per token or user id of `app` that has a device (active or not): its breakdown values, and whom its
+        pushes were assigned by (a campaign's variant: the user, or the device without one)."""
         if not values:
             return {}
         found: dict[str, list[dict]] = {}
         for doc in await self._devices.lookup(app, field, list(dict.fromkeys(values))):
             found.setdefault(str(doc.get(field)), []).append(doc)
-        return {value: dimensions_of(docs) for value, docs in found.items()}
+        return {
+            value: DeviceOf(dimensions_of(docs), value if field == "user_id" else str(docs[0].get("user_id") or value))
+            for value, docs in found.items()
+        }
 
     async def record(self, receipts: Sequence[NewReceipt], now: float) -> set[str]:
         """Insert `receipts` (keys unique within the call) in one round trip; returns the keys that are new.

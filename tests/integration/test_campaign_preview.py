@@ -43,3 +43,24 @@ async def test_preview_counts_the_audience_per_platform_and_text_as_it_is_now(st
     status, again = await api(stack, "GET", "/v1/campaigns/autumn/preview?app=demo")
     assert again["audience"]["by_locale"] == {"default": 2, "fr": 2, "ja": 2} and again["audience"]["total"] == 6
     assert not stack.apns.requests and not stack.fcm.requests
+
+
+async def test_preview_shows_every_variant_and_refuses_an_unreadable_campaign(stack: Stack) -> None:
+    await stack.start()
+    await stack.register(token(1, "p"), "ios", tags=["promo"], locale="fr-FR")
+    body = campaign("split", schedule={"at": epoch_to_iso(time.time() + 3600)}, variants=[
+        {"name": "A", "message": {"title": "A!", "localized": {"fr": {"title": "A fr"}}}},
+        {"name": "B", "message": {"title": "B!"}},
+    ])
+    del body["message"]
+    status, created = await api(stack, "POST", "/v1/campaigns", body)
+    assert status == 201, created
+    status, preview = await api(stack, "GET", "/v1/campaigns/split/preview?app=demo")
+    assert status == 200 and set(preview["variants"]) == {"A", "B"}, preview
+    assert preview["variants"]["A"]["ios"]["fr"]["body"]["aps"]["alert"]["title"] == "A fr"
+    assert set(preview["variants"]["B"]["ios"]) == {"default"}  # B has no localized text
+    assert preview["variants"]["B"]["ios"]["default"]["body"]["aps"]["alert"]["title"] == "B!"
+    # A stored request this version cannot read (a hand edit): 409 saying why, not a 500.
+    await stack.db.notifications.update_one({"_id": "demo:campaign:split"}, {"$set": {"request": "{not json"}})
+    status, answer = await api(stack, "GET", "/v1/campaigns/split/preview?app=demo")
+    assert status == 409 and "unreadable" in answer["error"]["message"], answer

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 
 import orjson
 
-from tests.integration.stack import Stack, consume, wait_until
+from tests.integration.stack import Stack, auth_headers, consume, wait_until
 from tests.integration.test_campaigns import api, campaign, received, token
 
 USERS = 60
@@ -74,9 +75,24 @@ async def test_variants_and_control_hold_across_a_restart_and_add_up(stack: Stac
     assert sum(v["targeted"] for v in per_variant.values()) == counts["targeted"]
     assert all(v["pending"] == 0 for v in per_variant.values())
 
+    # Opens reported for every device of the A group are counted under A (the receipt finds the device's group
+    # the way dispatch assigned it), and show in A's counts beside its deliveries.
+    a_devices = [r.token for r in stack.apns.requests if r.body["aps"]["alert"]["title"] == "Title A"]
+    now = datetime.now(UTC).isoformat()
+    receipts = [{"notification_id": "campaign:ab", "token": t, "event": "opened", "at": now} for t in a_devices]
+    async with stack.http.post(stack.url("/v1/receipts"), json={"app": "demo", "receipts": receipts},
+                               headers=auth_headers()) as response:
+        assert response.status == 200, await response.text()
+    status, view = await api(stack, "GET", "/v1/campaigns/ab")
+    assert view["variant_counts"]["A"]["opened"] == len(a_devices) == per_variant["A"]["delivered"]
+    assert view["variant_counts"]["B"]["opened"] == 0 and view["funnel"]["by"]["variant"]["A"]["open_rate"] == 1.0
+
     # The outcome event carries the counts per variant too.
-    events = [orjson.loads(r.value) for r in await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1)]
-    (event,) = [e for e in events if e["id"] == "campaign:ab"]
+    records = await consume(stack.bootstrap, stack.kafka["outcomes_topic"], 1 + 2 * len(a_devices))
+    events = [orjson.loads(r.value) for r in records]
+    (event,) = [e for e in events if e["id"] == "campaign:ab" and "type" not in e]  # receipt events have a type
+    opens = [e for e in events if e.get("type") == "receipt" and e["event"] == "opened"]
+    assert len(opens) == len(a_devices) and {e["variant"] for e in opens} == {"A"}
     assert event["variants"]["A"]["delivered"] == per_variant["A"]["delivered"]
     assert event["counts"]["control"] == counts["control"]
 
@@ -93,6 +109,9 @@ async def test_bad_variants_are_refused_naming_the_field(stack: Stack) -> None:
         ({"variants": [{"name": "A", "message": {"title": "x"}}, {"name": "B", "message": {"title": "x" * 5000}}]},
          "variants[1].message"),
         ({"control_percent": 80}, "control_percent"),
+        # One category for the whole campaign: opt-outs and caps are decided before a device's variant is drawn.
+        ({"variants": [{"name": "A", "message": {"title": "x", "category": "news"}},
+                       {"name": "B", "message": {"title": "y", "category": "promo"}}]}, "variants[1].message.category"),
     ]
     for extra, field in cases:
         body = campaign("bad", **extra)
