@@ -14,28 +14,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pushsvc import metrics
 from pushsvc.dispatch import traces
+from pushsvc.dispatch.admission import Admission
 from pushsvc.dispatch.pace import Pace
 from pushsvc.dispatch.sender import DeliverySender, FinalResult, SendingStopped
+from pushsvc.dispatch.settle import settle
 from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
-from pushsvc.model.variants import CONTROL, DEFAULT_VARIANT, Split, Variant
-from pushsvc.providers.base import Delivery
+from pushsvc.model.variants import Split
 from pushsvc.scheduling.lease import Hold
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
-from pushsvc.store.caps import CapsContended, FrequencyCaps, identity
-from pushsvc.store.counts import platform_key, variant_key
+from pushsvc.store.caps import CapsContended, FrequencyCaps
 from pushsvc.store.database import is_transient
-from pushsvc.store.device_documents import to_recipient
-from pushsvc.store.devices import Deactivation, DeviceStore
+from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import LANE_BATCH
-from pushsvc.token_kinds import provider_for, receives
 
 log = get_logger(__name__)
 
@@ -75,57 +73,6 @@ class Terms:
     pace: Pace | None = None
     lapsed: bool = False
     split: Split | None = None
-
-
-@dataclass
-class Settled:
-    counts: Counter[str]
-    deactivations: list[Deactivation]
-
-
-def settle(
-    app: str,
-    route: str,
-    results: Iterable[FinalResult],
-    misconfig_tripped: Callable[[str], bool],
-    dry_run: bool = False,
-) -> Settled:
-    """Count the final outcomes of delivered results (and their metrics) and pick the tokens to deactivate.
-
-    An invalid-token answer deactivates its device unless
-    - its reason is one a wrong app-wide setting gives for every token (BadDeviceToken,
-      DeviceTokenNotForTopic, SENDER_ID_MISMATCH) and that provider's misconfiguration guard was tripped at
-      any time while the chunk was sent (`misconfig_tripped(provider)`, from DeliverySender.misconfig_watch):
-      then it is a configuration problem, counted auth_error, and the device is kept;
-    - the device's token kind does not take this push type: the answer was about a route the token is not
-      for (APNs: DeviceTokenNotForTopic for a regular token on the VoIP topic), not about the token; it is
-      counted invalid_token and the device is kept (targeting sends no such push; this is the last check).
-    The store spares, in addition, a device registered again after the answer (Deactivation.registered_by).
-    A dry run deactivates nothing (it must change nothing but its own counts) and counts each outcome per
-    device platform too (store.counts.platform_key).
-    """
-    counts: Counter[str] = Counter()
-    deactivations: list[Deactivation] = []
-    for result in results:
-        device = result.delivery.device
-        provider = provider_for(device.kind) or "none"
-        outcome = result.outcome
-        if outcome == "invalid_token":
-            if result.misconfiguration and misconfig_tripped(provider):
-                outcome = "auth_error"
-            elif receives(device.kind, route) and not dry_run:
-                deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
-                metrics.INVALID_TOKENS.labels(app, provider).inc()
-        counts[outcome] += 1
-        if result.delivery.variant is not None:
-            counts[variant_key(outcome, result.delivery.variant)] += 1
-            counts[variant_key("targeted", result.delivery.variant)] += 1
-        if dry_run:
-            counts[platform_key(outcome, device.platform)] += 1
-            metrics.DRY_RUN_OUTCOMES.labels(app, provider, outcome).inc()
-        else:
-            metrics.DELIVERIES.labels(app, provider, outcome).inc()
-    return Settled(counts, deactivations)
 
 
 class ChunkWorker:
@@ -258,16 +205,19 @@ class ChunkWorker:
         if newly:
             outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
             outcomes.labels(request.app, "none", "unknown_token").inc(len(newly))
-        deliveries = self._deliveries(request, chunk, skip, counts, newly, self._sender.now(), terms.split)
-        if terms.lapsed and deliveries:
-            for key, delivery in deliveries:
-                _count_final(counts, "expired", delivery.variant, delivery.device.platform, dry_run)
-                newly.append(key)
-            outcomes = metrics.DRY_RUN_OUTCOMES if dry_run else metrics.DELIVERIES
-            outcomes.labels(request.app, "none", "expired").inc(len(deliveries))
-            deliveries = []
+        admission = Admission(request, counts, newly)
+        deliveries = admission.deliveries(chunk.devices, chunk.key, skip, self._sender.now(), terms.split)
+        if terms.lapsed:
+            deliveries = admission.expire(deliveries)
         if deliveries and self._caps is not None and self._caps.applies(request):
-            deliveries = await self._within_caps(request, deliveries, counts, newly, hold)
+            caps, now, retry_while = self._caps, self._sender.now(), hold.may_send if hold is not None else None
+
+            async def admit(users: set[str]) -> set[str]:
+                # Retried like a read while the lease holds (nothing of the chunk was sent yet), lost races too.
+                return await _retrying(lambda: caps.admit(request.app, request.id, users, now), retry_while,
+                                       self._read_retry_seconds, notification_id=request.id)
+
+            deliveries = await admission.within_caps(deliveries, admit)
         may_send = hold.may_send if hold is not None else None
         misconfig_tripped = self._sender.misconfig_watch(request.app)
         lane, pace = terms.lane, terms.pace
@@ -288,73 +238,6 @@ class ChunkWorker:
         if newly and not dry_run:
             metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
         return ChunkOutcome(counts, finished + newly, complete)
-
-    @staticmethod
-    def _deliveries(
-        request: PushRequest, chunk: Chunk, skip: Collection[str], counts: Counter[str], newly: list[str], now: float,
-        split: Split | None,
-    ) -> list[tuple[str, Delivery]]:
-        """A delivery (with its device key) for each device of the chunk not in `skip`; a device opted out of
-        the message's category gets none: counted `opted_out` and added to `newly`, final already; so does one
-        in a campaign's control group (`split`): counted `control`. A device of a variant gets its message.
-
-        The TTL counts from `now`, the send (the sender's clock, which a provider's expiry is on): a wave or a
-        scheduled push going out later than it was due still gets its whole TTL at the provider. How late it
-        may go at all is the caller's `lapsed`."""
-        ttl = request.options.ttl_seconds
-        expires_at = None if ttl is None else now + ttl
-        deliveries: list[tuple[str, Delivery]] = []
-        category = request.message.category
-        for doc in chunk.devices:
-            key = chunk.key(doc)
-            if key in skip:
-                continue
-            if category and category in (doc.get("opt_out") or ()):
-                counts["opted_out"] += 1
-                if request.options.dry_run:
-                    counts[platform_key("opted_out", str(doc.get("platform")))] += 1
-                newly.append(key)
-                continue
-            message, variant = request.message, None
-            if split is not None:
-                assigned = split.assign(str(doc.get("user_id") or doc["token"]))
-                if assigned == CONTROL:
-                    _count_final(counts, "control", CONTROL, str(doc.get("platform")), request.options.dry_run)
-                    newly.append(key)
-                    continue
-                if isinstance(assigned, Variant):
-                    message, variant = assigned.message, assigned.name
-                else:  # a control group and no variants: the others get the campaign's message, as "default"
-                    variant = DEFAULT_VARIANT
-            delivery = Delivery(request.id, to_recipient(doc), message, request.options, expires_at, variant)
-            deliveries.append((key, delivery))
-        return deliveries
-
-    async def _within_caps(
-        self, request: PushRequest, deliveries: list[tuple[str, Delivery]], counts: Counter[str], newly: list[str],
-        hold: Hold | None,
-    ) -> list[tuple[str, Delivery]]:
-        """The deliveries whose user has room under the app's frequency caps (store/caps.py); the others are
-        counted `capped` (per variant too) and final. Retried like a read while the lease holds: nothing of the
-        chunk was sent yet."""
-        assert self._caps is not None
-        caps, now = self._caps, self._sender.now()
-        users = {identity(d.device) for _, d in deliveries}
-        capped = await _retrying(
-            lambda: caps.admit(request.app, request.id, users, now),
-            hold.may_send if hold is not None else None, self._read_retry_seconds, notification_id=request.id,
-        )
-        if not capped:
-            return deliveries
-        kept = []
-        for key, delivery in deliveries:
-            if identity(delivery.device) not in capped:
-                kept.append((key, delivery))
-                continue
-            _count_final(counts, "capped", delivery.variant, delivery.device.platform, False)  # dry runs: uncapped
-            newly.append(key)
-        metrics.DELIVERIES.labels(request.app, "none", "capped").inc(len(deliveries) - len(kept))
-        return kept
 
     async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
         """Wait for every delivery, or until the hold says stop; True if none was cut short."""
@@ -435,17 +318,6 @@ def _lookup_key(request: PushRequest) -> tuple[str, PushType, str]:
 
 def _lookup_values(request: PushRequest, size: int) -> list[str]:
     return list(request.target.tokens[:size]) if request.target.tokens else list(request.target.users)
-
-
-def _count_final(counts: Counter[str], outcome: str, variant: str | None, platform: str, dry_run: bool) -> None:
-    """A device's final count that no provider answered (expired, control, capped): the counter, its variant's
-    (with `targeted`, as `settle` counts an answered one) and a dry run's per-platform one."""
-    counts[outcome] += 1
-    if variant is not None:
-        counts[variant_key(outcome, variant)] += 1
-        counts[variant_key("targeted", variant)] += 1
-    if dry_run:
-        counts[platform_key(outcome, platform)] += 1
 
 
 async def _retrying(

@@ -5,7 +5,7 @@ DeviceTokenNotForTopic, a wrong FCM project SENDER_ID_MISMATCH. Each of these an
 token is invalid", so deactivating on them one by one would deactivate every device of the app. One guard
 per (app, provider) watches the share of such answers among the provider's answers in a sliding window;
 when it is too large the guard trips: the sender pauses the provider (as after an authentication error)
-and the devices answered with those reasons are kept (counted auth_error, see dispatch/chunks.settle).
+and the devices answered with those reasons are kept (counted auth_error, see dispatch/settle.py).
 
 A tripped guard stays tripped, through and after the pause, until a window holding at least `min_answers`
 answers shows the share below the threshold again: a setting that is still wrong after the pause cannot

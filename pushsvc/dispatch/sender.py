@@ -9,7 +9,7 @@ limit is kept with permits taken from MongoDB.
 
 Each (app, provider) also has a misconfiguration guard (dispatch/guard.py): when too many of its answers
 are errors a wrong setting gives for every token, the provider is paused as after an auth error, and
-the chunks running meanwhile keep those devices (see dispatch/chunks.settle).
+the chunks running meanwhile keep those devices (see dispatch/settle.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FinalResult:
     # after it is not deactivated (store/devices.py deactivate).
     invalid_as_of: float | None = None
     # invalid_token only: the reason is one a wrong app-wide setting gives for every token
-    # (Provider.misconfiguration_reasons); whether it is believed depends on the guard (chunks.settle).
+    # (Provider.misconfiguration_reasons); whether it is believed depends on the guard (dispatch/settle.py).
     misconfiguration: bool = False
 
 
@@ -179,30 +179,18 @@ class DeliverySender:
     ) -> FinalResult:
         app, name = delivery.device.app, slot.provider.name
         # A dry run changes nothing shared: its answers neither pause the provider nor feed the guard or the
-        # error and retry counters that alerts read (its own outcomes are counted by chunks.settle).
+        # error and retry counters that alerts read (its own outcomes are counted by dispatch/settle.py).
         live = not delivery.options.dry_run
         attempt = 0
         while True:
             attempt += 1
-            if pace is None:
-                result, sent_at = await self._attempt(slot, delivery, may_send)
-            else:
-                async with pace.permit():
-                    result, sent_at = await self._attempt(slot, delivery, may_send)
-            if result.outcome is Outcome.DELIVERED:
-                if delivery.options.dry_run:
-                    return FinalResult(delivery, "validated", "", attempt)
-                slot.end_to_end[lane].observe(max(0.0, self._clock() - due_at))
-                return FinalResult(delivery, "delivered", "", attempt)
+            result, sent_at = await self._paced(slot, delivery, may_send, pace)
             reason = result.reason or "unknown"
-            if live:
+            if live and result.outcome is not Outcome.DELIVERED:
                 metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
-            if result.outcome is Outcome.INVALID_TOKEN:
-                as_of = sent_at if result.invalid_since is None else min(sent_at, result.invalid_since)
-                misconfiguration = reason in slot.provider.misconfiguration_reasons
-                return FinalResult(delivery, "invalid_token", reason, attempt, as_of, misconfiguration)
-            if result.outcome is Outcome.REJECTED:
-                return FinalResult(delivery, "rejected", reason, attempt)
+            final = self._final_answer(slot, delivery, result, sent_at, attempt, (due_at, lane))
+            if final is not None:
+                return final
             if result.outcome is Outcome.AUTH_ERROR and live:
                 self._pause(slot, reason)
             # The project is over its quota: every send of it waits (in _attempt), this one's retry included.
@@ -237,6 +225,36 @@ class DeliverySender:
             if delay:
                 # An auth error needs no backoff: the next attempt waits for the end of the pause.
                 await self._sleep(delay)
+
+    async def _paced(
+        self, slot: _ProviderSlot, delivery: Delivery, may_send: Callable[[], bool] | None, pace: Pace | None
+    ) -> tuple[SendResult, float]:
+        """One attempt, under a throttled run's pace (dispatch/pace.py) when it has one."""
+        if pace is None:
+            return await self._attempt(slot, delivery, may_send)
+        async with pace.permit():
+            return await self._attempt(slot, delivery, may_send)
+
+    def _final_answer(
+        self, slot: _ProviderSlot, delivery: Delivery, result: SendResult, sent_at: float, attempt: int,
+        due: tuple[float, str],
+    ) -> FinalResult | None:
+        """An answer that ends the delivery at once (delivered, validated, invalid token, rejected); None: one
+        that may be tried again. `due`: when the push was due and its lane, for the end-to-end latency."""
+        reason = result.reason or "unknown"
+        if result.outcome is Outcome.DELIVERED:
+            if delivery.options.dry_run:
+                return FinalResult(delivery, "validated", "", attempt)
+            due_at, lane = due
+            slot.end_to_end[lane].observe(max(0.0, self._clock() - due_at))
+            return FinalResult(delivery, "delivered", "", attempt)
+        if result.outcome is Outcome.INVALID_TOKEN:
+            as_of = sent_at if result.invalid_since is None else min(sent_at, result.invalid_since)
+            misconfiguration = reason in slot.provider.misconfiguration_reasons
+            return FinalResult(delivery, "invalid_token", reason, attempt, as_of, misconfiguration)
+        if result.outcome is Outcome.REJECTED:
+            return FinalResult(delivery, "rejected", reason, attempt)
+        return None
 
     async def _attempt(
         self, slot: _ProviderSlot, delivery: Delivery, may_send: Callable[[], bool] | None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pushsvc.dispatch.chunks import settle
 from pushsvc.dispatch.sender import FinalResult
+from pushsvc.dispatch.settle import settle
 from pushsvc.model import Message, Options, Recipient
 from pushsvc.providers.base import Delivery
 from pushsvc.store.devices import Deactivation
