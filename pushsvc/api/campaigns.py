@@ -108,6 +108,7 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A campaign as the API shows it (the `Campaign` schema of /openapi.json)."""
     campaign = read_campaign(doc)
     status = campaign.status
+    funnel = funnel_view(status.counts, doc)
     return {
         "id": campaign.id,
         "name": campaign.name,
@@ -128,21 +129,21 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "finished_at": None if status.finished_at is None else epoch_to_iso(status.finished_at),
         "counts": counts_view(status),
         "dry_run": dry_run_view(status),
-        "funnel": funnel_view(status.counts, doc),
+        "funnel": funnel,
         "progress": {"audience_estimate": campaign.audience_estimate, "ratio": campaign.progress_ratio},
         "variants": campaign.variants,
         "control_percent": campaign.control_percent,
-        "variant_counts": _with_opens(variant_counts_view(status), doc)
+        "variant_counts": _with_opens(variant_counts_view(status), funnel)
         if campaign.variants or campaign.control_percent else None,
     }
 
 
-def _with_opens(by_variant: dict[str, dict[str, int]], doc: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Each variant's counts with its receipts (`received`, `opened`: the funnel's variant breakdown, counted
+def _with_opens(by_variant: dict[str, dict[str, int]], funnel: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Each variant's counts with its receipts (`received`, `opened`: the `funnel`'s variant breakdown, counted
     by POST /v1/receipts), so a marketer reads an A/B test's result in one place."""
-    funnel = funnel_view({}, doc)["by"].get("variant", {})
+    receipts_by_variant = funnel["by"].get("variant", {})
     for name, counts in by_variant.items():
-        receipts = funnel.get(name, {})
+        receipts = receipts_by_variant.get(name, {})
         counts["received"], counts["opened"] = receipts.get("received", 0), receipts.get("opened", 0)
     return by_variant
 

@@ -17,7 +17,7 @@ from pushsvc.model import PushRequest
 from pushsvc.model.variants import CONTROL, DEFAULT_VARIANT, Split, Variant
 from pushsvc.providers.base import Delivery
 from pushsvc.store.caps import identity
-from pushsvc.store.counts import platform_key, variant_key
+from pushsvc.store.counts import count_final
 from pushsvc.store.device_documents import to_recipient
 
 Keyed = list[tuple[str, Delivery]]
@@ -93,15 +93,8 @@ class Admission:
         return kept
 
     def _final(self, key: str, outcome: str, variant: str | None, platform: str) -> None:
-        """A device's final count that no provider answered: the counter, its variant's (with `targeted`, as
-        `settle` counts an answered one) and a dry run's per-platform one."""
-        counts = self._counts
-        counts[outcome] += 1
-        if variant is not None:
-            counts[variant_key(outcome, variant)] += 1
-            counts[variant_key("targeted", variant)] += 1
-        if self._dry_run:
-            counts[platform_key(outcome, platform)] += 1
+        """A device final without a provider's answer: counted as `settle` counts an answered one."""
+        count_final(self._counts, outcome, variant, platform, self._dry_run)
         self._newly.append(key)
 
     def _metric(self, outcome: str, count: int) -> None:

@@ -153,7 +153,7 @@ class NotificationRunner:
         lapsed = run.lapsed
         terms = Terms(run.record.lane or LANE_FANOUT, Pace(rate) if rate else None, lapsed, run.record.split)
         # Nothing of this due time (notification, range or wave) sent before: its first chunk's send is timed.
-        starting = run.record.cursor is None and not run.skip
+        starting = run.beginning
         if lapsed and starting:
             log.info("notification_expired", notification_id=run.id, app=run.record.app, zones=wave and len(wave),
                      late_seconds=round(self._clock() - due_at, 1), ttl_seconds=request.options.ttl_seconds)
@@ -190,7 +190,7 @@ class NotificationRunner:
         was found too late when it began, or begins now later than its TTL allows. A range never decides so on
         its own: it is part of a campaign that began in time (and may have waited for another range)."""
         record = run.record
-        if record.ttl_lapsed or record.kind == RANGE_KIND or record.cursor is not None or run.skip:
+        if record.ttl_lapsed or record.kind == RANGE_KIND or not run.beginning:
             return record.ttl_lapsed
         return ttl_lapsed(run.request.options.ttl_seconds, record.due_at, self._clock())
 

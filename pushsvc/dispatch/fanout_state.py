@@ -31,6 +31,12 @@ class Run:
         # notification, begins; a resumed run goes on as its record says).
         self.lapsed = record.ttl_lapsed
 
+    @property
+    def beginning(self) -> bool:
+        """Nothing of this due time (the notification, its range or its wave) was sent before: no saved cursor,
+        no devices of a stopped chunk."""
+        return self.record.cursor is None and not self.skip
+
     def restart(self) -> None:
         """From the start of the audience, nothing of it answered (a new local-time wave)."""
         self.skip = frozenset()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pushsvc import metrics
 from pushsvc.dispatch.sender import FinalResult
-from pushsvc.store.counts import platform_key, variant_key
+from pushsvc.store.counts import count_final
 from pushsvc.store.devices import Deactivation
 from pushsvc.token_kinds import provider_for, receives
 
@@ -52,12 +52,8 @@ def settle(
             elif receives(device.kind, route) and not dry_run:
                 deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
                 metrics.INVALID_TOKENS.labels(app, provider).inc()
-        counts[outcome] += 1
-        if result.delivery.variant is not None:
-            counts[variant_key(outcome, result.delivery.variant)] += 1
-            counts[variant_key("targeted", result.delivery.variant)] += 1
+        count_final(counts, outcome, result.delivery.variant, device.platform, dry_run)
         if dry_run:
-            counts[platform_key(outcome, device.platform)] += 1
             metrics.DRY_RUN_OUTCOMES.labels(app, provider, outcome).inc()
         else:
             metrics.DELIVERIES.labels(app, provider, outcome).inc()

@@ -128,6 +128,13 @@ def ready_zones(
     ]
 
 
+def _ready_from(zone: str, start: float, quiet: QuietHours | None) -> float:
+    """The first moment from `start` on when `zone` is outside quiet hours: when a zone due at `start` is ready."""
+    if quiet is not None and in_quiet_hours(zone, start, quiet):
+        return quiet_end_after(zone, start, quiet)
+    return start
+
+
 def next_ready_at(
     wall_time: datetime | None, local_time: bool, quiet: QuietHours | None, now: float, done: set[str]
 ) -> float | None:
@@ -136,9 +143,7 @@ def next_ready_at(
     for zone in all_timezones():
         if zone in done:
             continue
-        at = max(_zone_start(zone, wall_time, local_time), now)
-        if quiet is not None and in_quiet_hours(zone, at, quiet):
-            at = quiet_end_after(zone, at, quiet)
+        at = _ready_from(zone, max(_zone_start(zone, wall_time, local_time), now), quiet)
         if best is None or at < best:
             best = at
     return best
@@ -155,9 +160,8 @@ def zones_lapsed(
         return []
     lapsed = []
     for zone in zones:
-        since = zone_due_at(wall_time, zone) if local_time and wall_time is not None else due_at
-        if quiet is not None and in_quiet_hours(zone, since, quiet):
-            since = quiet_end_after(zone, since, quiet)
+        start = zone_due_at(wall_time, zone) if local_time and wall_time is not None else due_at
+        since = _ready_from(zone, start, quiet)
         if ttl_lapsed(ttl_seconds, since, now):
             lapsed.append(zone)
     return lapsed

@@ -29,11 +29,10 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc.config import FrequencyCapSettings
 from pushsvc.model import PushRequest, Recipient
+from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.database import Database
-from pushsvc.store.devices import POINT_LOOKUPS_UP_TO
 from pushsvc.store.notifications import DUPLICATE_KEY
 
-CAMPAIGN_PREFIX = "campaign:"
 # Rounds of read-decide-write for the users another replica wrote meanwhile; each round only the contended.
 ROUNDS = 8
 
@@ -100,10 +99,9 @@ class FrequencyCaps:
         return [k for k in keys if not any(s.get("n") == notification_id for s in docs.get(k, {}).get("sends") or ())]
 
     async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
-        """The documents of `keys`: one `$in`; on nx-27017, which scans the collection for `$in`, up to
-        POINT_LOOKUPS_UP_TO keys are read one equality each, concurrently (DeviceStore._find_values' rule)."""
+        """The documents of `keys`: one `$in`, or one equality each where `Database.reads_each` says so."""
         projection = {"sends": 1, "v": 1}
-        if not self._database.scans_for_in or len(keys) > POINT_LOOKUPS_UP_TO:
+        if not self._database.reads_each(len(keys)):
             found = self._collection.find({"_id": {"$in": list(keys)}}, projection)
             return {doc["_id"]: doc async for doc in found}
         docs = await asyncio.gather(*(self._collection.find_one({"_id": {"$eq": k}}, projection) for k in keys))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,18 @@ def platform_key(outcome: str, platform: str) -> str:
 
 def variant_key(outcome: str, variant: str) -> str:
     return f"{outcome}{VARIANT_SEPARATOR}{variant}"
+
+
+def count_final(counts: Counter[str], outcome: str, variant: str | None, platform: str, dry_run: bool) -> None:
+    """One device's final outcome in a chunk's counts: the counter, its variant's (with the variant's
+    `targeted`), and a dry run's per-platform one. Whatever ended it (a provider's answer, or none: opted out,
+    control group, expired, capped), it is counted this one way."""
+    counts[outcome] += 1
+    if variant is not None:
+        counts[variant_key(outcome, variant)] += 1
+        counts[variant_key("targeted", variant)] += 1
+    if dry_run:
+        counts[platform_key(outcome, platform)] += 1
 
 
 @dataclass(frozen=True)

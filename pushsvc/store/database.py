@@ -82,6 +82,10 @@ RECEIPT_INDEXES = [
 ]
 
 
+# On nx-27017 only, up to this many values are looked up one equality query each (concurrently) instead of
+# one `$in` (Database.reads_each; measured with benchmarks/store_op_cost.py, kept below the ~500 break-even).
+POINT_LOOKUPS_UP_TO = 300
+
 Document = dict[str, Any]
 
 
@@ -173,6 +177,12 @@ class Database:
         await self.frequency.create_indexes(FREQUENCY_INDEXES)
         await self.quota_slices.create_indexes(QUOTA_SLICE_INDEXES)
         await self.receipts.create_indexes(RECEIPT_INDEXES)
+
+    def reads_each(self, count: int) -> bool:
+        """Whether `count` values (ids, tokens, user ids) are read one equality query each, concurrently, rather
+        than with one `$in`: for one value, and on nx-27017 (`scans_for_in`) up to POINT_LOOKUPS_UP_TO. The one
+        place that rule is chosen (DeviceStore._find_values, the receipts' notifications, the caps' users)."""
+        return count == 1 or (self.scans_for_in and count <= POINT_LOOKUPS_UP_TO)
 
     async def identify_server(self) -> None:
         """Learn whether the server is nx-27017 (its buildInfo names its process; MongoDB's has no such field).

@@ -42,9 +42,6 @@ _LOOKUP_PAGE = 1000
 USER_DEVICES_LIMIT = 1000
 # A request naming up to this many users or tokens goes to the batch lane (scheduling/lanes.py).
 SMALL_LOOKUP = 16
-# On nx-27017 only, up to this many values are looked up one equality query each (concurrently) instead of
-# one `$in` (see _find_values; measured with benchmarks/store_op_cost.py, kept below the ~500 break-even).
-POINT_LOOKUPS_UP_TO = 300
 # The marker (in the `migrations` collection) saying backfill_kinds has run on this database.
 KIND_BACKFILL = "devices.kind"
 # Only what the dispatcher needs travels back from MongoDB.
@@ -163,9 +160,9 @@ class DeviceStore:
         count of values) but an equality from its index (~0.5 ms): there, up to POINT_LOOKUPS_UP_TO values go
         as one equality query each, and more as the one scan (benchmarks/store_op_cost.py: the break-even in
         its CPU is ~500-650 values; below it the equalities, sent concurrently, also answer sooner). Chosen
-        here only, by `Database.scans_for_in`.
+        by `Database.reads_each`, as for every read of a set of ids or values.
         """
-        if len(values) == 1 or (self._database.scans_for_in and len(values) <= POINT_LOOKUPS_UP_TO):
+        if self._database.reads_each(len(values)):
             return await self._find_each(query, field, values)
         return await self._find_all({**query, field: {"$in": list(dict.fromkeys(values))}})
 

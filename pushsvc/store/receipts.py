@@ -24,7 +24,7 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc.model.variants import Split, groups_of
 from pushsvc.store.database import Database, first_reply
-from pushsvc.store.devices import POINT_LOOKUPS_UP_TO, DeviceStore
+from pushsvc.store.devices import DeviceStore
 from pushsvc.store.funnel import MIXED, increments, locale_value, platform_value
 from pushsvc.store.notifications import DEFAULT_RETENTION_SECONDS, DUPLICATE_KEY, expiry, notification_key
 
@@ -97,7 +97,7 @@ class ReceiptStore:
         projection = {"app": 1, "request_id": 1, "created_at": 1, "variants": 1, "control_percent": 1}
         query: dict[str, Any] = {"app": {"$eq": app}}
         docs: list[dict]
-        if len(keys) == 1 or (self._database.scans_for_in and len(keys) <= POINT_LOOKUPS_UP_TO):
+        if self._database.reads_each(len(keys)):
             # nx-27017 scans for `$in` (store/devices.py _find_values): one point lookup per notification.
             found = await asyncio.gather(
                 *(self._notifications.find_one({**query, "_id": {"$eq": k}}, projection) for k in keys)
