@@ -579,6 +579,9 @@ def main() -> int:
     parser.add_argument("--fetch-wait-ms", type=int, default=50,
                         help="kafka.fetch_max_wait_ms (Tansu holds every fetch this long: latency against idle CPU)")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="length of the idle phase")
+    parser.add_argument("--in-queries", choices=["auto", "indexed", "scanned"], default="auto",
+                        help="mongodb.in_queries: 'indexed' reads a batch's devices with one $in as on MongoDB (on "
+                             "nx-27017 a scan: its CPU rises, pushsvc's is what a MongoDB deployment would see)")
     parser.add_argument("--tracing-ratio", type=float, default=None,
                         help="turn tracing on, sampling new traces at this ratio, exporting over OTLP/HTTP to a "
                              "receiver in its own process (benchmarks/tracing_cost.py); default: tracing off")
@@ -628,7 +631,7 @@ def main() -> int:
         config = {
             # Tansu holds a fetch for the whole wait, even when data arrives (config.py: Kafka answers at once).
             "kafka": {"bootstrap_servers": bootstrap, "max_poll_records": 500, "fetch_max_wait_ms": args.fetch_wait_ms},
-            "mongodb": {"uri": mongo_uri, "database": "pushsvc"},
+            "mongodb": {"uri": mongo_uri, "database": "pushsvc", "in_queries": args.in_queries},
             "http": {"host": "127.0.0.1", "port": 0},
             "log_level": "warning",
             "dispatch": {"chunk_size": args.chunk_size, "concurrency_per_provider": args.concurrency,

@@ -55,6 +55,11 @@ class MongoSettings:
     socket_timeout_ms: int = 60_000
     max_pool_size: int = 100
     min_pool_size: int = 0
+    # How the server answers `$in` on an indexed field: "indexed" (MongoDB: one `$in` reads any set of values
+    # from the index), "scanned" (nx-27017: it scans the collection, so a set of up to 300 values is read one
+    # equality query each), "auto" (asked at start: nx-27017 names itself in buildInfo). Only ever set to
+    # measure one path on the other server, or for a MongoDB-compatible server that scans.
+    in_queries: Literal["auto", "indexed", "scanned"] = "auto"
 
 
 @dataclass(frozen=True)

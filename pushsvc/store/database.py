@@ -136,6 +136,8 @@ class Database:
     # with one pool, a replica whose connections are all busy with long reads (a large audience page, a slow
     # server) would queue its renewals behind them until its leases lapsed and another replica sent again.
     lease_client: AsyncMongoClient[Document] | None = None
+    # mongodb.in_queries: "auto" leaves scans_for_in to identify_server.
+    in_queries: str = "auto"
 
     @classmethod
     def connect(cls, settings: MongoSettings) -> Database:
@@ -144,7 +146,8 @@ class Database:
         client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **options)
         lease_options = {**options, "maxPoolSize": LEASE_POOL_SIZE, "minPoolSize": 0, "appname": "pushsvc-leases"}
         lease_client: AsyncMongoClient[Document] = AsyncMongoClient(settings.uri, **lease_options)
-        return cls(client=client, db=client[settings.database], lease_client=lease_client)
+        return cls(client=client, db=client[settings.database], lease_client=lease_client,
+                   in_queries=settings.in_queries)
 
     @property
     def lease_db(self) -> AsyncDatabase[Document]:
@@ -193,6 +196,8 @@ class Database:
         """
         info = await self.client.admin.command("buildInfo")
         self.scans_for_in = self.groups_by_one_field = info.get("process") == "nx_27017"
+        if self.in_queries != "auto":
+            self.scans_for_in = self.in_queries == "scanned"
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")

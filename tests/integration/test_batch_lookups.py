@@ -89,3 +89,19 @@ async def test_a_batch_read_finds_what_each_request_finds_alone(
     assert any(c.devices for c in alone) and any(c.unknown_tokens for c in alone)
     if size == 2:
         assert any(not c.exhausted for c in alone)
+
+
+@pytest.mark.parametrize(("in_queries", "scans"), [("auto", True), ("indexed", False), ("scanned", True)])
+async def test_mongodb_in_queries_says_how_sets_of_values_are_read(
+    mongo_uri: str, in_queries: str, scans: bool
+) -> None:
+    """nx-27017 names itself and answers `$in` by scanning ("auto" reads it so); the setting overrides what the
+    server says, to measure MongoDB's path (one `$in` per batch) on nx-27017 or the other way round."""
+    database = Database.connect(MongoSettings(uri=mongo_uri, database=unique("lookups"), in_queries=in_queries))
+    try:
+        await database.identify_server()
+        assert database.scans_for_in is scans
+        assert database.reads_each(17) is scans and database.reads_each(1)
+        assert database.groups_by_one_field  # what the server is does not change with the setting
+    finally:
+        await database.close()

@@ -125,6 +125,7 @@ def test_mongodb_client_settings_reach_the_driver(files: dict[str, Path]) -> Non
         ("mongodb", {"max_pool_size": 0}, "mongodb.max_pool_size: must be at least 1"),
         ("mongodb", {"min_pool_size": 200}, "mongodb.min_pool_size: must be between 0 and"),
         ("http", {"store_timeout_ms": 0}, "http.store_timeout_ms: must be at least 1"),
+        ("mongodb", {"in_queries": "fast"}, "mongodb.in_queries: .*auto.*indexed.*scanned"),
     ],
 )
 def test_mongodb_client_settings_are_checked(files: dict[str, Path], section: str, values: dict, message: str) -> None:
