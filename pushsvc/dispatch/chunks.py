@@ -28,7 +28,7 @@ from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
 from pushsvc.model.variants import Split
-from pushsvc.scheduling.lease import Hold
+from pushsvc.scheduling.lease import Hold, Signal
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
 from pushsvc.store.caps import CapsContended, FrequencyCaps
 from pushsvc.store.database import is_transient
@@ -243,10 +243,11 @@ class ChunkWorker:
         """Wait for every delivery, or until the hold says stop; True if none was cut short."""
         if not tasks:
             return hold is None or not hold.stop.is_set()
-        everything = asyncio.gather(*tasks, return_exceptions=True)
+        # The batch lane's chunk is one device: its task is the future to wait for, without a gather around it.
+        everything = tasks[0] if len(tasks) == 1 else asyncio.gather(*tasks, return_exceptions=True)
         try:
             if hold is None:
-                await everything
+                await asyncio.wait(tasks)
                 return True
             if not await _first(everything, hold.stop):
                 # No new attempt starts now (the hold refuses); requests on the wire may still be answered,
@@ -341,13 +342,9 @@ async def _retrying(
             delay = min(delay * 2, 1.0)
 
 
-async def _first(work: asyncio.Future[Any], signal: asyncio.Event, timeout: float | None = None) -> bool:
+async def _first(work: asyncio.Future[Any], signal: Signal, timeout: float | None = None) -> bool:
     """Wait for `work`, or until `signal` is set (or `timeout`); True if `work` is done."""
-    waiter = asyncio.ensure_future(signal.wait())
-    try:
-        await asyncio.wait({work, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
+    await asyncio.wait({work, signal.fired()}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     return work.done()
 
 

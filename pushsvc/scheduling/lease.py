@@ -78,6 +78,41 @@ def attempt_seconds(lease_seconds: float) -> float:
     return lease_seconds / 4
 
 
+class Signal:
+    """A flag set once, that work can wait for beside other futures as a plain future.
+
+    asyncio.Event's wait is a coroutine, so waiting for one beside other work (asyncio.wait) costs a task per
+    wait; the batch lane waits beside every notification it sends (dispatch/chunks.py `_first`), and that task
+    was ~3% of a one-device push's CPU."""
+
+    __slots__ = ("_fired", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._fired: asyncio.Future[None] | None = None  # made on first use, inside the running loop
+
+    def set(self) -> None:
+        self._set = True
+        if self._fired is not None and not self._fired.done():
+            self._fired.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def fired(self) -> asyncio.Future[None]:
+        """Done once set. For asyncio.wait, which never cancels what it waits for; never await it directly (a
+        cancelled waiter would cancel it for everyone): that is `wait`."""
+        if self._fired is None:
+            self._fired = asyncio.get_running_loop().create_future()
+            if self._set:
+                self._fired.set_result(None)
+        return self._fired
+
+    async def wait(self) -> None:
+        if not self._set:
+            await asyncio.shield(self.fired())
+
+
 class Hold:
     """One notification of a lease, as the work sending it sees it: may it send, must it stop, and how long
     its requests already on the wire may still be awaited."""
@@ -118,13 +153,13 @@ class Lease:
         self._attempt_seconds = attempt_seconds(lease_seconds)
         self._until = until
         self._held = set(ids)
-        self._stops = {notification_id: asyncio.Event() for notification_id in self._held}
+        self._stops = {notification_id: Signal() for notification_id in self._held}
         self._reasons: dict[str, Interruption] = {}
         # Notifications whose give-up write failed ambiguously: a renewal not matching them is no news.
         self._settling: set[str] = set()
         # Renewals and writes never overlap: a renewal then always knows exactly what is still held.
         self._lock = asyncio.Lock()
-        self.aborted = asyncio.Event()
+        self.aborted = Signal()
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -143,7 +178,7 @@ class Lease:
     def hold(self, notification_id: str) -> Hold:
         return Hold(self, notification_id)
 
-    def stop_signal(self, notification_id: str) -> asyncio.Event:
+    def stop_signal(self, notification_id: str) -> Signal:
         """Set when work on the notification must stop (see `interruption`)."""
         return self._stops[notification_id]
 
