@@ -43,6 +43,7 @@ from pushsvc.store.devices import DeviceStore
 from pushsvc.store.events import EventStore
 from pushsvc.store.leases import LeaseStore
 from pushsvc.store.notifications import NotificationStore
+from pushsvc.store.open_hours import OpenHours
 from pushsvc.store.quotas import QuotaStore
 from pushsvc.store.ranges import SETTLE_CHECK_SECONDS, RangeStore
 from pushsvc.store.receipts import ReceiptStore
@@ -155,7 +156,7 @@ class PushService:
         caps = {app: config.frequency_caps for app, config in settings.apps.items() if config.frequency_caps}
         chunks = ChunkWorker(
             self.devices, self.sender, settings.dispatch.send_timeout_seconds, settings.dispatch.lease_seconds,
-            caps=FrequencyCaps(self.database, caps) if caps else None,
+            caps=FrequencyCaps(self.database, caps) if caps else None, opens=OpenHours(self.database),
         )
         self.settler = RangeSettler(RangeStore(self.notifications), self.announcer, self.server_clock, clock)
         self.runner = NotificationRunner(

@@ -69,6 +69,8 @@ class CampaignRecord:
     local_time: bool
     # Local time: how many zones' schedule.at had passed at creation (never sent to).
     zones_passed: int
+    # schedule.best_time as created ({"window_hours": W}; None: everyone at schedule.at).
+    best_time: Mapping[str, int] | None
     quiet_hours: Mapping[str, str] | None
     throttle_per_second: int | None
     audience_estimate: int
@@ -95,6 +97,7 @@ def read_campaign(doc: Mapping[str, Any]) -> CampaignRecord:
         schedule_at=options.get("send_at") or None,
         local_time=bool(options.get("local_time", False)),
         zones_passed=len(doc.get("zones_passed") or ()),
+        best_time=None if not doc.get("best_time") else {"window_hours": int(doc["best_time"]["window_hours"])},
         quiet_hours=None if not quiet else {"start": str(quiet["start"]), "end": str(quiet["end"])},
         throttle_per_second=None if throttle is None else int(throttle),
         audience_estimate=int(doc.get("audience_estimate") or 0),
@@ -120,7 +123,8 @@ def campaign_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "schedule": (
             None
             if campaign.schedule_at is None
-            else {"at": campaign.schedule_at, "local_time": campaign.local_time, "zones_passed": campaign.zones_passed}
+            else {"at": campaign.schedule_at, "local_time": campaign.local_time, "zones_passed": campaign.zones_passed,
+                  "best_time": None if campaign.best_time is None else dict(campaign.best_time)}
         ),
         "quiet_hours": None if campaign.quiet_hours is None else dict(campaign.quiet_hours),
         "throttle_per_second": campaign.throttle_per_second,

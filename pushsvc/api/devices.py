@@ -118,5 +118,5 @@ async def erase_user(request: web.Request) -> web.Response:
         scrubbed += await erasure.erase_user(one_app, user_id, tokens)
         deleted += await devices.erase_user([one_app], user_id)
         scrubbed += await erasure.erase_user(one_app, user_id, tokens)
-        await erasure.forget_caps(one_app, user_id, tokens)
+        await erasure.forget_user_state(one_app, user_id, tokens)
     return web.json_response({"user_id": user_id, "deleted_devices": deleted, "scrubbed_notifications": scrubbed})

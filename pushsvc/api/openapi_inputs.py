@@ -15,7 +15,7 @@ from collections.abc import Collection
 from typing import Any
 
 from pushsvc.device_contract import DEVICE_FIELDS, LOCALE_PATTERN, TOKEN_PATTERN
-from pushsvc.ingest.campaigns import CAMPAIGN_FIELDS, CAMPAIGN_ID, MAX_THROTTLE
+from pushsvc.ingest.campaigns import BEST_TIME_FIELDS, CAMPAIGN_FIELDS, CAMPAIGN_ID, MAX_THROTTLE, SCHEDULE_FIELDS
 from pushsvc.ingest.campaigns import OPTION_FIELDS as CAMPAIGN_OPTION_FIELDS
 from pushsvc.ingest.receipts import BATCH_FIELDS, CLOCK_SKEW_SECONDS, EVENTS, MAX_RECEIPTS, RECEIPT_FIELDS
 from pushsvc.model import PLATFORMS
@@ -59,6 +59,7 @@ from pushsvc.model.target import (
     TARGET_KINDS,
 )
 from pushsvc.model.variants import CONTROL, MAX_CONTROL_PERCENT, MAX_VARIANTS, MAX_WEIGHT, VARIANT_FIELDS, VARIANT_NAME
+from pushsvc.scheduling.best_time import MAX_WINDOW_HOURS, MIN_WINDOW_HOURS
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.subscriptions import MAX_ENDPOINT_LENGTH
 from pushsvc.token_kinds import KIND_NAMES, kinds_for_push_type
@@ -241,8 +242,26 @@ CAMPAIGN_INPUT = closed(
                     "is still ahead (the answer's schedule.zones_passed counts those left out)",
                 },
                 "local_time": {"type": "boolean"},
+                "best_time": closed(
+                    {
+                        "window_hours": {
+                            "type": "integer",
+                            "minimum": MIN_WINDOW_HOURS,
+                            "maximum": MAX_WINDOW_HOURS,
+                            "description": "each user is sent at the first occurrence, from `at` on and within "
+                            "this many hours, of the UTC hour of day they opened pushes most in the 30 days before "
+                            "`at` (from opened receipts; ties: the earliest hour); users without such an hour at "
+                            "`at`",
+                        }
+                    },
+                    BEST_TIME_FIELDS,
+                    required=["window_hours"],
+                    nullable=True,
+                    description="best-time delivery; not with local_time or quiet_hours (400 naming "
+                    "schedule.best_time)",
+                ),
             },
-            ("at", "local_time"),
+            SCHEDULE_FIELDS,
             required=["at"],
         ),
         "quiet_hours": closed(

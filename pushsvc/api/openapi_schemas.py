@@ -216,10 +216,18 @@ SCHEMAS: dict[str, Any] = {
             "schedule": {
                 "type": "object",
                 "nullable": True,
-                "required": ["at", "local_time", "zones_passed"],
+                "required": ["at", "local_time", "zones_passed", "best_time"],
                 "properties": {
                     "at": {"type": "string"},
                     "local_time": {"type": "boolean"},
+                    "best_time": {
+                        "type": "object",
+                        "nullable": True,
+                        "required": ["window_hours"],
+                        "properties": {"window_hours": {"type": "integer"}},
+                        "description": "as created: each user is sent in their best hour within the window, "
+                        "users without one at `at` (null: everyone at `at`)",
+                    },
                     "zones_passed": {
                         "type": "integer",
                         "minimum": 0,

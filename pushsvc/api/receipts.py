@@ -23,7 +23,7 @@ from pushsvc.ingest.receipts import OPENED, RECEIVED, Receipt, check_not_before,
 from pushsvc.logs import get_logger
 from pushsvc.metrics import RECEIPT_OUTCOMES
 from pushsvc.outcomes import ReceiptEvent
-from pushsvc.store.receipts import NewReceipt, NotificationRef, receipt_key
+from pushsvc.store.receipts import NewReceipt, NotificationRef, ReceiptStore, receipt_key
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -68,6 +68,7 @@ async def post_receipts(request: web.Request) -> web.Response:
 
     resolved: list[Resolved] = []
     implied: list[NewReceipt] = []
+    persons: dict[str, str] = {}  # an opened receipt's key -> whose open it is (store/open_hours.py)
     for receipt in batch.receipts:
         notification = notifications.get(receipt.notification_id)
         if notification is None:
@@ -83,6 +84,7 @@ async def post_receipts(request: web.Request) -> web.Response:
         new = _new(notification, receipt, receipt.event, dimensions)
         resolved.append(Resolved(receipt, None, new))
         if receipt.event == OPENED:
+            persons[new.key] = device.person
             implied.append(_new(notification, receipt, RECEIVED, dimensions, implied=True))
 
     # One document per key: an item's own receipt before any implied one (an explicit "received" in the same
@@ -93,6 +95,7 @@ async def post_receipts(request: web.Request) -> web.Response:
     new_keys = await store.record(list(unique.values()), now)
     recorded = [new for key, new in unique.items() if key in new_keys]
     await store.count(recorded)
+    await _remember_opens(store, app, [(persons[r.key], r.at) for r in recorded if r.key in persons], now)
 
     outcomes = [_outcome(r, unique, new_keys) for r in resolved]
     for r, outcome in zip(resolved, outcomes, strict=True):
@@ -100,6 +103,18 @@ async def post_receipts(request: web.Request) -> web.Response:
     await _announce(request, recorded, now)
     totals = {outcome: outcomes.count(outcome) for outcome in RECEIPT_OUTCOMES}
     return web.json_response({"app": app, "results": outcomes, "counts": totals})
+
+
+async def _remember_opens(store: ReceiptStore, app: str, opens: list[tuple[str, float]], now: float) -> None:
+    """Each new open to its user's open hours (best-time delivery). Like the funnel's count, at most once: a
+    failure here is logged and the open is not counted there (a retry finds the receipt recorded); the answer
+    still says what was recorded."""
+    if not opens:
+        return
+    try:
+        await store.opens.record(app, opens, now)
+    except Exception as exc:
+        log.warning("open_hours_lost", app=app, count=len(opens), error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _new(

@@ -28,12 +28,14 @@ from pushsvc.logs import get_logger
 from pushsvc.model import PushRequest, PushType
 from pushsvc.model.timezones import DEFAULT_TIMEZONE
 from pushsvc.model.variants import Split
+from pushsvc.scheduling.best_time import BestTime, best_hour
 from pushsvc.scheduling.lease import Hold, Signal
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, by_token, takes
 from pushsvc.store.caps import CapsContended, FrequencyCaps
 from pushsvc.store.database import is_transient
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import LANE_BATCH
+from pushsvc.store.open_hours import BEST_HOURS, OpenHours, person_of
 
 log = get_logger(__name__)
 
@@ -83,10 +85,12 @@ class ChunkWorker:
         answer_seconds: float,
         read_retry_seconds: float = 30.0,
         caps: FrequencyCaps | None = None,
+        opens: OpenHours | None = None,
     ) -> None:
         self._devices = devices
         self._sender = sender
         self._caps = caps
+        self._opens = opens  # users' recorded opens: best-time waves (None: nobody has a best hour)
         # The longest a provider answer can take (the send timeout): how long a lapsed lease awaits them.
         self._answer_seconds = answer_seconds
         # How long a device read keeps failing before the run ends with its error (the service: one lease's
@@ -103,11 +107,13 @@ class ChunkWorker:
         size: int,
         retry_while: Callable[[], bool] | None = None,
         upto: str | None = None,
+        best: BestTime | None = None,
     ) -> Chunk:
         """The chunk starting at `cursor` (and, for a range of an audience, ending at token `upto`); transient
         database errors are retried while `retry_while()` holds (the lease is still good: nothing was sent
-        for this chunk yet, so waiting costs only time)."""
-        read = lambda: self._read(request, cursor, wave, count_unknown, size, upto)  # noqa: E731
+        for this chunk yet, so waiting costs only time). With `best`, `wave` names best-time waves
+        (scheduling/best_time.py) rather than zones."""
+        read = lambda: self._read(request, cursor, wave, count_unknown, size, upto, best)  # noqa: E731
         with traces.lookup(request.id) as span:
             chunk = await _retrying(read, retry_while, self._read_retry_seconds, notification_id=request.id)
             traces.chunk_read(span, chunk)
@@ -168,8 +174,11 @@ class ChunkWorker:
         count_unknown: bool,
         size: int,
         upto: str | None = None,
+        best: BestTime | None = None,
     ) -> Chunk:
         push_type = request.route
+        if best is not None and wave is not None:
+            return await self._read_best_time(request, cursor, wave, size, upto, best)
         if request.target.tokens:
             # Explicit tokens are paged by position in the request.
             start = int(cursor or 0)
@@ -184,6 +193,27 @@ class ChunkWorker:
             request.activity_id,
         )
         return _audience_chunk(request, found, cursor, size)
+
+    async def _read_best_time(
+        self, request: PushRequest, cursor: Any, wave: list[str], size: int, upto: str | None, best: BestTime
+    ) -> Chunk:
+        """A chunk of a best-time wave: a page of the devices it may reach (the whole audience for the start wave,
+        else those whose `best_hours` lists one of its hours), keeping those whose user's best hour as of the
+        campaign's time (their recorded opens) puts them in this wave. The cursor and the end are the page's."""
+        found = await self._devices.find_audience(
+            request.app, request.target, request.message.category, None, cursor, size, request.route, upto,
+            request.activity_id, best_hours=BestTime.hours_read(wave),
+        )
+        chunk = _audience_chunk(request, found, cursor, size)
+        # A device without `best_hours` has no recorded open of its user since it was registered: no hour.
+        persons = {person_of(d) for d in chunk.devices if d.get(BEST_HOURS)}
+        opens = await self._opens.read(request.app, persons) if persons and self._opens is not None else {}
+        waves = set(wave)
+        chunk.devices = [
+            d for d in chunk.devices
+            if best.wave_of(best_hour(opens.get(person_of(d), ()), best.start) if d.get(BEST_HOURS) else None) in waves
+        ]
+        return chunk
 
     async def deliver(
         self,

@@ -105,7 +105,7 @@ class NotificationRunner:
             return None
         run = Run(record, request, lease)
         quiet = quiet_from_doc(record.quiet_hours)
-        if not request.options.local_time and quiet is None:
+        if not request.options.local_time and quiet is None and run.best is None:
             run.lapsed = self._begins_lapsed(run)
             if run.lapsed and not record.ttl_lapsed:
                 # Saved before the first chunk: a run stopped part-way through counting goes on counting.
@@ -126,18 +126,24 @@ class NotificationRunner:
 
     async def _current_wave(self, run: Run, quiet: QuietHours | None) -> list[str] | None:
         """The zones this run sends to (local time, quiet hours), saved before the first chunk so a resumed run
-        sends the same wave; None: every device at once."""
-        options = run.request.options
-        if not options.local_time and quiet is None:
+        sends the same wave; None: every device at once. A best-time campaign's waves are hours of day
+        (scheduling/best_time.py), chosen and saved alike."""
+        options, best = run.request.options, run.best
+        if not options.local_time and quiet is None and best is None:
             return None
         if run.record.wave_zones is not None:
             return list(run.record.wave_zones)
         now, record = self._clock(), run.record
         behind = set(record.zones_done | record.zones_passed)
-        wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
-        lapsed = [] if record.kind == RANGE_KIND else zones_lapsed(
-            wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now
-        )
+        lapsed: list[str]
+        if best is not None:
+            wave = best.ready(now, behind)
+            lapsed = [] if record.kind == RANGE_KIND else best.lapsed(wave, options.ttl_seconds, now)
+        else:
+            wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
+            lapsed = [] if record.kind == RANGE_KIND else zones_lapsed(
+                wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now
+            )
         # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
         wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
         await self._advance(run, None, {}, {"wave_zones": wave, "ttl_lapsed": run.lapsed})
@@ -163,7 +169,7 @@ class NotificationRunner:
                 await self._hand_back(run, ChunkOutcome(Counter(), list(run.skip)), "draining")
                 return False
             chunk = await self._chunks.next_chunk(
-                request, run.cursor, wave, first_wave, size, retry_while=lease.valid, upto=run.upto
+                request, run.cursor, wave, first_wave, size, retry_while=lease.valid, upto=run.upto, best=run.best
             )
             if starting and chunk.devices:
                 starting = False
@@ -200,7 +206,10 @@ class NotificationRunner:
         lease, options = run.lease, run.request.options
         done = set(run.record.zones_done) | set(wave)
         passed = run.record.zones_passed
-        next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done | passed)
+        if run.best is not None:
+            next_at = run.best.next_at(done)
+        else:
+            next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done | passed)
         if next_at is None:
             return None
         extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None, "ttl_lapsed": False}

@@ -6,10 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 from pushsvc.model import PushRequest
+from pushsvc.scheduling.best_time import BestTime
 from pushsvc.scheduling.lease import Lease
 from pushsvc.store.audience import resume_point
 from pushsvc.store.ranges import RANGE_KIND
 from pushsvc.store.records import NotificationRecord
+
+
+def best_time_of(record: NotificationRecord, request: PushRequest) -> BestTime | None:
+    """The waves of a best-time campaign, from its `schedule.best_time` and `schedule.at` (always given with
+    it; its due time otherwise)."""
+    if not record.best_time:
+        return None
+    at = request.options.send_at
+    start = at.timestamp() if at is not None else record.due_at
+    return BestTime(start, int(record.best_time["window_hours"]))
 
 
 class Run:
@@ -30,6 +41,8 @@ class Run:
         # Counting its devices expired instead of sending them (NotificationRunner decides when a wave, or the
         # notification, begins; a resumed run goes on as its record says).
         self.lapsed = record.ttl_lapsed
+        # A best-time campaign's waves (scheduling/best_time.py); None for any other.
+        self.best = best_time_of(record, request)
 
     @property
     def beginning(self) -> bool:

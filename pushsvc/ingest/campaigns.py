@@ -21,6 +21,7 @@ from pushsvc.model import PushRequest, RequestError, parse_request
 from pushsvc.model.fields import field_name, reject_unknown
 from pushsvc.model.timezones import all_timezones
 from pushsvc.model.variants import parse_control_percent, parse_variants
+from pushsvc.scheduling.best_time import MAX_WINDOW_HOURS, MIN_WINDOW_HOURS
 from pushsvc.scheduling.due import PAST_SCHEDULE_GRACE_SECONDS, parse_hhmm, zone_due_at, zones_passed
 from pushsvc.store.campaigns import KIND, campaign_request_id
 from pushsvc.store.notifications import LANE_FANOUT
@@ -41,7 +42,8 @@ CAMPAIGN_FIELDS = (
 )
 OPTION_FIELDS = ("priority", "ttl_seconds", "collapse_key", "push_type", "dry_run")
 AUDIENCE_FIELDS = ("users", "segment")
-SCHEDULE_FIELDS = ("at", "local_time")
+SCHEDULE_FIELDS = ("at", "local_time", "best_time")
+BEST_TIME_FIELDS = ("window_hours",)
 QUIET_HOURS_FIELDS = ("start", "end")
 MAX_NAME_LENGTH = 200
 MAX_THROTTLE = 100_000
@@ -85,6 +87,9 @@ def parse_campaign(
         if variants is not None and exc.field and exc.field.startswith("message"):
             exc = RequestError(f"variants[0].{exc.field}", exc.reason)
         raise RequestError(_as_campaign_field(exc.field or "body"), exc.reason) from exc
+    best_time = _best_time_of(body.get("schedule"), raw["options"], fields)
+    if best_time is not None:
+        fields["best_time"] = best_time
     if variants is not None:
         fields["variants"] = parse_variants(variants, parsed.options)
         _check_variant_sizes(fields["variants"], raw, parsed, known_apps, providers)
@@ -181,6 +186,8 @@ def campaign_form(campaign_id: str, request: Mapping[str, Any], fields: Mapping[
     for name in ("quiet_hours", "throttle_per_second", "variants", "control_percent"):
         if fields.get(name) is not None:
             form[name] = fields[name]
+    if fields.get("best_time") is not None and "schedule" in form:
+        form["schedule"]["best_time"] = fields["best_time"]
     if fields.get("variants") is not None:
         del form["message"]  # the first variant's, as parse_campaign set it: not what the caller sent
     return form
@@ -237,6 +244,35 @@ def _quiet_hours(value: Any) -> dict[str, str]:
     if quiet["start"] == quiet["end"]:
         raise RequestError("quiet_hours.end", "must differ from start")
     return {"start": quiet["start"], "end": quiet["end"]}
+
+
+def _best_time_of(schedule: Any, options: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, int] | None:
+    """`schedule.best_time` (already known to be in an object `schedule` with `at`), checked against what it
+    cannot be combined with: local time (an hour of day per user and a wall-clock time per zone are two
+    schedules) and quiet hours (device-local, while a best hour is one of UTC: left for later)."""
+    if not isinstance(schedule, dict) or schedule.get("best_time") is None:
+        return None
+    best_time = parse_best_time(schedule["best_time"])
+    if options.get("local_time"):
+        raise RequestError("schedule.best_time", "not with schedule.local_time: one or the other")
+    if fields.get("quiet_hours") is not None:
+        raise RequestError("schedule.best_time", "not with quiet_hours")
+    return best_time
+
+
+def parse_best_time(value: Any, path: str = "schedule.best_time") -> dict[str, int]:
+    """`{"window_hours": W}`: each user is sent at their best hour within W hours of schedule.at
+    (scheduling/best_time.py); RequestError naming the field otherwise."""
+    best_time = _object(value, path)
+    reject_unknown(best_time, path, BEST_TIME_FIELDS)
+    window = best_time.get("window_hours")
+    if window is None:
+        raise RequestError(f"{path}.window_hours", "required")
+    if not isinstance(window, int) or isinstance(window, bool) or not MIN_WINDOW_HOURS <= window <= MAX_WINDOW_HOURS:
+        raise RequestError(
+            f"{path}.window_hours", f"must be an integer between {MIN_WINDOW_HOURS} and {MAX_WINDOW_HOURS}"
+        )
+    return {"window_hours": window}
 
 
 def _throttle(value: Any) -> int:

@@ -54,6 +54,9 @@ DEVICE_INDEXES = [
     IndexModel([("app", ASCENDING), ("token", ASCENDING)], unique=True, name="app_token_unique"),
     IndexModel([("app", ASCENDING), ("user_id", ASCENDING)], name="app_user"),  # users target, user listing
     IndexModel([("app", ASCENDING), ("tags", ASCENDING)], name="app_tags"),  # segment target
+    # A best-time campaign's hour waves: the devices whose `best_hours` lists the hour (multikey;
+    # store/open_hours.py).
+    IndexModel([("app", ASCENDING), ("best_hours", ASCENDING)], name="app_best_hours"),
 ]
 NOTIFICATION_INDEXES = [
     # claim_due: per lane, the oldest due notifications whose lease has expired.
@@ -73,6 +76,8 @@ NOTIFICATION_INDEXES = [
 ]
 # store/caps.py: a user's capped sends are forgotten once the longest window is over.
 FREQUENCY_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="frequency_expiry")]
+# store/open_hours.py: a user's opens are found by `_id`; forgotten once the newest can no longer count.
+OPEN_HOURS_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="open_hours_expiry")]
 # store/quotas.py: the shared quota limiter's slices are found by _id; the TTL monitor removes past ones.
 QUOTA_SLICE_INDEXES = [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
 # store/receipts.py: looked up by `_id` only (a hash of notification, device and event: a repeat is a duplicate
@@ -167,6 +172,10 @@ class Database:
         return self.db["frequency"]
 
     @property
+    def open_hours(self) -> AsyncCollection[Document]:
+        return self.db["open_hours"]
+
+    @property
     def quota_slices(self) -> AsyncCollection[Document]:
         return self.db["quota_slices"]
 
@@ -178,6 +187,7 @@ class Database:
         await self.devices.create_indexes(DEVICE_INDEXES)
         await self.notifications.create_indexes(NOTIFICATION_INDEXES)
         await self.frequency.create_indexes(FREQUENCY_INDEXES)
+        await self.open_hours.create_indexes(OPEN_HOURS_INDEXES)
         await self.quota_slices.create_indexes(QUOTA_SLICE_INDEXES)
         await self.receipts.create_indexes(RECEIPT_INDEXES)
 

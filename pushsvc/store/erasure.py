@@ -20,13 +20,15 @@ ERASURE_ROUNDS = 100
 class Erasure:
     def __init__(self, database: Database) -> None:
         self._collection = database.notifications
-        self._frequency = database.frequency
+        self._per_user = (database.frequency, database.open_hours)
 
-    async def forget_caps(self, app: str, user_id: str, tokens: Sequence[str]) -> None:
-        """Delete the user's frequency-cap record (store/caps.py), and those of their devices counted alone."""
+    async def forget_user_state(self, app: str, user_id: str, tokens: Sequence[str]) -> None:
+        """Delete what is kept per user, keyed by a hash of the user (or of a device counted alone): their
+        frequency-cap record (store/caps.py) and their open hours (store/open_hours.py)."""
         keys = [user_key(app, f"u:{user_id}"), *(user_key(app, f"t:{token}") for token in tokens)]
-        for key in keys:  # equality deletes: `_id: {$in}` makes nx-27017 scan (erasures are rare either way)
-            await self._frequency.delete_one({"_id": {"$eq": key}})
+        for collection in self._per_user:
+            for key in keys:  # equality deletes: `_id: {$in}` makes nx-27017 scan (erasures are rare either way)
+                await collection.delete_one({"_id": {"$eq": key}})
 
     async def erase_user(self, app: str, user_id: str, tokens: Sequence[str]) -> int:
         """Remove a user id and their device tokens from every stored request of `app`.

@@ -43,7 +43,7 @@ FINAL_STATES = (str(NotificationState.DONE), str(NotificationState.FAILED), str(
 # `trace`: a range's spans join its campaign's trace.
 _INHERITED = (
     "app", "request_id", "request", "source", "quiet_hours", "zones_passed", "variants", "control_percent",
-    "target_users", "trace",
+    "best_time", "target_users", "trace",
 )
 _STATE_FIELDS = {"state": 1, "finished_at": 1}
 # What a settled parent is announced with (OutcomeEvent, metrics, the log line).

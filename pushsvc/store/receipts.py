@@ -27,6 +27,7 @@ from pushsvc.store.database import Database, first_reply
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.funnel import MIXED, increments, locale_value, platform_value
 from pushsvc.store.notifications import DEFAULT_RETENTION_SECONDS, DUPLICATE_KEY, expiry, notification_key
+from pushsvc.store.open_hours import OpenHours
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class DeviceOf:
 
     dimensions: dict[str, str]
     identity: str  # as dispatch assigns variants: the user id, or the token of a device without one
+    # Whose opens these are (store/open_hours.py, as caps count pushes): `u:<user id>`, or `t:<token>` alone.
+    person: str
 
 
 def receipt_key(notification: str, device: str, event: str) -> str:
@@ -80,6 +83,12 @@ def dimensions_of(devices: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     }
 
 
+def _device_of(field: str, value: str, docs: Sequence[Mapping[str, Any]]) -> DeviceOf:
+    user = value if field == "user_id" else docs[0].get("user_id")
+    identity = str(user or value)
+    return DeviceOf(dimensions_of(docs), identity, f"u:{user}" if user else f"t:{value}")
+
+
 class ReceiptStore:
     def __init__(
         self, database: Database, devices: DeviceStore, retention_seconds: float = DEFAULT_RETENTION_SECONDS
@@ -89,6 +98,8 @@ class ReceiptStore:
         self._notifications = database.notifications
         self._devices = devices
         self._retention = retention_seconds
+        # Recorded opens feed best-time delivery (scheduling/best_time.py).
+        self.opens = OpenHours(database)
 
     async def notifications(self, app: str, request_ids: Sequence[str]) -> dict[str, NotificationRef]:
         """The notifications of `app` among `request_ids`, by request id; another app's, or none, are left out
@@ -122,10 +133,7 @@ class ReceiptStore:
         found: dict[str, list[dict]] = {}
         for doc in await self._devices.lookup(app, field, list(dict.fromkeys(values))):
             found.setdefault(str(doc.get(field)), []).append(doc)
-        return {
-            value: DeviceOf(dimensions_of(docs), value if field == "user_id" else str(docs[0].get("user_id") or value))
-            for value, docs in found.items()
-        }
+        return {value: _device_of(field, value, docs) for value, docs in found.items()}
 
     async def record(self, receipts: Sequence[NewReceipt], now: float) -> set[str]:
         """Insert `receipts` (keys unique within the call) in one round trip; returns the keys that are new.

@@ -63,7 +63,8 @@ class NotificationRecord:
     stalled_runs: int = 0
     cursor: Any = None  # where the next chunk starts (store/audience.py `resume_point`)
     chunk_done: frozenset[str] = frozenset()  # devices of the chunk at `cursor` answered already
-    # Local-time and quiet-hours waves: the zones of the wave under way (None: none chosen), those done.
+    # Waves: the zones of the local-time or quiet-hours wave under way (None: none chosen), those done; for a
+    # best-time campaign the names of its waves (scheduling/best_time.py: `start`, `h14`).
     wave_zones: tuple[str, ...] | None = None
     zones_done: frozenset[str] = frozenset()
     # A local-time campaign's zones whose time had passed at its creation: no wave goes to them.
@@ -78,6 +79,8 @@ class NotificationRecord:
     # As stored ({"start": "HH:MM", "end": "HH:MM"}): parsed by the runner that uses it (scheduling/due.py),
     # so a bad value fails that run alone, never the read of a whole claim.
     quiet_hours: Mapping[str, str] | None = None
+    # A best-time campaign's `schedule.best_time` as stored ({"window_hours": W}); read by the fan-out runner.
+    best_time: Mapping[str, Any] | None = None
     audience_estimate: float | None = None  # a campaign's audience, counted at its creation
     # A split campaign (store/ranges.py): the cuts it saved (None: not cut) and how many ranges it has.
     boundaries: tuple[str, ...] | None = None
@@ -142,6 +145,7 @@ class NotificationRecord:
             ttl_lapsed=bool(doc.get("ttl_lapsed")),
             throttle_per_second=doc.get("throttle_per_second"),
             quiet_hours=doc.get("quiet_hours"),
+            best_time=doc.get("best_time"),
             audience_estimate=doc.get("audience_estimate"),
             boundaries=None if boundaries is None else tuple(boundaries),
             ranges=int(doc.get("ranges") or 0),

@@ -76,6 +76,8 @@ CAMPAIGNS: list[dict[str, Any]] = [
     },
     {"name": "Sync", "app": "demo", "audience": {"users": ["u1"]}, "message": {"data": {"k": "v"}},
      "options": {"push_type": "background", "priority": "normal"}, "schedule": {"at": "2030-01-01T09:00:00Z"}},
+    {"name": "Best time", "app": "demo", "audience": {"users": ["u1"]}, "message": {"title": "Hi"},
+     "schedule": {"at": "2030-01-01T10:00:00Z", "best_time": {"window_hours": 24}}},
     {"name": "Calls", "app": "demo", "audience": {"users": ["u1"]}, "message": {"data": {"k": "v"}},
      "options": {"push_type": "voip"}},
     {"name": "Activity", "app": "demo", "audience": {"users": ["u1"]},

@@ -1,0 +1,163 @@
+"""Best-time delivery: each user is sent in the hour of day (UTC) they opened pushes most in the last 30 days.
+
+A campaign with `schedule.best_time: {"window_hours": W}` and time T sends each user at the first moment from T
+on whose UTC hour is their best hour, if that comes before T + W; a user with no best hour (no open in the 30
+days before T), or whose hour does not come within the window, is sent at T. It is sent in waves, as a
+local-time campaign is, one per hour of day: the wave `start` at T (the users of T's own hour, and everyone
+without an hour in the window), then one wave per hour `hNN` at NN:00 (its first occurrence after T). The wave
+labels travel in the same `wave_zones` / `zones_done` fields as local-time zones do.
+
+A user's best hour is decided **as of T**, from the opens recorded by then (`Open.recorded <= T`) whose time
+`at` is less than 30 days before T: a pure function of what is stored (store/open_hours.py), so every wave,
+every range, every replica and a resumed run decide alike, and an open recorded during the campaign (or a
+late report of an old one) moves nobody from one wave to another: nothing is sent twice, nobody is skipped.
+
+Which devices a wave reads: the `start` wave reads the whole audience; an hour's wave only the devices whose
+`best_hours` field (written with each recorded open) lists that hour: every hour that may be the user's best
+as of any time from KEEP_SECONDS ago on, opens aging out included (`candidate_hours`). Each device read has its
+user's hour computed as of T and is sent only in its own wave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pushsvc.scheduling.due import ttl_lapsed
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+# Opens count towards the best hour for this long after they happened.
+OPEN_DAYS = 30
+OPEN_SECONDS = OPEN_DAYS * DAY
+# schedule.best_time.window_hours: at least an hour, at most a week.
+MIN_WINDOW_HOURS = 1
+MAX_WINDOW_HOURS = 168
+# How long after a campaign's time its waves may still decide a user's hour exactly: the longest window and a
+# day's slack (a wave claimed late, a short pause). Opens are kept this much beyond the 30 days, and a device's
+# `best_hours` lists every hour that was best as of any time from this long ago on.
+KEEP_SECONDS = MAX_WINDOW_HOURS * HOUR + DAY
+# A user's opens kept (the most recent): 8 a day for 30 days. Beyond it the oldest drop out early.
+MAX_OPENS = 240
+
+START = "start"  # the wave at the campaign's time: users of that hour and everyone without one in the window
+
+
+class Open(NamedTuple):
+    """One recorded open: when the user opened (`at`, the receipt's time) and when pushsvc learnt of it
+    (`recorded`, the service's clock), both epoch seconds."""
+
+    at: float
+    recorded: float
+
+
+def hour_of(epoch: float) -> int:
+    """The UTC hour of day of an epoch time."""
+    return int(epoch // HOUR) % 24
+
+
+def best_hour(opens: Iterable[Open], as_of: float) -> int | None:
+    """The UTC hour of day with the most opens known at `as_of` (recorded by then) that happened in the 30
+    days before it; ties go to the earliest hour; None without any."""
+    counts = [0] * 24
+    for o in opens:
+        if o.recorded <= as_of and as_of - OPEN_SECONDS < o.at <= as_of:
+            counts[hour_of(o.at)] += 1
+    return _argmax(counts)
+
+
+def _argmax(counts: Sequence[int]) -> int | None:
+    top = max(counts)
+    return counts.index(top) if top > 0 else None
+
+
+def candidate_hours(opens: Iterable[Open], now: float) -> list[int]:
+    """Every hour that is `best_hour(opens, t)` for some t from `now - KEEP_SECONDS` on, if no open is recorded
+    after `now`: what a device's `best_hours` must list so that each wave reads every device it may send to
+    (opens aging out can move the best hour later on; the next recorded open computes this again).
+
+    A sweep over the times the counts change (an open counting from its recording, until 30 days after it
+    happened): O(n log n + 24 n) for n opens."""
+    since = now - KEEP_SECONDS
+    counts = [0] * 24
+    events: list[tuple[float, int, int]] = []  # (time, +1/-1, hour)
+    for o in opens:
+        begins, ends = max(o.recorded, o.at), o.at + OPEN_SECONDS  # counts for t in [begins, ends)
+        if ends <= since or ends <= begins:
+            continue
+        if begins <= since:
+            counts[hour_of(o.at)] += 1
+        else:
+            events.append((begins, 1, hour_of(o.at)))
+        events.append((ends, -1, hour_of(o.at)))
+    hours: set[int] = set()
+    first = _argmax(counts)
+    if first is not None:
+        hours.add(first)
+    events.sort()
+    for i, (when, change, hour) in enumerate(events):
+        counts[hour] += change
+        if i + 1 < len(events) and events[i + 1][0] == when:
+            continue  # every change of one moment applied before the best hour is read
+        best = _argmax(counts)
+        if best is not None:
+            hours.add(best)
+    return sorted(hours)
+
+
+def label(hour: int) -> str:
+    return f"h{hour:02d}"
+
+
+@dataclass(frozen=True)
+class BestTime:
+    """A best-time campaign's waves: its time T (`start`, epoch seconds) and window."""
+
+    start: float
+    window_hours: int
+
+    def due_at(self, hour: int) -> float:
+        """The first moment from `start` on whose UTC hour is `hour`."""
+        if hour == hour_of(self.start):
+            return self.start
+        day_start = self.start - self.start % DAY
+        at = day_start + hour * HOUR
+        return at if at > self.start else at + DAY
+
+    def wave_of(self, hour: int | None) -> str:
+        """The wave a user of best hour `hour` is sent in."""
+        if hour is None or hour == hour_of(self.start) or self.due_at(hour) >= self.start + self.window_hours * HOUR:
+            return START
+        return label(hour)
+
+    def waves(self) -> dict[str, float]:
+        """Every wave and its due time, in time order (the start first)."""
+        waves = {START: self.start}
+        for hour in sorted(range(24), key=self.due_at):
+            if self.wave_of(hour) != START:
+                waves[label(hour)] = self.due_at(hour)
+        return waves
+
+    def ready(self, now: float, done: Iterable[str]) -> list[str]:
+        """The waves not done whose time has come."""
+        behind = set(done)
+        return [name for name, at in self.waves().items() if name not in behind and at <= now]
+
+    def next_at(self, done: Iterable[str]) -> float | None:
+        """When the first wave not done is due (None: every wave is done)."""
+        behind = set(done)
+        pending = [at for name, at in self.waves().items() if name not in behind]
+        return min(pending) if pending else None
+
+    def lapsed(self, wave: Sequence[str], ttl_seconds: int | None, now: float) -> list[str]:
+        """The waves of `wave` that begin at `now` later than their TTL allows (scheduling/due.py ttl_lapsed)."""
+        waves = self.waves()
+        return [name for name in wave if ttl_lapsed(ttl_seconds, waves[name], now)]
+
+    @staticmethod
+    def hours_read(wave: Sequence[str]) -> list[int] | None:
+        """The hours whose devices a wave reads (`best_hours` lists one of them); None: the whole audience."""
+        if START in wave:
+            return None
+        return sorted(int(name[1:]) for name in wave)

@@ -1,0 +1,152 @@
+"""When each user opens pushes: the state best-time delivery decides by (scheduling/best_time.py).
+
+State: one document per (app, user) in `open_hours`, keyed like frequency caps (store/caps.py `user_key`: the
+app and a SHA-256 of `u:<user id>`, or `t:<token>` for a device without a user; neither is stored in the clear):
+`opens`, the user's recorded opens as [at, recorded] pairs (epoch seconds; those that may still count for a
+campaign, at most MAX_OPENS, newest first), `hours` (scheduling/best_time.py `candidate_hours`), a version `v`,
+and `expire_at` for a TTL index that forgets it once its newest open can no longer count.
+
+Written by each *recorded* `opened` receipt (a duplicate is never recorded, so never counted twice): read the
+users' documents, add the opens in Python, write each conditioned on the version read (a user never seen: an
+insert); a write that lost a race is read and done again, as caps do. Then the user's devices get
+`best_hours` = `hours` (the hours whose waves must read them), conditioned on the device's `best_v` being older,
+so a slower writer never puts back an older list. The version is the write's time in milliseconds (at least one
+more than the last), so it still grows after the TTL forgot a document and it is written anew.
+
+Conditions are equalities on `_id` and `v` only (nx-27017: no `$not`, no array positions in queries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import InsertOne, UpdateMany, UpdateOne
+from pymongo.errors import BulkWriteError
+
+from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, Open, candidate_hours
+from pushsvc.store.caps import user_key
+from pushsvc.store.database import Database
+from pushsvc.store.notifications import DUPLICATE_KEY
+
+# Rounds of read-add-write for users another writer wrote meanwhile; each round only the contended.
+ROUNDS = 8
+# The device field listing the hours whose best-time waves read the device, and the version it was written at.
+BEST_HOURS = "best_hours"
+BEST_VERSION = "best_v"
+
+
+class OpensContended(Exception):
+    """Users still contended after ROUNDS rounds."""
+
+
+def person_of(doc: Mapping[str, Any]) -> str:
+    """Whose opens a device's are (a device document): its user's, or its own without a user (as caps count)."""
+    return f"u:{doc['user_id']}" if doc.get("user_id") else f"t:{doc['token']}"
+
+
+class OpenHours:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._collection = database.open_hours
+        self._devices = database.devices
+
+    async def record(self, app: str, opens: Iterable[tuple[str, float]], now: float) -> None:
+        """Add recorded opens ((person, at): person `u:<user id>` or `t:<token>`) to their users' state, then
+        write each user's devices' `best_hours`."""
+        new: dict[str, list[Open]] = defaultdict(list)
+        for person, at in opens:
+            new[person].append(Open(at, now))
+        by_key = {user_key(app, person): person for person in new}
+        pending, hours = sorted(by_key), {}
+        for _ in range(ROUNDS):
+            if not pending:
+                break
+            docs = await self._read(pending)
+            writes, versions = [], {}
+            for key in pending:
+                doc = docs.get(key)
+                kept = keep(_opens(doc) + new[by_key[key]], now)
+                version = max(int(doc.get("v") or 0) + 1 if doc else 0, int(now * 1000))
+                hours[key] = (candidate_hours(kept, now), version)
+                versions[key] = version
+                writes.append(_write(key, doc, app, kept, hours[key][0], version, now))
+            pending = await self._apply(writes, versions)
+        if pending:
+            raise OpensContended(f"{len(pending)} users of {app} still contended")
+        writes = [op for key, (listed, v) in hours.items() for op in _device_writes(app, by_key[key], listed, v)]
+        await self._devices.bulk_write(writes, ordered=False)
+
+    async def read(self, app: str, persons: Iterable[str]) -> dict[str, list[Open]]:
+        """The recorded opens of each of `persons` that has any."""
+        by_key = {user_key(app, person): person for person in persons}
+        docs = await self._read(sorted(by_key))
+        return {by_key[key]: _opens(doc) for key, doc in docs.items()}
+
+    async def _apply(self, writes: list[Any], versions: Mapping[str, int]) -> list[str]:
+        """Write; returns the keys whose write lost a race (to be done again)."""
+        try:
+            result = await self._collection.bulk_write(writes, ordered=False)
+            if result.inserted_count + result.modified_count == len(writes):
+                return []
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+        docs = await self._read(list(versions))
+        return [key for key, version in versions.items() if int(docs.get(key, {}).get("v") or -1) != version]
+
+    async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
+        """The documents of `keys`: one `$in`, or one equality each where `Database.reads_each` says so."""
+        projection = {"opens": 1, "v": 1}
+        if not keys:
+            return {}
+        if not self._database.reads_each(len(keys)):
+            found = self._collection.find({"_id": {"$in": list(keys)}}, projection)
+            return {doc["_id"]: doc async for doc in found}
+        docs = await asyncio.gather(*(self._collection.find_one({"_id": {"$eq": k}}, projection) for k in keys))
+        return {doc["_id"]: doc for doc in docs if doc is not None}
+
+
+def keep(opens: Iterable[Open], now: float) -> list[Open]:
+    """The opens that may still count for a campaign whose waves run now (happened less than 30 days before
+    KEEP_SECONDS ago), newest first, at most MAX_OPENS."""
+    since = now - KEEP_SECONDS - OPEN_SECONDS
+    return sorted((o for o in opens if o.at > since), reverse=True)[:MAX_OPENS]
+
+
+def _opens(doc: Mapping[str, Any] | None) -> list[Open]:
+    if not doc:
+        return []
+    return [Open(float(pair[0]), float(pair[1])) for pair in doc.get("opens") or ()]
+
+
+def _write(
+    key: str, doc: Mapping[str, Any] | None, app: str, opens: list[Open], hours: list[int], version: int, now: float
+) -> InsertOne | UpdateOne:
+    newest = max((o.at for o in opens), default=now)
+    fields = {
+        "app": app,
+        "opens": [[o.at, o.recorded] for o in opens],
+        "hours": hours,
+        "expire_at": datetime.fromtimestamp(max(newest, now) + OPEN_SECONDS + KEEP_SECONDS, UTC),
+    }
+    if doc is None:
+        return InsertOne({"_id": key, "v": version, **fields})
+    return UpdateOne({"_id": {"$eq": key}, "v": {"$eq": doc.get("v")}}, {"$set": {**fields, "v": version}})
+
+
+def _device_writes(app: str, person: str, hours: list[int], version: int) -> list[UpdateMany]:
+    """The writes of a user's devices' `best_hours`, where the list there is older than `version`: one for
+    devices with a version, one for those without. Two updates rather than an `$or`: nx-27017 evaluates `$or`
+    document by document, and each part is an index lookup ((app, user_id) or (app, token))."""
+    field, value = ("user_id", person[2:]) if person.startswith("u:") else ("token", person[2:])
+    match = {"app": {"$eq": app}, field: {"$eq": value}}
+    update = {"$set": {BEST_HOURS: hours, BEST_VERSION: version}}
+    return [
+        UpdateMany({**match, BEST_VERSION: {"$lt": version}}, update),
+        UpdateMany({**match, BEST_VERSION: {"$eq": None}}, update),
+    ]

@@ -1,0 +1,147 @@
+"""Best-time delivery end to end (pushsvc, Tansu, nx-27017, the APNs peer), on an injected scheduling clock:
+opened receipts (the real `POST /v1/receipts`) make each user's hour; a campaign with `schedule.best_time`
+sends each device once, in its user's hour within the window, the others at the campaign's time, across a
+restart between waves; duplicates and opens older than 30 days count for nothing; erasure forgets the state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from pushsvc.service import PushService
+from pushsvc.store.caps import user_key
+from tests.integration.stack import Stack, auth_headers, wait_until
+from tests.integration.test_campaigns import FakeClock, api, campaign, received, token
+
+A, B, C, D, E = (token(i, "b") for i in range(1, 6))
+USERS = {A: "ua", B: "ub", C: "uc", D: "ud", E: "ue"}
+
+
+async def start_with_clock(stack: Stack, clock: FakeClock) -> PushService:
+    # Retention long enough that the seeds, finished weeks ago on the injected clock, are not expired on the
+    # real one (nx-27017 purges by the real clock on every read).
+    service = PushService(stack.settings(extra={"retention": {"notification_days": 3650}}), clock=clock)
+    stack.services.append(service)
+    await service.start()
+    return service
+
+
+async def seed(stack: Stack, count: int) -> list[str]:
+    """Notifications for receipts to name (a receipt must name a notification of the app): dry runs, so the
+    peer receives nothing of them."""
+    ids = [f"seed-{i}" for i in range(count)]
+    for request_id in ids:
+        body = {"id": request_id, "app": "demo", "target": {"tokens": [A]}, "message": {"title": "x"},
+                "options": {"dry_run": True}}
+        async with stack.http.post(stack.url("/v1/notifications"), json=body, headers=auth_headers()) as response:
+            assert response.status == 201, await response.text()
+    return ids
+
+
+def opened(notification_id: str, at: str, **device: str) -> dict[str, Any]:
+    return {"notification_id": notification_id, "event": "opened", "at": at, **device}
+
+
+async def post_receipts(stack: Stack, receipts: list[dict[str, Any]]) -> dict[str, Any]:
+    status, answer = await api(stack, "POST", "/v1/receipts", {"app": "demo", "receipts": receipts})
+    assert status == 200, answer
+    return answer
+
+
+async def sent_to(stack: Stack, expected: set[str]) -> None:
+    """Wait until the peer has received exactly `expected` so far (and nothing else)."""
+    await wait_until(lambda: asyncio.sleep(0, set(received(stack)) == expected), 10)
+    await asyncio.sleep(0.3)  # nothing more arrives for this wave
+    assert set(received(stack)) == expected, received(stack)
+
+
+async def test_each_user_is_sent_once_in_their_best_hour_across_a_restart(stack: Stack) -> None:
+    clock = FakeClock("2026-10-29T00:00:00+00:00")
+    service = await start_with_clock(stack, clock)
+    for device, user in USERS.items():
+        await stack.register(device, "ios", tags=["promo"], user_id=user)
+    n = await seed(stack, 8)
+
+    clock.set("2026-12-01T09:00:00+00:00")
+    answer = await post_receipts(stack, [
+        # A opens at 14:00 UTC mostly (by token), once at 03:00; B at 03:00 (by user id).
+        opened(n[0], "2026-11-27T14:10:00Z", token=A), opened(n[1], "2026-11-28T15:20:00+01:00", token=A),
+        opened(n[2], "2026-11-29T03:00:00Z", token=A),
+        opened(n[3], "2026-11-28T03:05:00Z", user_id="ub"), opened(n[4], "2026-11-29T03:40:00Z", user_id="ub"),
+        # D opened only 31 days before the campaign: too old, no hour. C never opened.
+        opened(n[5], "2026-10-31T05:00:00Z", token=D),
+        # E: once at 06:00 and once at 05:00 (a tie: the earliest, 05), its 06:00 reported twice.
+        opened(n[6], "2026-11-29T06:00:00Z", user_id="ue"), opened(n[7], "2026-11-30T05:00:00Z", user_id="ue"),
+        opened(n[6], "2026-11-29T06:00:00Z", user_id="ue"),
+    ])
+    assert answer["counts"]["recorded"] == 8 and answer["counts"]["duplicate"] == 1, answer
+    again = await post_receipts(stack, [opened(n[6], "2026-11-29T06:00:00Z", user_id="ue")])  # a retried batch
+    assert again["results"] == ["duplicate"]
+    devices = {d["token"]: d async for d in stack.db.devices.find({"app": "demo"})}
+    assert devices[A]["best_hours"] == [3, 14]  # 14 now; 03 once the 14:00 opens are 30 days old
+    assert devices[B]["best_hours"] == [3] and devices[E]["best_hours"] == [5]  # 05 until both age out; never 06 alone
+    assert "best_hours" not in devices[C]
+    state = await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}})
+    assert state is not None and len(state["opens"]) == 3
+    assert "ua" not in str(state) and A not in str(state)  # keyed by a hash, like caps and receipts
+
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "best", schedule={"at": "2026-12-01T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    assert view["schedule"]["best_time"] == {"window_hours": 24}
+    await asyncio.sleep(0.5)
+    assert not stack.apns.requests
+
+    clock.set("2026-12-01T10:00:05+00:00")  # the campaign's time: C and D, who have no hour
+    await sent_to(stack, {C, D})
+    doc = await stack.notification("campaign:best")
+    # Next the 11:00 wave (an hour nobody has is a wave that reads nothing: one indexed query).
+    assert doc["zones_done"] == ["start"] and doc["due_at"] == clock.now - 5 + 3600
+
+    # An open recorded during the campaign (A at 03:00 twice more would make 03 A's hour) moves nobody.
+    await post_receipts(stack, [opened(n[3], "2026-12-01T03:10:00Z", token=A),
+                                opened(n[4], "2026-12-01T03:20:00Z", token=A)])
+    clock.set("2026-12-01T14:00:05+00:00")
+    await sent_to(stack, {C, D, A})
+
+    await stack.stop(service)  # between waves: a new replica takes the rest
+    await start_with_clock(stack, clock)
+    clock.set("2026-12-02T03:00:05+00:00")
+    await sent_to(stack, {C, D, A, B})
+    clock.set("2026-12-02T05:00:05+00:00")
+    await sent_to(stack, {C, D, A, B, E})
+    clock.set("2026-12-02T09:59:00+00:00")  # the last hour's wave (09:00) has gone: done
+    doc = await stack.wait_finished("campaign:best")
+    counts = doc["counts"]
+    assert (doc["state"], counts["targeted"], counts["delivered"]) == ("done", 5, 5), doc
+    assert received(stack) == Counter({C: 1, D: 1, A: 1, B: 1, E: 1})
+
+    status, erased = await api(stack, "DELETE", "/v1/users/ua?app=demo")
+    assert status == 200 and erased["deleted_devices"] == 1, erased
+    assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}}) is None
+    assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ub")}}) is not None
+
+
+async def test_best_time_input_is_checked_naming_the_field(stack: Stack) -> None:
+    clock = FakeClock("2026-12-01T09:00:00+00:00")
+    await start_with_clock(stack, clock)
+    at = "2026-12-01T10:00:00Z"
+    for extra, field in [
+        ({"schedule": {"at": at, "best_time": {"window_hours": 0}}}, "schedule.best_time.window_hours"),
+        ({"schedule": {"at": at, "best_time": {"window_hours": "24"}}}, "schedule.best_time.window_hours"),
+        ({"schedule": {"at": at, "best_time": {"window": 24}}}, "schedule.best_time.window"),
+        ({"schedule": {"at": "2026-12-01T10:00:00", "local_time": True, "best_time": {"window_hours": 24}}},
+         "schedule.best_time"),
+        ({"schedule": {"at": at, "best_time": {"window_hours": 24}}, "quiet_hours": {"start": "22:00", "end": "08:00"}},
+         "schedule.best_time"),
+    ]:
+        status, answer = await api(stack, "POST", "/v1/campaigns", campaign("bad", **extra))
+        assert status == 400 and answer["error"]["field"] == field, (extra, answer)
+    assert (await api(stack, "GET", "/v1/campaigns/bad"))[0] == 404
+    # The same id with another window is a conflict naming it.
+    body = campaign("once", schedule={"at": at, "best_time": {"window_hours": 24}})
+    assert (await api(stack, "POST", "/v1/campaigns", body))[0] == 201
+    status, answer = await api(stack, "POST", "/v1/campaigns", {**body, "schedule": {"at": at, "best_time": {
+        "window_hours": 12}}})
+    assert status == 409 and answer["error"]["field"] == "schedule.best_time.window_hours", answer
