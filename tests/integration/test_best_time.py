@@ -12,16 +12,18 @@ from typing import Any
 from pushsvc.service import PushService
 from pushsvc.store.caps import user_key
 from tests.integration.stack import Stack, auth_headers, wait_until
-from tests.integration.test_campaigns import FakeClock, api, campaign, received, token
+from tests.integration.test_campaign_ranges import SPLIT, ranges_of
+from tests.integration.test_campaigns import FakeClock, api, campaign, received, register_many, token
 
 A, B, C, D, E = (token(i, "b") for i in range(1, 6))
 USERS = {A: "ua", B: "ub", C: "uc", D: "ud", E: "ue"}
 
 
-async def start_with_clock(stack: Stack, clock: FakeClock) -> PushService:
+async def start_with_clock(stack: Stack, clock: FakeClock, dispatch: dict[str, Any] | None = None) -> PushService:
     # Retention long enough that the seeds, finished weeks ago on the injected clock, are not expired on the
     # real one (nx-27017 purges by the real clock on every read).
-    service = PushService(stack.settings(extra={"retention": {"notification_days": 3650}}), clock=clock)
+    settings = stack.settings(dispatch, extra={"retention": {"notification_days": 3650}})
+    service = PushService(settings, clock=clock)
     stack.services.append(service)
     await service.start()
     return service
@@ -121,6 +123,54 @@ async def test_each_user_is_sent_once_in_their_best_hour_across_a_restart(stack:
     assert status == 200 and erased["deleted_devices"] == 1, erased
     assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}}) is None
     assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ub")}}) is not None
+
+
+async def test_a_split_campaign_sends_each_range_in_its_users_hours_and_a_late_hour_is_expired(
+    stack: Stack,
+) -> None:
+    clock = FakeClock("2026-10-29T00:00:00+00:00")
+    await start_with_clock(stack, clock, SPLIT)
+    early, late = token(0, "s"), token(1, "s")
+    others = [token(i, "s") for i in range(2, 60)]
+    await stack.register(early, "ios", tags=["promo"], user_id="u-early")
+    await stack.register(late, "ios", tags=["promo"], user_id="u-late")
+    await register_many(stack, others, tags=["promo"])
+    n = await seed(stack, 2)
+    clock.set("2026-12-01T09:00:00+00:00")
+    await post_receipts(stack, [opened(n[0], "2026-11-30T14:10:00Z", user_id="u-early"),
+                                opened(n[1], "2026-11-30T03:10:00Z", user_id="u-late")])
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "split", schedule={"at": "2026-12-01T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201 and view["progress"]["audience_estimate"] == 60, view
+
+    clock.set("2026-12-01T10:00:05+00:00")  # every range's start wave: all but the two with an hour
+    await wait_until(lambda: asyncio.sleep(0, set(received(stack)) == set(others)), 15)
+    assert len(await ranges_of(stack, "split")) > 1
+    clock.set("2026-12-01T14:00:05+00:00")
+    await sent_to(stack, {*others, early})
+    clock.set("2026-12-02T03:00:05+00:00")
+    await sent_to(stack, {*others, early, late})
+    clock.set("2026-12-02T09:59:00+00:00")
+    doc = await stack.wait_finished("campaign:split")
+    assert (doc["state"], doc["counts"]["targeted"], doc["counts"]["delivered"]) == ("done", 60, 60), doc
+    assert set(received(stack).values()) == {1}
+
+    # Claimed an hour after its user's hour (the replicas were away): that wave is past its TTL, counted expired.
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "late", audience={"users": ["u-early"]}, options={"ttl_seconds": 600},
+        schedule={"at": "2026-12-02T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    clock.set("2026-12-02T15:00:05+00:00")
+    await wait_until(lambda: _counted(stack, "campaign:late", "expired"), 10)
+    clock.set("2026-12-03T09:59:00+00:00")  # its last hour's wave gone
+    doc = await stack.wait_finished("campaign:late")
+    assert (doc["counts"]["targeted"], doc["counts"]["expired"], doc["counts"]["delivered"]) == (1, 1, 0), doc
+    assert received(stack)[early] == 1
+
+
+async def _counted(stack: Stack, notification_id: str, key: str) -> bool:
+    doc = await stack.notification(notification_id)
+    return doc is not None and bool(doc.get("counts", {}).get(key))
 
 
 async def test_best_time_input_is_checked_naming_the_field(stack: Stack) -> None:
