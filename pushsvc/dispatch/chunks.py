@@ -35,7 +35,7 @@ from pushsvc.store.caps import CapsContended, FrequencyCaps
 from pushsvc.store.database import is_transient
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import LANE_BATCH
-from pushsvc.store.open_hours import BEST_HOURS, OpenHours, person_of
+from pushsvc.store.open_hours import OpenHours, person_of
 
 log = get_logger(__name__)
 
@@ -197,21 +197,20 @@ class ChunkWorker:
     async def _read_best_time(
         self, request: PushRequest, cursor: Any, wave: list[str], size: int, upto: str | None, best: BestTime
     ) -> Chunk:
-        """A chunk of a best-time wave: a page of the devices it may reach (the whole audience for the start wave,
-        else those whose `best_hours` lists one of its hours), keeping those whose user's best hour as of the
-        campaign's time (their recorded opens) puts them in this wave. The cursor and the end are the page's."""
+        """A chunk of a best-time wave: a page of the whole audience, keeping the devices whose user's best hour
+        as of the campaign's time (their opens recorded by then) puts them in this wave. The cursor and the end
+        are the page's. Every wave pages the same audience and decides by the same stored opens, so each device
+        present throughout is sent in exactly one wave, whatever is recorded meanwhile."""
         found = await self._devices.find_audience(
             request.app, request.target, request.message.category, None, cursor, size, request.route, upto,
-            request.activity_id, best_hours=BestTime.hours_read(wave),
+            request.activity_id,
         )
         chunk = _audience_chunk(request, found, cursor, size)
-        # A device without `best_hours` has no recorded open of its user since it was registered: no hour.
-        persons = {person_of(d) for d in chunk.devices if d.get(BEST_HOURS)}
+        persons = {person_of(d) for d in chunk.devices}
         opens = await self._opens.read(request.app, persons) if persons and self._opens is not None else {}
         waves = set(wave)
         chunk.devices = [
-            d for d in chunk.devices
-            if best.wave_of(best_hour(opens.get(person_of(d), ()), best.start) if d.get(BEST_HOURS) else None) in waves
+            d for d in chunk.devices if best.wave_of(best_hour(opens.get(person_of(d), ()), best.start)) in waves
         ]
         return chunk
 

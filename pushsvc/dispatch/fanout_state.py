@@ -14,13 +14,12 @@ from pushsvc.store.records import NotificationRecord
 
 
 def best_time_of(record: NotificationRecord, request: PushRequest) -> BestTime | None:
-    """The waves of a best-time campaign, from its `schedule.best_time` and `schedule.at` (always given with
-    it; its due time otherwise)."""
-    if not record.best_time:
-        return None
+    """The waves of a best-time campaign, from its `schedule.best_time` and `schedule.at` (required with it).
+    Never from the due time: each wave moves that on."""
     at = request.options.send_at
-    start = at.timestamp() if at is not None else record.due_at
-    return BestTime(start, int(record.best_time["window_hours"]))
+    if not record.best_time or at is None:
+        return None
+    return BestTime(at.timestamp(), int(record.best_time["window_hours"]))
 
 
 class Run:

@@ -247,12 +247,15 @@ def _quiet_hours(value: Any) -> dict[str, str]:
 
 
 def _best_time_of(schedule: Any, options: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, int] | None:
-    """`schedule.best_time` (already known to be in an object `schedule` with `at`), checked against what it
+    """`schedule.best_time` (in an object `schedule`, which must give `at`), checked against what it
     cannot be combined with: local time (an hour of day per user and a wall-clock time per zone are two
     schedules) and quiet hours (device-local, while a best hour is one of UTC: left for later)."""
     if not isinstance(schedule, dict) or schedule.get("best_time") is None:
         return None
     best_time = parse_best_time(schedule["best_time"])
+    if schedule.get("at") is None:
+        # The waves count from it, and a campaign without it is sent at once: nothing to spread.
+        raise RequestError("schedule.at", "required with schedule.best_time")
     if options.get("local_time"):
         raise RequestError("schedule.best_time", "not with schedule.local_time: one or the other")
     if fields.get("quiet_hours") is not None:

@@ -12,10 +12,12 @@ A user's best hour is decided **as of T**, from the opens recorded by then (`Ope
 every range, every replica and a resumed run decide alike, and an open recorded during the campaign (or a
 late report of an old one) moves nobody from one wave to another: nothing is sent twice, nobody is skipped.
 
-Which devices a wave reads: the `start` wave reads the whole audience; an hour's wave only the devices whose
-`best_hours` field (written with each recorded open) lists that hour: every hour that may be the user's best
-as of any time from KEEP_SECONDS ago on, opens aging out included (`candidate_hours`). Each device read has its
-user's hour computed as of T and is sent only in its own wave.
+Which devices a wave reads: every wave pages the whole audience and keeps the devices whose user's hour,
+computed as of T, is its own (dispatch/chunks.py `_read_best_time`). Nothing on the device says its hour (a
+field there, rewritten by each open, could disagree with the opens and leave a device in no wave or in two);
+the price is one read of the audience per wave, at most 24, against one for a campaign sent at once. A device
+registered during the campaign is sent in the first wave still ahead that its user's hour falls in, or not
+at all if that wave has passed; one whose user changes meanwhile is judged by its user at each wave.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ OPEN_SECONDS = OPEN_DAYS * DAY
 MIN_WINDOW_HOURS = 1
 MAX_WINDOW_HOURS = 168
 # How long after a campaign's time its waves may still decide a user's hour exactly: the longest window and a
-# day's slack (a wave claimed late, a short pause). Opens are kept this much beyond the 30 days, and a device's
-# `best_hours` lists every hour that was best as of any time from this long ago on.
+# day's slack (a wave claimed late, a short pause). Opens are kept this much beyond the 30 days.
 KEEP_SECONDS = MAX_WINDOW_HOURS * HOUR + DAY
-# A user's opens kept (the most recent): 8 a day for 30 days. Beyond it the oldest drop out early.
+# A user's opens kept: 8 a day for 30 days. Beyond it new ones are dropped until old ones age out
+# (store/open_hours.py keep: never one a running campaign counted).
 MAX_OPENS = 240
 
 START = "start"  # the wave at the campaign's time: users of that hour and everyone without one in the window
@@ -70,40 +72,6 @@ def best_hour(opens: Iterable[Open], as_of: float) -> int | None:
 def _argmax(counts: Sequence[int]) -> int | None:
     top = max(counts)
     return counts.index(top) if top > 0 else None
-
-
-def candidate_hours(opens: Iterable[Open], now: float) -> list[int]:
-    """Every hour that is `best_hour(opens, t)` for some t from `now - KEEP_SECONDS` on, if no open is recorded
-    after `now`: what a device's `best_hours` must list so that each wave reads every device it may send to
-    (opens aging out can move the best hour later on; the next recorded open computes this again).
-
-    A sweep over the times the counts change (an open counting from its recording, until 30 days after it
-    happened): O(n log n + 24 n) for n opens."""
-    since = now - KEEP_SECONDS
-    counts = [0] * 24
-    events: list[tuple[float, int, int]] = []  # (time, +1/-1, hour)
-    for o in opens:
-        begins, ends = max(o.recorded, o.at), o.at + OPEN_SECONDS  # counts for t in [begins, ends)
-        if ends <= since or ends <= begins:
-            continue
-        if begins <= since:
-            counts[hour_of(o.at)] += 1
-        else:
-            events.append((begins, 1, hour_of(o.at)))
-        events.append((ends, -1, hour_of(o.at)))
-    hours: set[int] = set()
-    first = _argmax(counts)
-    if first is not None:
-        hours.add(first)
-    events.sort()
-    for i, (when, change, hour) in enumerate(events):
-        counts[hour] += change
-        if i + 1 < len(events) and events[i + 1][0] == when:
-            continue  # every change of one moment applied before the best hour is read
-        best = _argmax(counts)
-        if best is not None:
-            hours.add(best)
-    return sorted(hours)
 
 
 def label(hour: int) -> str:
@@ -154,10 +122,3 @@ class BestTime:
         """The waves of `wave` that begin at `now` later than their TTL allows (scheduling/due.py ttl_lapsed)."""
         waves = self.waves()
         return [name for name in wave if ttl_lapsed(ttl_seconds, waves[name], now)]
-
-    @staticmethod
-    def hours_read(wave: Sequence[str]) -> list[int] | None:
-        """The hours whose devices a wave reads (`best_hours` lists one of them); None: the whole audience."""
-        if START in wave:
-            return None
-        return sorted(int(name[1:]) for name in wave)

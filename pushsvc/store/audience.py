@@ -102,10 +102,9 @@ def audience_filter(
     *,
     exact: bool = True,
     activity_id: str | None = None,
-    best_hours: Sequence[int] | None = None,
 ) -> dict:
     """MongoDB filter for the active devices a users/segment target reaches (tokens are looked up directly);
-    `exact`, `activity_id` and `best_hours` as for `active_devices_filter`.
+    `exact` and `activity_id` as for `active_devices_filter`.
 
     One flat document (the same meaning as an ``$and`` of the clauses): nx-27017 translates it to one SQL
     query on its indexes, while the ``$and`` form is evaluated document by document (~70x slower there).
@@ -113,9 +112,7 @@ def audience_filter(
     a plain ``json_extract(...) = ?`` its (app, user_id) expression index can serve; for a bare value it adds
     an array-containment OR that forces a scan of the whole collection.
     """
-    query = active_devices_filter(
-        app, category, timezones, route, exact=exact, activity_id=activity_id, best_hours=best_hours
-    )
+    query = active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
     if target.users:
         users = list(target.users)
         query["user_id"] = {"$eq": users[0]} if len(users) == 1 else {"$in": users}
@@ -138,12 +135,10 @@ def active_devices_filter(
     *,
     exact: bool = True,
     activity_id: str | None = None,
-    best_hours: Sequence[int] | None = None,
 ) -> dict:
     """The clauses every audience shares: the app's active devices whose token kind takes the route (see
     kind_filter for `exact`), of the Live Activity `activity_id` when one is named, minus opt-outs, within the
-    wave's zones, and for a best-time wave of some hours, those whose `best_hours` lists one of them
-    (store/open_hours.py; an array field, matched with `$in` as tags are)."""
+    wave's zones."""
     query: dict[str, Any] = {"app": {"$eq": app}, "active": True, **kind_filter(route, exact)}
     if activity_id is not None:
         query["activity_id"] = {"$eq": activity_id}
@@ -151,8 +146,6 @@ def active_devices_filter(
         query["opt_out"] = {"$nin": [category]}
     if timezones is not None:
         query["timezone"] = {"$in": list(timezones)}
-    if best_hours is not None:
-        query["best_hours"] = {"$in": list(best_hours)}
     return query
 
 

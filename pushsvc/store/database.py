@@ -54,9 +54,6 @@ DEVICE_INDEXES = [
     IndexModel([("app", ASCENDING), ("token", ASCENDING)], unique=True, name="app_token_unique"),
     IndexModel([("app", ASCENDING), ("user_id", ASCENDING)], name="app_user"),  # users target, user listing
     IndexModel([("app", ASCENDING), ("tags", ASCENDING)], name="app_tags"),  # segment target
-    # A best-time campaign's hour waves: the devices whose `best_hours` lists the hour (multikey;
-    # store/open_hours.py).
-    IndexModel([("app", ASCENDING), ("best_hours", ASCENDING)], name="app_best_hours"),
 ]
 NOTIFICATION_INDEXES = [
     # claim_due: per lane, the oldest due notifications whose lease has expired.

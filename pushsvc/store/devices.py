@@ -56,7 +56,6 @@ DISPATCH_PROJECTION = {
     "kind": 1,
     "subscription": 1,
     "activity_id": 1,
-    "best_hours": 1,
 }
 
 
@@ -194,17 +193,14 @@ class DeviceStore:
         route: str,
         upto: str | None = None,
         activity_id: str | None = None,
-        best_hours: Sequence[int] | None = None,
     ) -> list[dict]:
         """Next `limit` devices of a users/segment audience after the cursor, up to token `upto` if given (the
-        end of a range: store/ranges.py), see find_chunk; of a best-time wave's `best_hours` when given."""
+        end of a range: store/ranges.py), see find_chunk."""
         exact = self.exact_kinds
         if target.users and len(target.users) <= SMALL_LOOKUP:
             # Never split into ranges (a few users' devices are one chunk): `upto` is always None here.
             # A few users: their devices read whole (a user has a handful), paged here in the same order.
-            base = active_devices_filter(
-                app, category, timezones, route, exact=exact, activity_id=activity_id, best_hours=best_hours
-            )
+            base = active_devices_filter(app, category, timezones, route, exact=exact, activity_id=activity_id)
             docs = await self._find_values(base, "user_id", target.users)
             if isinstance(after, str):  # a cursor saved before token order: _id order
                 return [d for d in docs if d["_id"] > ObjectId(after)][:limit]
@@ -212,9 +208,7 @@ class DeviceStore:
             if after is not None:
                 docs = [d for d in docs if d["token"] > after["token"]]
             return docs[:limit]
-        query = audience_filter(
-            app, target, category, timezones, route, exact=exact, activity_id=activity_id, best_hours=best_hours
-        )
+        query = audience_filter(app, target, category, timezones, route, exact=exact, activity_id=activity_id)
         return await self.find_chunk(query, after, limit, upto)
 
     @property

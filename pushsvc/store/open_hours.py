@@ -3,15 +3,18 @@
 State: one document per (app, user) in `open_hours`, keyed like frequency caps (store/caps.py `user_key`: the
 app and a SHA-256 of `u:<user id>`, or `t:<token>` for a device without a user; neither is stored in the clear):
 `opens`, the user's recorded opens as [at, recorded] pairs (epoch seconds; those that may still count for a
-campaign, at most MAX_OPENS, newest first), `hours` (scheduling/best_time.py `candidate_hours`), a version `v`,
-and `expire_at` for a TTL index that forgets it once its newest open can no longer count.
+campaign, at most MAX_OPENS), a version `v`, and `expire_at` for a TTL index that forgets it once its newest
+open can no longer count.
 
 Written by each *recorded* `opened` receipt (a duplicate is never recorded, so never counted twice): read the
 users' documents, add the opens in Python, write each conditioned on the version read (a user never seen: an
-insert); a write that lost a race is read and done again, as caps do. Then the user's devices get
-`best_hours` = `hours` (the hours whose waves must read them), conditioned on the device's `best_v` being older,
-so a slower writer never puts back an older list. The version is the write's time in milliseconds (at least one
-more than the last), so it still grows after the TTL forgot a document and it is written anew.
+insert); a write that lost a race is read and done again, as caps do. The version is a random value per write,
+so two writers never take the same one (a time-based version let two writers in one millisecond both "win").
+
+Nothing is written on the devices: a best-time wave reads its audience and these documents and decides each
+device's hour as of the campaign's time (scheduling/best_time.py), so no device field can disagree with them.
+Once a user has MAX_OPENS, a new open is dropped rather than an old one: an open counted for a campaign
+already running is never removed by one recorded after it, so the campaign's waves keep deciding alike.
 
 Conditions are equalities on `_id` and `v` only (nx-27017: no `$not`, no array positions in queries).
 """
@@ -19,24 +22,22 @@ Conditions are equalities on `_id` and `v` only (nx-27017: no `$not`, no array p
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import InsertOne, UpdateMany, UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, Open, candidate_hours
+from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, Open
 from pushsvc.store.caps import user_key
 from pushsvc.store.database import Database
 from pushsvc.store.notifications import DUPLICATE_KEY
 
 # Rounds of read-add-write for users another writer wrote meanwhile; each round only the contended.
 ROUNDS = 8
-# The device field listing the hours whose best-time waves read the device, and the version it was written at.
-BEST_HOURS = "best_hours"
-BEST_VERSION = "best_v"
 
 
 class OpensContended(Exception):
@@ -52,16 +53,14 @@ class OpenHours:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._collection = database.open_hours
-        self._devices = database.devices
 
     async def record(self, app: str, opens: Iterable[tuple[str, float]], now: float) -> None:
-        """Add recorded opens ((person, at): person `u:<user id>` or `t:<token>`) to their users' state, then
-        write each user's devices' `best_hours`."""
+        """Add recorded opens ((person, at): person `u:<user id>` or `t:<token>`) to their users' state."""
         new: dict[str, list[Open]] = defaultdict(list)
         for person, at in opens:
             new[person].append(Open(at, now))
         by_key = {user_key(app, person): person for person in new}
-        pending, hours = sorted(by_key), {}
+        pending = sorted(by_key)
         for _ in range(ROUNDS):
             if not pending:
                 break
@@ -69,16 +68,11 @@ class OpenHours:
             writes, versions = [], {}
             for key in pending:
                 doc = docs.get(key)
-                kept = keep(_opens(doc) + new[by_key[key]], now)
-                version = max(int(doc.get("v") or 0) + 1 if doc else 0, int(now * 1000))
-                hours[key] = (candidate_hours(kept, now), version)
-                versions[key] = version
-                writes.append(_write(key, doc, app, kept, hours[key][0], version, now))
+                versions[key] = version = secrets.token_hex(8)
+                writes.append(_write(key, doc, app, keep(_opens(doc), new[by_key[key]], now), version, now))
             pending = await self._apply(writes, versions)
         if pending:
             raise OpensContended(f"{len(pending)} users of {app} still contended")
-        writes = [op for key, (listed, v) in hours.items() for op in _device_writes(app, by_key[key], listed, v)]
-        await self._devices.bulk_write(writes, ordered=False)
 
     async def read(self, app: str, persons: Iterable[str]) -> dict[str, list[Open]]:
         """The recorded opens of each of `persons` that has any."""
@@ -86,7 +80,7 @@ class OpenHours:
         docs = await self._read(sorted(by_key))
         return {by_key[key]: _opens(doc) for key, doc in docs.items()}
 
-    async def _apply(self, writes: list[Any], versions: Mapping[str, int]) -> list[str]:
+    async def _apply(self, writes: list[Any], versions: Mapping[str, str]) -> list[str]:
         """Write; returns the keys whose write lost a race (to be done again)."""
         try:
             result = await self._collection.bulk_write(writes, ordered=False)
@@ -97,7 +91,7 @@ class OpenHours:
             if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
         docs = await self._read(list(versions))
-        return [key for key, version in versions.items() if int(docs.get(key, {}).get("v") or -1) != version]
+        return [key for key, version in versions.items() if docs.get(key, {}).get("v") != version]
 
     async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
         """The documents of `keys`: one `$in`, or one equality each where `Database.reads_each` says so."""
@@ -111,11 +105,13 @@ class OpenHours:
         return {doc["_id"]: doc for doc in docs if doc is not None}
 
 
-def keep(opens: Iterable[Open], now: float) -> list[Open]:
+def keep(stored: Iterable[Open], new: Iterable[Open], now: float) -> list[Open]:
     """The opens that may still count for a campaign whose waves run now (happened less than 30 days before
-    KEEP_SECONDS ago), newest first, at most MAX_OPENS."""
+    KEEP_SECONDS ago): the stored ones, then the new ones while there is room (at most MAX_OPENS in all). Only
+    age removes a stored open, so what a running campaign counted stays."""
     since = now - KEEP_SECONDS - OPEN_SECONDS
-    return sorted((o for o in opens if o.at > since), reverse=True)[:MAX_OPENS]
+    kept = [o for o in stored if o.at > since]
+    return (kept + sorted(o for o in new if o.at > since))[:MAX_OPENS]
 
 
 def _opens(doc: Mapping[str, Any] | None) -> list[Open]:
@@ -125,28 +121,15 @@ def _opens(doc: Mapping[str, Any] | None) -> list[Open]:
 
 
 def _write(
-    key: str, doc: Mapping[str, Any] | None, app: str, opens: list[Open], hours: list[int], version: int, now: float
+    key: str, doc: Mapping[str, Any] | None, app: str, opens: list[Open], version: str, now: float
 ) -> InsertOne | UpdateOne:
     newest = max((o.at for o in opens), default=now)
     fields = {
         "app": app,
         "opens": [[o.at, o.recorded] for o in opens],
-        "hours": hours,
         "expire_at": datetime.fromtimestamp(max(newest, now) + OPEN_SECONDS + KEEP_SECONDS, UTC),
     }
     if doc is None:
         return InsertOne({"_id": key, "v": version, **fields})
     return UpdateOne({"_id": {"$eq": key}, "v": {"$eq": doc.get("v")}}, {"$set": {**fields, "v": version}})
 
-
-def _device_writes(app: str, person: str, hours: list[int], version: int) -> list[UpdateMany]:
-    """The writes of a user's devices' `best_hours`, where the list there is older than `version`: one for
-    devices with a version, one for those without. Two updates rather than an `$or`: nx-27017 evaluates `$or`
-    document by document, and each part is an index lookup ((app, user_id) or (app, token))."""
-    field, value = ("user_id", person[2:]) if person.startswith("u:") else ("token", person[2:])
-    match = {"app": {"$eq": app}, field: {"$eq": value}}
-    update = {"$set": {BEST_HOURS: hours, BEST_VERSION: version}}
-    return [
-        UpdateMany({**match, BEST_VERSION: {"$lt": version}}, update),
-        UpdateMany({**match, BEST_VERSION: {"$eq": None}}, update),
-    ]

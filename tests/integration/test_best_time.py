@@ -80,10 +80,8 @@ async def test_each_user_is_sent_once_in_their_best_hour_across_a_restart(stack:
     assert answer["counts"]["recorded"] == 8 and answer["counts"]["duplicate"] == 1, answer
     again = await post_receipts(stack, [opened(n[6], "2026-11-29T06:00:00Z", user_id="ue")])  # a retried batch
     assert again["results"] == ["duplicate"]
-    devices = {d["token"]: d async for d in stack.db.devices.find({"app": "demo"})}
-    assert devices[A]["best_hours"] == [3, 14]  # 14 now; 03 once the 14:00 opens are 30 days old
-    assert devices[B]["best_hours"] == [3] and devices[E]["best_hours"] == [5]  # 05 until both age out; never 06 alone
-    assert "best_hours" not in devices[C]
+    # Nothing is written on the devices: each wave decides from the stored opens (scheduling/best_time.py).
+    assert not [d async for d in stack.db.devices.find({"app": "demo", "best_hours": {"$exists": True}})]
     state = await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}})
     assert state is not None and len(state["opens"]) == 3
     assert "ua" not in str(state) and A not in str(state)  # keyed by a hash, like caps and receipts
@@ -98,7 +96,7 @@ async def test_each_user_is_sent_once_in_their_best_hour_across_a_restart(stack:
     clock.set("2026-12-01T10:00:05+00:00")  # the campaign's time: C and D, who have no hour
     await sent_to(stack, {C, D})
     doc = await stack.notification("campaign:best")
-    # Next the 11:00 wave (an hour nobody has is a wave that reads nothing: one indexed query).
+    # Next the 11:00 wave (an hour nobody has: a wave that reads the audience and sends nothing).
     assert doc["zones_done"] == ["start"] and doc["due_at"] == clock.now - 5 + 3600
 
     # An open recorded during the campaign (A at 03:00 twice more would make 03 A's hour) moves nobody.
@@ -181,6 +179,8 @@ async def test_best_time_input_is_checked_naming_the_field(stack: Stack) -> None
         ({"schedule": {"at": at, "best_time": {"window_hours": 0}}}, "schedule.best_time.window_hours"),
         ({"schedule": {"at": at, "best_time": {"window_hours": "24"}}}, "schedule.best_time.window_hours"),
         ({"schedule": {"at": at, "best_time": {"window": 24}}}, "schedule.best_time.window"),
+        # Without a time there is nothing to spread (the waves count from it).
+        ({"schedule": {"at": None, "best_time": {"window_hours": 24}}}, "schedule.at"),
         ({"schedule": {"at": "2026-12-01T10:00:00", "local_time": True, "best_time": {"window_hours": 24}}},
          "schedule.best_time"),
         ({"schedule": {"at": at, "best_time": {"window_hours": 24}}, "quiet_hours": {"start": "22:00", "end": "08:00"}},
@@ -195,3 +195,46 @@ async def test_best_time_input_is_checked_naming_the_field(stack: Stack) -> None
     status, answer = await api(stack, "POST", "/v1/campaigns", {**body, "schedule": {"at": at, "best_time": {
         "window_hours": 12}}})
     assert status == 409 and answer["error"]["field"] == "schedule.best_time.window_hours", answer
+
+
+async def test_devices_registered_or_moved_after_the_opens_are_sent_once_and_concurrent_opens_all_count(
+    stack: Stack,
+) -> None:
+    """Each device's hour comes from its user's opens, never from the device: a phone registered after its
+    user's opens goes in the user's hour (not at the start and again later), a device whose user changed goes
+    in the new user's hour, and opens posted at once for one user are all kept."""
+    clock = FakeClock("2026-11-20T00:00:00+00:00")
+    await start_with_clock(stack, clock)
+    old_phone, new_phone, shared = token(11, "b"), token(12, "b"), token(13, "b")
+    await stack.register(old_phone, "ios", tags=["promo"], user_id="ua")
+    await stack.register(shared, "ios", tags=["promo"])  # no user yet: its opens are its own
+    n = await seed(stack, 6)
+    clock.set("2026-11-30T09:00:00+00:00")
+    # Three opens of ua posted at once, in three requests: all three are kept (none lost to a race).
+    await asyncio.gather(*(post_receipts(stack, [opened(n[i], f"2026-11-2{i + 1}T14:0{i}:00Z", token=old_phone)])
+                           for i in range(3)))
+    state = await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}})
+    assert state is not None and len(state["opens"]) == 3, state
+    await post_receipts(stack, [opened(n[3], "2026-11-27T14:30:00Z", token=shared)])  # the device alone: 14
+    await stack.register(new_phone, "ios", tags=["promo"], user_id="ua")  # after ua's opens
+    await stack.register(shared, "ios", tags=["promo"], user_id="ub")  # now ub's device: ub's hour, 03
+    await post_receipts(stack, [opened(n[4], "2026-11-27T03:00:00Z", user_id="ub"),
+                                opened(n[5], "2026-11-28T03:00:00Z", user_id="ub")])
+
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "moved", schedule={"at": "2026-12-01T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    clock.set("2026-12-01T10:00:05+00:00")
+    await wait_until(lambda: stack.notification("campaign:moved"), 10)
+    await asyncio.sleep(1.0)
+    assert not received(stack)  # both of ua's phones wait for 14:00, the shared device for 03:00
+    # An open of the new phone during the campaign moves nobody.
+    await post_receipts(stack, [opened(n[0], "2026-12-01T10:01:00Z", token=new_phone)])
+    clock.set("2026-12-01T14:00:05+00:00")
+    await sent_to(stack, {old_phone, new_phone})
+    clock.set("2026-12-02T03:00:05+00:00")
+    await sent_to(stack, {old_phone, new_phone, shared})
+    clock.set("2026-12-02T09:59:00+00:00")
+    doc = await stack.wait_finished("campaign:moved")
+    assert (doc["state"], doc["counts"]["targeted"], doc["counts"]["delivered"]) == ("done", 3, 3), doc
+    assert received(stack) == Counter({old_phone: 1, new_phone: 1, shared: 1})

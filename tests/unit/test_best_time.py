@@ -17,13 +17,13 @@ from pushsvc.scheduling.best_time import (
     DAY,
     HOUR,
     KEEP_SECONDS,
+    MAX_OPENS,
     MAX_WINDOW_HOURS,
     OPEN_SECONDS,
     START,
     BestTime,
     Open,
     best_hour,
-    candidate_hours,
 )
 from pushsvc.store.open_hours import keep
 
@@ -73,7 +73,6 @@ def test_waves_start_at_the_campaign_time_then_one_per_hour_within_the_window() 
     assert short.wave_of(17) == START and short.wave_of(9) == START  # outside the window: at the start
     assert short.next_at([START]) == at("2026-12-01T11:00:00+00:00")
     assert short.next_at(list(short.waves())) is None
-    assert BestTime.hours_read(["h14", "h15"]) == [14, 15] and BestTime.hours_read([START]) is None
     assert best.lapsed(["h14"], 600, at("2026-12-01T14:30:00+00:00")) == ["h14"]
     assert best.lapsed(["h14"], 600, at("2026-12-01T14:05:00+00:00")) == []
     assert best.lapsed(["h14"], None, at("2026-12-05T14:30:00+00:00")) == []
@@ -98,28 +97,36 @@ OPENS = st.lists(
 
 
 @FAST
-@given(OPENS, st.integers(0, 80 * 86400), st.integers(0, int(KEEP_SECONDS)), st.integers(0, 60 * 86400))
-def test_a_device_lists_every_hour_that_may_be_its_users_best_when_a_campaign_runs(
-    opens: list[Open], now: int, back: int, ahead: int
+@given(OPENS, OPENS, st.integers(0, 80 * 86400), st.integers(0, int(KEEP_SECONDS)))
+def test_opens_recorded_later_never_change_the_hour_a_running_campaign_decided(
+    stored: list[Open], later: list[Open], now: int, back: int
 ) -> None:
-    """For a campaign time anywhere from KEEP_SECONDS before the last recorded open on (no open recorded
-    since), the user's hour then is one the device lists: the hour's wave reads it. Kept opens decide alike."""
-    opens = [o for o in opens if o.recorded <= now]
-    listed = candidate_hours(opens, now)
-    for t in (now - back, now + ahead):
-        hour = best_hour(opens, t)
-        assert hour is None or hour in listed
-        assert best_hour(keep(opens, now), t) == hour or len(opens) > 240
+    """For a campaign whose time T is up to KEEP_SECONDS before now, the opens kept after more are recorded
+    decide T's hour as all of them would: a new open never pushes out one that T counted (a full list drops
+    the new one), and only opens too old for any such T age out."""
+    t = now - back
+    stored = keep([o for o in stored if o.recorded <= t], [], t)  # what was stored by T
+    later = [Open(o.at, max(o.recorded, t + 1)) for o in later]  # recorded after T
+    kept = keep(stored, later, now)
+    assert len(kept) <= MAX_OPENS
+    assert best_hour(kept, t) == best_hour(stored, t)
 
 
-def test_hours_that_age_out_leave_the_next_best_listed() -> None:
+def test_a_full_list_drops_the_new_open_and_age_frees_room() -> None:
+    now = at("2026-12-01T00:00:00+00:00")
+    full = [Open(now - DAY - i, now - DAY) for i in range(MAX_OPENS)]
+    new = Open(now - 10, now)
+    assert keep(full, [new], now) == full
+    aged = [Open(now - KEEP_SECONDS - OPEN_SECONDS - 1, now - KEEP_SECONDS - OPEN_SECONDS), *full[1:]]
+    assert keep(aged, [new], now) == [*full[1:], new]
+
+
+def test_hours_that_age_out_leave_the_next_best() -> None:
     now = at("2026-12-01T00:00:00+00:00")
     opens = [opened("2026-11-03T14:00:00+00:00"), opened("2026-11-04T14:00:00+00:00"),
              opened("2026-11-30T03:00:00+00:00")]
     assert best_hour(opens, now) == 14
     assert best_hour(opens, now + 4 * DAY) == 3  # the 14:00 opens are over 30 days old by then
-    assert candidate_hours(opens, now) == [3, 14]
-    assert candidate_hours(opens, now + OPEN_SECONDS + KEEP_SECONDS) == []
 
 
 # ------------------------------------------------------------------------------------ the campaign's field
