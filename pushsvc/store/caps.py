@@ -18,20 +18,18 @@ queries, which a single conditional upsert would need.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import InsertOne, UpdateOne
-from pymongo.errors import BulkWriteError
 
 from pushsvc.config import FrequencyCapSettings
 from pushsvc.model import PushRequest, Recipient
 from pushsvc.store.campaigns import CAMPAIGN_PREFIX
 from pushsvc.store.database import Database
-from pushsvc.store.notifications import DUPLICATE_KEY
+from pushsvc.store.versioned import all_applied, read_keys
 
 # Rounds of read-decide-write for the users another replica wrote meanwhile; each round only the contended.
 ROUNDS = 8
@@ -84,28 +82,14 @@ class FrequencyCaps:
 
     async def _apply(self, writes: list[Any], keys: list[str], notification_id: str) -> list[str]:
         """Write; returns the keys whose write lost a race (to be decided again)."""
-        if not writes:
+        if await all_applied(self._collection, writes):
             return []
-        try:
-            result = await self._collection.bulk_write(writes, ordered=False)
-            if result.inserted_count + result.modified_count == len(writes):
-                return []
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
         # Some write met another replica's first: the users whose document does not hold this notification.
         docs = await self._read(keys)
         return [k for k in keys if not any(s.get("n") == notification_id for s in docs.get(k, {}).get("sends") or ())]
 
     async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
-        """The documents of `keys`: one `$in`, or one equality each where `Database.reads_each` says so."""
-        projection = {"sends": 1, "v": 1}
-        if not self._database.reads_each(len(keys)):
-            found = self._collection.find({"_id": {"$in": list(keys)}}, projection)
-            return {doc["_id"]: doc async for doc in found}
-        docs = await asyncio.gather(*(self._collection.find_one({"_id": {"$eq": k}}, projection) for k in keys))
-        return {doc["_id"]: doc for doc in docs if doc is not None}
+        return await read_keys(self._database, self._collection, keys, {"sends": 1, "v": 1})
 
 
 def has_room(sends: Sequence[Mapping[str, Any]], caps: FrequencyCapSettings, now: float) -> bool:

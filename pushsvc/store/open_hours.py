@@ -21,7 +21,6 @@ Conditions are equalities on `_id` and `v` only (nx-27017: no `$not`, no array p
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,12 +28,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import InsertOne, UpdateOne
-from pymongo.errors import BulkWriteError
 
 from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, Open
 from pushsvc.store.caps import user_key
 from pushsvc.store.database import Database
-from pushsvc.store.notifications import DUPLICATE_KEY
+from pushsvc.store.versioned import all_applied, read_keys
 
 # Rounds of read-add-write for users another writer wrote meanwhile; each round only the contended.
 ROUNDS = 8
@@ -82,27 +80,13 @@ class OpenHours:
 
     async def _apply(self, writes: list[Any], versions: Mapping[str, str]) -> list[str]:
         """Write; returns the keys whose write lost a race (to be done again)."""
-        try:
-            result = await self._collection.bulk_write(writes, ordered=False)
-            if result.inserted_count + result.modified_count == len(writes):
-                return []
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
+        if await all_applied(self._collection, writes):
+            return []
         docs = await self._read(list(versions))
         return [key for key, version in versions.items() if docs.get(key, {}).get("v") != version]
 
     async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
-        """The documents of `keys`: one `$in`, or one equality each where `Database.reads_each` says so."""
-        projection = {"opens": 1, "v": 1}
-        if not keys:
-            return {}
-        if not self._database.reads_each(len(keys)):
-            found = self._collection.find({"_id": {"$in": list(keys)}}, projection)
-            return {doc["_id"]: doc async for doc in found}
-        docs = await asyncio.gather(*(self._collection.find_one({"_id": {"$eq": k}}, projection) for k in keys))
-        return {doc["_id"]: doc for doc in docs if doc is not None}
+        return await read_keys(self._database, self._collection, keys, {"opens": 1, "v": 1})
 
 
 def keep(stored: Iterable[Open], new: Iterable[Open], now: float) -> list[Open]:
