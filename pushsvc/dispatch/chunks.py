@@ -178,7 +178,9 @@ class ChunkWorker:
     ) -> Chunk:
         push_type = request.route
         if best is not None and wave is not None:
-            return await self._read_best_time(request, cursor, wave, size, upto, best)
+            # A best-time wave pages the whole audience (its waves are hours, not zones) and keeps its own users.
+            whole = await self._read(request, cursor, None, count_unknown, size, upto)
+            return await self._in_best_wave(request, whole, wave, best)
         if request.target.tokens:
             # Explicit tokens are paged by position in the request.
             start = int(cursor or 0)
@@ -194,18 +196,11 @@ class ChunkWorker:
         )
         return _audience_chunk(request, found, cursor, size)
 
-    async def _read_best_time(
-        self, request: PushRequest, cursor: Any, wave: list[str], size: int, upto: str | None, best: BestTime
-    ) -> Chunk:
-        """A chunk of a best-time wave: a page of the whole audience, keeping the devices whose user's best hour
-        as of the campaign's time (their opens recorded by then) puts them in this wave. The cursor and the end
-        are the page's. Every wave pages the same audience and decides by the same stored opens, so each device
-        present throughout is sent in exactly one wave, whatever is recorded meanwhile."""
-        found = await self._devices.find_audience(
-            request.app, request.target, request.message.category, None, cursor, size, request.route, upto,
-            request.activity_id,
-        )
-        chunk = _audience_chunk(request, found, cursor, size)
+    async def _in_best_wave(self, request: PushRequest, chunk: Chunk, wave: list[str], best: BestTime) -> Chunk:
+        """`chunk`, a page of the whole audience, keeping the devices whose user's best hour as of the campaign's
+        time (their opens recorded by then) puts them in this best-time wave. The cursor and the end stay the
+        page's. Every wave pages the same audience and decides by the same stored opens, so each device whose
+        user stays the same is sent in exactly one wave, whatever is recorded meanwhile."""
         persons = {person_of(d) for d in chunk.devices}
         opens = await self._opens.read(request.app, persons) if persons and self._opens is not None else {}
         waves = set(wave)

@@ -13,7 +13,7 @@ every range, every replica and a resumed run decide alike, and an open recorded 
 late report of an old one) moves nobody from one wave to another: nothing is sent twice, nobody is skipped.
 
 Which devices a wave reads: every wave pages the whole audience and keeps the devices whose user's hour,
-computed as of T, is its own (dispatch/chunks.py `_read_best_time`). Nothing on the device says its hour (a
+computed as of T, is its own (dispatch/chunks.py `_in_best_wave`). Nothing on the device says its hour (a
 field there, rewritten by each open, could disagree with the opens and leave a device in no wave or in two);
 the price is one read of the audience per wave, at most 24, against one for a campaign sent at once. A device
 registered during the campaign is sent in the first wave still ahead that its user's hour falls in, or not

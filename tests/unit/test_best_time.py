@@ -1,5 +1,5 @@
 """Best-time delivery's rules (scheduling/best_time.py) and its field of the campaign contract: a user's hour as
-of the campaign's time, the hours a device must list for every wave that may send to it, the waves, and the
+of the campaign's time, the opens kept (never one a running campaign counted), the waves, and the
 parser's 400s (properties with hypothesis, like the other parsers of outside input)."""
 
 from __future__ import annotations
