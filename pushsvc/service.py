@@ -115,7 +115,7 @@ class PushService:
         self.database = Database.connect(settings.mongodb)
         self.server_clock = ServerClock(self.database.server_time)
         clock = clock or self.server_clock.now
-        self.devices = DeviceStore(self.database, self.server_clock.now)
+        self.devices = DeviceStore(self.database, self.server_clock.now, clock)
         retention_seconds = settings.retention.notification_days * 86400
         self.notifications = NotificationStore(self.database, clock, retention_seconds=retention_seconds)
         # The lease protocol's writes: taking and keeping leases, and what a run writes under its lease.

@@ -250,8 +250,9 @@ CAMPAIGN_INPUT = closed(
                             "maximum": MAX_WINDOW_HOURS,
                             "description": "each user is sent at the first occurrence, from `at` on and within "
                             "this many hours, of the UTC hour of day they opened pushes most in the 30 days before "
-                            "`at` (from opened receipts; ties: the earliest hour); users without such an hour at "
-                            "`at`",
+                            "`at` (from opened receipts recorded 5 minutes before it; ties: the earliest hour); "
+                            "users without such an hour at `at`; each device judged by its user at `at`, so it is "
+                            "sent once",
                         }
                     },
                     BEST_TIME_FIELDS,

@@ -11,6 +11,7 @@ database without bound).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -95,7 +96,9 @@ async def post_receipts(request: web.Request) -> web.Response:
     new_keys = await store.record(list(unique.values()), now)
     recorded = [new for key, new in unique.items() if key in new_keys]
     await store.count(recorded)
-    await _remember_opens(store, app, [(persons[r.key], r.at) for r in recorded if r.key in persons], now)
+    # Each open's id: its receipt's key (a hash) cut to 64 bits, ample among one user's few hundred opens.
+    opens = [(persons[r.key], r.at, r.key[:16]) for r in recorded if r.key in persons]
+    await _remember_opens(store, app, opens, request.app[CLOCK])
 
     outcomes = [_outcome(r, unique, new_keys) for r in resolved]
     for r, outcome in zip(resolved, outcomes, strict=True):
@@ -105,14 +108,16 @@ async def post_receipts(request: web.Request) -> web.Response:
     return web.json_response({"app": app, "results": outcomes, "counts": totals})
 
 
-async def _remember_opens(store: ReceiptStore, app: str, opens: list[tuple[str, float]], now: float) -> None:
+async def _remember_opens(
+    store: ReceiptStore, app: str, opens: list[tuple[str, float, str]], clock: Callable[[], float]
+) -> None:
     """Each new open to its user's open hours (best-time delivery). Like the funnel's count, at most once: a
     failure here is logged and the open is not counted there (a retry finds the receipt recorded); the answer
     still says what was recorded."""
     if not opens:
         return
     try:
-        await store.opens.record(app, opens, now)
+        await store.opens.record(app, opens, clock)
     except Exception as exc:
         # The type only: a write error's text quotes the filter, which names the user or the token.
         log.warning("open_hours_lost", app=app, count=len(opens), error=type(exc).__name__)

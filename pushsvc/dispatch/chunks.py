@@ -35,7 +35,7 @@ from pushsvc.store.caps import CapsContended, FrequencyCaps
 from pushsvc.store.database import is_transient
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import LANE_BATCH
-from pushsvc.store.open_hours import OpenHours, person_of
+from pushsvc.store.open_hours import OpenHours, person_as_of
 
 log = get_logger(__name__)
 
@@ -199,13 +199,14 @@ class ChunkWorker:
     async def _in_best_wave(self, request: PushRequest, chunk: Chunk, wave: list[str], best: BestTime) -> Chunk:
         """`chunk`, a page of the whole audience, keeping the devices whose user's best hour as of the campaign's
         time (their opens recorded by then) puts them in this best-time wave. The cursor and the end stay the
-        page's. Every wave pages the same audience and decides by the same stored opens, so each device whose
-        user stays the same is sent in exactly one wave, whatever is recorded meanwhile."""
-        persons = {person_of(d) for d in chunk.devices}
+        page's. Every wave pages the same audience and decides by the same stored opens and each device's user
+        at the campaign's time, so each device is sent in exactly one wave, whatever is recorded meanwhile."""
+        person = {id(d): person_as_of(d, best.start) for d in chunk.devices}
+        persons = set(person.values())
         opens = await self._opens.read(request.app, persons) if persons and self._opens is not None else {}
         waves = set(wave)
         chunk.devices = [
-            d for d in chunk.devices if best.wave_of(best_hour(opens.get(person_of(d), ()), best.start)) in waves
+            d for d in chunk.devices if best.wave_of(best_hour(opens.get(person[id(d)], ()), best.start)) in waves
         ]
         return chunk
 

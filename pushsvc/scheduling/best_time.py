@@ -7,17 +7,20 @@ local-time campaign is, one per hour of day: the wave `start` at T (the users of
 without an hour in the window), then one wave per hour `hNN` at NN:00 (its first occurrence after T). The wave
 labels travel in the same `wave_zones` / `zones_done` fields as local-time zones do.
 
-A user's best hour is decided **as of T**, from the opens recorded by then (`Open.recorded <= T`) whose time
-`at` is less than 30 days before T: a pure function of what is stored (store/open_hours.py), so every wave,
-every range, every replica and a resumed run decide alike, and an open recorded during the campaign (or a
-late report of an old one) moves nobody from one wave to another: nothing is sent twice, nobody is skipped.
+A user's best hour is decided **as of T**, from the opens recorded RECORD_MARGIN before it (`Open.recorded <=
+T - RECORD_MARGIN`) whose time `at` is less than 30 days before T: a pure function of what is stored
+(store/open_hours.py), so every wave, every range, every replica and a resumed run decide alike, and an open
+recorded during the campaign (or a late report of an old one) moves nobody from one wave to another: nothing is
+sent twice, nobody is skipped. The margin is for a write stamped before T that lands after a wave has read:
+store/open_hours.py gives up a write that could land that late.
 
 Which devices a wave reads: every wave pages the whole audience and keeps the devices whose user's hour,
 computed as of T, is its own (dispatch/chunks.py `_in_best_wave`). Nothing on the device says its hour (a
 field there, rewritten by each open, could disagree with the opens and leave a device in no wave or in two);
-the price is one read of the audience per wave, at most 24, against one for a campaign sent at once. A device
-registered during the campaign is sent in the first wave still ahead that its user's hour falls in, or not
-at all if that wave has passed; one whose user changes meanwhile is judged by its user at each wave.
+the price is one read of the audience per wave, at most 24, against one for a campaign sent at once. Each
+device is judged by its user at T (store/device_documents.py `user_as_of`: a device keeps when its user
+changed), so a login during the campaign moves it to no other wave. A device registered during the campaign is
+judged by its first user: sent in that user's wave if it is still ahead, not at all if it has passed.
 """
 
 from __future__ import annotations
@@ -43,15 +46,21 @@ KEEP_SECONDS = MAX_WINDOW_HOURS * HOUR + DAY
 # (store/open_hours.py keep: never one a running campaign counted).
 MAX_OPENS = 240
 
+# Opens count for a campaign of time T if recorded this long before T: longer than a write of them may take
+# (store/open_hours.py RECORD_ROUND_SECONDS) and than replicas' clocks may differ.
+RECORD_MARGIN = 300.0
+
 START = "start"  # the wave at the campaign's time: users of that hour and everyone without one in the window
 
 
 class Open(NamedTuple):
     """One recorded open: when the user opened (`at`, the receipt's time) and when pushsvc learnt of it
-    (`recorded`, the service's clock), both epoch seconds."""
+    (`recorded`, the service's clock), both epoch seconds, and which receipt it came from (`id`: an open written
+    twice by a retried write is kept once; "" for opens stored before ids)."""
 
     at: float
     recorded: float
+    id: str = ""
 
 
 def hour_of(epoch: float) -> int:
@@ -60,11 +69,11 @@ def hour_of(epoch: float) -> int:
 
 
 def best_hour(opens: Iterable[Open], as_of: float) -> int | None:
-    """The UTC hour of day with the most opens known at `as_of` (recorded by then) that happened in the 30
-    days before it; ties go to the earliest hour; None without any."""
+    """The UTC hour of day with the most opens known at `as_of` (recorded RECORD_MARGIN before it) that
+    happened in the 30 days before it; ties go to the earliest hour; None without any."""
     counts = [0] * 24
     for o in opens:
-        if o.recorded <= as_of and as_of - OPEN_SECONDS < o.at <= as_of:
+        if o.recorded <= as_of - RECORD_MARGIN and as_of - OPEN_SECONDS < o.at <= as_of:
             counts[hour_of(o.at)] += 1
     return _argmax(counts)
 

@@ -54,6 +54,8 @@ DEVICE_INDEXES = [
     IndexModel([("app", ASCENDING), ("token", ASCENDING)], unique=True, name="app_token_unique"),
     IndexModel([("app", ASCENDING), ("user_id", ASCENDING)], name="app_user"),  # users target, user listing
     IndexModel([("app", ASCENDING), ("tags", ASCENDING)], name="app_tags"),  # segment target
+    # erase_user: the devices that were the user's before another's (multikey, on the few that changed user).
+    IndexModel([("app", ASCENDING), ("user_changes.user", ASCENDING)], name="app_user_changes"),
 ]
 NOTIFICATION_INDEXES = [
     # claim_due: per lane, the oldest due notifications whose lease has expired.

@@ -3,13 +3,17 @@ needs (`Recipient`), what the API shows (`Device`), and the fields a registratio
 
 nx-27017 stores booleans written with `$set` as 0/1 and MongoDB stores dates as datetimes: `stored_bool` and
 `epoch_of` read either.
+
+A device whose user changes keeps when it did (`user_changes`, see `user_as_of`): a campaign sent in waves over
+hours (best-time delivery) judges each device by its user at the campaign's time, which later registrations
+cannot change, so a login during the campaign neither sends the phone twice nor leaves it out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pushsvc.device_contract import Device
 from pushsvc.model import Recipient, WebSubscription
@@ -112,3 +116,40 @@ def stored_fields(device: Device, now: float) -> dict[str, Any]:
         "deactivated_at": None,
         "updated_at": now,
     }
+
+
+# The user changes a device keeps: a campaign's waves need the user at its time, at most a week and a day back
+# (scheduling/best_time.py KEEP_SECONDS); a device that changed user more often than this in that time is
+# judged by the oldest change kept.
+USER_CHANGES_KEPT = 16
+
+
+class UserChange(NamedTuple):
+    """From `at` (epoch seconds) on, the device was `user`'s (None: nobody's)."""
+
+    at: float
+    user: str | None
+
+
+def user_changes(doc: Mapping[str, Any]) -> list[UserChange]:
+    """A device's recorded user changes, oldest first (none: its user never changed)."""
+    return [UserChange(float(c["at"]), c.get("user")) for c in doc.get("user_changes") or ()]
+
+
+def changed_user(before: Mapping[str, Any], user: str | None, now: float) -> list[dict[str, Any]]:
+    """`user_changes` as stored after `before`'s user becomes `user` at `now`: a device changing for the first
+    time records its first user too, from time 0 (since it was created: `user_as_of` judges a device created
+    after a time by its first user either way)."""
+    kept = user_changes(before) or [UserChange(0.0, before.get("user_id"))]
+    kept = [*kept, UserChange(now, user)][-USER_CHANGES_KEPT:]
+    return [{"at": c.at, "user": c.user} for c in kept]
+
+
+def user_as_of(doc: Mapping[str, Any], at: float) -> str | None:
+    """The device's user at `at`: the last change by then. A device created after `at` is judged by its first
+    user, so the answer never changes once any wave could have sent it."""
+    changes = user_changes(doc)
+    if not changes:
+        return doc.get("user_id")
+    then = [c for c in changes if c.at <= at]
+    return (then[-1] if then else changes[0]).user

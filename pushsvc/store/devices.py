@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 # Device is the device contract's record (parse_device builds it; this store writes and reads it).
 from pushsvc.device_contract import Device
@@ -30,7 +30,9 @@ from pushsvc.store.audience import (
     registered_no_later_than,
 )
 from pushsvc.store.database import Database
-from pushsvc.store.device_documents import read_device, stored_fields
+from pushsvc.store.device_documents import changed_user, read_device, stored_fields
+from pushsvc.store.erasure import ERASURE_ROUNDS
+from pushsvc.store.notifications import DUPLICATE_KEY
 from pushsvc.token_kinds import KINDS
 
 # Kept in place of a lookup's cursor the server closed (cursor id 0) together with a full page: the next page
@@ -40,6 +42,8 @@ _EXHAUSTED = "exhausted"
 _LOOKUP_PAGE = 1000
 # A user's devices read at once (listing, erasure); far above what one person registers.
 USER_DEVICES_LIMIT = 1000
+# Rounds of a registration whose device's user another registration keeps changing meanwhile.
+_USER_CHANGE_ROUNDS = 8
 # A request naming up to this many users or tokens goes to the batch lane (scheduling/lanes.py).
 SMALL_LOOKUP = 16
 # The marker (in the `migrations` collection) saying backfill_kinds has run on this database.
@@ -56,6 +60,8 @@ DISPATCH_PROJECTION = {
     "kind": 1,
     "subscription": 1,
     "activity_id": 1,
+    # Absent unless the device's user changed: a best-time wave judges it by its user at the campaign's time.
+    "user_changes": 1,
 }
 
 
@@ -67,6 +73,19 @@ class Deactivation(NamedTuple):
     # Deactivate only a device registered at or before this time (epoch seconds; a device registered again
     # since is a fresh registration the answer says nothing about). None: whenever it was registered.
     registered_by: float | None = None
+
+
+def _same_user(device: Device) -> dict[str, Any]:
+    """The device as registered with the same user (or none): the condition of a registration that records no
+    user change."""
+    return {**_device_key(device.app, device.token), "user_id": {"$eq": device.user_id}}
+
+
+def _registration(device: Device, now: float) -> dict[str, Any]:
+    return {
+        "$set": stored_fields(device, now),
+        "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now},
+    }
 
 
 def _device_key(app: str, token: str) -> dict[str, Any]:
@@ -82,26 +101,53 @@ async def _close(stream: Any) -> None:
 
 
 class DeviceStore:
-    def __init__(self, database: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Callable[[], float] = time.time,
+        schedule_clock: Callable[[], float] | None = None,
+    ) -> None:
         self._database = database
         self._collection = database.devices
         # registered_at and deactivation times are compared with the moment a request went out, possibly on
         # another replica: the service passes the database's clock (scheduling/clock.py).
         self._clock = clock
+        # A user change's time is compared with campaigns' times: the scheduling clock (the same clock but in
+        # tests, which set the scheduling clock alone).
+        self._schedule_clock = schedule_clock or clock
 
     async def upsert(self, device: Device, now: float | None = None) -> tuple[Device, bool]:
         """Register or refresh a device; re-registering a deactivated token reactivates it (`active` set again,
-        the deactivation cleared). Returns (the device as stored, created)."""
+        the deactivation cleared). A device whose user changes records when (device_documents.py
+        `changed_user`). Returns (the device as stored, created)."""
         now = self._clock() if now is None else now
-        fields = stored_fields(device, now)
-        result = await self._collection.update_one(
-            _device_key(device.app, device.token),
-            {"$set": fields, "$setOnInsert": {"app": device.app, "token": device.token, "created_at": now}},
-            upsert=True,
+        for _ in range(_USER_CHANGE_ROUNDS):
+            try:
+                # Most registrations repeat the device's user: one write, conditioned on that user so that a
+                # change never goes unrecorded (a different user's device fails the insert: a duplicate key).
+                result = await self._collection.update_one(_same_user(device), _registration(device, now), upsert=True)
+            except DuplicateKeyError:
+                if not await self._change_user(device, now):
+                    continue  # changed again, or deleted, meanwhile: decide again
+                result = None
+            doc = await self._collection.find_one(_device_key(device.app, device.token))
+            if doc is not None:
+                return read_device(doc), result is not None and result.upserted_id is not None
+        raise RuntimeError(f"registration of a device of app {device.app!r} did not settle: its user keeps changing")
+
+    async def _change_user(self, device: Device, now: float) -> bool:
+        """Give the registered device `device`'s user, recording the change; False if it changed again or was
+        deleted between the read and the write."""
+        before = await self._collection.find_one(
+            _device_key(device.app, device.token), {"user_id": 1, "user_changes": 1}
         )
-        doc = await self._collection.find_one(_device_key(device.app, device.token))
-        assert doc is not None
-        return read_device(doc), result.upserted_id is not None
+        if before is None or before.get("user_id") == device.user_id:
+            return False  # deleted, or inserted by another registration of the same user: the first write again
+        changes = changed_user(before, device.user_id, self._schedule_clock())
+        fields = {**stored_fields(device, now), "user_changes": changes}
+        condition = {**_device_key(device.app, device.token), "user_id": {"$eq": before.get("user_id")}}
+        result = await self._collection.update_one(condition, {"$set": fields})
+        return result.matched_count == 1
 
     async def backfill_kinds(self) -> int:
         """Record `kind` on devices registered before kinds existed (their platform's default), once.
@@ -360,29 +406,53 @@ class DeviceStore:
         return [doc["token"] for doc in await cursor.to_list(length=USER_DEVICES_LIMIT)]
 
     async def erase_user(self, apps: Sequence[str], user_id: str) -> int:
-        """GDPR erasure: delete every device of the user in these apps (served by the app_user index)."""
+        """GDPR erasure: delete every device of the user in `apps` (index app_user), and their id from the user
+        changes other devices keep (the device was theirs once: the entry says nobody's instead). Returns the
+        devices deleted."""
         deleted = 0
         for app in apps:  # one indexed delete per app: `app: {$in}` makes nx-27017 scan the collection
             result = await self._collection.delete_many({"app": {"$eq": app}, "user_id": {"$eq": user_id}})
             deleted += result.deleted_count
+            await self._forget_past_user(app, user_id)
         return deleted
 
+    async def _forget_past_user(self, app: str, user_id: str) -> None:
+        # `$elemMatch`: any entry of the user's, served by the multikey index app_user_changes on MongoDB (the
+        # same as `user_changes.user`, which nx-27017 counts but does not find).
+        query = {"app": {"$eq": app}, "user_changes": {"$elemMatch": {"user": {"$eq": user_id}}}}
+        projection = {"user_changes": 1, "updated_at": 1}
+        for _ in range(ERASURE_ROUNDS):
+            docs = await self._collection.find(query, projection).to_list(length=USER_DEVICES_LIMIT)
+            if not docs:
+                return
+            for doc in docs:
+                changes = [
+                    {**c, "user": None if c.get("user") == user_id else c.get("user")} for c in doc["user_changes"]
+                ]
+                # Unchanged since read (every registration sets updated_at): else the next round reads it again.
+                condition = {"_id": doc["_id"], "updated_at": {"$eq": doc.get("updated_at")}}
+                await self._collection.update_one(condition, {"$set": {"user_changes": changes}})
+        raise RuntimeError(f"erasure of a user's past devices in app {app!r} did not settle")
+
     async def upsert_many(self, devices: Sequence[Device], now: float | None = None) -> tuple[int, int]:
-        """Bulk register (the import CLI): one bulk_write per batch. Returns (inserted, updated)."""
+        """Bulk register (the import CLI): one bulk_write per batch, then the devices whose user changed one by
+        one, as `upsert` does. A token repeated in the batch: the last row wins. Returns (inserted, updated)."""
         now = self._clock() if now is None else now
-        operations = [
-            UpdateOne(
-                _device_key(d.app, d.token),
-                {"$set": stored_fields(d, now), "$setOnInsert": {"app": d.app, "token": d.token, "created_at": now}},
-                upsert=True,
-            )
-            for d in devices
-        ]
-        if not operations:
+        last = list({(d.app, d.token): d for d in devices}.values())
+        if not last:
             return 0, 0
-        # Ordered: a token repeated in the file is inserted once, then updated (last row wins).
-        result = await self._collection.bulk_write(operations, ordered=True)
-        return result.upserted_count, result.matched_count
+        operations = [UpdateOne(_same_user(d), _registration(d, now), upsert=True) for d in last]
+        try:
+            result = await self._collection.bulk_write(operations, ordered=False)
+            return result.upserted_count, result.matched_count
+        except BulkWriteError as exc:
+            details = exc.details
+            changed = [e["index"] for e in details.get("writeErrors", []) if e.get("code") == DUPLICATE_KEY]
+            if details.get("writeConcernErrors") or len(changed) != len(details.get("writeErrors", [])):
+                raise
+        for index in changed:
+            await self.upsert(last[index], now)
+        return int(details.get("nUpserted", 0)), int(details.get("nMatched", 0)) + len(changed)
 
     async def count(self, query: dict) -> int:
         return await self._collection.count_documents(query)

@@ -3,6 +3,7 @@ request that names them (the devices themselves: store/devices.py)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import orjson
 
 from pushsvc.store.caps import user_key
 from pushsvc.store.database import Database, first_reply
+from pushsvc.store.open_hours import tombstone
 
 # An erasure rewrites matching requests this many at a time, and gives up (an error) after this many rounds.
 ERASURE_PAGE = 500
@@ -20,15 +22,18 @@ ERASURE_ROUNDS = 100
 class Erasure:
     def __init__(self, database: Database) -> None:
         self._collection = database.notifications
-        self._per_user = (database.frequency, database.open_hours)
+        self._frequency = database.frequency
+        self._open_hours = database.open_hours
 
     async def forget_user_state(self, app: str, user_id: str, tokens: Sequence[str]) -> None:
         """Delete what is kept per user, keyed by a hash of the user (or of a device counted alone): their
-        frequency-cap record (store/caps.py) and their open hours (store/open_hours.py)."""
+        frequency-cap record (store/caps.py) and their open hours (store/open_hours.py), which an erasure's
+        tombstone replaces so that an open being written meanwhile is dropped rather than recreating them."""
         keys = [user_key(app, f"u:{user_id}"), *(user_key(app, f"t:{token}") for token in tokens)]
-        for collection in self._per_user:
-            for key in keys:  # equality deletes: `_id: {$in}` makes nx-27017 scan (erasures are rare either way)
-                await collection.delete_one({"_id": {"$eq": key}})
+        now = time.time()  # only the tombstone's expiry
+        for key in keys:  # equality writes: `_id: {$in}` makes nx-27017 scan (erasures are rare either way)
+            await self._frequency.delete_one({"_id": {"$eq": key}})
+            await self._open_hours.replace_one({"_id": {"$eq": key}}, tombstone(key, now), upsert=True)
 
     async def erase_user(self, app: str, user_id: str, tokens: Sequence[str]) -> int:
         """Remove a user id and their device tokens from every stored request of `app`.

@@ -2,7 +2,7 @@
 
 State: one document per (app, user) in `open_hours`, keyed like frequency caps (store/caps.py `user_key`: the
 app and a SHA-256 of `u:<user id>`, or `t:<token>` for a device without a user; neither is stored in the clear):
-`opens`, the user's recorded opens as [at, recorded] pairs (epoch seconds; those that may still count for a
+`opens`, the user's recorded opens as [at, recorded, receipt key] (epoch seconds; those that may still count for a
 campaign, at most MAX_OPENS), a version `v`, and `expire_at` for a TTL index that forgets it once its newest
 open can no longer count.
 
@@ -10,6 +10,17 @@ Written by each *recorded* `opened` receipt (a duplicate is never recorded, so n
 users' documents, add the opens in Python, write each conditioned on the version read (a user never seen: an
 insert); a write that lost a race is read and done again, as caps do. The version is a random value per write,
 so two writers never take the same one (a time-based version let two writers in one millisecond both "win").
+Each open carries its receipt's key: a write that applied but reads back as lost (overwritten before the
+check) is done again without storing the open twice.
+
+Each round stamps the opens it writes (`recorded`) when it begins and must finish within RECORD_ROUND_SECONDS
+(also the server's time limit for it): a campaign counts opens recorded RECORD_MARGIN before its time
+(scheduling/best_time.py), so no write stamped before a wave read can land after it. A round that cannot
+finish in time gives up: the open is lost to best-time (logged), never counted late.
+
+Erasure (store/erasure.py) leaves a tombstone (`erased`, no opens) rather than nothing: a write that began
+before it finds the tombstone on its next round and drops its opens, instead of recreating the erased user's
+document. An open whose write begins after the erasure is recorded (over the tombstone) as any other.
 
 Nothing is written on the devices: a best-time wave reads its audience and these documents and decides each
 device's hour as of the campaign's time (scheduling/best_time.py), so no device field can disagree with them.
@@ -23,28 +34,40 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 from pymongo import InsertOne, UpdateOne
 
-from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, Open
+from pushsvc.scheduling.best_time import KEEP_SECONDS, MAX_OPENS, OPEN_SECONDS, RECORD_MARGIN, Open
 from pushsvc.store.caps import user_key
 from pushsvc.store.database import Database
+from pushsvc.store.device_documents import user_as_of
 from pushsvc.store.versioned import all_applied, read_keys
 
 # Rounds of read-add-write for users another writer wrote meanwhile; each round only the contended.
 ROUNDS = 8
+# A round's read and write must be done this long after its stamp: well within RECORD_MARGIN.
+RECORD_ROUND_SECONDS = RECORD_MARGIN / 5
+# An erasure's tombstone outlives any write that began before it.
+TOMBSTONE_SECONDS = 86400.0
 
 
 class OpensContended(Exception):
     """Users still contended after ROUNDS rounds."""
 
 
-def person_of(doc: Mapping[str, Any]) -> str:
-    """Whose opens a device's are (a device document): its user's, or its own without a user (as caps count)."""
-    return f"u:{doc['user_id']}" if doc.get("user_id") else f"t:{doc['token']}"
+class OpensLate(Exception):
+    """A round could not be done within RECORD_ROUND_SECONDS of its stamp."""
+
+
+def person_as_of(doc: Mapping[str, Any], at: float) -> str:
+    """Whose opens a device's are (a device document), judged by its user at `at` (device_documents.py
+    `user_as_of`): that user's, or the device's own without a user (as caps count)."""
+    user = user_as_of(doc, at)
+    return f"u:{user}" if user else f"t:{doc['token']}"
 
 
 class OpenHours:
@@ -52,23 +75,39 @@ class OpenHours:
         self._database = database
         self._collection = database.open_hours
 
-    async def record(self, app: str, opens: Iterable[tuple[str, float]], now: float) -> None:
-        """Add recorded opens ((person, at): person `u:<user id>` or `t:<token>`) to their users' state."""
-        new: dict[str, list[Open]] = defaultdict(list)
-        for person, at in opens:
-            new[person].append(Open(at, now))
+    async def record(self, app: str, opens: Iterable[tuple[str, float, str]], clock: Callable[[], float]) -> None:
+        """Add recorded opens ((person, at, receipt key): person `u:<user id>` or `t:<token>`) to their users'
+        state, stamped with `clock` (the scheduling clock campaigns' times are on)."""
+        new: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        for person, at, key in opens:
+            new[person].append((at, key))
         by_key = {user_key(app, person): person for person in new}
         pending = sorted(by_key)
+        erased_before: set[str] | None = None  # the keys whose first read found an erasure's tombstone
         for _ in range(ROUNDS):
             if not pending:
-                break
-            docs = await self._read(pending)
-            writes, versions = [], {}
-            for key in pending:
-                doc = docs.get(key)
-                versions[key] = version = secrets.token_hex(8)
-                writes.append(_write(key, doc, app, keep(_opens(doc), new[by_key[key]], now), version, now))
-            pending = await self._apply(writes, versions)
+                return
+            now = clock()
+            try:
+                with pymongo.timeout(RECORD_ROUND_SECONDS):
+                    docs = await self._read(pending)
+                    if erased_before is None:
+                        erased_before = {key for key, doc in docs.items() if doc.get("erased")}
+                    # Erased since this write began: its opens went with the user.
+                    pending = [k for k in pending if k in erased_before or not docs.get(k, {}).get("erased")]
+                    writes, versions = [], {}
+                    for key in pending:
+                        doc = docs.get(key)
+                        versions[key] = version = secrets.token_hex(8)
+                        stamped = [Open(at, now, id) for at, id in new[by_key[key]]]
+                        writes.append(_write(key, doc, app, keep(_opens(doc), stamped, now), version, now))
+                    if clock() - now > RECORD_ROUND_SECONDS:
+                        raise OpensLate(f"opens of {len(pending)} users of {app} not written in time")
+                    pending = await self._apply(writes, versions)
+            except pymongo.errors.PyMongoError as exc:
+                if exc.timeout:
+                    raise OpensLate(f"opens of {len(pending)} users of {app} not written in time") from None
+                raise
         if pending:
             raise OpensContended(f"{len(pending)} users of {app} still contended")
 
@@ -86,22 +125,29 @@ class OpenHours:
         return [key for key, version in versions.items() if docs.get(key, {}).get("v") != version]
 
     async def _read(self, keys: Sequence[str]) -> dict[str, dict]:
-        return await read_keys(self._database, self._collection, keys, {"opens": 1, "v": 1})
+        return await read_keys(self._database, self._collection, keys, {"opens": 1, "v": 1, "erased": 1})
 
 
 def keep(stored: Iterable[Open], new: Iterable[Open], now: float) -> list[Open]:
     """The opens that may still count for a campaign whose waves run now (happened less than 30 days before
-    KEEP_SECONDS ago): the stored ones, then the new ones while there is room (at most MAX_OPENS in all). Only
-    age removes a stored open, so what a running campaign counted stays."""
+    KEEP_SECONDS ago): the stored ones, then the new ones not stored yet (by id) while there is room (at most
+    MAX_OPENS in all). Only age removes a stored open, so what a running campaign counted stays."""
     since = now - KEEP_SECONDS - OPEN_SECONDS
     kept = [o for o in stored if o.at > since]
-    return (kept + sorted(o for o in new if o.at > since))[:MAX_OPENS]
+    ids = {o.id for o in kept if o.id}
+    return (kept + sorted(o for o in new if o.at > since and not (o.id and o.id in ids)))[:MAX_OPENS]
+
+
+def tombstone(key: str, now: float) -> dict[str, Any]:
+    """What an erasure leaves of a user's open hours (see the module's note): no opens, a new version."""
+    expire_at = datetime.fromtimestamp(now + TOMBSTONE_SECONDS, UTC)
+    return {"_id": key, "v": secrets.token_hex(8), "opens": [], "erased": True, "expire_at": expire_at}
 
 
 def _opens(doc: Mapping[str, Any] | None) -> list[Open]:
     if not doc:
         return []
-    return [Open(float(pair[0]), float(pair[1])) for pair in doc.get("opens") or ()]
+    return [Open(float(o[0]), float(o[1]), str(o[2]) if len(o) > 2 else "") for o in doc.get("opens") or ()]
 
 
 def _write(
@@ -110,7 +156,8 @@ def _write(
     newest = max((o.at for o in opens), default=now)
     fields = {
         "app": app,
-        "opens": [[o.at, o.recorded] for o in opens],
+        "erased": False,
+        "opens": [[o.at, o.recorded, o.id] for o in opens],
         "expire_at": datetime.fromtimestamp(max(newest, now) + OPEN_SECONDS + KEEP_SECONDS, UTC),
     }
     if doc is None:

@@ -6,11 +6,17 @@ restart between waves; duplicates and opens older than 30 days count for nothing
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
+import pytest
+from pymongo import MongoClient
+
 from pushsvc.service import PushService
 from pushsvc.store.caps import user_key
+from pushsvc.store.erasure import Erasure
+from pushsvc.store.open_hours import RECORD_ROUND_SECONDS, OpenHours, OpensLate, tombstone
 from tests.integration.stack import Stack, auth_headers, wait_until
 from tests.integration.test_campaign_ranges import SPLIT, ranges_of
 from tests.integration.test_campaigns import FakeClock, api, campaign, received, register_many, token
@@ -119,8 +125,11 @@ async def test_each_user_is_sent_once_in_their_best_hour_across_a_restart(stack:
 
     status, erased = await api(stack, "DELETE", "/v1/users/ua?app=demo")
     assert status == 200 and erased["deleted_devices"] == 1, erased
-    assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}}) is None
-    assert await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ub")}}) is not None
+    # An erasure's tombstone: no opens left (an open being written meanwhile finds it and is dropped).
+    forgotten = await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ua")}})
+    assert forgotten is not None and forgotten["erased"] and forgotten["opens"] == [], forgotten
+    kept = await stack.db.open_hours.find_one({"_id": {"$eq": user_key("demo", "u:ub")}})
+    assert kept is not None and not kept["erased"] and kept["opens"], kept
 
 
 async def test_a_split_campaign_sends_each_range_in_its_users_hours_and_a_late_hour_is_expired(
@@ -238,3 +247,94 @@ async def test_devices_registered_or_moved_after_the_opens_are_sent_once_and_con
     doc = await stack.wait_finished("campaign:moved")
     assert (doc["state"], doc["counts"]["targeted"], doc["counts"]["delivered"]) == ("done", 3, 3), doc
     assert received(stack) == Counter({old_phone: 1, new_phone: 1, shared: 1})
+
+
+async def test_a_device_whose_user_changes_during_the_campaign_is_judged_by_its_user_at_the_campaigns_time(
+    stack: Stack,
+) -> None:
+    """A login during the campaign moves a device to no other wave (the second review sent a phone at the start
+    and again in its new user's hour, and left one out whose old user's hour was still ahead): each device goes
+    in the wave of its user at T, or, registered after T, of its first user. Erasing a user takes their id out
+    of the user changes a device keeps."""
+    clock = FakeClock("2026-11-20T00:00:00+00:00")
+    await start_with_clock(stack, clock)
+    phone, other, moved = token(21, "b"), token(22, "b"), token(23, "b")
+    late_install, late_login = token(24, "b"), token(25, "b")
+    await stack.register(phone, "ios", tags=["promo"])  # a new install, no user, never opened anything
+    await stack.register(other, "ios", tags=["promo"], user_id="ua")
+    await stack.register(moved, "ios", tags=["promo"], user_id="uc")
+    n = await seed(stack, 4)
+    clock.set("2026-11-30T09:00:00+00:00")
+    await post_receipts(stack, [opened(n[0], "2026-11-27T14:10:00Z", token=other),  # ua: 14:00
+                                opened(n[1], "2026-11-28T16:20:00Z", token=moved),  # uc: 16:00
+                                opened(n[2], "2026-11-28T12:20:00Z", user_id="ua"),
+                                opened(n[3], "2026-11-29T14:20:00Z", user_id="ua")])
+    await stack.register(token(26, "b"), "ios", user_id="ud")  # ud's hour: 12:00 (the device is not in promo)
+    await post_receipts(stack, [opened(n[0], "2026-11-28T12:10:00Z", user_id="ud")])
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "login", schedule={"at": "2026-12-01T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    clock.set("2026-12-01T10:00:05+00:00")
+    await sent_to(stack, {phone})  # no user, no hour: at the start
+    clock.set("2026-12-01T11:00:00+00:00")
+    await stack.register(phone, "ios", tags=["promo"], user_id="ua")  # its user logs in: ua's hour is ahead
+    await stack.register(late_install, "ios", tags=["promo"])  # installed after T: its first user, nobody
+    await stack.register(late_login, "ios", tags=["promo"], user_id="ua")  # installed after T with ua
+    await stack.register(late_install, "ios", tags=["promo"], user_id="ua")  # then logs in
+    clock.set("2026-12-01T12:00:05+00:00")
+    await sent_to(stack, {phone})  # ud's wave: nobody of the campaign is ud's
+    clock.set("2026-12-01T13:00:00+00:00")
+    await stack.register(moved, "ios", tags=["promo"], user_id="ud")  # uc's device, now ud's (12:00 passed)
+    clock.set("2026-12-01T14:00:05+00:00")
+    await sent_to(stack, {phone, other, late_login})
+    clock.set("2026-12-01T16:00:05+00:00")
+    await sent_to(stack, {phone, other, late_login, moved})  # judged by uc, its user at T
+    clock.set("2026-12-02T09:59:00+00:00")
+    doc = await stack.wait_finished("campaign:login")
+    assert received(stack) == Counter({phone: 1, other: 1, late_login: 1, moved: 1}), (received(stack), doc)
+
+    status, erased = await api(stack, "DELETE", "/v1/users/uc?app=demo")
+    assert status == 200 and erased["deleted_devices"] == 0, erased
+    device = await stack.db.devices.find_one({"app": "demo", "token": moved})
+    assert device["user_id"] == "ud" and [c["user"] for c in device["user_changes"]] == [None, "ud"], device
+
+
+async def test_an_open_being_written_across_an_erasure_is_dropped_and_a_late_write_gives_up(stack: Stack) -> None:
+    """An erasure landing between an open's read and its write (driven on the real server from inside the
+    writer's clock) leaves the user erased: the open does not recreate their document. A write that cannot be
+    done within RECORD_ROUND_SECONDS of its stamp gives up rather than land after a wave read without it."""
+    service = await stack.start()
+    hours = OpenHours(service.database)
+    erasure = Erasure(service.database)
+    key = user_key("demo", "u:ue")
+    now = time.time()  # the documents' TTL (nx-27017 purges expired ones on each read) is on the real clock
+    await hours.record("demo", [("u:ue", now - 4000, "first")], lambda: now - 3000)
+    assert [o[2] for o in (await stack.db.open_hours.find_one({"_id": {"$eq": key}}))["opens"]] == ["first"]
+
+    sync = MongoClient(stack.mongo_uri)
+    calls = 0
+
+    def erase_between_read_and_write() -> float:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the round's check after its read: the erasure lands now, before the write
+            sync[stack.database].open_hours.replace_one({"_id": {"$eq": key}}, tombstone(key, now - 2000), upsert=True)
+        return now - 2000
+
+    try:
+        await hours.record("demo", [("u:ue", now - 2500, "second")], erase_between_read_and_write)
+    finally:
+        sync.close()
+    state = await stack.db.open_hours.find_one({"_id": {"$eq": key}})
+    assert state["erased"] and state["opens"] == [], state
+    # An open whose write begins after the erasure is the user's new history.
+    await hours.record("demo", [("u:ue", now - 1500, "third")], lambda: now - 1000)
+    state = await stack.db.open_hours.find_one({"_id": {"$eq": key}})
+    assert not state["erased"] and [o[2] for o in state["opens"]] == ["third"], state
+    await erasure.forget_user_state("demo", "ue", [])
+    assert (await stack.db.open_hours.find_one({"_id": {"$eq": key}}))["opens"] == []
+
+    times = iter([now, now + RECORD_ROUND_SECONDS + 1])  # the round's stamp, then its check: too late
+    with pytest.raises(OpensLate):
+        await hours.record("demo", [("u:uf", now - 100, "late")], lambda: next(times))
+    assert await stack.db.open_hours.find_one({"_id": user_key("demo", "u:uf")}) is None

@@ -20,11 +20,13 @@ from pushsvc.scheduling.best_time import (
     MAX_OPENS,
     MAX_WINDOW_HOURS,
     OPEN_SECONDS,
+    RECORD_MARGIN,
     START,
     BestTime,
     Open,
     best_hour,
 )
+from pushsvc.store.device_documents import USER_CHANGES_KEPT, changed_user, user_as_of
 from pushsvc.store.open_hours import keep
 
 APPS = frozenset({"demo"})
@@ -57,7 +59,9 @@ def test_only_opens_recorded_by_then_and_less_than_30_days_old_count() -> None:
     # Reported after T (a late receipt, or an open during the campaign): not known at T, so it moves no one.
     late = opened("2026-11-30T20:00:00+00:00", recorded=T + 60)
     assert best_hour([opened("2026-11-29T03:00:00+00:00"), late, late], T) == 3
-    assert best_hour([late], T) is None and best_hour([late], T + 60) == 20
+    assert best_hour([late], T) is None and best_hour([late], T + 60 + RECORD_MARGIN) == 20
+    # Counted only RECORD_MARGIN after it was recorded: a write stamped before a wave read may land after it.
+    assert best_hour([late], T + 60 + RECORD_MARGIN - 1) is None
 
 
 def test_waves_start_at_the_campaign_time_then_one_per_hour_within_the_window() -> None:
@@ -119,6 +123,46 @@ def test_a_full_list_drops_the_new_open_and_age_frees_room() -> None:
     assert keep(full, [new], now) == full
     aged = [Open(now - KEEP_SECONDS - OPEN_SECONDS - 1, now - KEEP_SECONDS - OPEN_SECONDS), *full[1:]]
     assert keep(aged, [new], now) == [*full[1:], new]
+
+
+def test_an_open_written_again_by_a_retried_round_is_kept_once() -> None:
+    """A round whose write applied but read back as lost (overwritten before the check) writes its opens again,
+    restamped: the receipt's id keeps them once (the second review stored one twice)."""
+    now = at("2026-12-01T00:00:00+00:00")
+    first = Open(now - 3600, now, "r1")
+    stored = keep([], [first], now)
+    assert keep(stored, [Open(now - 3600, now + 5, "r1"), Open(now - 60, now + 5, "r2")], now + 5) == [
+        first, Open(now - 60, now + 5, "r2")]
+    legacy = Open(now - 7200, now - 10)  # stored before ids: never taken for another
+    assert keep([legacy], [Open(now - 7200, now, "r3")], now) == [legacy, Open(now - 7200, now, "r3")]
+
+
+CHANGES = st.lists(
+    st.tuples(st.integers(1, 10**6), st.sampled_from([None, "u1", "u2", "u3"])), max_size=USER_CHANGES_KEPT - 1
+)
+
+
+@FAST
+@given(st.sampled_from([None, "u1", "u2"]), st.integers(0, 10**6), CHANGES, st.integers(0, 10**6))
+def test_a_devices_user_at_a_time_never_changes_once_a_wave_could_have_sent_it(
+    first: str | None, created: int, steps: list[tuple[int, str | None]], t: int
+) -> None:
+    """A device registered at `created` with user `first`, then re-registered at later times with users
+    (`upsert` records a change only when the user differs): from the moment the device exists at `t` or later,
+    every later state answers the same user at `t`: its user then, or its first user if created after `t`."""
+    doc: dict = {"token": "x", "user_id": first}
+    states, when, user_at_t = [], float(created), first
+    for delay, user in steps:
+        when += delay
+        if user != doc["user_id"]:
+            doc = {**doc, "user_id": user, "user_changes": changed_user(doc, user, when)}
+            if when <= t:
+                user_at_t = user
+        states.append((when, doc))
+    assert user_as_of({"token": "x", "user_id": first}, t) == first
+    for registered, state in states:
+        if registered >= t:  # known by now
+            assert user_as_of(state, t) == user_at_t, (state, t)
 
 
 def test_hours_that_age_out_leave_the_next_best() -> None:
