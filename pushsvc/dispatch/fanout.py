@@ -138,11 +138,14 @@ class NotificationRunner:
         lapsed: list[str]
         if best is not None:
             wave = best.ready(now, behind)
-            lapsed = [] if record.kind == RANGE_KIND else best.lapsed(wave, options.ttl_seconds, now)
+            lapsed = [] if record.kind == RANGE_KIND else best.lapsed(
+                wave, options.ttl_seconds, now, record.wave_ended_at
+            )
         else:
             wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
             lapsed = [] if record.kind == RANGE_KIND else zones_lapsed(
-                wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now
+                wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now,
+                record.wave_ended_at,
             )
         # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
         wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
@@ -212,7 +215,10 @@ class NotificationRunner:
             next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done | passed)
         if next_at is None:
             return None
-        extra = {"zones_done": sorted(done), "wave_zones": None, "cursor": None, "ttl_lapsed": False}
+        extra = {
+            "zones_done": sorted(done), "wave_zones": None, "cursor": None, "ttl_lapsed": False,
+            "wave_ended_at": self._clock(),
+        }
         token = lease.token
         if not await lease.write([run.id], lambda: self._leases.reschedule(run.id, token, next_at, extra)):
             raise LeaseLost

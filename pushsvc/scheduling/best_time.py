@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pushsvc.scheduling.due import ttl_lapsed
+from pushsvc.scheduling.due import wave_lapsed
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -127,7 +127,10 @@ class BestTime:
         pending = [at for name, at in self.waves().items() if name not in behind]
         return min(pending) if pending else None
 
-    def lapsed(self, wave: Sequence[str], ttl_seconds: int | None, now: float) -> list[str]:
-        """The waves of `wave` that begin at `now` later than their TTL allows (scheduling/due.py ttl_lapsed)."""
+    def lapsed(
+        self, wave: Sequence[str], ttl_seconds: int | None, now: float, previous_ended_at: float | None = None
+    ) -> list[str]:
+        """The waves of `wave` that begin at `now` later than their TTL allows, not counting the previous wave's
+        overrun (scheduling/due.py wave_lapsed)."""
         waves = self.waves()
-        return [name for name in wave if ttl_lapsed(ttl_seconds, waves[name], now)]
+        return [name for name in wave if wave_lapsed(ttl_seconds, waves[name], previous_ended_at, now)]

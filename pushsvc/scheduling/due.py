@@ -45,6 +45,16 @@ def ttl_lapsed(ttl_seconds: int | None, due_at: float, now: float) -> bool:
     return ttl_seconds is not None and now - due_at > max(float(ttl_seconds), LATE_GRACE_SECONDS)
 
 
+def wave_lapsed(ttl_seconds: int | None, ready_at: float, previous_ended_at: float | None, now: float) -> bool:
+    """Whether a wave of a campaign (a local-time zone, a best-time hour) ready at `ready_at` and about to begin
+    at `now` is too late to send (ttl_lapsed), counting lateness from the end of the campaign's previous wave
+    at the earliest: a wave still sending (a throttle, a large audience) when the next was due made it late
+    itself, and that is not worth expiring; time the campaign waited for nothing (the service down, a claim
+    taken late) is."""
+    since = ready_at if previous_ended_at is None else max(ready_at, previous_ended_at)
+    return ttl_lapsed(ttl_seconds, since, now)
+
+
 def zones_passed(wall_time: datetime, now: float) -> list[str]:
     """The zones where the naive `wall_time` has passed (beyond the grace): a local-time campaign created now
     sends to the others only."""
@@ -151,18 +161,18 @@ def next_ready_at(
 
 def zones_lapsed(
     zones: list[str], wall_time: datetime | None, local_time: bool, quiet: QuietHours | None, ttl_seconds: int | None,
-    due_at: float, now: float,
+    due_at: float, now: float, previous_ended_at: float | None = None,
 ) -> list[str]:
     """Of the zones of a wave about to begin at `now`, those that became ready longer ago than the TTL allows
-    (ttl_lapsed). A zone is ready from its wall-clock time (local time; otherwise the wave's `due_at`), or, when
-    that falls in quiet hours, from their end: a deferral the campaign asked for is not lateness."""
+    (wave_lapsed: not counting the previous wave's overrun). A zone is ready from its wall-clock time (local
+    time; otherwise the wave's `due_at`), or, when that falls in quiet hours, from their end: a deferral the
+    campaign asked for is not lateness."""
     if ttl_seconds is None:
         return []
     lapsed = []
     for zone in zones:
         start = zone_due_at(wall_time, zone) if local_time and wall_time is not None else due_at
-        since = _ready_from(zone, start, quiet)
-        if ttl_lapsed(ttl_seconds, since, now):
+        if wave_lapsed(ttl_seconds, _ready_from(zone, start, quiet), previous_ended_at, now):
             lapsed.append(zone)
     return lapsed
 

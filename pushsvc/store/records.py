@@ -67,6 +67,9 @@ class NotificationRecord:
     # best-time campaign the names of its waves (scheduling/best_time.py: `start`, `h14`).
     wave_zones: tuple[str, ...] | None = None
     zones_done: frozenset[str] = frozenset()
+    # When the last wave done ended (scheduling clock; None: no wave ended yet): the next wave's lateness counts
+    # from then at the earliest, so a wave that ran past the next one's time does not expire it.
+    wave_ended_at: float | None = None
     # A local-time campaign's zones whose time had passed at its creation: no wave goes to them.
     zones_passed: frozenset[str] = frozenset()
     # The wave (or the whole notification) under way began later than its TTL allows: its devices are
@@ -141,6 +144,7 @@ class NotificationRecord:
             chunk_done=frozenset(doc.get("chunk_done") or ()),
             wave_zones=None if wave_zones is None else tuple(wave_zones),
             zones_done=frozenset(doc.get("zones_done") or ()),
+            wave_ended_at=doc.get("wave_ended_at"),
             zones_passed=frozenset(doc.get("zones_passed") or ()),
             ttl_lapsed=bool(doc.get("ttl_lapsed")),
             throttle_per_second=doc.get("throttle_per_second"),

@@ -338,3 +338,30 @@ async def test_an_open_being_written_across_an_erasure_is_dropped_and_a_late_wri
     with pytest.raises(OpensLate):
         await hours.record("demo", [("u:uf", now - 100, "late")], lambda: next(times))
     assert await stack.db.open_hours.find_one({"_id": user_key("demo", "u:uf")}) is None
+
+
+async def test_a_throttled_wave_running_past_the_next_hour_does_not_expire_it(stack: Stack) -> None:
+    """The start wave, throttled to 1 push/s, is still sending when the next hour's wave is due plus its TTL:
+    that wave was made late by the campaign itself, so it is sent, not counted expired (the second review's
+    finding: its users were never sent although the campaign began on time)."""
+    clock = FakeClock("2026-11-20T00:00:00+00:00")
+    await start_with_clock(stack, clock)
+    hourly = token(40, "b")
+    plain = [token(41 + i, "b") for i in range(4)]
+    await stack.register(hourly, "ios", tags=["promo"], user_id="u11")
+    await register_many(stack, plain, tags=["promo"])
+    n = await seed(stack, 1)
+    clock.set("2026-11-30T09:00:00+00:00")
+    await post_receipts(stack, [opened(n[0], "2026-11-28T11:10:00Z", user_id="u11")])  # u11: 11:00
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "thr", throttle_per_second=1, options={"ttl_seconds": 60},
+        schedule={"at": "2026-12-01T10:59:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    clock.set("2026-12-01T10:59:01+00:00")
+    await wait_until(lambda: asyncio.sleep(0, len(received(stack)) >= 1), 10)
+    clock.set("2026-12-01T11:02:00+00:00")  # the start wave is still sending (1/s): 11:00 + 60 s has passed
+    await wait_until(lambda: asyncio.sleep(0, len(received(stack)) == 5), 20)
+    clock.set("2026-12-02T10:58:00+00:00")
+    doc = await stack.wait_finished("campaign:thr")
+    assert (doc["counts"]["delivered"], doc["counts"]["expired"]) == (5, 0), doc["counts"]
+    assert received(stack) == Counter(dict.fromkeys([hourly, *plain], 1))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pushsvc.model import Options
+from pushsvc.scheduling.best_time import BestTime, label
 from pushsvc.scheduling.due import (
     LATE_GRACE_SECONDS,
     initial_due_at,
     next_wave_at,
     ttl_lapsed,
+    wave_lapsed,
     zone_due_at,
     zones_due,
     zones_lapsed,
@@ -67,6 +69,23 @@ def test_a_zone_is_late_from_its_own_time_and_quiet_hours_are_no_lateness() -> N
     assert zones_lapsed(["Asia/Tokyo"], wall, True, (8 * 60, 10 * 60), 600, 0.0, at_one) == []
     # Not local time: a zone is ready from the wave's due time.
     assert zones_lapsed(zones, None, False, None, 600, at_one - 700, at_one) == zones
+
+
+def test_a_waves_lateness_counts_from_the_previous_waves_end_at_the_earliest() -> None:
+    """A wave the previous one ran past (a throttle) is late by the campaign's own doing: not expired; time
+    waited after that (an outage) counts as before."""
+    assert wave_lapsed(60, 1000.0, None, 1100.0)  # no wave before it: late from its own time
+    assert not wave_lapsed(60, 1000.0, 1090.0, 1100.0)  # the previous wave ended at 1090: 10 s late
+    assert wave_lapsed(60, 1000.0, 1090.0, 1160.0)  # then 70 s more waited for nothing: expired
+    assert wave_lapsed(60, 1000.0, 500.0, 1100.0)  # a previous wave that ended in time changes nothing
+    wall = datetime(2026, 1, 15, 9, 0)
+    tokyo_nine = datetime(2026, 1, 15, 0, 0, tzinfo=UTC).timestamp()
+    one_hour_on = tokyo_nine + 3600 + 30
+    assert zones_lapsed(["Asia/Tokyo"], wall, True, None, 600, 0.0, one_hour_on) == ["Asia/Tokyo"]
+    assert zones_lapsed(["Asia/Tokyo"], wall, True, None, 600, 0.0, one_hour_on, one_hour_on - 60) == []
+    best = BestTime(tokyo_nine, 24)
+    assert best.lapsed([label(1)], 600, one_hour_on + 3600) == [label(1)]
+    assert best.lapsed([label(1)], 600, one_hour_on + 3600, one_hour_on + 3500) == []
 
 
 def test_a_schedule_passed_in_some_zones_leaves_those_out() -> None:
