@@ -135,23 +135,36 @@ class NotificationRunner:
             return list(run.record.wave_zones)
         now, record = self._clock(), run.record
         behind = set(record.zones_done | record.zones_passed)
+        previous_ended_at = await self._previous_progress(run)
         lapsed: list[str]
         if best is not None:
             wave = best.ready(now, behind)
-            lapsed = [] if record.kind == RANGE_KIND else best.lapsed(
-                wave, options.ttl_seconds, now, record.wave_ended_at
-            )
+            lapsed = best.lapsed(wave, options.ttl_seconds, now, previous_ended_at)
         else:
             wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
-            lapsed = [] if record.kind == RANGE_KIND else zones_lapsed(
+            lapsed = zones_lapsed(
                 wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now,
-                record.wave_ended_at,
+                previous_ended_at,
             )
         # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
         wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
         await self._advance(run, None, {}, {"wave_zones": wave, "ttl_lapsed": run.lapsed})
         run.restart()
         return wave
+
+    async def _previous_progress(self, run: Run) -> float | None:
+        """From when a wave about to begin may count as late (scheduling/due.py wave_lapsed): the end of the
+        campaign's previous wave; for a range, the last progress of any range of its campaign, as a range may
+        wait its turn behind the others (`max_ranges` of them, at most) and that wait is the campaign's own."""
+        record = run.record
+        if record.kind != RANGE_KIND or record.parent is None:
+            return record.wave_ended_at
+        parent = record.parent
+        return await self._chunks.read_retried(
+            lambda: self._ranges.last_progress(parent, self._settings.max_ranges),
+            run.lease.valid,
+            notification_id=run.id,
+        )
 
     async def _send_chunks(self, run: Run, wave: list[str] | None, first_wave: bool) -> bool:
         """Chunk after chunk, throttled, each saved under the lease; False when the run ended early (draining,
@@ -291,6 +304,8 @@ class NotificationRunner:
         """Save progress under the lease; returns the notification as the write left it (its state, counts and
         audience estimate now: a pause or cancel by the API shows there, not in the run's record)."""
         token, seq = run.lease.token, run.seq
+        if run.record.kind == RANGE_KIND:  # its campaign's progress, which its sibling ranges' waves count from
+            extra = {**(extra or {}), "progressed_at": self._clock()}
         after = await run.lease.write(
             [run.id], lambda: self._leases.advance(run.id, token, seq, cursor, counts, extra)
         )

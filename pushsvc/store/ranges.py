@@ -124,6 +124,15 @@ class RangeStore:
             {"state": 1, "counts": 1, "error": 1, "claim": 1, "lease_until": 1},
         )
 
+    async def last_progress(self, parent_id: str, count: int) -> float | None:
+        """When the campaign's ranges (at most `count`) last got on (a chunk saved or a wave ended, scheduling
+        clock): a range's wave is late only from then (dispatch/fanout.py `_current_wave`). None: not yet."""
+        ranges = await first_reply(
+            self._collection, {"parent": {"$eq": parent_id}}, count, {"progressed_at": 1, "wave_ended_at": 1}
+        )
+        times = [float(r[k]) for r in ranges for k in ("progressed_at", "wave_ended_at") if r.get(k) is not None]
+        return max(times, default=None)
+
     async def live_counts(self, parent: dict) -> dict:
         """`parent` with the sum of its ranges' counts so far, if it is split and not settled yet."""
         if not expected_ranges(parent) or parent.get("settled"):

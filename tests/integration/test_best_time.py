@@ -365,3 +365,36 @@ async def test_a_throttled_wave_running_past_the_next_hour_does_not_expire_it(st
     doc = await stack.wait_finished("campaign:thr")
     assert (doc["counts"]["delivered"], doc["counts"]["expired"]) == (5, 0), doc["counts"]
     assert received(stack) == Counter(dict.fromkeys([hourly, *plain], 1))
+
+
+async def test_a_split_campaigns_wave_begun_past_its_ttl_is_expired_in_its_range(stack: Stack) -> None:
+    """Ranges decide a wave's lateness from their campaign's last progress (any range's chunk or wave end):
+    nothing got on between the start waves and an hour claimed an hour late, so that hour is counted expired,
+    while the start waves, on time, were sent."""
+    clock = FakeClock("2026-10-29T00:00:00+00:00")
+    await start_with_clock(stack, clock, SPLIT)
+    early = token(0, "t")
+    others = [token(i, "t") for i in range(1, 60)]
+    await stack.register(early, "ios", tags=["promo"], user_id="u-early")
+    await register_many(stack, others, tags=["promo"])
+    n = await seed(stack, 1)
+    clock.set("2026-12-01T09:00:00+00:00")
+    await post_receipts(stack, [opened(n[0], "2026-11-30T14:10:00Z", user_id="u-early")])
+    status, view = await api(stack, "POST", "/v1/campaigns", campaign(
+        "splitlate", options={"ttl_seconds": 600},
+        schedule={"at": "2026-12-01T10:00:00Z", "best_time": {"window_hours": 24}}))
+    assert status == 201, view
+    clock.set("2026-12-01T10:00:05+00:00")
+    await wait_until(lambda: asyncio.sleep(0, set(received(stack)) == set(others)), 15)
+    assert len(await ranges_of(stack, "splitlate")) > 1
+    clock.set("2026-12-01T15:00:05+00:00")  # 14:00's wave claimed an hour late: nothing got on meanwhile
+    await wait_until(lambda: _range_counted(stack, "splitlate", "expired"), 15)
+    clock.set("2026-12-02T09:59:00+00:00")
+    doc = await stack.wait_finished("campaign:splitlate")
+    assert (doc["counts"]["targeted"], doc["counts"]["delivered"], doc["counts"]["expired"]) == (60, 59, 1), doc
+    assert early not in received(stack) and set(received(stack).values()) == {1}
+
+
+async def _range_counted(stack: Stack, campaign_id: str, key: str) -> bool:
+    """A split campaign's counts are its ranges' until it settles."""
+    return any(r.get("counts", {}).get(key) for r in await ranges_of(stack, campaign_id))
