@@ -25,7 +25,7 @@ from pushsvc.dispatch.ranges import RangeSettler, boundaries, estimate_audience,
 from pushsvc.logs import get_logger
 from pushsvc.model import NotificationState, PushRequest
 from pushsvc.outcomes import Announcer
-from pushsvc.scheduling.due import QuietHours, next_ready_at, quiet_from_doc, ready_zones, ttl_lapsed, zones_lapsed
+from pushsvc.scheduling.due import QuietHours, WaveSchedule, ZoneWaves, quiet_from_doc, ttl_lapsed
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.leases import HandBack, LeaseStore
@@ -34,6 +34,17 @@ from pushsvc.store.ranges import RANGE_KIND, SETTLE_CHECK_SECONDS, RangeStore
 from pushsvc.store.records import NotificationRecord, UnreadableRequest
 
 log = get_logger(__name__)
+
+
+def _wave_schedule(run: Run, quiet: QuietHours | None) -> WaveSchedule | None:
+    """How the notification's waves come (None: it is sent whole): best-time hours, or zones (local time,
+    quiet hours)."""
+    options = run.request.options
+    if run.best is not None:
+        return run.best
+    if options.local_time or quiet is not None:
+        return ZoneWaves(options.send_at, options.local_time, quiet, run.record.due_at)
+    return None
 
 
 class NotificationRunner:
@@ -105,7 +116,7 @@ class NotificationRunner:
             return None
         run = Run(record, request, lease)
         quiet = quiet_from_doc(record.quiet_hours)
-        if not request.options.local_time and quiet is None and run.best is None:
+        if _wave_schedule(run, quiet) is None:
             run.lapsed = self._begins_lapsed(run)
             if run.lapsed and not record.ttl_lapsed:
                 # Saved before the first chunk: a run stopped part-way through counting goes on counting.
@@ -128,24 +139,15 @@ class NotificationRunner:
         """The zones this run sends to (local time, quiet hours), saved before the first chunk so a resumed run
         sends the same wave; None: every device at once. A best-time campaign's waves are hours of day
         (scheduling/best_time.py), chosen and saved alike."""
-        options, best = run.request.options, run.best
-        if not options.local_time and quiet is None and best is None:
+        schedule = _wave_schedule(run, quiet)
+        if schedule is None:
             return None
         if run.record.wave_zones is not None:
             return list(run.record.wave_zones)
         now, record = self._clock(), run.record
-        behind = set(record.zones_done | record.zones_passed)
+        wave = schedule.ready(now, record.zones_done | record.zones_passed)
         previous_ended_at = await self._previous_progress(run)
-        lapsed: list[str]
-        if best is not None:
-            wave = best.ready(now, behind)
-            lapsed = best.lapsed(wave, options.ttl_seconds, now, previous_ended_at)
-        else:
-            wave = ready_zones(options.send_at, options.local_time, quiet, now, behind)
-            lapsed = zones_lapsed(
-                wave, options.send_at, options.local_time, quiet, options.ttl_seconds, record.due_at, now,
-                previous_ended_at,
-            )
+        lapsed = schedule.lapsed(wave, run.request.options.ttl_seconds, now, previous_ended_at)
         # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
         wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
         await self._advance(run, None, {}, {"wave_zones": wave, "ttl_lapsed": run.lapsed})
@@ -219,13 +221,10 @@ class NotificationRunner:
     async def _next_wave(self, run: Run, quiet: QuietHours | None, wave: list[str]) -> float | None:
         """When zones remain, reschedule the notification for the next one's time under the lease and let it
         go (returns that time); None when this was the last wave."""
-        lease, options = run.lease, run.request.options
+        lease, schedule = run.lease, _wave_schedule(run, quiet)
+        assert schedule is not None  # a wave was sent
         done = set(run.record.zones_done) | set(wave)
-        passed = run.record.zones_passed
-        if run.best is not None:
-            next_at = run.best.next_at(done)
-        else:
-            next_at = next_ready_at(options.send_at, options.local_time, quiet, self._clock(), done | passed)
+        next_at = schedule.next_at(done | run.record.zones_passed, self._clock())
         if next_at is None:
             return None
         extra = {

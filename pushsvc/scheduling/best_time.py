@@ -121,8 +121,9 @@ class BestTime:
         behind = set(done)
         return [name for name, at in self.waves().items() if name not in behind and at <= now]
 
-    def next_at(self, done: Iterable[str]) -> float | None:
-        """When the first wave not done is due (None: every wave is done)."""
+    def next_at(self, done: Iterable[str], now: float = 0.0) -> float | None:
+        """When the first wave not done is due (None: every wave is done). Hours do not move with `now` (the
+        WaveSchedule interface passes it for quiet hours)."""
         behind = set(done)
         pending = [at for name, at in self.waves().items() if name not in behind]
         return min(pending) if pending else None

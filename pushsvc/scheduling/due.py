@@ -7,8 +7,10 @@ next zone. Devices without a known timezone are treated as UTC.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from pushsvc.model import Options
@@ -176,3 +178,47 @@ def zones_lapsed(
             lapsed.append(zone)
     return lapsed
 
+
+
+class WaveSchedule(Protocol):
+    """A campaign sent in named waves (dispatch/fanout.py): local-time and quiet-hours zones (`ZoneWaves`),
+    best-time hours (scheduling/best_time.py `BestTime`). `done` holds the waves done (and, for zones, those
+    passed at creation)."""
+
+    def ready(self, now: float, done: Iterable[str]) -> list[str]:
+        """The waves not done whose time has come."""
+        ...
+
+    def lapsed(
+        self, wave: Sequence[str], ttl_seconds: int | None, now: float, previous_ended_at: float | None = None
+    ) -> list[str]:
+        """The waves of `wave` that begin at `now` too late to send (wave_lapsed)."""
+        ...
+
+    def next_at(self, done: Iterable[str], now: float) -> float | None:
+        """When the first wave not done is ready (None: every wave is done)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ZoneWaves:
+    """The waves of a local-time or quiet-hours campaign: one per timezone, ready at its wall-clock time (local
+    time; else the campaign's `due_at`) outside its quiet hours."""
+
+    wall_time: datetime | None
+    local_time: bool
+    quiet: QuietHours | None
+    due_at: float
+
+    def ready(self, now: float, done: Iterable[str]) -> list[str]:
+        return ready_zones(self.wall_time, self.local_time, self.quiet, now, set(done))
+
+    def lapsed(
+        self, wave: Sequence[str], ttl_seconds: int | None, now: float, previous_ended_at: float | None = None
+    ) -> list[str]:
+        return zones_lapsed(
+            list(wave), self.wall_time, self.local_time, self.quiet, ttl_seconds, self.due_at, now, previous_ended_at
+        )
+
+    def next_at(self, done: Iterable[str], now: float) -> float | None:
+        return next_ready_at(self.wall_time, self.local_time, self.quiet, now, set(done))
