@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -398,3 +399,31 @@ async def test_a_split_campaigns_wave_begun_past_its_ttl_is_expired_in_its_range
 async def _range_counted(stack: Stack, campaign_id: str, key: str) -> bool:
     """A split campaign's counts are its ranges' until it settles."""
     return any(r.get("counts", {}).get(key) for r in await ranges_of(stack, campaign_id))
+
+
+async def test_registrations_of_one_token_racing_with_different_users_record_every_change(stack: Stack) -> None:
+    """Eight registrations of one new token at once, each with another user (or none), through two replicas:
+    exactly one creates it (201), and the device's user is the last change it keeps, every registration's user
+    among them: no change is written without being recorded."""
+    clock = FakeClock("2026-12-01T09:00:00+00:00")
+    services = [await start_with_clock(stack, clock), await start_with_clock(stack, clock)]
+    phone = token(50, "b")
+    users = [f"racer{i}" for i in range(7)] + [None]
+
+    async def register(n: int, user: str | None) -> int:
+        body = {"app": "demo", "token": phone, "platform": "ios", **({"user_id": user} if user else {})}
+        url = f"http://127.0.0.1:{services[n % 2].port}/v1/devices"
+        async with stack.http.post(url, json=body, headers=auth_headers()) as response:
+            assert response.status in (200, 201), await response.text()
+            return response.status
+
+    statuses = await asyncio.gather(*(register(n, user) for n, user in enumerate(users)))
+    assert sorted(statuses).count(201) == 1, statuses
+    device = await stack.db.devices.find_one({"app": "demo", "token": phone})
+    changes = [c["user"] for c in device.get("user_changes") or []]
+    assert changes, device  # the token was registered with several users: changes are kept
+    assert changes[-1] == device.get("user_id"), device
+    # Each registration either created the device or recorded its user as a change (the first entry is its
+    # first user, from time 0).
+    assert set(users) == set(changes), (changes, users)
+    assert all(a != b for a, b in pairwise(changes)), changes
