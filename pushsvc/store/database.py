@@ -49,6 +49,20 @@ def is_transient(exc: BaseException) -> bool:
         return True
     return isinstance(exc, PyMongoError) and any(exc.has_error_label(label) for label in _TRANSIENT_LABELS)
 
+# MongoDB's code for a write that met a unique index's existing key.
+DUPLICATE_KEY = 11000
+
+
+def duplicate_keys(exc: BulkWriteError) -> list[int]:
+    """The positions of an unordered bulk write's operations that met an existing key (the one failure these
+    writes expect: a repeat, a lost race); re-raises `exc` for any other error or a write concern error."""
+    details = exc.details or {}
+    errors = details.get("writeErrors", [])
+    if details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+    return [int(e["index"]) for e in errors]
+
+
 # Each index serves a named query in store/; keep the two lists in step.
 DEVICE_INDEXES = [
     IndexModel([("app", ASCENDING), ("token", ASCENDING)], unique=True, name="app_token_unique"),

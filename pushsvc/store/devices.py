@@ -29,10 +29,9 @@ from pushsvc.store.audience import (
     kind_filter,
     registered_no_later_than,
 )
-from pushsvc.store.database import Database
+from pushsvc.store.database import Database, duplicate_keys
 from pushsvc.store.device_documents import changed_user, read_device, stored_fields
 from pushsvc.store.erasure import ERASURE_ROUNDS
-from pushsvc.store.notifications import DUPLICATE_KEY
 from pushsvc.token_kinds import KINDS
 
 # Kept in place of a lookup's cursor the server closed (cursor id 0) together with a full page: the next page
@@ -447,9 +446,7 @@ class DeviceStore:
             return result.upserted_count, result.matched_count
         except BulkWriteError as exc:
             details = exc.details
-            changed = [e["index"] for e in details.get("writeErrors", []) if e.get("code") == DUPLICATE_KEY]
-            if details.get("writeConcernErrors") or len(changed) != len(details.get("writeErrors", [])):
-                raise
+            changed = duplicate_keys(exc)  # devices registered with another user: a change to record
         for index in changed:
             await self.upsert(last[index], now)
         return int(details.get("nUpserted", 0)), int(details.get("nMatched", 0)) + len(changed)

@@ -22,9 +22,8 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState, PushRequest
 from pushsvc.store.counts import COUNT_KEYS
-from pushsvc.store.database import TRANSIENT_WRITE_CODES, Database, first_reply
+from pushsvc.store.database import DUPLICATE_KEY, TRANSIENT_WRITE_CODES, Database, first_reply
 
-DUPLICATE_KEY = 11000
 # Finished notifications are deleted this long after they finish (settings.retention.notification_days).
 DEFAULT_RETENTION_SECONDS = 30 * 86400.0
 # How long after the upgrade from bare-id keys intake still looks for old-version duplicates (a rollout is done

@@ -24,8 +24,8 @@ from pymongo.errors import BulkWriteError
 
 from pushsvc.model import NotificationState
 from pushsvc.store.counts import COUNT_KEYS, full_counts
-from pushsvc.store.database import first_reply
-from pushsvc.store.notifications import DUPLICATE_KEY, PAUSED, STALLED_RUNS, NotificationStore
+from pushsvc.store.database import duplicate_keys, first_reply
+from pushsvc.store.notifications import PAUSED, STALLED_RUNS, NotificationStore
 from pushsvc.store.records import Bounds, NotificationRecord
 
 LANE_RANGE = "range"
@@ -110,9 +110,7 @@ class RangeStore:
         try:
             await self._collection.insert_many(documents, ordered=False)
         except BulkWriteError as exc:  # ranges inserted by an earlier attempt are fine; anything else is not
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
+            duplicate_keys(exc)
         return len(documents)
 
     async def of(self, parent: Mapping[str, Any]) -> list[dict]:

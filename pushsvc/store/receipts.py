@@ -23,10 +23,10 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from pushsvc.model.variants import Split, groups_of
-from pushsvc.store.database import Database, first_reply
+from pushsvc.store.database import Database, duplicate_keys, first_reply
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.funnel import MIXED, increments, locale_value, platform_value
-from pushsvc.store.notifications import DEFAULT_RETENTION_SECONDS, DUPLICATE_KEY, expiry, notification_key
+from pushsvc.store.notifications import DEFAULT_RETENTION_SECONDS, expiry, notification_key
 from pushsvc.store.open_hours import OpenHours
 
 
@@ -160,10 +160,9 @@ class ReceiptStore:
             await self._collection.insert_many(documents, ordered=False)
             return set(keys)
         except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise  # nothing else is expected of these small documents: the caller retries (503)
-            failed = {e["index"] for e in errors}
+            # Anything but a repeat raises: nothing else is expected of these small documents (the caller
+            # retries, 503).
+            failed = set(duplicate_keys(exc))
             return {k for n, k in enumerate(keys) if n not in failed}
 
     async def count(self, receipts: Sequence[NewReceipt]) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from pushsvc.store.database import Database
-from pushsvc.store.notifications import DUPLICATE_KEY
+from pushsvc.store.database import Database, duplicate_keys
 
 
 async def read_keys(
@@ -42,7 +41,5 @@ async def all_applied(collection: AsyncCollection[Any], writes: Sequence[Any]) -
         result = await collection.bulk_write(list(writes), ordered=False)
         return result.inserted_count + result.modified_count == len(writes)
     except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
+        duplicate_keys(exc)  # a lost race; anything else raises
         return False
