@@ -115,8 +115,8 @@ class NotificationRunner:
             await self._finisher.finish(record, lease, NotificationState.FAILED, request.reason)
             return None
         run = Run(record, request, lease)
-        quiet = quiet_from_doc(record.quiet_hours)
-        if _wave_schedule(run, quiet) is None:
+        schedule = _wave_schedule(run, quiet_from_doc(record.quiet_hours))
+        if schedule is None:
             run.lapsed = self._begins_lapsed(run)
             if run.lapsed and not record.ttl_lapsed:
                 # Saved before the first chunk: a run stopped part-way through counting goes on counting.
@@ -125,29 +125,31 @@ class NotificationRunner:
         parts = 1 if run.lapsed else await self._parts(record, request, lease)
         if parts > 1:
             return await self._split(run, parts)
-        wave = await self._current_wave(run, quiet)
+        wave = await self._current_wave(run, schedule)
         if not await self._send_chunks(run, wave, first_wave=not record.zones_done):
             return None  # handed back, stopped mid-chunk, or paused/cancelled: said and written already
         if wave is not None:
-            next_at = await self._next_wave(run, quiet, wave)
+            assert schedule is not None  # a wave was sent
+            next_at = await self._next_wave(run, schedule, wave)
             if next_at is not None:
                 return next_at
         await self._finisher.finish(record, lease, NotificationState.DONE, None)
         return None
 
-    async def _current_wave(self, run: Run, quiet: QuietHours | None) -> list[str] | None:
+    async def _current_wave(self, run: Run, schedule: WaveSchedule | None) -> list[str] | None:
         """The zones this run sends to (local time, quiet hours), saved before the first chunk so a resumed run
         sends the same wave; None: every device at once. A best-time campaign's waves are hours of day
         (scheduling/best_time.py), chosen and saved alike."""
-        schedule = _wave_schedule(run, quiet)
         if schedule is None:
             return None
         if run.record.wave_zones is not None:
             return list(run.record.wave_zones)
         now, record = self._clock(), run.record
         wave = schedule.ready(now, record.zones_done | record.zones_passed)
-        previous_ended_at = await self._previous_progress(run)
-        lapsed = schedule.lapsed(wave, run.request.options.ttl_seconds, now, previous_ended_at)
+        ttl_seconds = run.request.options.ttl_seconds
+        # Without a TTL no wave is ever late: no need to learn since when.
+        previous_ended_at = await self._previous_progress(run) if ttl_seconds is not None else None
+        lapsed = schedule.lapsed(wave, ttl_seconds, now, previous_ended_at)
         # Zones found too late are a wave of their own, counted expired; the others follow at once, as the next.
         wave, run.lapsed = (lapsed, True) if lapsed else (wave, False)
         await self._advance(run, None, {}, {"wave_zones": wave, "ttl_lapsed": run.lapsed})
@@ -218,11 +220,10 @@ class NotificationRunner:
             return record.ttl_lapsed
         return ttl_lapsed(run.request.options.ttl_seconds, record.due_at, self._clock())
 
-    async def _next_wave(self, run: Run, quiet: QuietHours | None, wave: list[str]) -> float | None:
+    async def _next_wave(self, run: Run, schedule: WaveSchedule, wave: list[str]) -> float | None:
         """When zones remain, reschedule the notification for the next one's time under the lease and let it
         go (returns that time); None when this was the last wave."""
-        lease, schedule = run.lease, _wave_schedule(run, quiet)
-        assert schedule is not None  # a wave was sent
+        lease = run.lease
         done = set(run.record.zones_done) | set(wave)
         next_at = schedule.next_at(done | run.record.zones_passed, self._clock())
         if next_at is None:
