@@ -144,7 +144,8 @@ ACTIVE_NOTIFICATIONS = Gauge(
 )
 SCHEDULED_BACKLOG = Gauge(
     "pushsvc_scheduled_backlog",
-    "Notifications waiting in MongoDB, by whether they are already due (due|future)",
+    "Notifications waiting in MongoDB, by whether they are already due (due|future); counted every "
+    "dispatch.backlog_refresh_seconds",
     ["due"],
     registry=REGISTRY,
 )

@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 STARTUP_RETRY_SECONDS = 60.0
-BACKLOG_REFRESH_SECONDS = 5.0
-SETTLE_CHECK_ROUNDS = max(1, round(SETTLE_CHECK_SECONDS / BACKLOG_REFRESH_SECONDS))
+# The outcome sweep's round: events a finish could not publish go out this long after their grace at most.
+OUTCOME_SWEEP_SECONDS = 5.0
+SETTLE_CHECK_ROUNDS = max(1, round(SETTLE_CHECK_SECONDS / OUTCOME_SWEEP_SECONDS))
 # Each connection close at shutdown gets this long, so the whole stop stays inside the grace period.
 CLOSE_TIMEOUT_SECONDS = 3.0
 
@@ -284,7 +285,7 @@ class PushService:
     async def _sweep_outcomes(self) -> None:
         rounds = 0
         while True:
-            await pause(BACKLOG_REFRESH_SECONDS)
+            await pause(OUTCOME_SWEEP_SECONDS)
             rounds += 1
             try:
                 # Split campaigns whose last range's runner did not settle them (or cancelled with no range
@@ -317,7 +318,7 @@ class PushService:
             except Exception as exc:  # the gauge keeps its last value; the next round tries again
                 if swallowed_cancel():
                     raise asyncio.CancelledError from exc
-            await pause(BACKLOG_REFRESH_SECONDS)
+            await pause(self.settings.dispatch.backlog_refresh_seconds)
 
     async def stop(self) -> None:
         """Graceful, within dispatch.drain_timeout_seconds (plus closing connections):

@@ -272,6 +272,10 @@ def _check_dispatch(d: DispatchSettings) -> None:
             raise ConfigError(
                 f"dispatch.lease_seconds: must be at least {MIN_LEASE_SECONDS:g}, got {d.lease_seconds:g}"
             )
+    for name in ("poll_interval_seconds", "backlog_refresh_seconds"):
+        with problems.check():
+            if getattr(d, name) <= 0:
+                raise ConfigError(f"dispatch.{name}: must be greater than 0, got {getattr(d, name):g}")
     with problems.check():
         if d.max_runs_without_progress < 1:
             raise ConfigError(

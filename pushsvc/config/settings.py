@@ -85,8 +85,13 @@ class DispatchSettings:
     lease_seconds: float = 30.0
     # The claim loop's safety poll: how soon expired leases (a crashed replica) and due times recorded by
     # other replicas are found. New work does not wait for it: intake dispatches or wakes the loop at once.
-    # Each poll is a candidate query per lane and active state: 5 s keeps an idle replica under 0.5% of a core.
+    # Each poll is a candidate query per lane (per lane and active state on nx-27017, which scans for an `$in`):
+    # 5 s keeps an idle replica under 0.5% of a core.
     poll_interval_seconds: float = 5.0
+    # How often each replica counts the waiting notifications for pushsvc_scheduled_backlog: a few counts on the
+    # notifications' state index, every replica alike. 30 s is the ServiceMonitor's scrape interval; its alert
+    # (PushsvcNoDeliveriesWithBacklog) waits 10 minutes.
+    backlog_refresh_seconds: float = 30.0
     # A notification whose runs keep ending without progress (a lost lease, a query that always times out, a
     # crash it causes) is failed with that reason at its next claim once this many runs in a row made none,
     # instead of being claimed again for ever (the alert PushsvcNotificationStalled fires).

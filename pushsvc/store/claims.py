@@ -10,7 +10,7 @@ from typing import Any
 
 from pushsvc.model import NotificationState
 from pushsvc.store.database import Database, first_reply
-from pushsvc.store.notifications import ACTIVE_STATES, STALLED_RUNS, Claim, new_claim_token
+from pushsvc.store.notifications import ACTIVE_STATES, STALLED_RUNS, Claim, new_claim_token, state_filters
 from pushsvc.store.records import NotificationRecord
 
 _ACTIVE = [str(s) for s in ACTIVE_STATES]
@@ -22,6 +22,7 @@ def _due_at(doc: Mapping[str, Any]) -> float:
 
 class ClaimStore:
     def __init__(self, database: Database) -> None:
+        self._database = database
         self._collection = database.notifications
         # Renewals go through the lease client's own pool (Database.lease_client).
         self._leases = database.lease_db["notifications"]
@@ -71,13 +72,13 @@ class ClaimStore:
         self, expired_by: float, due_by: float, limit: int, lane: str, states: Sequence[NotificationState]
     ) -> list[dict]:
         """The oldest `limit` claimable notifications of `lane` as read now (another replica may claim them)."""
-        # One equality query per claimable state, merged by due_at: each is a range scan of the
-        # (lane, state, due_at) index on any MongoDB; `state: {$in: [...]}` makes nx-27017 scan the collection.
+        # Range scans of the (lane, state, due_at) index: one query for the lane on MongoDB, which merges the
+        # states' ranges by due_at, one per state on nx-27017 (state_filters), merged here.
         lookups = [
             self._collection.find(
                 {
                     "lane": {"$eq": lane},
-                    "state": {"$eq": str(state)},
+                    "state": match,
                     "due_at": {"$lte": due_by},
                     "lease_until": {"$lte": expired_by},
                 }
@@ -86,7 +87,7 @@ class ClaimStore:
             .limit(limit)
             .batch_size(limit)
             .to_list(length=limit)
-            for state in states
+            for match in state_filters(self._database, states)
         ]
         return sorted((c for found in await asyncio.gather(*lookups) for c in found), key=_due_at)[:limit]
 

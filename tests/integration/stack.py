@@ -73,7 +73,8 @@ def write_config(
         "mongodb": {"uri": mongo_uri, "database": database},
         "http": {"host": "127.0.0.1", "port": 0},
         "dispatch": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5, "send_timeout_seconds": 5.0,
-                     "poll_interval_seconds": 0.1, **(dispatch or {})},
+                     # The backlog gauge every 5 s: tests that look at it wait for it.
+                     "poll_interval_seconds": 0.1, "backlog_refresh_seconds": 5.0, **(dispatch or {})},
         "apps": {
             "demo": {
                 "apns": {

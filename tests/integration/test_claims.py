@@ -15,8 +15,11 @@ from pushsvc.store.records import NotificationRecord, UnreadableRequest
 from tests.integration.stores import Stores, document
 
 
-@pytest.fixture
-def store(notification_store: Stores) -> Stores:
+@pytest.fixture(params=["in", "each"])
+def store(notification_store: Stores, request: pytest.FixtureRequest) -> Stores:
+    """Both ways of selecting several states: one `$in` query (MongoDB) and one equality query per state (where
+    the server scans for an `$in`, nx-27017): each claim and count must come out the same."""
+    notification_store.notifications.database.scans_for_in = request.param == "each"
     return notification_store
 
 

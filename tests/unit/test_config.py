@@ -85,6 +85,9 @@ def test_env_overrides_with_types(files: dict[str, Path]) -> None:
         (lambda c: c.update(dispatch={"misconfig_guard_share": 0}), "dispatch.misconfig_guard_share: must be in"),
         (lambda c: c.update(dispatch={"misconfig_guard_window_seconds": 0.5}), "dispatch.misconfig_guard_window"),
         (lambda c: c.update(dispatch={"misconfig_guard_min_answers": 0}), "dispatch.misconfig_guard_min_answers"),
+        (lambda c: c.update(dispatch={"poll_interval_seconds": 0}), "dispatch.poll_interval_seconds: must be greater"),
+        (lambda c: c.update(dispatch={"backlog_refresh_seconds": 0}),
+         "dispatch.backlog_refresh_seconds: must be greater than 0, got 0"),
     ],
 )
 def test_errors_name_the_key(files: dict[str, Path], mutate, message: str) -> None:
