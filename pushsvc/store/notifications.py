@@ -42,7 +42,6 @@ LANE_BATCH = "batch"
 LANE_FANOUT = "fanout"
 
 
-
 def state_filters(database: Database, states: Sequence[NotificationState]) -> list[dict[str, Any]]:
     """The filters on `state` that together select `states`, one query each: one `$in` on MongoDB (an index
     scan of each state's range, merged), one `$eq` per state where the server scans for an `$in` (nx-27017:
@@ -50,6 +49,7 @@ def state_filters(database: Database, states: Sequence[NotificationState]) -> li
     if database.reads_each(len(states)):
         return [{"$eq": str(state)} for state in states]
     return [{"$in": [str(state) for state in states]}]
+
 
 @dataclass(frozen=True)
 class RecordResult:

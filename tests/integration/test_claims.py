@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from pushsvc.dispatch.batch import runs_in_batch
 from pushsvc.model import NotificationState
@@ -15,6 +15,7 @@ from pushsvc.store.database import Database
 from pushsvc.store.leases import BatchRunEnd
 from pushsvc.store.notifications import LANE_BATCH, LANE_FANOUT
 from pushsvc.store.records import NotificationRecord, UnreadableRequest
+from tests.commands import CommandCounter
 from tests.conftest import unique
 from tests.integration.stores import Stores, document
 
@@ -193,42 +194,25 @@ async def test_lanes_are_claimed_separately(store: Stores) -> None:
     assert [r.id for r in batch] == ["demo:small"]
 
 
-class Commands(monitoring.CommandListener):
-    """The commands sent about the notifications collection, by name, as the driver reports them."""
-
-    def __init__(self) -> None:
-        self.sent: Counter[str] = Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command.get(event.command_name) == "notifications":
-            self.sent[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.mark.parametrize(("scans_for_in", "finds", "counts"), [(False, 1, 2), (True, 3, 6)])
 async def test_a_full_claim_is_one_query_per_lane_and_the_backlog_two_counts_where_in_is_indexed(
     mongo_uri: str, scans_for_in: bool, finds: int, counts: int
 ) -> None:
     """The safety poll and the backlog gauge are the reads an idle replica makes on a timer: on MongoDB one
     candidate query per lane and two counts; one of each per state only where the server scans for `$in`."""
-    commands = Commands()
+    commands = CommandCounter("notifications")
     client: AsyncMongoClient = AsyncMongoClient(mongo_uri, event_listeners=[commands])
     database = Database(client, client[unique("rounds")], scans_for_in=scans_for_in)
     try:
         await database.ensure_indexes()
         store = Stores.on(database)
         now = time.time()
-        commands.sent.clear()
+        commands.commands.clear()
         assert await claim(store, "a", now, 30.0, 10, LANE_BATCH) == []
-        assert commands.sent == Counter(find=finds + 1)  # and claim()'s own check of what is held
-        commands.sent.clear()
+        assert commands.commands == Counter(find=finds + 1)  # and claim()'s own check of what is held
+        commands.commands.clear()
         assert await store.notifications.backlog(now) == (0, 0)
-        assert commands.sent == Counter(count=counts)
+        assert commands.commands == Counter(count=counts)
     finally:
         await client.drop_database(database.db.name)
         await client.close()

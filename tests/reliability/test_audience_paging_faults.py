@@ -14,7 +14,6 @@ import asyncio
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
@@ -27,6 +26,7 @@ from pushsvc.model import Segment, Target
 from pushsvc.store.audience import AudienceCursor, audience_cursor_after, audience_filter
 from pushsvc.store.database import Database
 from pushsvc.store.devices import Device, DeviceStore
+from tests.commands import CommandCounter
 from tests.conftest import unique
 from tests.reliability.faultproxy import FaultProxy
 
@@ -35,21 +35,12 @@ pytestmark = pytest.mark.integration
 TAG = "paging"
 
 
-class Watch(monitoring.CommandListener, monitoring.ConnectionPoolListener):
+class Watch(CommandCounter, monitoring.ConnectionPoolListener):
     """Commands sent (by name) and pool clears, as the driver reports them (from its threads)."""
 
     def __init__(self) -> None:
-        self.commands: Counter[str] = Counter()
+        super().__init__()
         self.cleared = threading.Event()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.commands[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
     def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
         self.cleared.set()
