@@ -39,6 +39,7 @@ from pushsvc.model.message import (
     TEXT_LIMITS,
 )
 from pushsvc.model.options import (
+    COLLAPSE_KEY,
     MAX_COLLAPSE_KEY_BYTES,
     MAX_TTL_SECONDS,
     OPTION_FIELDS,
@@ -181,7 +182,9 @@ OPTIONS_PROPERTIES = {
     },
     "collapse_key": {
         **_text(MAX_COLLAPSE_KEY_BYTES),
-        "description": f"at most {MAX_COLLAPSE_KEY_BYTES} bytes in UTF-8 (apns-collapse-id's limit)",
+        "pattern": COLLAPSE_KEY.pattern,
+        "description": f"at most {MAX_COLLAPSE_KEY_BYTES} bytes in UTF-8 (apns-collapse-id's limit); sent as an HTTP "
+        "header value, so no control characters and no space at either end",
     },
     "push_type": {
         "type": "string",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ Priority = Literal["high", "normal"]
 PRIORITIES: tuple[str, ...] = typing.get_args(Priority)
 MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's upper bound; APNs stores for a limited time anyway
 MAX_COLLAPSE_KEY_BYTES = 64  # APNs apns-collapse-id limit
+# A collapse key is an HTTP header value (apns-collapse-id, Web Push's Topic): no control characters, and no
+# space at either end (RFC 9113 section 8.2.1 calls such a value malformed). Matched with fullmatch: Python's
+# "$" also matches before a final newline.
+COLLAPSE_KEY = re.compile(r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$")
 # send_at must fall in [SEND_AT_MIN, SEND_AT_MAX). Nobody schedules a push outside it, and inside it every
 # time computed from it (UTC conversion, each IANA zone's offset for local-time waves, a day added for quiet
 # hours) stays far from datetime's year 1..9999 range: an offset near year 9999 raised OverflowError.
@@ -53,6 +58,10 @@ def parse_options(obj: Any) -> Options:
     collapse_key = optional_string(opts.get("collapse_key"), "options.collapse_key", None)
     if collapse_key is not None and len(collapse_key.encode()) > MAX_COLLAPSE_KEY_BYTES:
         raise RequestError("options.collapse_key", f"must be at most {MAX_COLLAPSE_KEY_BYTES} bytes")
+    if collapse_key is not None and not COLLAPSE_KEY.fullmatch(collapse_key):
+        raise RequestError(
+            "options.collapse_key", "must have no control characters and no space at either end (an HTTP header value)"
+        )
     local_time = _boolean(opts, "local_time")
     dry_run = _boolean(opts, "dry_run")
     send_at = _parse_send_at(opts.get("send_at"), local_time)

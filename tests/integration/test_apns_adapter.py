@@ -488,6 +488,22 @@ async def test_every_connection_carries_the_one_shared_token(make_provider: Make
     assert len({r.headers["authorization"] for r in peer.requests}) == 1
 
 
+async def test_the_token_is_compressed_and_the_per_device_values_are_kept_out_of_the_table(
+    provider: ApnsProvider, peer: ApnsPeer
+) -> None:
+    """What a connection's HPACK table may hold (RFC 7541 section 7.1.3): the provider token, the same on every
+    request, is indexed (a byte on a connection's later requests instead of ~200); the device token (:path) and
+    apns-id, new on each, go as never-indexed literals. h2's header normalization made the token never-indexed
+    too, whatever send_push asked."""
+    for n in range(3):
+        result = await provider.send(delivery(f"hpack-{n}", options=Options(collapse_key="order-7")))
+        assert result.outcome is Outcome.DELIVERED, result
+    assert len({r.connection_id for r in peer.requests}) == 1
+    for received in peer.requests:
+        assert received.never_indexed == {":path", "apns-id"}, received.never_indexed
+        assert received.headers["apns-collapse-id"] == "order-7"
+
+
 async def test_certificate_auth(
     make_provider: MakeProvider, apns_pki: Pki, apns_client_cert: ApnsClientCert
 ) -> None:

@@ -53,6 +53,7 @@ class ReceivedRequest:
     stream_id: int
     client_cert: dict[str, str] | None  # subject of the TLS client certificate, if one was presented
     live_activity: LiveActivityPush | None = None  # read from the body of an apns-push-type liveactivity push
+    never_indexed: frozenset[str] = frozenset()  # header names sent as HPACK never-indexed literals
 
 
 class ProviderAuth(Protocol):
@@ -74,6 +75,7 @@ def read_request(
     stream_id: int,
     client_cert: dict[str, str] | None,
     received_at: float,
+    never_indexed: frozenset[str] = frozenset(),
 ) -> tuple[ReceivedRequest, bool]:
     """The request one stream carried (complete at ``received_at``), and whether its path is a device path
     (``/3/device/<token>``)."""
@@ -91,6 +93,7 @@ def read_request(
         connection_id=connection_id,
         stream_id=stream_id,
         client_cert=client_cert,
+        never_indexed=never_indexed,
         live_activity=(
             read_live_activity(body, received_at) if headers.get("apns-push-type") == "liveactivity" else None
         ),

@@ -26,6 +26,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from hpack import NeverIndexedHeaderTuple
 
 if TYPE_CHECKING:
     from pushsvc.simulators.apns.peer import ApnsPeer
@@ -40,6 +41,9 @@ class Incoming:
     # Header names sent more than once (``headers`` keeps the last value): a second authorization header is
     # what a client library adding its own token to ours would send.
     repeated: frozenset[str] = frozenset()
+    # Header names the client sent as HPACK never-indexed literals (RFC 7541 section 6.2.3): its choice of what
+    # stays out of the connection's compression table.
+    never_indexed: frozenset[str] = frozenset()
 
 
 class PeerConnection(asyncio.Protocol):
@@ -93,7 +97,10 @@ class PeerConnection(asyncio.Protocol):
             if isinstance(event, RequestReceived):
                 names = [name for name, _ in event.headers]  # type: ignore[union-attr]
                 repeated = frozenset(name for name in names if names.count(name) > 1)
-                self._incoming[event.stream_id] = Incoming(dict(event.headers), repeated=repeated)  # type: ignore[arg-type]
+                never_indexed = frozenset(h[0] for h in event.headers if isinstance(h, NeverIndexedHeaderTuple))  # type: ignore[union-attr]
+                self._incoming[event.stream_id] = Incoming(
+                    dict(event.headers), repeated=repeated, never_indexed=never_indexed  # type: ignore[arg-type]
+                )
             elif isinstance(event, DataReceived):
                 incoming = self._incoming.get(event.stream_id)
                 if incoming is not None:

@@ -174,7 +174,8 @@ class ApnsPeer(Peer):
     async def _handle(self, connection: PeerConnection, stream_id: int, incoming: Incoming) -> None:
         headers = incoming.headers
         request, path_ok = read_request(
-            headers, bytes(incoming.body), connection.id, stream_id, connection.client_cert, self.clock()
+            headers, bytes(incoming.body), connection.id, stream_id, connection.client_cert, self.clock(),
+            incoming.never_indexed,
         )
         self.requests.append(request)
         self._arrived.set()
