@@ -59,6 +59,12 @@ OUTCOME_SWEEP_SECONDS = 5.0
 SETTLE_CHECK_ROUNDS = max(1, round(SETTLE_CHECK_SECONDS / OUTCOME_SWEEP_SECONDS))
 # Each connection close at shutdown gets this long, so the whole stop stays inside the grace period.
 CLOSE_TIMEOUT_SECONDS = 3.0
+# The collector's thresholds while serving (Python's default: 700, 10, 10). A young collection comes after every
+# 700 net new objects; at a provider's peak a thousand deliveries are in flight, each holding a task, futures and
+# dicts for its round trip, so they survive young collections, are promoted, die old, and the old generation's
+# full collections come every second. At the single-device peak (benchmarks/run.py) that was ~12% of pushsvc's
+# CPU; with these ~1%, and RSS 1-3 MB higher (docs/performance.md).
+GC_THRESHOLDS = (100_000, 50, 100)
 
 
 def swallowed_cancel() -> bool:
@@ -423,6 +429,7 @@ async def serve(settings: Settings) -> None:
             # out of the collector's reach, a full collection under load stalls the loop ~10 ms, not ~60 ms.
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             await stopping
         else:
             starting.cancel()
