@@ -248,15 +248,24 @@ class ChunkWorker:
         lane, pace = terms.lane, terms.pace
         # The batch lane's few devices get a span each; a fan-out's chunk is one span (fanout.py, dispatch/traces.py).
         send = traces.per_device(self._sender.deliver) if lane == LANE_BATCH else self._sender.deliver
-        tasks = [asyncio.ensure_future(send(d, due_at, may_send, lane=lane, pace=pace)) for _, d in deliveries]
-        complete = await self._wait_all(tasks, hold)
         results: list[FinalResult] = []
-        for (key, _), task in zip(deliveries, tasks, strict=True):
-            if task.done() and not task.cancelled() and task.exception() is None:
-                results.append(task.result())
+        if len(deliveries) == 1:
+            # The batch lane's usual chunk: its one delivery is sent in this task (see _send_one).
+            ((key, device),) = deliveries
+            result = await self._send_one(send(device, due_at, may_send, lane=lane, pace=pace), hold)
+            complete = result is not None
+            if result is not None:
+                results.append(result)
                 newly.append(key)
-            else:  # cut short, or refused to start (SendingStopped: the lease is no longer good)
-                complete = False
+        else:
+            tasks = [asyncio.ensure_future(send(d, due_at, may_send, lane=lane, pace=pace)) for _, d in deliveries]
+            complete = await self._wait_all(tasks, hold)
+            for (key, _), task in zip(deliveries, tasks, strict=True):
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    results.append(task.result())
+                    newly.append(key)
+                else:  # cut short, or refused to start (SendingStopped: the lease is no longer good)
+                    complete = False
         counts.update(await self._settle(request, results, misconfig_tripped))
         # A device counts as targeted once it has a final outcome: a stopped chunk counts the rest on resume.
         counts["targeted"] = len(newly)
@@ -264,12 +273,58 @@ class ChunkWorker:
             metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
         return ChunkOutcome(counts, finished + newly, complete)
 
+    async def _send_one(self, delivery: Awaitable[FinalResult], hold: Hold | None) -> FinalResult | None:
+        """One delivery, awaited in the caller's task; None if the hold cut it short or it refused to start.
+
+        The same stop as `_wait_all`'s, without a task for the delivery and a wait beside it: when the hold says
+        stop, the delivery is cancelled at once (a loss, the drain deadline), or when the in-flight grace of a
+        lapse ends or the drain deadline comes within it, unless its answer came first."""
+        if hold is None:
+            return await delivery
+        loop = asyncio.get_running_loop()
+        # Armed by the stop: a cancellation of the run itself still propagates, as asyncio.timeout tells them apart.
+        cut = asyncio.timeout(None)
+        armed, watching_abort = True, False
+
+        def on_abort(_: object) -> None:
+            if armed:
+                cut.reschedule(loop.time())
+
+        def on_stop(_: object) -> None:
+            nonlocal watching_abort
+            if not armed:
+                return
+            grace = hold.in_flight_grace(self._answer_seconds)
+            if grace > 0 and not hold.abort.is_set():
+                cut.reschedule(loop.time() + grace)
+                watching_abort = True
+                hold.abort.fired().add_done_callback(on_abort)
+            else:
+                cut.reschedule(loop.time())
+
+        stop = hold.stop.fired()
+        try:
+            async with cut:
+                stop.add_done_callback(on_stop)
+                try:
+                    return await delivery
+                finally:
+                    armed = False
+                    stop.remove_done_callback(on_stop)
+                    if watching_abort:
+                        hold.abort.fired().remove_done_callback(on_abort)
+        except TimeoutError:
+            if cut.expired():
+                return None
+            raise
+        except SendingStopped:
+            return None
+
     async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
         """Wait for every delivery, or until the hold says stop; True if none was cut short."""
         if not tasks:
             return hold is None or not hold.stop.is_set()
-        # The batch lane's chunk is one device: its task is the future to wait for, without a gather around it.
-        everything = tasks[0] if len(tasks) == 1 else asyncio.gather(*tasks, return_exceptions=True)
+        everything = asyncio.gather(*tasks, return_exceptions=True)
         try:
             if hold is None:
                 await asyncio.wait(tasks)

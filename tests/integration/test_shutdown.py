@@ -302,6 +302,42 @@ async def test_drain_deadline_hands_back_what_was_answered_and_a_new_instance_se
         await serve.kill()
 
 
+async def test_drain_deadline_hands_back_a_one_device_push_whose_answer_hangs(stack: Stack) -> None:
+    """The batch lane sends a one-device push in the notification's own task (dispatch/chunks.py _send_one): the
+    drain deadline must still cut it short and hand it back, and the next instance sends it once more."""
+    drain = 2.0
+    # The send's own timeout far past the hand-back's time: only the abort can end the hanging send in time.
+    dispatch = {"drain_timeout_seconds": drain, "lease_seconds": 60.0, "send_timeout_seconds": 30.0}
+    serve = await ServeProcess(stack, "one", dispatch).start()
+    try:
+        (token,) = ios_tokens("d4", 1)
+        await serve.register([token])
+        stack.apns.script(token, delay=60.0, times=1)
+        await stack.publish(alert("one-hangs", {"tokens": [token]}))
+        await stack.apns.wait_for_requests(1, timeout=15)
+
+        sent_at = serve.terminate()
+        assert await serve.wait_exit(drain + EXIT_MARGIN_SECONDS) == 0, serve.output()
+        assert time.monotonic() - sent_at >= drain - 0.1
+
+        doc = await stack.notification("one-hangs")
+        assert doc is not None
+        assert doc["state"] == "dispatching", doc
+        assert doc["claim"] is None and doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
+        names = [e["event"] for e in serve.check_logs([token])]
+        assert "drain_deadline" in names and "notification_handed_back" in names, names
+        assert "drain_timeout" not in names, "the run had to be cancelled: the abort did not stop the send"
+
+        resumed_at = time.monotonic()
+        await stack.start(dispatch={"lease_seconds": 60.0})
+        doc = await stack.wait_finished("one-hangs", timeout=20)
+        assert time.monotonic() - resumed_at < 15, "resumed at once, not after lease_seconds"
+        assert doc["state"] == "done" and doc["counts"]["delivered"] == 1, doc
+        assert sends(stack, [token])[token] == 2  # on the wire without an answer at the deadline: sent again
+    finally:
+        await serve.kill()
+
+
 async def test_an_idle_replica_stops_without_waiting_out_its_kafka_poll(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
