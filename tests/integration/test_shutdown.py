@@ -248,6 +248,19 @@ async def _all_committed(stack: Stack, published: int) -> bool:
     return sum((await committed(stack)).values()) >= published
 
 
+async def handed_back_at_the_deadline(serve: ServeProcess, stack: Stack, drain: float, request_id: str) -> dict:
+    """SIGTERM while a send hangs: the process exits once the drain deadline has passed, and the notification is
+    handed back (still dispatching, no claim, no lease) rather than left to its lease's expiry. Its document."""
+    sent_at = serve.terminate()
+    assert await serve.wait_exit(drain + EXIT_MARGIN_SECONDS) == 0, serve.output()
+    assert time.monotonic() - sent_at >= drain - 0.1
+    doc = await stack.notification(request_id)
+    assert doc is not None
+    assert doc["state"] == "dispatching", doc
+    assert doc["claim"] is None and doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
+    return doc
+
+
 async def test_drain_deadline_hands_back_what_was_answered_and_a_new_instance_sends_only_the_rest(
     stack: Stack,
 ) -> None:
@@ -269,14 +282,7 @@ async def test_drain_deadline_hands_back_what_was_answered_and_a_new_instance_se
         assert set(sends(stack, first).values()) == {1}
         assert set(sends(stack, cut).values()) == {1}
 
-        sent_at = serve.terminate()
-        assert await serve.wait_exit(drain + EXIT_MARGIN_SECONDS) == 0, serve.output()
-        assert time.monotonic() - sent_at >= drain - 0.1
-
-        doc = await stack.notification("cut-short")
-        assert doc is not None
-        assert doc["state"] == "dispatching", doc
-        assert doc["claim"] is None and doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
+        doc = await handed_back_at_the_deadline(serve, stack, drain, "cut-short")
         assert int(doc["cursor"]) == 10, "the cursor stays at the start of the chunk that was cut short"
         assert sorted(doc["chunk_done"]) == sorted(answered), "the answered devices of that chunk are saved"
         assert doc["counts"]["delivered"] == 15 and doc["counts"]["targeted"] == 15
@@ -316,14 +322,7 @@ async def test_drain_deadline_hands_back_a_one_device_push_whose_answer_hangs(st
         await stack.publish(alert("one-hangs", {"tokens": [token]}))
         await stack.apns.wait_for_requests(1, timeout=15)
 
-        sent_at = serve.terminate()
-        assert await serve.wait_exit(drain + EXIT_MARGIN_SECONDS) == 0, serve.output()
-        assert time.monotonic() - sent_at >= drain - 0.1
-
-        doc = await stack.notification("one-hangs")
-        assert doc is not None
-        assert doc["state"] == "dispatching", doc
-        assert doc["claim"] is None and doc["lease_owner"] is None and doc["lease_until"] == 0.0, doc
+        await handed_back_at_the_deadline(serve, stack, drain, "one-hangs")
         names = [e["event"] for e in serve.check_logs([token])]
         assert "drain_deadline" in names and "notification_handed_back" in names, names
         assert "drain_timeout" not in names, "the run had to be cancelled: the abort did not stop the send"
