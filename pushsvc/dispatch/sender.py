@@ -215,16 +215,25 @@ class DeliverySender:
                 # The hold is the wait (its Retry-After included): no backoff of its own on top.
                 delay = 0.0
             waits = held.remaining() if held is not None else delay
-            if delivery.expires_at is not None and self._clock() + waits >= delivery.expires_at:
+            if self._expires_within(delivery, waits):
                 # The provider would drop it on arrival anyway (TTL passed): stop here, with the reason.
-                log.info("delivery_expired", notification_id=delivery.notification_id,
-                         token=mask_token(delivery.device.token), provider=name, last_reason=reason)
-                return FinalResult(delivery, "failed", "expired", attempt)
+                return self._expired(delivery, name, reason, attempt)
             if live:
                 metrics.RETRIES.labels(app, name, reason).inc()
             if delay:
                 # An auth error needs no backoff: the next attempt waits for the end of the pause.
                 await self._sleep(delay)
+                if self._expires_within(delivery, 0.0):  # a busy loop woke the sleep late, past the expiry
+                    return self._expired(delivery, name, reason, attempt)
+
+    def _expires_within(self, delivery: Delivery, seconds: float) -> bool:
+        return delivery.expires_at is not None and self._clock() + seconds >= delivery.expires_at
+
+    @staticmethod
+    def _expired(delivery: Delivery, provider: str, last_reason: str, attempts: int) -> FinalResult:
+        log.info("delivery_expired", notification_id=delivery.notification_id,
+                 token=mask_token(delivery.device.token), provider=provider, last_reason=last_reason)
+        return FinalResult(delivery, "failed", "expired", attempts)
 
     async def _paced(
         self, slot: _ProviderSlot, delivery: Delivery, may_send: Callable[[], bool] | None, pace: Pace | None

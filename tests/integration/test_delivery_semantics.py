@@ -471,7 +471,9 @@ async def test_retries_stop_when_the_ttl_has_passed(stack: Stack) -> None:
     assert doc["counts"]["failed"] == 1
     attempts = len(stack.apns.requests_for(token))
     assert 1 <= attempts < 10
-    assert stack.apns.requests_for(token)[-1].time <= doc["due_at"] + 1.0
+    # No attempt starts past the expiry (checked again after each backoff); the peer notes a request when it has
+    # all of it, a few milliseconds after it started.
+    assert stack.apns.requests_for(token)[-1].time <= doc["due_at"] + 1.0 + 0.05
 
 
 # ------------------------------------------------------------------------------------------- lanes
