@@ -286,13 +286,15 @@ class ChunkWorker:
         cut = asyncio.timeout(None)
         armed, watching_abort = True, False
 
+        # Neither callback may act once the delivery is over or the cut is under way (a Timeout that has fired
+        # refuses a new deadline): the stop's, or the abort's during a lapse's grace, can come just then.
         def on_abort(_: object) -> None:
-            if armed:
+            if armed and not cut.expired():
                 cut.reschedule(loop.time())
 
         def on_stop(_: object) -> None:
             nonlocal watching_abort
-            if not armed:
+            if not armed or cut.expired():
                 return
             grace = hold.in_flight_grace(self._answer_seconds)
             if grace > 0 and not hold.abort.is_set():
