@@ -315,11 +315,13 @@ class ChunkWorker:
                     stop.remove_done_callback(on_stop)
                     if watching_abort:
                         hold.abort.fired().remove_done_callback(on_abort)
-        except TimeoutError:
-            if cut.expired():
-                return None
-            raise
         except SendingStopped:
+            return None
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) and cut.expired()):
+                # As in a chunk of many: a delivery that raised (a bug: the sender never does) is cut short, so the
+                # run hands it back rather than failing whole.
+                log.error("delivery_raised", notification_id=hold.notification_id, error=repr(exc)[:300])
             return None
 
     async def _wait_all(self, tasks: list[asyncio.Future[FinalResult]], hold: Hold | None) -> bool:
