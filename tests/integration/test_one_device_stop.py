@@ -24,8 +24,7 @@ from pushsvc.model import parse_request
 from pushsvc.providers.apns import ApnsProvider
 from pushsvc.scheduling.clock import ServerClock
 from pushsvc.scheduling.lease import Interruption, Lease
-from pushsvc.simulators.apns import ApnsPeer, ApnsSigningKey, apns_token_settings
-from pushsvc.simulators.tls import TestPki as Pki
+from pushsvc.simulators.apns import ApnsPeer
 from pushsvc.store.claims import ClaimStore
 from pushsvc.store.database import Database
 from pushsvc.store.devices import DeviceStore
@@ -46,16 +45,6 @@ async def unreachable() -> AsyncIterator[Database]:
     database = Database.connect(MongoSettings(uri=uri, database="nobody"))
     yield database
     await database.close()
-
-
-@pytest.fixture
-async def apns(
-    apns_fresh_peer: ApnsPeer, apns_pki: Pki, apns_signing_key: ApnsSigningKey
-) -> AsyncIterator[ApnsProvider]:
-    provider = ApnsProvider("demo", apns_token_settings(apns_fresh_peer, apns_pki, apns_signing_key), 30.0)
-    await provider.start()
-    yield provider
-    await provider.close()
 
 
 async def send_under_lapsing_lease(
@@ -88,10 +77,10 @@ async def send_under_lapsing_lease(
 
 
 async def test_an_answer_on_the_wire_when_the_lease_lapses_is_awaited_and_counted(
-    unreachable: Database, apns: ApnsProvider, apns_fresh_peer: ApnsPeer
+    unreachable: Database, apns_demo_provider: ApnsProvider, apns_fresh_peer: ApnsPeer
 ) -> None:
     apns_fresh_peer.script(TOKEN, delay=3.0)  # answered ~2 s after the lapse, within the 5 s grace
-    outcome, lease = await send_under_lapsing_lease(unreachable, apns, answer_seconds=5.0)
+    outcome, lease = await send_under_lapsing_lease(unreachable, apns_demo_provider, answer_seconds=5.0)
     assert lease.interruption(NOTIFICATION) is Interruption.LAPSED
     assert outcome.complete and outcome.counts["delivered"] == 1, outcome
     assert outcome.done == [TOKEN]
@@ -99,11 +88,11 @@ async def test_an_answer_on_the_wire_when_the_lease_lapses_is_awaited_and_counte
 
 
 async def test_an_answer_later_than_the_grace_is_cut_short_and_its_stream_reset(
-    unreachable: Database, apns: ApnsProvider, apns_fresh_peer: ApnsPeer
+    unreachable: Database, apns_demo_provider: ApnsProvider, apns_fresh_peer: ApnsPeer
 ) -> None:
     apns_fresh_peer.script(TOKEN, delay=20.0)
     started = time.monotonic()
-    outcome, lease = await send_under_lapsing_lease(unreachable, apns, answer_seconds=1.0)
+    outcome, lease = await send_under_lapsing_lease(unreachable, apns_demo_provider, answer_seconds=1.0)
     assert lease.interruption(NOTIFICATION) is Interruption.LAPSED
     assert not outcome.complete and outcome.counts["delivered"] == 0 and outcome.done == [], outcome
     assert time.monotonic() - started < 8.0  # the lapse (~1.1 s) plus the grace (1 s), not the answer's 20 s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,8 +12,7 @@ from pushsvc.dispatch.sender import DeliverySender
 from pushsvc.model import Message, Options, Recipient
 from pushsvc.providers.apns import ApnsProvider
 from pushsvc.providers.base import Delivery
-from pushsvc.simulators.apns import ApnsPeer, ApnsSigningKey, apns_token_settings
-from pushsvc.simulators.tls import TestPki as Pki
+from pushsvc.simulators.apns import ApnsPeer
 
 pytest_plugins = ("tests.peers.fixtures_apns",)
 pytestmark = pytest.mark.integration
@@ -22,18 +20,8 @@ pytestmark = pytest.mark.integration
 TOKEN = "e7" * 32
 
 
-@pytest.fixture
-async def apns(
-    apns_fresh_peer: ApnsPeer, apns_pki: Pki, apns_signing_key: ApnsSigningKey
-) -> AsyncIterator[ApnsProvider]:
-    provider = ApnsProvider("demo", apns_token_settings(apns_fresh_peer, apns_pki, apns_signing_key), 5.0)
-    await provider.start()
-    yield provider
-    await provider.close()
-
-
 async def test_a_backoff_that_wakes_past_the_expiry_ends_the_delivery_expired(
-    apns: ApnsProvider, apns_fresh_peer: ApnsPeer
+    apns_demo_provider: ApnsProvider, apns_fresh_peer: ApnsPeer
 ) -> None:
     apns_fresh_peer.script(TOKEN, status=503, reason="ServiceUnavailable")
 
@@ -41,7 +29,7 @@ async def test_a_backoff_that_wakes_past_the_expiry_ends_the_delivery_expired(
         await asyncio.sleep(seconds + 1.0)
 
     settings = DispatchSettings(max_attempts=10, backoff_base_seconds=0.1, backoff_max_seconds=0.1)
-    sender = DeliverySender({("demo", "apns"): apns}, settings, sleep=wakes_late)
+    sender = DeliverySender({("demo", "apns"): apns_demo_provider}, settings, sleep=wakes_late)
     device = Recipient(app="demo", token=TOKEN, platform="ios", kind="apns")
     # Expires 0.5 s from now: the first backoff (at most 0.1 s) is planned well within it, and wakes after it.
     delivery = Delivery("demo:short", device, Message(title="t", body="b"), Options(ttl_seconds=1),

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pushsvc.providers.apns import ApnsProvider
 from pushsvc.simulators.apns import (
     ApnsClientCert,
     ApnsPeer,
     ApnsSigningKey,
+    apns_token_settings,
     make_client_cert,
     make_signing_key,
 )
@@ -48,3 +50,14 @@ async def apns_fresh_peer(apns_pki: TestPki, apns_signing_key: ApnsSigningKey) -
     )
     async with peer:
         yield peer
+
+
+@pytest.fixture
+async def apns_demo_provider(
+    apns_fresh_peer: ApnsPeer, apns_pki: TestPki, apns_signing_key: ApnsSigningKey
+) -> AsyncIterator[ApnsProvider]:
+    """App "demo"'s token-auth APNs provider aimed at apns_fresh_peer (a 30 s send timeout), started."""
+    provider = ApnsProvider("demo", apns_token_settings(apns_fresh_peer, apns_pki, apns_signing_key), 30.0)
+    await provider.start()
+    yield provider
+    await provider.close()
