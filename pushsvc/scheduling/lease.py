@@ -82,8 +82,8 @@ class Signal:
     """A flag set once, that work can wait for beside other futures as a plain future.
 
     asyncio.Event's wait is a coroutine, so waiting for one beside other work (asyncio.wait) costs a task per
-    wait; the batch lane waits beside every notification it sends (dispatch/chunks.py `_first`), and that task
-    was ~3% of a one-device push's CPU."""
+    wait; a chunk of many devices waits beside its sends (dispatch/chunks.py `_first`), and a one-device chunk
+    arms its cut from the stop's future (`_send_one`): that task was ~3% of a one-device push's CPU."""
 
     __slots__ = ("_fired", "_set")
 
