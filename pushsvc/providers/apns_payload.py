@@ -10,10 +10,11 @@ Activities).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from pushsvc.model import LiveActivity, Message, Options
 from pushsvc.providers.base import Delivery
@@ -78,8 +79,12 @@ def build_payload(delivery: Delivery, now: int | None = None) -> bytes:
     aps = builder(delivery, int(time.time()) if now is None else now)
     body: dict[str, Any] = {"aps": aps}
     body.update((key, value) for key, value in delivery.message.data.items() if key != "aps")  # never overwrite aps
-    # Compact separators: every byte counts against the 4096-byte limit.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    # orjson, as for the other providers: compact UTF-8 (every byte counts against the 4096-byte limit), and ~20x
+    # faster than json.dumps, which was ~2.5 us of intake's size check and again of the send. What it refuses
+    # (integers beyond 64 bits: TypeError) or would write as null (NaN, infinities) the contract refuses at
+    # intake (model/message.py, model/live_activity.py), so a valid request's body is what json gave, numbers
+    # aside (1e-07 is written 1e-7).
+    return orjson.dumps(body)
 
 
 # ------------------------------------------------------------------------------------------ per push type
