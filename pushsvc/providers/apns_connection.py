@@ -215,6 +215,7 @@ class ApnsConnection(APNsTLSClientProtocol):
         self.close()
 
     def _finish(self, stream_id: int) -> None:
+        self.conn.forget_closed(stream_id)
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -226,6 +227,7 @@ class ApnsConnection(APNsTLSClientProtocol):
             self.close()
 
     def _fail(self, stream_id: int, exc: Exception) -> None:
+        self.conn.forget_closed(stream_id)
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -243,6 +245,7 @@ class ApnsConnection(APNsTLSClientProtocol):
         with contextlib.suppress(H2Error):
             self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
             self.flush()
+        self.conn.forget_closed(stream_id)
         if self.retired and not self._streams:
             self.close()
 

@@ -142,6 +142,7 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(H2Error):
                     conn.reset_stream(stream_id, ErrorCodes.CANCEL)
                     self._flush()
+                conn.forget_closed(stream_id)
             self._pool._stream_freed()
 
     def _flush(self) -> None:
@@ -182,10 +183,12 @@ class _Connection(asyncio.Protocol):
                         else:
                             stream.headers[name] = value
             elif isinstance(event, StreamEnded):
+                self.conn.forget_closed(event.stream_id)
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None and not stream.future.done():
                     stream.future.set_result(HttpReply(stream.status, stream.headers, bytes(stream.body)))
             elif isinstance(event, StreamReset):
+                self.conn.forget_closed(event.stream_id)
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None and not stream.future.done():
                     stream.future.set_exception(
