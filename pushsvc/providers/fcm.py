@@ -4,8 +4,8 @@ What comes from firebase-admin (7.7)
     * the service-account credential (``credentials.Certificate``) in a named firebase app per pushsvc app,
       which yields the project id and the google-auth credential that mints OAuth2 access tokens from the
       service account's ``token_uri``;
-    * the message model and its v1 JSON encoding (``messaging.Message`` / ``AndroidConfig`` /
-      ``APNSConfig`` / ``WebpushConfig`` / ``Notification`` -> ``_MessagingService.encode_message``);
+    * the message model and its v1 JSON encoding (``messaging.Message`` / ``AndroidConfig`` / ``Notification``,
+      and ``APNSConfig`` / ``WebpushConfig`` for a device on those platforms -> ``_MessagingService.encode_message``);
     * the endpoint (``_MessagingService.FCM_URL``, read once at construction) and the mapping of FCM
       error answers to firebase-admin exceptions (``_utils.handle_platform_error_from_httpx`` with
       ``_MessagingService._build_fcm_error_httpx``), which ``classify_error`` turns into an Outcome.
@@ -137,7 +137,7 @@ class FcmProvider(Provider):
             # No timer of its own: send() bounds the whole attempt (token and post) with send_timeout.
             transport = H2Transport(ssl_context(settings.ca_file), settings.max_connections, None)
         self._transport: FcmTransport = transport
-        self._encoded: dict[tuple[str, str | None, str | None, int | None], tuple[Any, Any, dict[str, Any]]] = {}
+        self._encoded: dict[tuple[str, str | None, str | None, str, int | None], tuple[Any, Any, dict[str, Any]]] = {}
         self._static_headers = {
             "content-type": "application/json; charset=UTF-8",
             "x-goog-api-format-version": "2",
@@ -165,16 +165,17 @@ class FcmProvider(Provider):
     def _encode(self, delivery: Delivery) -> bytes:
         """encode_body(build_message(delivery)), with firebase-admin's encoding done once per message variant.
 
-        Within one notification only the token changes between devices of one locale (and the TTL, counted
-        in whole seconds), so the encoded v1 message is cached by (notification, variant, locale, ttl) and only its
-        "token" is replaced: firebase-admin's Message building and validation was about a third of a send's CPU.
+        Within one notification only the token changes between devices of one locale and platform (and the TTL,
+        counted in whole seconds), so the encoded v1 message is cached by (notification, variant, locale, platform,
+        ttl) and only its "token" is replaced: firebase-admin's Message building and validation was about a third
+        of a send's CPU.
         """
         token = delivery.device.token
         if not isinstance(token, str) or not token:
             return encode_body(build_message(delivery))  # raises firebase-admin's ValueError
         now = self._clock()
         ttl = None if delivery.expires_at is None else max(0, int(delivery.expires_at - now))
-        key = (delivery.notification_id, delivery.variant, delivery.device.locale, ttl)
+        key = (delivery.notification_id, delivery.variant, delivery.device.locale, delivery.device.platform, ttl)
         cached = self._encoded.get(key)
         if cached is None or cached[0] is not delivery.message or cached[1] is not delivery.options:
             encoded = messaging._MessagingService.encode_message(build_message(delivery, now))

@@ -70,10 +70,11 @@ def alert(
     message: Message | None = None,
     options: Options | None = None,
     expires_at: float | None = None,
+    platform: str = "android",
 ) -> Delivery:
     return Delivery(
         notification_id="n-1",
-        device=Recipient(app="demo", token=token, platform="android", locale=locale),
+        device=Recipient(app="demo", token=token, platform=platform, locale=locale),
         message=message or Message(title="Hi", body="there"),
         options=options or Options(),
         expires_at=expires_at,
@@ -123,25 +124,8 @@ async def test_alert_message_json_is_exact(provider: FcmProvider, peer: FcmPeer)
             "token": "tok-pt-1",
             "notification": {"title": "Olá", "body": "Corpo"},
             "data": {"order": "42", "vip": "true", "ratio": "1.5", "gift": "false", "note": "x"},
+            # An Android device reads no other platform's block: none is sent (see the next test).
             "android": {"priority": "high", "ttl": "3600s", "collapse_key": "orders-7"},
-            "apns": {
-                "headers": {
-                    "apns-priority": "10",
-                    "apns-push-type": "alert",
-                    "apns-expiration": str(int(expires_at)),
-                    "apns-collapse-id": "orders-7",
-                },
-                "payload": {
-                    "aps": {
-                        "badge": 3,
-                        "sound": "default",
-                        "category": "ORDER",
-                        "thread-id": "orders",
-                        "mutable-content": 1,
-                    }
-                },
-            },
-            "webpush": {"headers": {"Urgency": "high", "TTL": "3600"}},
         }
     }
 
@@ -158,6 +142,41 @@ async def test_alert_message_json_is_exact(provider: FcmProvider, peer: FcmPeer)
     }
 
 
+@pytest.mark.parametrize("platform", ["ios", "web"])
+async def test_a_device_on_another_platform_gets_that_platforms_block(
+    provider: FcmProvider, peer: FcmPeer, platform: str
+) -> None:
+    # fcm tokens are Android's today (token_kinds.py); should an iOS app or a browser hold one, FCM relays the
+    # push with that platform's block, as our own APNs and Web Push adapters would send it.
+    message = Message(
+        title="Hello", badge=3, sound="default", category="ORDER", thread_id="orders", mutable_content=True
+    )
+    options = Options(priority="high", collapse_key="orders-7", push_type="alert")
+    expires_at = time.time() + 3600.5
+    result = await provider.send(alert(f"tok-{platform}-1", message=message, options=options, expires_at=expires_at,
+                                       platform=platform))
+
+    assert result.outcome is Outcome.DELIVERED, result
+    blocks = {name: block for name, block in peer.requests[0].message.items() if name in ("apns", "webpush")}
+    if platform == "ios":
+        assert blocks == {
+            "apns": {
+                "headers": {
+                    "apns-priority": "10",
+                    "apns-push-type": "alert",
+                    "apns-expiration": str(int(expires_at)),
+                    "apns-collapse-id": "orders-7",
+                },
+                "payload": {
+                    "aps": {"badge": 3, "sound": "default", "category": "ORDER", "thread-id": "orders",
+                            "mutable-content": 1}
+                },
+            }
+        }
+    else:
+        assert blocks == {"webpush": {"headers": {"Urgency": "high", "TTL": "3600"}}}
+
+
 async def test_background_push_is_data_only(provider: FcmProvider, peer: FcmPeer) -> None:
     delivery = alert(
         "tok-bg-1",
@@ -172,11 +191,6 @@ async def test_background_push_is_data_only(provider: FcmProvider, peer: FcmPeer
             "token": "tok-bg-1",
             "data": {"sync": "true", "since": "17"},
             "android": {"priority": "normal"},
-            "apns": {
-                "headers": {"apns-priority": "5", "apns-push-type": "background"},
-                "payload": {"aps": {"content-available": 1}},
-            },
-            "webpush": {"headers": {"Urgency": "normal"}},
         }
     }
 
@@ -187,8 +201,12 @@ async def test_expired_delivery_is_sent_with_zero_ttl(provider: FcmProvider, pee
     assert result.outcome is Outcome.DELIVERED, result
     message = peer.requests[0].message
     assert message["android"]["ttl"] == "0s"
-    assert message["apns"]["headers"]["apns-expiration"] == "0"
-    assert message["webpush"]["headers"]["TTL"] == "0"
+    ios = await provider.send(alert("tok-ttl0-ios", expires_at=time.time() - 5, platform="ios"))
+    assert ios.outcome is Outcome.DELIVERED, ios
+    assert peer.requests_for("tok-ttl0-ios")[0].message["apns"]["headers"]["apns-expiration"] == "0"
+    web = await provider.send(alert("tok-ttl0-web", expires_at=time.time() - 5, platform="web"))
+    assert web.outcome is Outcome.DELIVERED, web
+    assert peer.requests_for("tok-ttl0-web")[0].message["webpush"]["headers"]["TTL"] == "0"
 
 
 # ---------------------------------------------------------------------------------------------- OAuth
