@@ -3,7 +3,7 @@
 APNs refuses a body over 4096 bytes (5120 for VoIP) with 413 PayloadTooLarge, FCM a message over 4096
 counted bytes with a 400, Huawei Push Kit a message over 4096 bytes (its token left out) with 80300008, a push
 service an encrypted Web Push record over 4096 bytes with 413: either way each targeted device would fail, one
-provider round trip each. The sizes come from the adapters' own code (apns.build_payload,
+provider round trip each. The sizes come from the adapters' own code (apns_payload.build_body,
 fcm.counted_payload_bytes, hms.build_message, webpush.payload_json), so intake and adapters cannot disagree.
 This lives in ingest, not in pushsvc/model: the contract model does not depend on provider modules.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from pushsvc.model import Message, PushRequest, Recipient, RequestError
-from pushsvc.providers import apns, fcm
+from pushsvc.providers import apns, apns_payload, fcm
 from pushsvc.providers import hms_message as hms
 from pushsvc.providers import webpush_payload as webpush
 from pushsvc.providers.base import Delivery
@@ -44,9 +44,8 @@ def _device(request: PushRequest, platform: str, locale: str | None) -> Recipien
 
 
 def _apns_size(request: PushRequest, message: Message, locale: str | None) -> int:
-    delivery = Delivery(request.id, _device(request, "ios", locale), message, request.options)
     # Any 10-digit time: a Live Activity's timestamp is stamped at acceptance, always 10 digits until 2286.
-    return len(apns.build_payload(delivery, now=1_000_000_000))
+    return len(apns_payload.build_body(message, request.options, locale, now=1_000_000_000))
 
 
 def _fcm_size(request: PushRequest, message: Message, locale: str | None) -> int:

@@ -73,12 +73,18 @@ def build_payload(delivery: Delivery, now: int | None = None) -> bytes:
 
     `now` (epoch seconds) is the send time a Live Activity push without a timestamp carries; None: the clock's.
     """
-    builder = _APS.get(delivery.options.push_type)
+    return build_body(delivery.message, delivery.options, delivery.device.locale, now)
+
+
+def build_body(message: Message, options: Options, locale: str | None, now: int | None = None) -> bytes:
+    """build_payload's body for a device of `locale`: all the body depends on (intake measures it with this,
+    without a delivery to build)."""
+    builder = _APS.get(options.push_type)
     if builder is None:  # the contract knows no other push type; a ValueError is what callers classify
-        raise ValueError(f"no APNs payload for push type {delivery.options.push_type!r}")
-    aps = builder(delivery, int(time.time()) if now is None else now)
+        raise ValueError(f"no APNs payload for push type {options.push_type!r}")
+    aps = builder(message, locale, int(time.time()) if now is None else now)
     body: dict[str, Any] = {"aps": aps}
-    body.update((key, value) for key, value in delivery.message.data.items() if key != "aps")  # never overwrite aps
+    body.update((key, value) for key, value in message.data.items() if key != "aps")  # never overwrite aps
     # orjson, as for the other providers: compact UTF-8 (every byte counts against the 4096-byte limit), and ~20x
     # faster than json.dumps, which was ~2.5 us of intake's size check and again of the send. What it refuses
     # (integers beyond 64 bits: TypeError) or would write as null (NaN, infinities) the contract refuses at
@@ -90,10 +96,9 @@ def build_payload(delivery: Delivery, now: int | None = None) -> bytes:
 # ------------------------------------------------------------------------------------------ per push type
 
 
-def _alert_aps(delivery: Delivery, now: int) -> dict[str, Any]:
-    message = delivery.message
+def _alert_aps(message: Message, locale: str | None, now: int) -> dict[str, Any]:
     aps: dict[str, Any] = {}
-    alert = _alert_text(message, delivery.device.locale)
+    alert = _alert_text(message, locale)
     if alert:
         aps["alert"] = alert
     if message.badge is not None:
@@ -109,20 +114,19 @@ def _alert_aps(delivery: Delivery, now: int) -> dict[str, Any]:
     return aps
 
 
-def _background_aps(delivery: Delivery, now: int) -> dict[str, Any]:
+def _background_aps(message: Message, locale: str | None, now: int) -> dict[str, Any]:
     # A background push must not alert, badge or play a sound, or Apple treats it as an alert.
     return {"content-available": 1}
 
 
-def _voip_aps(delivery: Delivery, now: int) -> dict[str, Any]:
+def _voip_aps(message: Message, locale: str | None, now: int) -> dict[str, Any]:
     # PushKit hands the whole payload to the app (which reports the call to CallKit): data only.
     return {}
 
 
-def _live_activity_aps(delivery: Delivery, now: int) -> dict[str, Any]:
+def _live_activity_aps(message: Message, locale: str | None, now: int) -> dict[str, Any]:
     """An ActivityKit push. Apple's keys: event and timestamp always; content-state (the ContentState as JSON) for
     start and update, and for an end that shows a final state; attributes-type and attributes to start one."""
-    message = delivery.message
     activity = message.live_activity
     if activity is None:  # the contract requires it with this push type (model.live_activity.parse_live_activity)
         raise ValueError("a liveactivity push without message.live_activity")
@@ -141,7 +145,7 @@ def _live_activity_aps(delivery: Delivery, now: int) -> dict[str, Any]:
         # Ask the system for the new activity's own push token (the app registers it as an apns_liveactivity
         # token): without one, an activity started by push could never be updated or ended by push.
         aps["input-push-token"] = 1
-    alert = _alert_text(message, delivery.device.locale)
+    alert = _alert_text(message, locale)
     if alert:
         # A Live Activity alert (ActivityKit's AlertConfiguration: title, body, sound) carries its sound inside
         # "alert", not beside it as a regular notification does.
@@ -166,7 +170,7 @@ def _alert_text(message: Message, locale: str | None) -> dict[str, Any]:
     return {key: value for key, value in (("title", text.title), ("body", text.body)) if value is not None}
 
 
-_APS: dict[str, Callable[[Delivery, int], dict[str, Any]]] = {
+_APS: dict[str, Callable[[Message, str | None, int], dict[str, Any]]] = {
     "alert": _alert_aps,
     "background": _background_aps,
     "voip": _voip_aps,
