@@ -208,11 +208,13 @@ class FcmProvider(Provider):
             return SendResult(Outcome.REJECTED, reason="invalid_message")
         if validate_only:
             body = b'{"validate_only":true,' + body[1:]
-        device = mask_token(delivery.device.token)
+        token = delivery.device.token
         return await bounded_attempt(
             self._attempt(body),
             self._send_timeout,
-            lambda exc: log.error("fcm_send_failed", app=self.app_id, device=device, error=_short(exc), exc_info=True),
+            lambda exc: log.error(
+                "fcm_send_failed", app=self.app_id, device=mask_token(token), error=_short(exc), exc_info=True
+            ),
         )
 
     async def _attempt(self, body: bytes) -> SendResult:
