@@ -32,6 +32,7 @@ from pushsvc.outcomes import Announcer, OutcomeEvent
 from pushsvc.scheduling.due import ttl_lapsed
 from pushsvc.scheduling.lanes import lane_for
 from pushsvc.scheduling.lease import Interruption, Lease, LeaseLost, log_lease_event
+from pushsvc.store.counts import added_counts
 from pushsvc.store.leases import BatchRunEnd, HandBack, LeaseStore
 from pushsvc.store.notifications import LANE_BATCH
 from pushsvc.store.records import NotificationRecord
@@ -173,7 +174,9 @@ class BatchRunner:
             return
         token = lease.token
         # Counts saved by earlier runs (a run stopped mid-chunk hands back what it had answered) and this one's.
-        ends = [BatchRunEnd(item.id, NotificationState.DONE, Counter(item.counts) + counts) for item, counts in ready]
+        ends = [
+            BatchRunEnd(item.id, NotificationState.DONE, added_counts(item.counts, counts)) for item, counts in ready
+        ]
         ids = [end.notification_id for end in ends]
         now = self._clock()
         finishing = traces.finish_spans([item for item, _ in ready], str(NotificationState.DONE))

@@ -71,16 +71,30 @@ def split_counts(counts: Mapping[str, Any]) -> SplitCounts:
     by_platform: dict[str, dict[str, int]] = {}
     by_variant: dict[str, dict[str, int]] = {}
     for key, value in counts.items():
-        outcome, separator, platform = key.partition(PLATFORM_SEPARATOR)
-        if separator:
+        # Most keys are plain counters: tested for a separator before being cut (every outcome event splits them).
+        if PLATFORM_SEPARATOR in key:
+            outcome, _, platform = key.partition(PLATFORM_SEPARATOR)
             by_platform.setdefault(platform, {})[outcome] = int(value)
-            continue
-        outcome, separator, variant = key.partition(VARIANT_SEPARATOR)
-        if separator:
+        elif VARIANT_SEPARATOR in key:
+            outcome, _, variant = key.partition(VARIANT_SEPARATOR)
             by_variant.setdefault(variant, {})[outcome] = int(value)
         else:
             plain[key] = int(value)
     return SplitCounts(plain, by_platform, by_variant)
+
+
+def added_counts(saved: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """`full_counts(Counter(saved) + Counter(more))`, what a run's counts on top of those earlier runs saved come
+    to, without two Counters per notification: every COUNT_KEYS counter (0 where the sum is not positive), and the
+    per-platform and per-variant counters whose sum is."""
+    total = {key: max(0, int(saved.get(key, 0)) + int(more.get(key, 0))) for key in COUNT_KEYS}
+    split: dict[str, int] = {}
+    for counts in (saved, more):
+        for key, value in counts.items():
+            if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key:
+                split[key] = split.get(key, 0) + int(value)
+    total.update((key, value) for key, value in split.items() if value > 0)
+    return total
 
 
 def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
