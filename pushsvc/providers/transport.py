@@ -19,6 +19,9 @@ from h2.connection import H2Connection
 # frames concern the last few round trips' streams: at most the server's concurrent-stream limit (APNs:
 # 1,000; our FCM connections open 128) per round trip, so a few thousand is ample.
 CLOSED_STREAMS_KEPT = 4096
+# The most streams a connection holds before h2's walk counts them exactly (and forgets the closed ones), when
+# the server allows more or set no limit (h2 then assumes 2**32 + 1): APNs allows 1,000.
+WALK_AT_STREAMS = 1024
 
 
 class BoundedH2Connection(H2Connection):
@@ -44,14 +47,15 @@ class BoundedH2Connection(H2Connection):
 
     @property
     def open_outbound_streams(self) -> int:
-        """The streams open toward the server; below the server's limit, an upper bound: the streams held.
+        """NOT an exact count below the server's limit: there, the streams held (an upper bound of the open ones).
 
-        h2 reads it only to check that one more stream stays within the limit, and a count under the limit that
-        is at least the open streams gives that check the same answer. A stream closed but not yet forgotten
-        (one a transport did not report) is forgotten by h2's own walk, made once the bound reaches the limit.
+        h2 reads it only to check that one more stream stays within the limit, and a number under the limit that
+        is at least the open streams gives that check the same answer; nothing else may read it as a count. A
+        stream closed but not forgotten (one a transport did not report) is forgotten by h2's own walk, made once
+        the streams held reach the limit, or WALK_AT_STREAMS when the server allows more or set none.
         """
         held = len(self.streams)  # never fewer than the open outbound streams: it holds them and maybe more
-        if held < self.remote_settings.max_concurrent_streams:
+        if held < min(self.remote_settings.max_concurrent_streams, WALK_AT_STREAMS):
             return held
         return super().open_outbound_streams
 

@@ -13,7 +13,7 @@ from h2.settings import SettingCodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushsvc.providers.transport import BoundedH2Connection
+from pushsvc.providers.transport import WALK_AT_STREAMS, BoundedH2Connection
 
 LIMIT = 3
 HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "x"), (":path", "/p")]
@@ -22,11 +22,14 @@ HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "x"), (":pa
 class Pair:
     """A client connection and a server that allows LIMIT concurrent streams, bytes passed by hand."""
 
-    def __init__(self, client: H2Connection) -> None:
+    def __init__(self, client: H2Connection, limit: int | None = LIMIT) -> None:
         self.client = client
         self.server = H2Connection(H2Configuration(client_side=False))
+        if limit is None:  # the server sends no limit (h2's server sends 100 unless told not to): 2**32 + 1 then
+            del self.server.local_settings[SettingCodes.MAX_CONCURRENT_STREAMS]
         self.server.initiate_connection()
-        self.server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: LIMIT})
+        if limit is not None:
+            self.server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
         client.initiate_connection()
         self.pump()
         self.pump()  # the SETTINGS acknowledgements
@@ -136,3 +139,12 @@ def test_reported_ends_leave_nothing_held_and_a_full_connection_counts_exactly()
     assert len(pair.client.streams) == LIMIT
     assert pair.client.open_outbound_streams == 0
     assert pair.client.streams == {}
+
+
+def test_without_a_server_limit_unreported_ends_are_walked_at_a_bound() -> None:
+    pair = Pair(BoundedH2Connection(H2Configuration(client_side=True)), limit=None)
+    for _ in range(WALK_AT_STREAMS + 50):
+        assert pair.open(body=False)
+        pair.answer(0, reset=False)  # never reported: only h2's walk forgets it
+    assert pair.client.remote_settings.max_concurrent_streams > 2**32
+    assert len(pair.client.streams) <= WALK_AT_STREAMS
