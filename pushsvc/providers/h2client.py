@@ -119,14 +119,13 @@ class _Connection(asyncio.Protocol):
             raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
         stream = _Stream(self._loop.create_future())
         self.streams[stream_id] = stream
+        view = memoryview(body)  # what is still to be sent
         try:
-            view = memoryview(body)
             while view:
                 window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
                 if window <= 0:
                     self._flush()
-                    self._window_open.clear()
-                    await self._window_open.wait()
+                    await self._window_or_answer(stream.future)
                     if stream.future.done():
                         break
                     continue
@@ -137,13 +136,24 @@ class _Connection(asyncio.Protocol):
         except H2Error as exc:
             raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
         finally:
-            if self.streams.pop(stream_id, None) is not None:
-                # Abandoned (timeout, cancellation) or failed while sending: free the server's stream slot.
+            # Abandoned (timeout, cancellation) or failed while sending: free the server's stream slot. Answered
+            # before all of the body went (a server may answer early: RFC 9113 section 8.1): our side is still
+            # open and would hold the slot for good, so it is ended the same way.
+            if self.streams.pop(stream_id, None) is not None or view:
                 with contextlib.suppress(H2Error):
                     conn.reset_stream(stream_id, ErrorCodes.CANCEL)
                     self._flush()
                 conn.forget_closed(stream_id)
             self._pool._stream_freed()
+
+    async def _window_or_answer(self, answered: asyncio.Future[HttpReply]) -> None:
+        """Wait until a flow-control window may have opened or the request is answered (or failed)."""
+        self._window_open.clear()
+        waiter = asyncio.ensure_future(self._window_open.wait())
+        try:
+            await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     def _flush(self) -> None:
         if not self._flush_scheduled:

@@ -32,6 +32,7 @@ from pushsvc.simulators.apns import (
     make_signing_key,
 )
 from pushsvc.simulators.tls import TestPki as Pki  # aliased: pytest would try to collect Test*
+from tests.peers.h2_scripted import ScriptedH2Server
 
 # The apns_pki, apns_signing_key, apns_client_cert and peer fixtures.
 pytest_plugins = ("tests.peers.fixtures_apns",)
@@ -576,3 +577,29 @@ async def test_standalone_simulator_logs_masked_notifications(
         "10",
         200,
     )
+
+
+async def test_an_answer_before_the_body_ends_the_stream_and_frees_its_slot(
+    make_provider: MakeProvider, apns_pki: Pki
+) -> None:
+    # A server that answers at the headers and opens no window for the body (16 bytes; 4 streams at most): each
+    # send must take the answer and end its side of the stream, or after 4 of them no stream is left.
+    server = ScriptedH2Server(window=16, max_streams=4)
+    server.mode = "early"
+    await server.start(apns_pki.server_context(["h2"]))
+    try:
+        provider = make_provider(endpoint=f"https://localhost:{server.port}", max_connections=1)
+        for n in range(3 * server.max_streams):
+            result = await provider.send(delivery(f"early-{n}"))
+            assert result.outcome is Outcome.DELIVERED, result
+        (connection,) = provider._protocol_class.live
+        assert connection.conn.streams == {}  # nothing held open
+        assert server.answered_early >= 3 * server.max_streams - 1  # (the first body may beat the SETTINGS)
+        for _ in range(100):  # the last reset may still be on its way
+            if server.resets == server.answered_early:
+                break
+            await asyncio.sleep(0.02)
+        assert server.resets == server.answered_early
+    finally:
+        await server.stop()
+    assert server.connections == 1

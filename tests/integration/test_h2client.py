@@ -9,79 +9,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived, StreamEnded
-from h2.settings import SettingCodes
 
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import CLOSED_STREAMS_KEPT, TransportFailure
 from pushsvc.simulators import tls
+from tests.peers.h2_scripted import ScriptedH2Server as Server
 
 pytestmark = pytest.mark.integration
-
-
-class Server:
-    """Answers 200 with the request body length; ``mode`` scripts misbehaviour."""
-
-    def __init__(self, window: int = 65_535, max_streams: int = 100) -> None:
-        self.window = window
-        self.max_streams = max_streams
-        self.mode = "ok"  # ok | goaway | reset | hold
-        self.connections = 0
-        self.max_open_seen = 0
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self, context: ssl.SSLContext) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        conn = H2Connection(H2Configuration(client_side=False))
-        conn.initiate_connection()
-        conn.update_settings(
-            {SettingCodes.INITIAL_WINDOW_SIZE: self.window, SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
-        )
-        writer.write(conn.data_to_send())
-        bodies: dict[int, int] = {}
-        try:
-            while data := await reader.read(65_536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, RequestReceived):
-                        bodies[event.stream_id] = 0
-                        self.max_open_seen = max(self.max_open_seen, len(bodies))
-                    elif isinstance(event, DataReceived):
-                        bodies[event.stream_id] = bodies.get(event.stream_id, 0) + len(event.data)
-                        # Open the windows only by what was consumed: the client must wait for them.
-                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    elif isinstance(event, StreamEnded):
-                        if self.mode == "goaway":
-                            conn.close_connection(ErrorCodes.NO_ERROR, last_stream_id=0)
-                            writer.write(conn.data_to_send())
-                            await writer.drain()
-                            writer.close()
-                            return
-                        if self.mode == "reset":
-                            conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
-                        elif self.mode == "ok":
-                            size = bodies.pop(event.stream_id)
-                            body = f'{{"received":{size}}}'.encode()
-                            conn.send_headers(event.stream_id, [(":status", "200"), ("x-size", str(size))])
-                            conn.send_data(event.stream_id, body, end_stream=True)
-                        if self.mode != "hold":
-                            bodies.pop(event.stream_id, None)
-                writer.write(conn.data_to_send())
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +122,30 @@ async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_stre
         (connection,) = pool._connections
         assert connection.conn.highest_outbound_stream_id >= 2 * sent - 1  # all on this one connection
         assert len(connection.conn._closed_streams) <= CLOSED_STREAMS_KEPT
+    finally:
+        await transport.aclose()
+    assert server.connections == 1
+
+
+async def test_an_answer_before_the_body_ends_the_stream_and_frees_its_slot(server: Server, pki: tls.TestPki) -> None:
+    # The server answers at the headers and never opens a window for the body (4 streams at most, 16 KiB
+    # windows): each request must see its answer instead of waiting for a window, and end its side of the
+    # stream, or after 4 of them no stream is left on the connection.
+    server.mode = "early"
+    transport = H2Transport(client_context(pki), max_connections=1, timeout=5.0)
+    try:
+        for _ in range(3 * server.max_streams):
+            reply = await transport.post(f"https://localhost:{server.port}/p", {}, b"x" * 100_000)
+            assert reply.status == 200
+        (pool,) = transport._pools.values()
+        (connection,) = pool._connections
+        assert connection.conn.streams == {}  # nothing held open
+        assert server.answered_early >= 3 * server.max_streams - 1  # (the first body may beat the SETTINGS)
+        for _ in range(100):  # the last reset may still be on its way
+            if server.resets == server.answered_early:
+                break
+            await asyncio.sleep(0.02)
+        assert server.resets == server.answered_early
     finally:
         await transport.aclose()
     assert server.connections == 1
