@@ -88,8 +88,10 @@ def build_body(message: Message, options: Options, locale: str | None, now: int 
     # orjson, as for the other providers: compact UTF-8 (every byte counts against the 4096-byte limit), and ~20x
     # faster than json.dumps, which was ~2.5 us of intake's size check and again of the send. What it refuses
     # (integers beyond 64 bits: TypeError) or would write as null (NaN, infinities) the contract refuses at
-    # intake (model/message.py, model/live_activity.py), so a valid request's body is what json gave, numbers
-    # aside (1e-07 is written 1e-7).
+    # intake (model/message.py, model/live_activity.py), so a valid request's body is what json gave, but for the
+    # form of some floats (1e-07 is written 1e-7, 1e-05 0.00001: up to 2 bytes more or less each). Intake
+    # measures with this same encoder; a request stored before this change with such floats, within a few bytes
+    # of its limit, could now be refused as too large, device by device.
     return orjson.dumps(body)
 
 
