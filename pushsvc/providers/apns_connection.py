@@ -43,7 +43,7 @@ from h2.exceptions import H2Error
 from hpack import NeverIndexedHeaderTuple
 
 from pushsvc.logs import get_logger
-from pushsvc.providers.transport import BoundedH2Connection
+from pushsvc.providers.transport import BoundedH2Connection, set_or_done
 
 log = get_logger(__name__)
 
@@ -167,12 +167,7 @@ class ApnsConnection(APNsTLSClientProtocol):
     async def _wait_for_window(self, stream_id: int, size: int, answered: asyncio.Future[ApnsResponse]) -> None:
         while not answered.done() and self.conn.local_flow_control_window(stream_id) < size:
             self._flush_soon()  # the headers, at least, go now: the server may answer without the body
-            self._window_changed.clear()
-            waiter = asyncio.ensure_future(self._window_changed.wait())
-            try:
-                await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+            await set_or_done(self._window_changed, answered)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()

@@ -40,7 +40,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
-from pushsvc.providers.transport import BoundedH2Connection, HttpReply, TransportFailure
+from pushsvc.providers.transport import BoundedH2Connection, HttpReply, TransportFailure, set_or_done
 
 # Our receive window: large, so answers flow without waiting for our WINDOW_UPDATEs.
 _RECEIVE_WINDOW = 16 * 1024 * 1024
@@ -125,7 +125,7 @@ class _Connection(asyncio.Protocol):
                 window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
                 if window <= 0:
                     self._flush()
-                    await self._window_or_answer(stream.future)
+                    await set_or_done(self._window_open, stream.future)
                     if stream.future.done():
                         break
                     continue
@@ -145,15 +145,6 @@ class _Connection(asyncio.Protocol):
                     self._flush()
                 conn.forget_closed(stream_id)
             self._pool._stream_freed()
-
-    async def _window_or_answer(self, answered: asyncio.Future[HttpReply]) -> None:
-        """Wait until a flow-control window may have opened or the request is answered (or failed)."""
-        self._window_open.clear()
-        waiter = asyncio.ensure_future(self._window_open.wait())
-        try:
-            await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
 
     def _flush(self) -> None:
         if not self._flush_scheduled:

@@ -7,9 +7,10 @@ depending on each other.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from h2.connection import H2Connection
 
@@ -58,6 +59,17 @@ class BoundedH2Connection(H2Connection):
         if held < min(self.remote_settings.max_concurrent_streams, WALK_AT_STREAMS):
             return held
         return super().open_outbound_streams
+
+
+async def set_or_done(event: asyncio.Event, answered: asyncio.Future[Any]) -> None:
+    """Wait until `event` is set (from now: it is cleared first) or `answered` is done, whichever comes first:
+    a request waiting for a flow-control window must also see its answer, which may come without its body."""
+    event.clear()
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 @dataclass(frozen=True, slots=True)

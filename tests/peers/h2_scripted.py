@@ -37,6 +37,16 @@ class ScriptedH2Server:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def assert_early_answers_reset(self, at_least: int) -> None:
+        """At least `at_least` requests were answered early, and the client reset each one's stream (the last
+        reset may still be on its way: up to 2 s)."""
+        assert self.answered_early >= at_least
+        for _ in range(100):
+            if self.resets == self.answered_early:
+                break
+            await asyncio.sleep(0.02)
+        assert self.resets == self.answered_early
+
     async def stop(self) -> None:
         assert self._server is not None
         self._server.close()
