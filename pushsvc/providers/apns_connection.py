@@ -144,14 +144,12 @@ class ApnsConnection(APNsTLSClientProtocol):
             raise
         stream = _Stream(self.loop.create_future())
         self._streams[stream_id] = stream
-        sent = False
         try:
             # Headers went out at once (stream ids must be used in order); the body may have to wait for
             # the server to open its flow-control window, which aioapns answered with FlowControlError.
             await self._wait_for_window(stream_id, len(payload), stream.future)
             if not stream.future.done():
                 self.conn.send_data(stream_id, payload, end_stream=True)
-                sent = True
                 self._flush_soon()
             return await stream.future
         finally:
@@ -159,10 +157,6 @@ class ApnsConnection(APNsTLSClientProtocol):
                 # Cancelled (timeout) or failed while sending: cancel the stream at the server too, so
                 # it stops holding one of the connection's concurrent-stream slots.
                 self._abandon(stream_id)
-            elif not sent:
-                # Answered before the body went (a server may answer early: RFC 9113 section 8.1): our side is
-                # still open and would hold the slot for good, so it is ended too.
-                self._end_unsent(stream_id)
 
     async def _wait_for_window(self, stream_id: int, size: int, answered: asyncio.Future[ApnsResponse]) -> None:
         while not answered.done() and self.conn.local_flow_control_window(stream_id) < size:
@@ -217,7 +211,7 @@ class ApnsConnection(APNsTLSClientProtocol):
         self.close()
 
     def _finish(self, stream_id: int) -> None:
-        self.conn.forget_closed(stream_id)
+        self.conn.answered(stream_id)  # before the slot is released below
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -244,16 +238,12 @@ class ApnsConnection(APNsTLSClientProtocol):
     def _abandon(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
         self.free_channels.release()
-        self._end_unsent(stream_id)
-        if self.retired and not self._streams:
-            self.close()
-
-    def _end_unsent(self, stream_id: int) -> None:
-        """Cancel the stream at the server (RST_STREAM), so it holds none of the connection's stream slots."""
         with contextlib.suppress(H2Error):
             self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
             self.flush()
         self.conn.forget_closed(stream_id)
+        if self.retired and not self._streams:
+            self.close()
 
     def retire(self) -> None:
         """Graceful: out of the pool now, so no new send picks it; streams already open may finish first."""

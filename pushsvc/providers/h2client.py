@@ -119,8 +119,8 @@ class _Connection(asyncio.Protocol):
             raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
         stream = _Stream(self._loop.create_future())
         self.streams[stream_id] = stream
-        view = memoryview(body)  # what is still to be sent
         try:
+            view = memoryview(body)
             while view:
                 window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
                 if window <= 0:
@@ -136,10 +136,9 @@ class _Connection(asyncio.Protocol):
         except H2Error as exc:
             raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
         finally:
-            # Abandoned (timeout, cancellation) or failed while sending: free the server's stream slot. Answered
-            # before all of the body went (a server may answer early: RFC 9113 section 8.1): our side is still
-            # open and would hold the slot for good, so it is ended the same way.
-            if self.streams.pop(stream_id, None) is not None or view:
+            # Abandoned (timeout, cancellation) or failed while sending: free the server's stream slot. (One
+            # answered before all of its body went was reset as the answer was read: BoundedH2Connection.answered.)
+            if self.streams.pop(stream_id, None) is not None:
                 with contextlib.suppress(H2Error):
                     conn.reset_stream(stream_id, ErrorCodes.CANCEL)
                     self._flush()
@@ -184,7 +183,7 @@ class _Connection(asyncio.Protocol):
                         else:
                             stream.headers[name] = value
             elif isinstance(event, StreamEnded):
-                self.conn.forget_closed(event.stream_id)
+                self.conn.answered(event.stream_id)
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None and not stream.future.done():
                     stream.future.set_result(HttpReply(stream.status, stream.headers, bytes(stream.body)))

@@ -8,11 +8,14 @@ depending on each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
 
 # Closed streams an HTTP/2 connection remembers, to tell a frame that was in flight when a stream closed
 # from a protocol error. h2 keeps the last 65,536 per connection: ~4-5 MB each once that many pushes went
@@ -45,6 +48,17 @@ class BoundedH2Connection(H2Connection):
         if stream is not None and stream.closed:
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
+
+    def answered(self, stream_id: int) -> None:
+        """The server's answer on `stream_id` has ended: forget the stream, resetting it first if our side is still
+        open. That is a request answered before its body went (RFC 9113 section 8.1 allows a server that): left
+        half open, it would hold one of the connection's stream slots for good. Reset here, as the answer is
+        read, not when its sender next runs, so that a request started in between finds the slot free."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            with contextlib.suppress(H2Error):
+                self.reset_stream(stream_id, ErrorCodes.CANCEL)
+        self.forget_closed(stream_id)
 
     @property
     def open_outbound_streams(self) -> int:

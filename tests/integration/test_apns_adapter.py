@@ -589,12 +589,14 @@ async def test_an_answer_before_the_body_ends_the_stream_and_frees_its_slot(
     await server.start(apns_pki.server_context(["h2"]))
     try:
         provider = make_provider(endpoint=f"https://localhost:{server.port}", max_connections=1)
-        for n in range(3 * server.max_streams):
-            result = await provider.send(delivery(f"early-{n}"))
-            assert result.outcome is Outcome.DELIVERED, result
+        warm_up = await provider.send(delivery("early-first"))  # (its body may beat the SETTINGS)
+        assert warm_up.outcome is Outcome.DELIVERED, warm_up
+        # At once: a send waiting for a slot must find the answered stream reset, not still half open.
+        results = await asyncio.gather(*(provider.send(delivery(f"early-{n}")) for n in range(12)))
+        assert [result.outcome for result in results] == [Outcome.DELIVERED] * 12, results
         (connection,) = provider._protocol_class.live
         assert connection.conn.streams == {}  # nothing held open
-        await server.assert_early_answers_reset(3 * server.max_streams - 1)  # (the first body may beat SETTINGS)
+        await server.assert_early_answers_reset(12)
     finally:
         await server.stop()
     assert server.connections == 1

@@ -134,13 +134,17 @@ async def test_an_answer_before_the_body_ends_the_stream_and_frees_its_slot(serv
     server.mode = "early"
     transport = H2Transport(client_context(pki), max_connections=1, timeout=5.0)
     try:
-        for _ in range(3 * server.max_streams):
-            reply = await transport.post(f"https://localhost:{server.port}/p", {}, b"x" * 100_000)
-            assert reply.status == 200
+        url = f"https://localhost:{server.port}/p"
+        assert (await transport.post(url, {}, b"x" * 100_000)).status == 200  # (its body may beat the SETTINGS)
+        # At once: a request waiting for a slot must find the answered stream reset, not still half open.
+        replies = await asyncio.gather(
+            *(transport.post(url, {}, b"x" * 100_000) for _ in range(12))
+        )
+        assert [reply.status for reply in replies] == [200] * 12
         (pool,) = transport._pools.values()
         (connection,) = pool._connections
         assert connection.conn.streams == {}  # nothing held open
-        await server.assert_early_answers_reset(3 * server.max_streams - 1)  # (the first body may beat SETTINGS)
+        await server.assert_early_answers_reset(12)
     finally:
         await transport.aclose()
     assert server.connections == 1

@@ -148,3 +148,16 @@ def test_without_a_server_limit_unreported_ends_are_walked_at_a_bound() -> None:
         pair.answer(0, reset=False)  # never reported: only h2's walk forgets it
     assert pair.client.remote_settings.max_concurrent_streams > 2**32
     assert len(pair.client.streams) <= WALK_AT_STREAMS
+
+
+def test_an_early_answer_frees_its_slot_as_it_is_read() -> None:
+    # The transports call `answered` as they read the answer, before they release the slot: from then on a new
+    # request must find the slot free, though the early-answered request's sender has not run yet.
+    pair = Pair(BoundedH2Connection(H2Configuration(client_side=True)))
+    for _ in range(LIMIT):
+        assert pair.open(body=True)  # each body still to be sent
+    stream_id = pair.answer(0, reset=False)  # answered before its body went: our side still open
+    assert stream_id is not None
+    pair.client.answered(stream_id)
+    assert stream_id not in pair.client.streams
+    assert pair.open(body=False)  # the slot is free at once
