@@ -219,6 +219,17 @@ class Stack:
     async def publish(self, *values: dict | bytes, key: bytes | None = None) -> None:
         await publish(self.bootstrap, self.requests_topic, values, key=key)
 
+    async def consuming(self, service: PushService | None = None, timeout: float = 20.0) -> None:
+        """Until the service's Kafka consumer has its partitions (/readyz): a request published from then on is
+        read at once, not after the group's join, which can take seconds on a busy machine."""
+
+        async def assigned() -> bool:
+            async with self.http.get(self.url("/readyz", service)) as response:
+                body = await response.json()
+            return body.get("consumer", {}).get("state") == "assigned"
+
+        await wait_until(assigned, timeout)
+
     async def notification(self, request_id: str, app: str = "demo") -> dict | None:
         return await self.db.notifications.find_one({"_id": notification_key(app, request_id)})
 
