@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 from aioapns.connection import APNsTLSClientProtocol
 from aioapns.exceptions import ConnectionClosed
-from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -211,7 +210,7 @@ class ApnsConnection(APNsTLSClientProtocol):
         self.close()
 
     def _finish(self, stream_id: int) -> None:
-        self.conn.answered(stream_id)  # before the slot is released below
+        self.conn.done_with(stream_id)  # before the slot is released below
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -238,10 +237,8 @@ class ApnsConnection(APNsTLSClientProtocol):
     def _abandon(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
         self.free_channels.release()
-        with contextlib.suppress(H2Error):
-            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-            self.flush()
-        self.conn.forget_closed(stream_id)
+        self.conn.done_with(stream_id)
+        self.flush()
         if self.retired and not self._streams:
             self.close()
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from h2.config import H2Configuration
-from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -137,12 +136,10 @@ class _Connection(asyncio.Protocol):
             raise TransportFailure("connection_error", f"{type(exc).__name__}: {exc}") from exc
         finally:
             # Abandoned (timeout, cancellation) or failed while sending: free the server's stream slot. (One
-            # answered before all of its body went was reset as the answer was read: BoundedH2Connection.answered.)
+            # answered before all of its body went was reset as the answer was read.)
             if self.streams.pop(stream_id, None) is not None:
-                with contextlib.suppress(H2Error):
-                    conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-                    self._flush()
-                conn.forget_closed(stream_id)
+                conn.done_with(stream_id)
+                self._flush()
             self._pool._stream_freed()
 
     def _flush(self) -> None:
@@ -183,7 +180,7 @@ class _Connection(asyncio.Protocol):
                         else:
                             stream.headers[name] = value
             elif isinstance(event, StreamEnded):
-                self.conn.answered(event.stream_id)
+                self.conn.done_with(event.stream_id)
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None and not stream.future.done():
                     stream.future.set_result(HttpReply(stream.status, stream.headers, bytes(stream.body)))

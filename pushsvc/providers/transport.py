@@ -35,7 +35,7 @@ class BoundedH2Connection(H2Connection):
     h2 learns how many streams are open, to refuse one past the server's SETTINGS_MAX_CONCURRENT_STREAMS, by
     walking all the streams it holds on every ``send_headers``, forgetting the closed ones as it goes: with a
     connection full of pushes in flight (APNs allows 1,000), that walk was ~2% of a push's CPU. Here the
-    transports tell it when a stream has closed (``forget_closed``, on its answer or reset), so the streams it
+    transports tell it when they are done with a stream (``done_with``, ``forget_closed``), so the streams it
     holds are the open ones, and it walks only when their number reaches the server's limit.
     """
 
@@ -49,11 +49,12 @@ class BoundedH2Connection(H2Connection):
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
 
-    def answered(self, stream_id: int) -> None:
-        """The server's answer on `stream_id` has ended: forget the stream, resetting it first if our side is still
-        open. That is a request answered before its body went (RFC 9113 section 8.1 allows a server that): left
-        half open, it would hold one of the connection's stream slots for good. Reset here, as the answer is
-        read, not when its sender next runs, so that a request started in between finds the slot free."""
+    def done_with(self, stream_id: int) -> None:
+        """The transport is done with `stream_id` (its answer has ended, or its request was given up): reset it if
+        our side is still open, and forget it. Our side is open after an answer when the request was answered
+        before its body went (RFC 9113 section 8.1 allows a server that): left half open, the stream would hold
+        one of the connection's slots for good. Called as the answer is read, not when its sender next runs, so
+        that a request started in between finds the slot free."""
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.closed:
             with contextlib.suppress(H2Error):

@@ -151,13 +151,13 @@ def test_without_a_server_limit_unreported_ends_are_walked_at_a_bound() -> None:
 
 
 def test_an_early_answer_frees_its_slot_as_it_is_read() -> None:
-    # The transports call `answered` as they read the answer, before they release the slot: from then on a new
+    # The transports call `done_with` as they read the answer, before they release the slot: from then on a new
     # request must find the slot free, though the early-answered request's sender has not run yet.
     pair = Pair(BoundedH2Connection(H2Configuration(client_side=True)))
     for _ in range(LIMIT):
         assert pair.open(body=True)  # each body still to be sent
     stream_id = pair.answer(0, reset=False)  # answered before its body went: our side still open
     assert stream_id is not None
-    pair.client.answered(stream_id)
+    pair.client.done_with(stream_id)
     assert stream_id not in pair.client.streams
     assert pair.open(body=False)  # the slot is free at once
