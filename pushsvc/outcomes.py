@@ -16,7 +16,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from pushsvc import tracing
 from pushsvc.logs import get_logger
-from pushsvc.store.counts import PLATFORM_SEPARATOR, full_counts, split_counts
+from pushsvc.store.counts import PLATFORM_SEPARATOR, split_counts
 from pushsvc.store.events import EventStore
 from pushsvc.store.records import NotificationRecord
 from pushsvc.tracing import TraceContext
@@ -60,7 +60,7 @@ class OutcomeEvent:
 
     def encode(self) -> bytes:
         # Every counter, also for a notification recorded before one was added (the contract requires them).
-        split = split_counts(full_counts(self.counts))
+        split = split_counts(self.counts)
         event: dict[str, Any] = {
             "id": self.request_id,
             "app": self.app,

@@ -17,7 +17,7 @@ from pushsvc.ingest.intake import Rejection, key, validate
 from pushsvc.model import NotificationState
 from pushsvc.scheduling.due import epoch_to_iso
 from pushsvc.store.campaigns import StateChanges
-from pushsvc.store.counts import FINAL_KEYS, full_counts, split_counts
+from pushsvc.store.counts import FINAL_KEYS, split_counts
 from pushsvc.store.device_documents import epoch_of, stored_bool
 from pushsvc.store.funnel import funnel_view
 from pushsvc.store.notifications import LANE_BATCH, request_id_of
@@ -51,7 +51,7 @@ class NotificationStatus:
 
 def read_status(doc: Mapping[str, Any]) -> NotificationStatus:
     """The status of a stored notification (a split campaign's: with its ranges' counts summed in)."""
-    split = split_counts(full_counts(doc.get("counts") or {}))
+    split = split_counts(doc.get("counts") or {})
     finished_at = doc.get("finished_at")
     return NotificationStatus(
         id=request_id_of(doc),

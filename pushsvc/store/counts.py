@@ -34,6 +34,7 @@ PLATFORM_SEPARATOR = ":"
 # A campaign with variants or a control group also counts each device's final outcome (and `targeted`) per
 # variant, as "<outcome>@<variant>" (variant names are letters, digits, '_' and '-': no separator inside).
 VARIANT_SEPARATOR = "@"
+_PLAIN = frozenset(COUNT_KEYS)
 
 
 def platform_key(outcome: str, platform: str) -> str:
@@ -67,32 +68,36 @@ class SplitCounts:
 
 
 def split_counts(counts: Mapping[str, Any]) -> SplitCounts:
-    plain: dict[str, int] = {}
+    """`counts` taken apart, its plain counters completed (every COUNT_KEYS counter, 0 where it has none: a
+    notification recorded before a counter existed); a plain key this version does not know is left out."""
+    plain: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
     by_platform: dict[str, dict[str, int]] = {}
     by_variant: dict[str, dict[str, int]] = {}
     for key, value in counts.items():
-        # Most keys are plain counters: tested for a separator before being cut (every outcome event splits them).
-        if PLATFORM_SEPARATOR in key:
+        # Most keys are plain counters: looked up before any is cut (every outcome event splits them).
+        if key in plain:
+            plain[key] = int(value)
+        elif PLATFORM_SEPARATOR in key:
             outcome, _, platform = key.partition(PLATFORM_SEPARATOR)
             by_platform.setdefault(platform, {})[outcome] = int(value)
         elif VARIANT_SEPARATOR in key:
             outcome, _, variant = key.partition(VARIANT_SEPARATOR)
             by_variant.setdefault(variant, {})[outcome] = int(value)
-        else:
-            plain[key] = int(value)
     return SplitCounts(plain, by_platform, by_variant)
 
 
 def added_counts(saved: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
     """`full_counts(Counter(saved) + Counter(more))`, what a run's counts on top of those earlier runs saved come
     to, without two Counters per notification: every COUNT_KEYS counter (0 where the sum is not positive), and the
-    per-platform and per-variant counters whose sum is."""
-    total = {key: max(0, int(saved.get(key, 0)) + int(more.get(key, 0))) for key in COUNT_KEYS}
+    per-platform and per-variant counters whose sum is. Both hold ints (a record's counts are read as ints)."""
+    total = {key: max(0, saved.get(key, 0) + more.get(key, 0)) for key in COUNT_KEYS}
     split: dict[str, int] = {}
     for counts in (saved, more):
+        if counts.keys() <= _PLAIN:  # most notifications: no per-platform or per-variant counter to add
+            continue
         for key, value in counts.items():
             if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key:
-                split[key] = split.get(key, 0) + int(value)
+                split[key] = split.get(key, 0) + value
     total.update((key, value) for key, value in split.items() if value > 0)
     return total
 
@@ -100,7 +105,8 @@ def added_counts(saved: Mapping[str, int], more: Mapping[str, int]) -> dict[str,
 def full_counts(counts: Mapping[str, int]) -> dict[str, int]:
     """Every counter of COUNT_KEYS, zero where `counts` has none, and the per-platform and per-variant ones."""
     full = {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
-    full.update(
-        (key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key
-    )
+    if not counts.keys() <= _PLAIN:
+        full.update(
+            (key, int(value)) for key, value in counts.items() if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key
+        )
     return full

@@ -51,5 +51,12 @@ def split_by_partition(counts: dict[str, int]) -> tuple[dict, dict, dict]:
 
 @given(COUNTS | st.dictionaries(st.text(max_size=8), st.integers(), max_size=8))
 def test_split_counts_takes_keys_apart_at_their_separators(counts: dict[str, int]) -> None:
+    """As the full counts (every COUNT_KEYS counter, unknown plain keys left out) cut at their separators."""
     split = split_counts(counts)
-    assert (split.plain, split.by_platform, split.by_variant) == split_by_partition(counts)
+    assert (split.plain, split.by_platform, split.by_variant) == split_by_partition(full_counts(counts))
+
+
+@given(COUNTS | st.dictionaries(st.text(max_size=8), st.integers(), max_size=8))
+def test_full_counts_is_every_counter_and_the_separated_ones(counts: dict[str, int]) -> None:
+    separated = {k: v for k, v in counts.items() if PLATFORM_SEPARATOR in k or VARIANT_SEPARATOR in k}
+    assert full_counts(counts) == {**{key: counts.get(key, 0) for key in COUNT_KEYS}, **separated}
