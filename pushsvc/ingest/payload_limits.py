@@ -74,6 +74,13 @@ LIMITS: dict[str, _Limit] = {
 }
 
 
+# Per route, the providers (with a limit) whose tokens take it, in name order: the same for every request.
+_ROUTE_PROVIDERS: dict[str, tuple[str, ...]] = {
+    route: tuple(sorted({kind.provider for kind in KINDS.values() if route in kind.push_types} & set(LIMITS)))
+    for route in {push_type for kind in KINDS.values() for push_type in kind.push_types}
+}
+
+
 def check_payload_size(request: PushRequest, configured: Collection[str] | None = None) -> None:
     """Raise RequestError naming the field when the payload of `request` is over a provider's limit.
 
@@ -81,13 +88,12 @@ def check_payload_size(request: PushRequest, configured: Collection[str] | None 
     not use never sees the request: a VoIP push with data too big for Huawei's string-encoded data is fine
     for an app without Huawei.
     """
-    message = request.message
-    providers = sorted(
-        {kind.provider for kind in KINDS.values() if request.route in kind.push_types}
-        & set(LIMITS if configured is None else configured)
-    )
+    message, route = request.message, request.route
+    providers = _ROUTE_PROVIDERS.get(route, ())
+    if configured is not None:
+        providers = tuple(name for name in providers if name in configured)
     locales: list[str | None] = [None]
-    if request.route in TEXT_ROUTES:
+    if route in TEXT_ROUTES:
         locales += list(message.localized)
     for name in providers:
         rule = LIMITS[name]

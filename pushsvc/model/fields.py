@@ -26,6 +26,8 @@ def field_name(key: Any) -> str:
 
 
 def require_mapping(obj: Any, path: str) -> Mapping[str, Any]:
+    if type(obj) is dict:  # what JSON decodes to: no abstract-class check (~0.3 us, several per request)
+        return obj
     if obj is None:
         raise RequestError(path, "required")
     if not isinstance(obj, Mapping):

@@ -18,6 +18,7 @@ from pushsvc.model.fields import (
     optional_string,
     reject_unknown,
     require_mapping,
+    required_string,
 )
 from pushsvc.model.live_activity import LiveActivity, parse_live_activity
 from pushsvc.model.options import Options
@@ -125,7 +126,9 @@ def parse_message(obj: Any, options: Options) -> Message:
 
 
 def _text(msg: Mapping[str, Any], name: str) -> str | None:
-    return optional_string(msg.get(name), f"message.{name}", TEXT_LIMITS[name])
+    value = msg.get(name)
+    # The path is named only for a value given (most of a request's text fields are absent).
+    return None if value is None else required_string(value, f"message.{name}", TEXT_LIMITS[name])
 
 
 def _parse_localized(obj: Any) -> dict[str, LocalizedText]:
