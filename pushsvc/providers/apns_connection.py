@@ -174,7 +174,8 @@ class ApnsConnection(APNsTLSClientProtocol):
             if isinstance(event, ResponseReceived):
                 stream = self._streams.get(event.stream_id or 0)
                 if stream is not None:
-                    stream.headers = {bytes(k).decode(): bytes(v).decode() for k, v in event.headers or ()}
+                    # Bytes (the connection sets no header_encoding), decoded as they are, not copied first.
+                    stream.headers = {k.decode(): v.decode() for k, v in event.headers or ()}  # type: ignore[union-attr]
             elif isinstance(event, DataReceived):
                 stream = self._streams.get(event.stream_id or 0)
                 if stream is not None:
