@@ -29,6 +29,7 @@ from pushsvc.dispatch.quota import QuotaCounter, QuotaGate, merge_quotas
 from pushsvc.logs import get_logger, mask_token
 from pushsvc.model import Outcome
 from pushsvc.providers.base import Delivery, Provider, SendResult
+from pushsvc.timeouts import FixedTimeouts
 from pushsvc.token_kinds import provider_for
 
 log = get_logger(__name__)
@@ -94,6 +95,8 @@ class DeliverySender:
         self._slots = {key: _ProviderSlot(p, settings) for key, p in providers.items()}
         self._settings = settings
         self._clock = clock
+        # Adapters bound their own time; this outer limit only catches an adapter bug (_send).
+        self._guard = FixedTimeouts(settings.send_timeout_seconds + 5.0)
         self._sleep = sleep
         by_scope: dict[str, list[_ProviderSlot]] = {}
         for slot in self._slots.values():
@@ -298,12 +301,12 @@ class DeliverySender:
         slot.inflight.inc()
         sent_at = self._clock()
         started = time.perf_counter()
-        # Adapters bound their own time; this outer limit only catches an adapter bug. asyncio.timeout
-        # (unlike wait_for on 3.11) never swallows a cancellation that races with the adapter's answer, and
+        # Adapters bound their own time; this outer limit only catches an adapter bug. Like asyncio.timeout
+        # (unlike wait_for on 3.11) it never swallows a cancellation that races with the adapter's answer, and
         # it waits for the cancelled adapter call to unwind, so a timed-out attempt can't answer later.
-        guard = asyncio.timeout(self._settings.send_timeout_seconds + 5.0)
+        guard = self._guard.bound()
         try:
-            async with guard:
+            with guard:
                 if delivery.options.dry_run:
                     # Built and checked, not delivered (FCM asks its validate_only check; the others call no one).
                     result = await slot.provider.validate(delivery)

@@ -7,7 +7,6 @@ problems: every attempt ends in one SendResult. Retrying, pausing and counting l
 from __future__ import annotations
 
 import abc
-import asyncio
 import email.utils
 import math
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pushsvc.model import Message, Options, Outcome, Recipient
+from pushsvc.timeouts import FixedTimeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +126,13 @@ class Provider(abc.ABC):
 
 
 async def bounded_attempt(
-    attempt: Awaitable[SendResult], timeout: float, on_error: Callable[[Exception], None]
+    attempt: Awaitable[SendResult], timeouts: FixedTimeouts, on_error: Callable[[Exception], None]
 ) -> SendResult:
-    """One attempt within `timeout`, never raising: a timeout is RETRYABLE "timeout"; any other exception (a bug
-    or an unforeseen library error, which must not kill the dispatcher) is reported to `on_error` and becomes
-    RETRYABLE "client_error". asyncio.timeout adds no task per send, unlike wait_for."""
+    """One attempt within the provider's send timeout (`timeouts`: its bounds, one timer between them), never
+    raising: a timeout is RETRYABLE "timeout"; any other exception (a bug or an unforeseen library error, which
+    must not kill the dispatcher) is reported to `on_error` and becomes RETRYABLE "client_error"."""
     try:
-        async with asyncio.timeout(timeout):
+        with timeouts.bound():
             return await attempt
     except TimeoutError:
         return SendResult(Outcome.RETRYABLE, "timeout")

@@ -74,6 +74,7 @@ from pushsvc.providers.fcm_transport import HttpxTransport as HttpxTransport
 from pushsvc.providers.fcm_transport import SslContextAdapter, TokenRequest, endpoint_url, ssl_context
 from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
+from pushsvc.timeouts import FixedTimeouts
 
 log = get_logger(__name__)
 
@@ -110,6 +111,7 @@ class FcmProvider(Provider):
         super().__init__(app_id)
         self._settings = settings
         self._send_timeout = send_timeout
+        self._timeouts = FixedTimeouts(send_timeout)
         # Expiry times are absolute on this clock (the service passes the database's); FCM takes a TTL.
         self._clock = clock
         certificate = credentials.Certificate(settings.service_account_file)
@@ -211,7 +213,7 @@ class FcmProvider(Provider):
         token = delivery.device.token
         return await bounded_attempt(
             self._attempt(body),
-            self._send_timeout,
+            self._timeouts,
             lambda exc: log.error(
                 "fcm_send_failed", app=self.app_id, device=mask_token(token), error=_short(exc), exc_info=True
             ),

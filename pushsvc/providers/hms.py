@@ -64,6 +64,7 @@ from pushsvc.providers.hms_oauth import (
     TokenSource,
 )
 from pushsvc.providers.transport import FcmTransport, HttpReply, TransportFailure
+from pushsvc.timeouts import FixedTimeouts
 
 log = get_logger(__name__)
 
@@ -97,6 +98,7 @@ class HmsProvider(Provider):
     ) -> None:
         super().__init__(app_id)
         self._send_timeout = send_timeout
+        self._timeouts = FixedTimeouts(send_timeout)
         # Expiry times are absolute on this clock (the service passes the database's); HMS takes a TTL. Token
         # lifetimes are counted on it too.
         self._clock = clock
@@ -158,7 +160,7 @@ class HmsProvider(Provider):
         device = mask_token(delivery.device.token)
         return await bounded_attempt(
             self._attempt(body, delivery.device.token),
-            self._send_timeout,
+            self._timeouts,
             lambda exc: log.error("hms_send_failed", app=self.app_id, device=device, error=_short(exc), exc_info=True),
         )
 

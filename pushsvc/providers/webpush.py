@@ -57,6 +57,7 @@ from pushsvc.providers.webpush_payload import (
     topic,
 )
 from pushsvc.subscriptions import endpoint_problem
+from pushsvc.timeouts import FixedTimeouts
 
 if TYPE_CHECKING:
     pass
@@ -140,6 +141,7 @@ class WebPushProvider(Provider):
         super().__init__(app_id)
         self._settings = settings
         self._send_timeout = send_timeout
+        self._timeouts = FixedTimeouts(send_timeout)
         self._clock = clock
         self._allowed_hosts = frozenset(settings.allowed_hosts)
         self._vapid = VapidSigner(settings.vapid_private_key_file, settings.subject, clock)
@@ -203,7 +205,7 @@ class WebPushProvider(Provider):
             return push
         result = await bounded_attempt(
             self._post(push),
-            self._send_timeout,
+            self._timeouts,
             lambda exc: log.error(
                 "webpush_send_failed", app=self.app_id, origin=push.origin, device=device, error=_short(exc),
                 exc_info=True,

@@ -1,0 +1,97 @@
+"""Timeouts that all last the same time, sharing one event-loop timer (FixedTimeouts).
+
+Every push is bounded twice: by its adapter (the provider's send timeout) and by the sender's guard against
+an adapter that overruns it (dispatch/sender.py). asyncio.timeout() schedules a loop timer for each use and
+cancels it on the way out, ~3.5 µs a use with uvloop (more as the timer heap grows): ~2% of a push's CPU for
+timers that almost never fire. Here all bounds of one FixedTimeouts last the same `seconds`, so they expire
+in the order they began: they are kept in that order, and a single timer, set for the oldest one still
+running, expires what is due and sets itself for the next one (a few times per `seconds`, not per push).
+
+The semantics are asyncio.timeout()'s: the expired task is cancelled and the block raises TimeoutError, while
+a cancellation from elsewhere (also one racing the expiry) propagates as CancelledError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+
+class Bound:
+    """One use: `with timeouts.bound() as bound:` in a task; `bound.expired()` tells an expiry from a
+    TimeoutError that something inside raised itself."""
+
+    __slots__ = ("_cancelling", "_deadline", "_expired", "_owner", "_task")
+
+    def __init__(self, owner: FixedTimeouts) -> None:
+        self._owner = owner
+        self._task: asyncio.Task[object] | None = None
+        self._deadline = 0.0
+        self._cancelling = 0
+        self._expired = False
+
+    def __enter__(self) -> Bound:
+        if self._task is not None:
+            raise RuntimeError("a Bound is entered once")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a Bound is entered inside a task")
+        self._task = task
+        # The cancellations requested before: those are not this bound's to turn into a TimeoutError.
+        self._cancelling = task.cancelling()
+        self._owner._start(self)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._expired:
+            self._owner._running.pop(self, None)
+            return
+        assert self._task is not None
+        # As asyncio.timeout: the cancellation is ours to answer only if no other was requested since.
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def expired(self) -> bool:
+        return self._expired
+
+
+class FixedTimeouts:
+    """Bounds of `seconds` each (see the module's docstring); used from one event loop at a time."""
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds!r}")
+        self.seconds = seconds
+        # The bounds running, oldest first (a dict as an ordered set: removal from anywhere is O(1)).
+        self._running: dict[Bound, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bound(self) -> Bound:
+        return Bound(self)
+
+    def _start(self, bound: Bound) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new loop (nothing of a closed one's carries over)
+            self._loop, self._running, self._timer = loop, {}, None
+        bound._deadline = loop.time() + self.seconds
+        self._running[bound] = None
+        if self._timer is None:
+            self._timer = loop.call_at(bound._deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        running = self._running
+        while running:
+            oldest = next(iter(running))
+            if oldest._deadline > now:
+                self._timer = self._loop.call_at(oldest._deadline, self._expire)
+                return
+            del running[oldest]
+            oldest._expired = True
+            assert oldest._task is not None
+            oldest._task.cancel()

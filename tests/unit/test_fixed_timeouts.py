@@ -1,0 +1,152 @@
+"""pushsvc/timeouts.py: bounds of one length sharing a timer behave as asyncio.timeout() does, each on its own
+deadline, under uvloop as the service runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pushsvc.timeouts import FixedTimeouts
+
+SECONDS = 0.05
+SLACK = 0.03  # the loop's timer resolution (1 ms) and scheduling under a loaded CI box
+
+
+async def _bounded(timeouts: FixedTimeouts, work: float) -> tuple[str, float, bool]:
+    """What a bound makes of `work` seconds of waiting: "done" or "timeout", when, and whether it expired."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    bound = timeouts.bound()
+    try:
+        with bound:
+            await asyncio.sleep(work)
+        return "done", loop.time() - started, bound.expired()
+    except TimeoutError:
+        return "timeout", loop.time() - started, bound.expired()
+
+
+def test_work_within_the_bound_ends_normally_and_longer_work_times_out_at_the_bound() -> None:
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        outcome, _, expired = await _bounded(timeouts, SECONDS / 5)
+        assert (outcome, expired) == ("done", False)
+        outcome, took, expired = await _bounded(timeouts, 10.0)
+        assert (outcome, expired) == ("timeout", True)
+        assert SECONDS - 0.002 <= took <= SECONDS + SLACK
+
+    uvloop.run(main())
+
+
+# Start offsets and lengths of work, in units of SECONDS: the bounds overlap in every order, some finishing
+# before bounds that began earlier, some expiring while others run on.
+RUNS = st.lists(st.tuples(st.floats(0, 1.5), st.floats(0, 2.5)), min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(RUNS)
+def test_each_bound_expires_on_its_own_deadline_whatever_the_others_do(runs: list[tuple[float, float]]) -> None:
+    # Work close to the bound could end either way on a busy box: those are left out, not guessed.
+    runs = [(start, work) for start, work in runs if abs(work - 1.0) > 0.4]
+
+    async def one(timeouts: FixedTimeouts, start: float, work: float) -> tuple[str, float, bool]:
+        await asyncio.sleep(start * SECONDS)
+        return await _bounded(timeouts, work * SECONDS)
+
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        results = await asyncio.gather(*(one(timeouts, start, work) for start, work in runs))
+        for (_, work), (outcome, took, expired) in zip(runs, results, strict=True):
+            if work < 1.0:
+                assert (outcome, expired) == ("done", False)
+            else:
+                assert (outcome, expired) == ("timeout", True)
+                assert SECONDS - 0.002 <= took <= SECONDS + SLACK
+        assert not timeouts._running  # every bound let go of
+
+    uvloop.run(main())
+
+
+def test_a_cancellation_from_elsewhere_propagates_and_is_not_a_timeout() -> None:
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        bound = timeouts.bound()
+
+        async def work() -> None:
+            with bound:
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(work())
+        await asyncio.sleep(SECONDS / 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not bound.expired()
+        assert not timeouts._running
+
+    uvloop.run(main())
+
+
+def test_a_cancellation_racing_the_expiry_still_propagates() -> None:
+    """As asyncio.timeout: the bound expired, but another cancellation came too, so the task is cancelled."""
+
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        bound = timeouts.bound()
+        task: asyncio.Task[None]
+
+        async def work() -> None:
+            with bound:
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(work())
+        loop = asyncio.get_running_loop()
+        # Right when the bound expires: its cancel and this one reach the task in the same loop iteration.
+        await asyncio.sleep(SECONDS / 2)
+        expiry = next(iter(timeouts._running))._deadline
+        loop.call_at(expiry, task.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert bound.expired()
+
+    uvloop.run(main())
+
+
+def test_a_timeout_raised_inside_is_not_taken_for_an_expiry() -> None:
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        bound = timeouts.bound()
+        with pytest.raises(TimeoutError), bound:
+            raise TimeoutError("the adapter's own")
+        assert not bound.expired()
+
+    uvloop.run(main())
+
+
+def test_many_bounds_cost_a_timer_per_expiry_round_not_one_each() -> None:
+    """Ten thousand short bounds leave the loop with at most one timer of this object's scheduled."""
+
+    async def main() -> None:
+        timeouts = FixedTimeouts(SECONDS)
+        rng = random.Random(7)
+        for _ in range(10_000):
+            with timeouts.bound():
+                if rng.random() < 0.01:
+                    await asyncio.sleep(0)
+        assert timeouts._timer is not None and not timeouts._running
+        before = timeouts._timer
+        await asyncio.sleep(SECONDS * 1.5)  # it fires, finds nothing running, and is not set again
+        assert before.cancelled() or timeouts._timer is None
+
+    uvloop.run(main())
+
+
+def test_a_bound_needs_a_task_and_a_positive_length() -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        FixedTimeouts(0)
+    with pytest.raises(RuntimeError), FixedTimeouts(1).bound():
+        pass
