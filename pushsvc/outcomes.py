@@ -162,6 +162,8 @@ class OutcomePublisher:
 
     def _span(self, event: Event) -> Span:
         """An outcome event's `outcome.publish` span (its context is the record's `traceparent`)."""
+        if not tracing.enabled():  # no attributes built for a span that is not made (every event, tracing off)
+            return INVALID_SPAN
         attributes = {
             "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": self._topic,
             "pushsvc.app": event.app, "pushsvc.notification.id": event.notification_id[:200],

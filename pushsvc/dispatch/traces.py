@@ -46,6 +46,8 @@ def claimed(records: Sequence[NotificationRecord], lane: str, owner: str, starte
 
 def dispatching(record: NotificationRecord, lane: str | None = None) -> Span:
     """The span of one notification's run (a child of its intake span); ended by the runner."""
+    if not tracing.enabled():  # no attributes built for a span that is not made
+        return INVALID_SPAN
     return tracing.start("notification.dispatch", record.trace, attributes=about(record, lane))
 
 
