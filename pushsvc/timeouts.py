@@ -9,6 +9,9 @@ running, expires what is due and sets itself for the next one (a few times per `
 
 The semantics are asyncio.timeout()'s: the expired task is cancelled and the block raises TimeoutError, while
 a cancellation from elsewhere (also one racing the expiry) propagates as CancelledError.
+
+`Cut` is the same scope with no length of its own: something else ends it (`at`), as asyncio.timeout(None) and
+its reschedule, without the two coroutines an `async with` costs on every push that never needs it.
 """
 
 from __future__ import annotations
@@ -17,28 +20,57 @@ import asyncio
 from types import TracebackType
 
 
-class Bound:
-    """One use: `with timeouts.bound() as bound:` in a task; `bound.expired()` tells an expiry from a
-    TimeoutError that something inside raised itself."""
+class _Scope:
+    """A block in a task that a timer may end: the task is cancelled and the block raises TimeoutError, unless
+    another cancellation was requested too (asyncio.timeout's rule)."""
 
-    __slots__ = ("_cancelling", "_deadline", "_expired", "_owner", "_task")
+    __slots__ = ("_cancelling", "_expired", "_task")
 
-    def __init__(self, owner: FixedTimeouts) -> None:
-        self._owner = owner
+    def __init__(self) -> None:
         self._task: asyncio.Task[object] | None = None
-        self._deadline = 0.0
         self._cancelling = 0
         self._expired = False
 
-    def __enter__(self) -> Bound:
+    def _begin(self) -> None:
         if self._task is not None:
-            raise RuntimeError("a Bound is entered once")
+            raise RuntimeError(f"a {type(self).__name__} is entered once")
         task = asyncio.current_task()
         if task is None:
-            raise RuntimeError("a Bound is entered inside a task")
+            raise RuntimeError(f"a {type(self).__name__} is entered inside a task")
         self._task = task
-        # The cancellations requested before: those are not this bound's to turn into a TimeoutError.
+        # The cancellations requested before: those are not this scope's to turn into a TimeoutError.
         self._cancelling = task.cancelling()
+
+    def _fire(self) -> None:
+        assert self._task is not None
+        self._expired = True
+        self._task.cancel()
+
+    def _end(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        if not self._expired:
+            return
+        assert self._task is not None
+        # The cancellation is ours to answer only if no other was requested since.
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def expired(self) -> bool:
+        """Whether the block was ended by this scope (not by a TimeoutError something inside raised)."""
+        return self._expired
+
+
+class Bound(_Scope):
+    """One use of a FixedTimeouts: `with timeouts.bound() as bound:` in a task."""
+
+    __slots__ = ("_deadline", "_owner")
+
+    def __init__(self, owner: FixedTimeouts) -> None:
+        super().__init__()
+        self._owner = owner
+        self._deadline = 0.0
+
+    def __enter__(self) -> Bound:
+        self._begin()
         self._owner._start(self)
         return self
 
@@ -47,14 +79,40 @@ class Bound:
     ) -> None:
         if not self._expired:
             self._owner._running.pop(self, None)
-            return
-        assert self._task is not None
-        # As asyncio.timeout: the cancellation is ours to answer only if no other was requested since.
-        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-            raise TimeoutError from exc
+        self._end(exc_type, exc)
 
-    def expired(self) -> bool:
-        return self._expired
+
+class Cut(_Scope):
+    """`with cut:` in a task; `cut.at(when)` (loop time, now or later) ends the block then. Once it has fired,
+    or the block is over, it takes no new time (asyncio.timeout refuses one too)."""
+
+    __slots__ = ("_handle", "_over")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handle: asyncio.Handle | None = None
+        self._over = False
+
+    def __enter__(self) -> Cut:
+        self._begin()
+        return self
+
+    def at(self, when: float) -> None:
+        if self._task is None or self._over or self._expired:
+            raise RuntimeError("a Cut takes a time only inside its block, before it has fired")
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(when, self._fire) if when > loop.time() else loop.call_soon(self._fire)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._over = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._end(exc_type, exc)
 
 
 class FixedTimeouts:
@@ -92,6 +150,4 @@ class FixedTimeouts:
                 self._timer = self._loop.call_at(oldest._deadline, self._expire)
                 return
             del running[oldest]
-            oldest._expired = True
-            assert oldest._task is not None
-            oldest._task.cancel()
+            oldest._fire()

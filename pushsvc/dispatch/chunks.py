@@ -36,6 +36,7 @@ from pushsvc.store.database import is_transient
 from pushsvc.store.devices import DeviceStore
 from pushsvc.store.notifications import LANE_BATCH
 from pushsvc.store.open_hours import OpenHours, person_as_of
+from pushsvc.timeouts import Cut
 
 log = get_logger(__name__)
 
@@ -282,15 +283,15 @@ class ChunkWorker:
         if hold is None:
             return await delivery
         loop = asyncio.get_running_loop()
-        # Armed by the stop: a cancellation of the run itself still propagates, as asyncio.timeout tells them apart.
-        cut = asyncio.timeout(None)
+        # Timed by the stop: a cancellation of the run itself still propagates, as the Cut tells them apart.
+        cut = Cut()
         armed, watching_abort = True, False
 
-        # Neither callback may act once the delivery is over or the cut is under way (a Timeout that has fired
-        # refuses a new deadline): the stop's, or the abort's during a lapse's grace, can come just then.
+        # Neither callback may act once the delivery is over or the cut is under way (a Cut that has fired
+        # takes no new time): the stop's, or the abort's during a lapse's grace, can come just then.
         def on_abort(_: object) -> None:
             if armed and not cut.expired():
-                cut.reschedule(loop.time())
+                cut.at(loop.time())
 
         def on_stop(_: object) -> None:
             nonlocal watching_abort
@@ -298,15 +299,15 @@ class ChunkWorker:
                 return
             grace = hold.in_flight_grace(self._answer_seconds)
             if grace > 0 and not hold.abort.is_set():
-                cut.reschedule(loop.time() + grace)
+                cut.at(loop.time() + grace)
                 watching_abort = True
                 hold.abort.fired().add_done_callback(on_abort)
             else:
-                cut.reschedule(loop.time())
+                cut.at(loop.time())
 
         stop = hold.stop.fired()
         try:
-            async with cut:
+            with cut:
                 stop.add_done_callback(on_stop)
                 try:
                     return await delivery

@@ -1,5 +1,5 @@
-"""pushsvc/timeouts.py: bounds of one length sharing a timer behave as asyncio.timeout() does, each on its own
-deadline, under uvloop as the service runs them."""
+"""pushsvc/timeouts.py: bounds of one length sharing a timer, and cuts timed from outside, behave as
+asyncio.timeout() does (each bound on its own deadline), under uvloop as the service runs them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushsvc.timeouts import FixedTimeouts
+from pushsvc.timeouts import Cut, FixedTimeouts
 
 SECONDS = 0.05
 SLACK = 0.03  # the loop's timer resolution (1 ms) and scheduling under a loaded CI box
@@ -150,3 +150,66 @@ def test_a_bound_needs_a_task_and_a_positive_length() -> None:
         FixedTimeouts(0)
     with pytest.raises(RuntimeError), FixedTimeouts(1).bound():
         pass
+
+
+def test_a_cut_timed_from_outside_ends_the_block_with_a_timeout_then() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cut = Cut()
+        started = loop.time()
+        with pytest.raises(TimeoutError), cut:
+            loop.call_later(0.01, lambda: cut.at(loop.time() + SECONDS))
+            await asyncio.sleep(10)
+        assert cut.expired()
+        assert 0.01 + SECONDS - 0.002 <= loop.time() - started <= 0.01 + SECONDS + SLACK
+        with pytest.raises(RuntimeError):
+            cut.at(loop.time())  # over: no new time
+
+    uvloop.run(main())
+
+
+def test_a_cut_whose_block_ends_first_never_fires_later() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cut = Cut()
+        with cut:
+            cut.at(loop.time() + SECONDS)
+            await asyncio.sleep(SECONDS / 5)
+        await asyncio.sleep(SECONDS * 2)  # a timer left behind would cancel this task here
+        assert not cut.expired()
+        assert asyncio.current_task().cancelling() == 0
+
+    uvloop.run(main())
+
+
+def test_a_cut_lets_a_cancellation_from_elsewhere_through_even_at_its_own_time() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cut = Cut()
+
+        async def work() -> None:
+            with cut:
+                cut.at(loop.time() + SECONDS)
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(work())
+        await asyncio.sleep(SECONDS / 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not cut.expired()
+
+        racing = Cut()
+
+        async def racing_work() -> None:
+            with racing:
+                racing.at(loop.time())  # fires in the next iteration, beside the cancel below
+                task2.cancel()
+                await asyncio.sleep(10)
+
+        task2 = asyncio.ensure_future(racing_work())
+        with pytest.raises(asyncio.CancelledError):
+            await task2
+        assert racing.expired()
+
+    uvloop.run(main())
