@@ -187,7 +187,11 @@ class DeliverySender:
         attempt = 0
         while True:
             attempt += 1
-            result, sent_at = await self._paced(slot, delivery, may_send, pace)
+            if pace is None:
+                result, sent_at = await self._attempt(slot, delivery, may_send)
+            else:  # a throttled run's pace holds every attempt to its rate (dispatch/pace.py)
+                async with pace.permit():
+                    result, sent_at = await self._attempt(slot, delivery, may_send)
             reason = result.reason or "unknown"
             if live and result.outcome is not Outcome.DELIVERED:
                 metrics.DELIVERY_ERRORS.labels(app, name, reason).inc()
@@ -237,15 +241,6 @@ class DeliverySender:
         log.info("delivery_expired", notification_id=delivery.notification_id,
                  token=mask_token(delivery.device.token), provider=provider, last_reason=last_reason)
         return FinalResult(delivery, "failed", "expired", attempts)
-
-    async def _paced(
-        self, slot: _ProviderSlot, delivery: Delivery, may_send: Callable[[], bool] | None, pace: Pace | None
-    ) -> tuple[SendResult, float]:
-        """One attempt, under a throttled run's pace (dispatch/pace.py) when it has one."""
-        if pace is None:
-            return await self._attempt(slot, delivery, may_send)
-        async with pace.permit():
-            return await self._attempt(slot, delivery, may_send)
 
     def _final_answer(
         self, slot: _ProviderSlot, delivery: Delivery, result: SendResult, sent_at: float, attempt: int,

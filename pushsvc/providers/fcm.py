@@ -220,7 +220,8 @@ class FcmProvider(Provider):
         )
 
     async def _attempt(self, body: bytes) -> SendResult:
-        token = await self._token_or_failure()
+        # The token in hand, as on every send but those around a refresh: no coroutine to await for it.
+        token = self._usable_token() or await self._token_or_failure()
         if isinstance(token, SendResult):
             return token
         try:
@@ -263,11 +264,18 @@ class FcmProvider(Provider):
 
     # ------------------------------------------------------------------------------------ credentials
 
+    def _usable_token(self) -> str | None:
+        """The access token, unless there is none or it is due for refresh."""
+        token = self._credential.token
+        if token is None or self._refresh_at is None or self._clock() >= self._refresh_at:
+            return None
+        return token
+
     async def _access_token(self) -> str:
         """An access token not yet due for refresh; one shared refresh runs in a worker thread (google-auth
         blocks)."""
         cred = self._credential
-        while cred.token is None or self._refresh_at is None or self._clock() >= self._refresh_at:
+        while self._usable_token() is None:
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.ensure_future(self._fetch_token())
                 # Retrieve the outcome even if every waiting send timed out (no "never retrieved" noise).
