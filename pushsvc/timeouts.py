@@ -132,22 +132,28 @@ class FixedTimeouts:
 
     def _start(self, bound: Bound) -> None:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new loop (nothing of a closed one's carries over)
+        if loop is not self._loop:
+            # First use, or a new loop: a closed one's bounds never end, and its timer must not fire here.
+            if self._timer is not None:
+                self._timer.cancel()
             self._loop, self._running, self._timer = loop, {}, None
         bound._deadline = loop.time() + self.seconds
         self._running[bound] = None
         if self._timer is None:
-            self._timer = loop.call_at(bound._deadline, self._expire)
+            self._timer = loop.call_at(bound._deadline, self._expire, bound._deadline)
 
-    def _expire(self) -> None:
+    def _expire(self, due: float) -> None:
         self._timer = None
         assert self._loop is not None
-        now = self._loop.time()
+        # The loop runs a timer once it judges `due` reached, though its clock may read a hair less (its
+        # milliseconds against our float deadline): a bound due then is due now, not one loop pass later,
+        # where a cancellation or an answer arriving meanwhile would win over the expiry.
+        now = max(self._loop.time(), due)
         running = self._running
         while running:
             oldest = next(iter(running))
             if oldest._deadline > now:
-                self._timer = self._loop.call_at(oldest._deadline, self._expire)
+                self._timer = self._loop.call_at(oldest._deadline, self._expire, oldest._deadline)
                 return
             del running[oldest]
             oldest._fire()

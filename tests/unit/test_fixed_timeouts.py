@@ -98,21 +98,53 @@ def test_a_cancellation_racing_the_expiry_still_propagates() -> None:
     async def main() -> None:
         timeouts = FixedTimeouts(SECONDS)
         bound = timeouts.bound()
-        task: asyncio.Task[None]
+        expire = timeouts._expire
+
+        def cancel_then_expire(due: float) -> None:
+            task.cancel()  # another cancellation, in the same loop pass as the expiry
+            expire(due)
+
+        timeouts._expire = cancel_then_expire  # type: ignore[method-assign]  # before the bound sets the timer
 
         async def work() -> None:
             with bound:
                 await asyncio.sleep(10)
 
         task = asyncio.ensure_future(work())
-        loop = asyncio.get_running_loop()
-        # Right when the bound expires: its cancel and this one reach the task in the same loop iteration.
-        await asyncio.sleep(SECONDS / 2)
-        expiry = next(iter(timeouts._running))._deadline
-        loop.call_at(expiry, task.cancel)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert bound.expired()
+
+    uvloop.run(main())
+
+
+def test_an_expiry_due_when_its_timer_runs_is_not_put_off() -> None:
+    """The loop runs a timer when its clock (milliseconds) reaches the deadline (a float): the bound due then
+    expires in that pass, before a cancellation arriving in the next one could win over it."""
+
+    async def one_round() -> None:
+        loop = asyncio.get_running_loop()
+        timeouts = FixedTimeouts(SECONDS / 10)
+        bound = timeouts.bound()
+        expire = timeouts._expire
+
+        def expire_then_cancel(due: float) -> None:
+            expire(due)
+            loop.call_soon(task.cancel)  # the next pass: too late to be the one that ends the block
+
+        timeouts._expire = expire_then_cancel  # type: ignore[method-assign]
+
+        async def work() -> None:
+            with bound:
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(work())
+        with pytest.raises(TimeoutError):
+            await task
+
+    async def main() -> None:
+        for _ in range(20):  # the clock's reading against the deadline varies from round to round
+            await one_round()
 
     uvloop.run(main())
 
@@ -129,19 +161,29 @@ def test_a_timeout_raised_inside_is_not_taken_for_an_expiry() -> None:
 
 
 def test_many_bounds_cost_a_timer_per_expiry_round_not_one_each() -> None:
-    """Ten thousand short bounds leave the loop with at most one timer of this object's scheduled."""
+    """Ten thousand short bounds share the one timer the first set: it fires once, finds none running, and
+    is not set again."""
 
     async def main() -> None:
         timeouts = FixedTimeouts(SECONDS)
+        fired: list[float] = []
+        expire = timeouts._expire
+
+        def counted(due: float) -> None:
+            fired.append(due)
+            expire(due)
+
+        timeouts._expire = counted  # type: ignore[method-assign]
         rng = random.Random(7)
+        with timeouts.bound():
+            first = timeouts._timer
         for _ in range(10_000):
             with timeouts.bound():
                 if rng.random() < 0.01:
                     await asyncio.sleep(0)
-        assert timeouts._timer is not None and not timeouts._running
-        before = timeouts._timer
-        await asyncio.sleep(SECONDS * 1.5)  # it fires, finds nothing running, and is not set again
-        assert before.cancelled() or timeouts._timer is None
+        assert first is not None and timeouts._timer is first and not timeouts._running
+        await asyncio.sleep(SECONDS * 1.5)
+        assert len(fired) == 1 and timeouts._timer is None
 
     uvloop.run(main())
 
