@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import ssl
 import time
@@ -61,6 +62,7 @@ log = get_logger(__name__)
 # secret: drawn from one generator seeded by the OS at start, not uuid4()'s os.urandom per push (a system call
 # and a UUID object: ~1.5% of an APNs send's CPU).
 _ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker draws its own ids, not its parent's
 _V4_BITS = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
 _V4_MASK = ~((0xF << 76) | (0x3 << 62))
 
