@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushsvc.timeouts import Cut, FixedTimeouts
+from pushsvc.timeouts import Bound, Cut, FixedTimeouts
 
 SECONDS = 0.2
 SLACK = 0.25  # the loop's timer resolution (1 ms) and scheduling under a loaded CI box
@@ -28,6 +29,23 @@ async def _bounded(timeouts: FixedTimeouts, work: float) -> tuple[str, float, bo
         return "done", loop.time() - started, bound.expired()
     except TimeoutError:
         return "timeout", loop.time() - started, bound.expired()
+
+
+async def _cancelled_from_outside(scope: Bound | Cut, arm: Callable[[], None] = lambda: None) -> None:
+    """A task waiting in `scope` (timed by `arm`, inside it) is cancelled from elsewhere: CancelledError
+    propagates and the scope did not expire."""
+
+    async def work() -> None:
+        with scope:
+            arm()
+            await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(work())
+    await asyncio.sleep(SECONDS / 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not scope.expired()
 
 
 def test_work_within_the_bound_ends_normally_and_longer_work_times_out_at_the_bound() -> None:
@@ -75,18 +93,7 @@ def test_each_bound_expires_on_its_own_deadline_whatever_the_others_do(runs: lis
 def test_a_cancellation_from_elsewhere_propagates_and_is_not_a_timeout() -> None:
     async def main() -> None:
         timeouts = FixedTimeouts(SECONDS)
-        bound = timeouts.bound()
-
-        async def work() -> None:
-            with bound:
-                await asyncio.sleep(10)
-
-        task = asyncio.ensure_future(work())
-        await asyncio.sleep(SECONDS / 5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not bound.expired()
+        await _cancelled_from_outside(timeouts.bound())
         assert not timeouts._running
 
     uvloop.run(main())
@@ -229,18 +236,7 @@ def test_a_cut_lets_a_cancellation_from_elsewhere_through_even_at_its_own_time()
     async def main() -> None:
         loop = asyncio.get_running_loop()
         cut = Cut()
-
-        async def work() -> None:
-            with cut:
-                cut.at(loop.time() + SECONDS)
-                await asyncio.sleep(10)
-
-        task = asyncio.ensure_future(work())
-        await asyncio.sleep(SECONDS / 5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not cut.expired()
+        await _cancelled_from_outside(cut, lambda: cut.at(loop.time() + SECONDS))
 
         racing = Cut()
 
