@@ -34,6 +34,9 @@ from pushsvc.token_kinds import provider_for
 
 log = get_logger(__name__)
 
+# How much longer than its own send timeout an adapter's attempt may take before the sender's guard ends it.
+GUARD_MARGIN_SECONDS = 5.0
+
 
 class SendingStopped(Exception):
     """The work this delivery belongs to may no longer send (its lease is no longer good): no attempt was made."""
@@ -96,7 +99,7 @@ class DeliverySender:
         self._settings = settings
         self._clock = clock
         # Adapters bound their own time; this outer limit only catches an adapter bug (_send).
-        self._guard = FixedTimeouts(settings.send_timeout_seconds + 5.0)
+        self._guard = FixedTimeouts(settings.send_timeout_seconds + GUARD_MARGIN_SECONDS)
         self._sleep = sleep
         by_scope: dict[str, list[_ProviderSlot]] = {}
         for slot in self._slots.values():

@@ -24,7 +24,7 @@ from pushsvc.providers import apns, apns_payload, fcm
 from pushsvc.providers import hms_message as hms
 from pushsvc.providers import webpush_payload as webpush
 from pushsvc.providers.base import Delivery
-from pushsvc.token_kinds import KINDS
+from pushsvc.token_kinds import KINDS, kinds_for_push_type
 
 # Routes whose payload carries the message's text, so each locale is a variant of its own.
 TEXT_ROUTES = frozenset({"alert", "liveactivity", "liveactivity_start"})
@@ -76,7 +76,7 @@ LIMITS: dict[str, _Limit] = {
 
 # Per route, the providers (with a limit) whose tokens take it, in name order: the same for every request.
 _ROUTE_PROVIDERS: dict[str, tuple[str, ...]] = {
-    route: tuple(sorted({kind.provider for kind in KINDS.values() if route in kind.push_types} & set(LIMITS)))
+    route: tuple(sorted({KINDS[kind].provider for kind in kinds_for_push_type(route)} & set(LIMITS)))
     for route in {push_type for kind in KINDS.values() for push_type in kind.push_types}
 }
 

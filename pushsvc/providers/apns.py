@@ -94,8 +94,7 @@ class ApnsProvider(Provider):
         ``provider_tokens`` the registry of shared tokens (the process's; a test gives its own)."""
         super().__init__(app_id)
         self._settings = settings
-        self._send_timeout = send_timeout
-        self._timeouts = FixedTimeouts(send_timeout)
+        self._timeouts = FixedTimeouts(send_timeout)  # every send bounded by it, one loop timer for all
         if settings.endpoint:
             host, port_number = endpoint_address(settings.endpoint, "endpoint", path_allowed=False)
         else:
@@ -224,7 +223,7 @@ class ApnsProvider(Provider):
                 # NAT); retire it rather than let every later send wait out the timeout on it too.
                 connection.retire()
             log.info(
-                "apns_send_timeout", app=self.app_id, token=mask_token(token), timeout=self._send_timeout
+                "apns_send_timeout", app=self.app_id, token=mask_token(token), timeout=self._timeouts.seconds
             )
             return SendResult(Outcome.RETRYABLE, "timeout")
         except (ApnsConnectionError, ConnectionClosed, H2Error, OSError) as exc:

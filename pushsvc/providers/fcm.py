@@ -110,8 +110,7 @@ class FcmProvider(Provider):
     ) -> None:
         super().__init__(app_id)
         self._settings = settings
-        self._send_timeout = send_timeout
-        self._timeouts = FixedTimeouts(send_timeout)
+        self._timeouts = FixedTimeouts(send_timeout)  # every send bounded by it, one loop timer for all
         # Expiry times are absolute on this clock (the service passes the database's); FCM takes a TTL.
         self._clock = clock
         certificate = credentials.Certificate(settings.service_account_file)
@@ -160,7 +159,7 @@ class FcmProvider(Provider):
     async def start(self) -> None:
         """Fetch the first access token ahead of the first send (failures surface on send)."""
         try:
-            await asyncio.wait_for(self._access_token(), self._send_timeout)
+            await asyncio.wait_for(self._access_token(), self._timeouts.seconds)
         except Exception as exc:
             log.warning("fcm_token_prefetch_failed", app=self.app_id, error=_short(exc))
 

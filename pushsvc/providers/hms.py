@@ -97,8 +97,7 @@ class HmsProvider(Provider):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(app_id)
-        self._send_timeout = send_timeout
-        self._timeouts = FixedTimeouts(send_timeout)
+        self._timeouts = FixedTimeouts(send_timeout)  # every send bounded by it, one loop timer for all
         # Expiry times are absolute on this clock (the service passes the database's); HMS takes a TTL. Token
         # lifetimes are counted on it too.
         self._clock = clock
@@ -112,7 +111,7 @@ class HmsProvider(Provider):
     async def start(self) -> None:
         """Fetch the first access token ahead of the first send; a failure is logged, and surfaces on send."""
         try:
-            await asyncio.wait_for(self._tokens.token(), self._send_timeout)
+            await asyncio.wait_for(self._tokens.token(), self._timeouts.seconds)
         except TokenFailure:
             pass  # logged by TokenSource
         except Exception as exc:

@@ -140,8 +140,7 @@ class WebPushProvider(Provider):
         that GuardedResolver asks (default aiohttp's ThreadedResolver: the system's getaddrinfo)."""
         super().__init__(app_id)
         self._settings = settings
-        self._send_timeout = send_timeout
-        self._timeouts = FixedTimeouts(send_timeout)
+        self._timeouts = FixedTimeouts(send_timeout)  # every send bounded by it, one loop timer for all
         self._clock = clock
         self._allowed_hosts = frozenset(settings.allowed_hosts)
         self._vapid = VapidSigner(settings.vapid_private_key_file, settings.subject, clock)

@@ -118,16 +118,15 @@ class NotificationRecord:
 
     @classmethod
     def _read(cls, doc: Mapping[str, Any], request: PushRequest | None) -> NotificationRecord:
-        get = doc.get
-        wave_zones = get("wave_zones")
-        boundaries = get("boundaries")
-        bounds = get("bounds") or (None, None)
+        wave_zones = doc.get("wave_zones")
+        boundaries = doc.get("boundaries")
+        bounds = doc.get("bounds") or (None, None)
         parsed = request if request is not None else read_request(doc)
         request_id = request_id_of(doc)
         split = None
         if isinstance(parsed, PushRequest):
             # Assigned by the campaign's request id: the same for each of its ranges.
-            split = split_of(request_id, get("variants"), get("control_percent"), parsed.options)
+            split = split_of(request_id, doc.get("variants"), doc.get("control_percent"), parsed.options)
         return cls(
             id=doc["_id"],
             app=doc["app"],
@@ -135,31 +134,31 @@ class NotificationRecord:
             state=doc["state"],
             request=parsed,
             split=split,
-            lane=get("lane"),
-            kind=get("kind"),
-            due_at=float(get("due_at") or 0.0),
-            dry_run=bool(get("dry_run")),
-            counts={key: int(value) for key, value in (get("counts") or {}).items()},
-            progress_seq=int(get("progress_seq") or 0),
-            stalled_runs=int(get(STALLED_RUNS) or 0),
-            cursor=get("cursor"),
-            chunk_done=frozenset(get("chunk_done") or ()),
+            lane=doc.get("lane"),
+            kind=doc.get("kind"),
+            due_at=float(doc.get("due_at") or 0.0),
+            dry_run=bool(doc.get("dry_run")),
+            counts={key: int(value) for key, value in (doc.get("counts") or {}).items()},
+            progress_seq=int(doc.get("progress_seq") or 0),
+            stalled_runs=int(doc.get(STALLED_RUNS) or 0),
+            cursor=doc.get("cursor"),
+            chunk_done=frozenset(doc.get("chunk_done") or ()),
             wave_zones=None if wave_zones is None else tuple(wave_zones),
-            zones_done=frozenset(get("zones_done") or ()),
-            wave_ended_at=get("wave_ended_at"),
-            zones_passed=frozenset(get("zones_passed") or ()),
-            ttl_lapsed=bool(get("ttl_lapsed")),
-            throttle_per_second=get("throttle_per_second"),
-            quiet_hours=get("quiet_hours"),
-            best_time=get("best_time"),
-            audience_estimate=get("audience_estimate"),
+            zones_done=frozenset(doc.get("zones_done") or ()),
+            wave_ended_at=doc.get("wave_ended_at"),
+            zones_passed=frozenset(doc.get("zones_passed") or ()),
+            ttl_lapsed=bool(doc.get("ttl_lapsed")),
+            throttle_per_second=doc.get("throttle_per_second"),
+            quiet_hours=doc.get("quiet_hours"),
+            best_time=doc.get("best_time"),
+            audience_estimate=doc.get("audience_estimate"),
             boundaries=None if boundaries is None else tuple(boundaries),
-            ranges=int(get("ranges") or 0),
-            parent=get("parent"),
+            ranges=int(doc.get("ranges") or 0),
+            parent=doc.get("parent"),
             bounds=(bounds[0], bounds[1]),
-            error=get("error"),
-            finished_at=float(get("finished_at") or 0.0),
-            trace=TraceContext.of_mapping(get(TRACE_FIELD)),
+            error=doc.get("error"),
+            finished_at=float(doc.get("finished_at") or 0.0),
+            trace=TraceContext.of_mapping(doc.get(TRACE_FIELD)),
         )
 
 

@@ -10,12 +10,12 @@ import pytest
 import uvloop
 
 from pushsvc.config import DispatchSettings
-from pushsvc.dispatch.sender import DeliverySender
+from pushsvc.dispatch.sender import GUARD_MARGIN_SECONDS, DeliverySender
 from pushsvc.model import Message, Options, Outcome, Recipient
 from pushsvc.providers.base import Delivery, Provider, Rendered, SendResult
 
 SEND_TIMEOUT = 0.05
-GUARD = SEND_TIMEOUT + 5.0  # the sender's margin over the adapters' own bound
+GUARD = SEND_TIMEOUT + GUARD_MARGIN_SECONDS
 
 
 class HangingProvider(Provider):
