@@ -31,6 +31,7 @@ from pushsvc.ingest.kafka import KafkaIngest, producer_request_limit
 from pushsvc.kafka_options import client_options
 from pushsvc.logs import get_logger
 from pushsvc.outcomes import ACKNOWLEDGED_FLUSH_SECONDS, Announcer, OutcomePublisher, OutcomeSweeper
+from pushsvc.partitioner import KeyPartitioner
 from pushsvc.providers.base import Provider
 from pushsvc.providers.registry import build_providers
 from pushsvc.scheduling.clock import ServerClock
@@ -136,6 +137,7 @@ class PushService:
             acks="all",
             linger_ms=5,
             max_request_size=producer_request_limit(settings.kafka),
+            partitioner=KeyPartitioner(),  # the partitions of aiokafka's default, its hash in half the CPU
         )
         self._build_dispatch(settings, events, clock)
         self.intake = Intake(self.notifications, self.scheduler, clock=clock)
