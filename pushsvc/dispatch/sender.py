@@ -274,11 +274,15 @@ class DeliverySender:
         Returns its result and when it went out (epoch seconds, by the sender's clock)."""
         while True:
             await self._wait_while_paused(slot)
-            slot.queue_depth.inc()
-            try:
+            if slot.semaphore.locked():
+                slot.queue_depth.inc()
+                try:
+                    await slot.semaphore.acquire()
+                finally:  # also when cancelled while queued: the gauge must not leak
+                    slot.queue_depth.dec()
+            else:
+                # A free slot is taken without yielding, so no scrape could see the delivery queued: not counted.
                 await slot.semaphore.acquire()
-            finally:  # also when cancelled while queued: the gauge must not leak
-                slot.queue_depth.dec()
             try:
                 if slot.gate is not None:
                     # After the semaphore: a permit is good only in its slice of time, so it is taken right
