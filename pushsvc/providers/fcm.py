@@ -183,7 +183,8 @@ class FcmProvider(Provider):
             if len(self._encoded) >= 1024:
                 self._encoded.clear()
             cached = self._encoded[key] = (delivery.message, delivery.options, encoded)
-        message = dict(cached[2])
+        # The cached message is encoded at once, so it takes this device's token in place of the last one's.
+        message = cached[2]
         message["token"] = token
         return orjson.dumps({"message": message})
 
