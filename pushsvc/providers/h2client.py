@@ -63,9 +63,11 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         # Outbound headers are ours and known-good: h2's per-header validation was ~15% of a send's CPU. Of
         # the answers we read only :status, a few named headers and the body, so inbound header checks
-        # (another ~7%) are skipped too; framing, HPACK and flow control are still enforced by h2.
+        # (another ~7%) are skipped too; framing, HPACK and flow control are still enforced by h2. Answer
+        # headers come as bytes (header_encoding None) and are decoded here, in one pass without h2's
+        # HeaderTuple per header, and never raising: a header that is not UTF-8 cannot fail the connection.
         config = H2Configuration(
-            client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
             normalize_outbound_headers=False, validate_inbound_headers=False,
         )
         self.conn = BoundedH2Connection(config)
@@ -108,7 +110,7 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------------------------------- sending
 
-    async def request(self, headers: list[tuple[str, str]], body: bytes) -> HttpReply:
+    async def request(self, headers: list[tuple[str, str] | tuple[bytes, bytes]], body: bytes) -> HttpReply:
         conn = self.conn
         try:
             stream_id = conn.get_next_available_stream_id()
@@ -175,10 +177,10 @@ class _Connection(asyncio.Protocol):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     for name, value in event.headers:
-                        if name == ":status":
+                        if name == b":status":
                             stream.status = int(value)
                         else:
-                            stream.headers[name] = value
+                            stream.headers[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
             elif isinstance(event, StreamEnded):
                 self.conn.done_with(event.stream_id)
                 stream = streams.pop(event.stream_id, None)
@@ -293,9 +295,9 @@ class H2Transport:
         self._max_connections = max_connections
         self._timeout = timeout
         self._pools: dict[tuple[str, int], H2Pool] = {}
-        self._targets: dict[str, tuple[H2Pool, list[tuple[str, str]]]] = {}
+        self._targets: dict[str, tuple[H2Pool, list[tuple[bytes, bytes]]]] = {}
 
-    def _target(self, url: str) -> tuple[H2Pool, list[tuple[str, str]]]:
+    def _target(self, url: str) -> tuple[H2Pool, list[tuple[bytes, bytes]]]:
         target = self._targets.get(url)
         if target is None:
             parts = urlsplit(url)
@@ -309,13 +311,19 @@ class H2Transport:
                 )
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             authority = parts.netloc.rsplit("@", 1)[-1]
-            pseudo = [(":method", "POST"), (":scheme", "https"), (":authority", authority), (":path", path)]
+            # As bytes, encoded once: h2 encodes every str header of every request.
+            pseudo = [
+                (b":method", b"POST"), (b":scheme", b"https"),
+                (b":authority", authority.encode()), (b":path", path.encode()),
+            ]
             target = self._targets[url] = (pool, pseudo)
         return target
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HttpReply:
         pool, pseudo = self._target(url)
-        request_headers = [*pseudo, *headers.items(), ("content-length", str(len(body)))]
+        request_headers: list[tuple[str, str] | tuple[bytes, bytes]] = [
+            *pseudo, *headers.items(), ("content-length", str(len(body)))
+        ]
         if self._timeout is None:  # the caller bounds the time (one timer less per request)
             return await (await pool.connection()).request(request_headers, body)
         try:

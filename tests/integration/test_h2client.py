@@ -94,6 +94,23 @@ async def test_reset_stream_fails_only_that_request(server: Server, pki: tls.Tes
     assert server.connections == 1
 
 
+async def test_an_answer_header_that_is_not_utf8_is_read_and_the_connection_lives_on(
+    server: Server, pki: tls.TestPki
+) -> None:
+    transport = H2Transport(client_context(pki), max_connections=1, timeout=5.0)
+    try:
+        server.mode = "latin1"
+        reply = await transport.post(f"https://localhost:{server.port}/p", {"x-request": "é"}, b"12")
+        server.mode = "ok"
+        again = await transport.post(f"https://localhost:{server.port}/p", {}, b"123")
+    finally:
+        await transport.aclose()
+    assert (reply.status, reply.headers["x-size"], reply.headers["x-note"]) == (200, "2", "caf\ufffd")
+    assert reply.body == b'{"received":2}'
+    assert (again.status, again.headers["x-size"]) == (200, "3")
+    assert server.connections == 1
+
+
 async def test_no_answer_is_a_timeout(server: Server, pki: tls.TestPki) -> None:
     transport = H2Transport(client_context(pki), max_connections=1, timeout=0.3)
     try:

@@ -25,7 +25,7 @@ class ScriptedH2Server:
     def __init__(self, window: int = 65_535, max_streams: int = 100) -> None:
         self.window = window
         self.max_streams = max_streams
-        self.mode = "ok"  # ok | goaway | reset | hold | early
+        self.mode = "ok"  # ok | goaway | reset | hold | early | latin1 (a header value that is not UTF-8)
         self.connections = 0
         self.resets = 0
         self.answered_early = 0
@@ -89,10 +89,13 @@ class ScriptedH2Server:
                             return
                         if self.mode == "reset":
                             conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
-                        elif self.mode == "ok":
+                        elif self.mode in ("ok", "latin1"):
                             size = bodies.pop(event.stream_id)
                             body = f'{{"received":{size}}}'.encode()
-                            conn.send_headers(event.stream_id, [(":status", "200"), ("x-size", str(size))])
+                            headers = [(b":status", b"200"), (b"x-size", str(size).encode())]
+                            if self.mode == "latin1":
+                                headers.append((b"x-note", "café".encode("latin-1")))
+                            conn.send_headers(event.stream_id, headers)
                             conn.send_data(event.stream_id, body, end_stream=True)
                         if self.mode != "hold":
                             bodies.pop(event.stream_id, None)
