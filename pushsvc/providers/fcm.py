@@ -144,6 +144,9 @@ class FcmProvider(Provider):
             "x-goog-api-format-version": "2",
             "x-firebase-client": f"fire-admin-python/{firebase_admin.__version__}",
         }
+        # The request headers for the access token in use, built when it changes (once an hour), not per send.
+        self._headers_token: str | None = None
+        self._headers: dict[str, str] = self._static_headers
 
     @staticmethod
     def _free_app_name(app_id: str) -> str:
@@ -255,8 +258,10 @@ class FcmProvider(Provider):
             return SendResult(Outcome.RETRYABLE, reason="token_connection_error")
 
     async def _post(self, token: str, body: bytes) -> HttpReply:
-        headers = {**self._static_headers, "authorization": f"Bearer {token}"}
-        return await self._transport.post(self.url, headers, body)
+        if token is not self._headers_token:
+            self._headers = {**self._static_headers, "authorization": f"Bearer {token}"}
+            self._headers_token = token
+        return await self._transport.post(self.url, self._headers, body)
 
     @staticmethod
     def _is_third_party_auth(reply: HttpReply) -> bool:
