@@ -74,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.usable = False  # connected and neither closing nor after GOAWAY
+        self._stream_limit = self._read_stream_limit()  # kept, not read from h2's settings on every request
         self._flush_scheduled = False
         self._window_open = asyncio.Event()
 
@@ -84,8 +85,11 @@ class _Connection(asyncio.Protocol):
         """How many more streams this connection may open now."""
         if not self.usable:
             return 0
+        return self._stream_limit - len(self.streams)
+
+    def _read_stream_limit(self) -> int:
         limit = self.conn.remote_settings.max_concurrent_streams or _DEFAULT_MAX_STREAMS
-        return min(limit, _MAX_STREAMS_PER_CONNECTION) - len(self.streams)
+        return min(limit, _MAX_STREAMS_PER_CONNECTION)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -196,6 +200,7 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
                 self._window_open.set()
                 if isinstance(event, RemoteSettingsChanged):
+                    self._stream_limit = self._read_stream_limit()
                     self._pool._stream_freed()  # MAX_CONCURRENT_STREAMS may have grown
             elif isinstance(event, ConnectionTerminated):
                 self.usable = False
@@ -226,17 +231,22 @@ class H2Pool:
         self._freed = asyncio.Event()
         self._closed = False
 
+    def ready(self) -> _Connection | None:
+        """The open connection with the most free stream slots; None if none has one (or the pool is closed)."""
+        best: _Connection | None = None
+        best_capacity = 0
+        for connection in self._connections:
+            capacity = connection.capacity
+            if capacity > best_capacity:
+                best, best_capacity = connection, capacity
+        return best
+
     async def connection(self) -> _Connection:
         """A connection with a free stream slot, opening one if all are full (or waiting for a slot)."""
         while True:
             if self._closed:
                 raise TransportFailure("connection_error", "client closed")
-            best: _Connection | None = None
-            best_capacity = 0
-            for connection in self._connections:
-                capacity = connection.capacity
-                if capacity > best_capacity:
-                    best, best_capacity = connection, capacity
+            best = self.ready()
             if best is not None:
                 return best
             if len(self._connections) < self._max or self._connecting is not None:
@@ -325,7 +335,8 @@ class H2Transport:
             *pseudo, *headers.items(), ("content-length", str(len(body)))
         ]
         if self._timeout is None:  # the caller bounds the time (one timer less per request)
-            return await (await pool.connection()).request(request_headers, body)
+            connection = pool.ready() or await pool.connection()  # a free slot taken without a coroutine
+            return await connection.request(request_headers, body)
         try:
             async with asyncio.timeout(self._timeout):
                 connection = await pool.connection()
