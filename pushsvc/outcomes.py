@@ -16,7 +16,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from pushsvc import tracing
 from pushsvc.logs import get_logger
-from pushsvc.store.counts import PLATFORM_SEPARATOR, split_counts
+from pushsvc.store.counts import counted_by_platform, split_counts
 from pushsvc.store.events import EventStore
 from pushsvc.store.records import NotificationRecord
 from pushsvc.tracing import TraceContext
@@ -54,7 +54,7 @@ class OutcomeEvent:
         """`trace`: the finish span's context; by default the span current here (a finish's), else the stored."""
         # A dry run is marked on its document; its per-platform counts say so too (a document read without
         # the mark, e.g. by an older projection).
-        dry_run = record.dry_run or any(PLATFORM_SEPARATOR in key for key in counts)
+        dry_run = record.dry_run or counted_by_platform(counts)
         trace = trace or tracing.current() or record.trace
         return cls(record.id, record.request_id, record.app, state, counts, error, finished_at, dry_run, trace)
 

@@ -45,6 +45,11 @@ def variant_key(outcome: str, variant: str) -> str:
     return f"{outcome}{VARIANT_SEPARATOR}{variant}"
 
 
+def counted_by_platform(counts: Mapping[str, Any]) -> bool:
+    """Whether `counts` holds a per-platform counter (what a dry run counts); most hold only plain ones."""
+    return not counts.keys() <= _PLAIN and any(PLATFORM_SEPARATOR in key for key in counts)
+
+
 def count_final(counts: Counter[str], outcome: str, variant: str | None, platform: str, dry_run: bool) -> None:
     """One device's final outcome in a chunk's counts: the counter, its variant's (with the variant's
     `targeted`), and a dry run's per-platform one. Whatever ended it (a provider's answer, or none: opted out,
@@ -90,15 +95,19 @@ def added_counts(saved: Mapping[str, int], more: Mapping[str, int]) -> dict[str,
     """`full_counts(Counter(saved) + Counter(more))`, what a run's counts on top of those earlier runs saved come
     to, without two Counters per notification: every COUNT_KEYS counter (0 where the sum is not positive), and the
     per-platform and per-variant counters whose sum is. Both hold ints (a record's counts are read as ints)."""
-    total = {key: max(0, saved.get(key, 0) + more.get(key, 0)) for key in COUNT_KEYS}
+    # Only the keys either holds are visited (a one-device push: two or three), not every counter twice.
+    total = dict.fromkeys(COUNT_KEYS, 0)
     split: dict[str, int] = {}
     for counts in (saved, more):
-        if counts.keys() <= _PLAIN:  # most notifications: no per-platform or per-variant counter to add
-            continue
         for key, value in counts.items():
-            if PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key:
+            if key in total:
+                total[key] += value
+            elif PLATFORM_SEPARATOR in key or VARIANT_SEPARATOR in key:
                 split[key] = split.get(key, 0) + value
-    total.update((key, value) for key, value in split.items() if value > 0)
+    if min(total.values()) < 0:  # never, as written; a hand-edited document may hold anything
+        total = {key: max(0, value) for key, value in total.items()}
+    if split:
+        total.update((key, value) for key, value in split.items() if value > 0)
     return total
 
 

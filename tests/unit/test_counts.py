@@ -12,6 +12,7 @@ from pushsvc.store.counts import (
     PLATFORM_SEPARATOR,
     VARIANT_SEPARATOR,
     added_counts,
+    counted_by_platform,
     full_counts,
     split_counts,
 )
@@ -60,3 +61,8 @@ def test_split_counts_takes_keys_apart_at_their_separators(counts: dict[str, int
 def test_full_counts_is_every_counter_and_the_separated_ones(counts: dict[str, int]) -> None:
     separated = {k: v for k, v in counts.items() if PLATFORM_SEPARATOR in k or VARIANT_SEPARATOR in k}
     assert full_counts(counts) == {**{key: counts.get(key, 0) for key in COUNT_KEYS}, **separated}
+
+
+@given(COUNTS | st.dictionaries(st.text(max_size=8), st.integers(), max_size=8))
+def test_counted_by_platform_is_any_key_with_the_platform_separator(counts: dict[str, int]) -> None:
+    assert counted_by_platform(counts) == any(PLATFORM_SEPARATOR in key for key in counts)
