@@ -204,7 +204,7 @@ class BatchRunner:
             tracing.counted(span, end.counts)
             if end.notification_id not in finished:
                 continue
-            metrics.NOTIFICATIONS_FINISHED.labels(item.app, str(end.state)).inc()
+            metrics.child(metrics.NOTIFICATIONS_FINISHED, item.app, str(end.state)).inc()
             log.info(
                 "notification_finished",
                 notification_id=end.notification_id,

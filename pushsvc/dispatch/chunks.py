@@ -271,7 +271,7 @@ class ChunkWorker:
         # A device counts as targeted once it has a final outcome: a stopped chunk counts the rest on resume.
         counts["targeted"] = len(newly)
         if newly and not dry_run:
-            metrics.DEVICES_TARGETED.labels(request.app).inc(len(newly))
+            metrics.child(metrics.DEVICES_TARGETED, request.app).inc(len(newly))
         return ChunkOutcome(counts, finished + newly, complete)
 
     async def _send_one(self, delivery: Awaitable[FinalResult], hold: Hold | None) -> FinalResult | None:

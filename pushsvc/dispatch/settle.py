@@ -51,10 +51,10 @@ def settle(
                 outcome = "auth_error"
             elif receives(device.kind, route) and not dry_run:
                 deactivations.append(Deactivation(device.token, result.reason, result.invalid_as_of))
-                metrics.INVALID_TOKENS.labels(app, provider).inc()
+                metrics.child(metrics.INVALID_TOKENS, app, provider).inc()
         count_final(counts, outcome, result.delivery.variant, device.platform, dry_run)
         if dry_run:
-            metrics.DRY_RUN_OUTCOMES.labels(app, provider, outcome).inc()
+            metrics.child(metrics.DRY_RUN_OUTCOMES, app, provider, outcome).inc()
         else:
-            metrics.DELIVERIES.labels(app, provider, outcome).inc()
+            metrics.child(metrics.DELIVERIES, app, provider, outcome).inc()
     return Settled(counts, deactivations)

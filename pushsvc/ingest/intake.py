@@ -208,7 +208,7 @@ class Intake:
         counted = {"accepted": len(inserted), "duplicate": len(duplicates), "conflict": len(conflicts)}
         for outcome, count in counted.items():
             if count:
-                metrics.REQUESTS_INGESTED.labels(source, outcome).inc(count)
+                metrics.child(metrics.REQUESTS_INGESTED, source, outcome).inc(count)
         for item, error in rejected:
             log.warning("request_rejected_by_store", notification_id=key(item)[:200], error=error)
         for item, conflict in conflicts:

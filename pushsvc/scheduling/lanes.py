@@ -38,7 +38,7 @@ class LaneRoom:
 
     def change(self, lane: str, by: int) -> None:
         self._taken[lane] += by
-        metrics.ACTIVE_NOTIFICATIONS.labels(lane).set(self._taken[lane])
+        metrics.child(metrics.ACTIVE_NOTIFICATIONS, lane).set(self._taken[lane])
 
     @staticmethod
     def runner_lane(lane: str) -> str:
