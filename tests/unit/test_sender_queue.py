@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import uvloop
 
@@ -46,21 +47,39 @@ def _queued() -> float:
     return metrics.QUEUE_DEPTH.labels("apns")._value.get()
 
 
+class CountingGauge:
+    """The slot's gauge child, with every change it is given recorded."""
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge
+        self.increments = 0
+
+    def inc(self) -> None:
+        self.increments += 1
+        self._gauge.inc()
+
+    def dec(self) -> None:
+        self._gauge.dec()
+
+
 def test_only_deliveries_waiting_for_a_slot_are_counted_queued() -> None:
     async def main() -> None:
         provider = GatedProvider()
         settings = DispatchSettings(max_attempts=1, concurrency_per_provider=2)
         sender = DeliverySender({("demo", "apns"): provider}, settings)
+        slot = sender._slots[("demo", "apns")]
+        slot.queue_depth = counting = CountingGauge(slot.queue_depth)
         before = _queued()
         tasks = [asyncio.ensure_future(sender.deliver(_delivery(n), time.time())) for n in range(5)]
         for _ in range(20):
             await asyncio.sleep(0)
         assert provider.in_flight == 2
-        assert _queued() - before == 3  # the two sent found a slot free; the other three wait
+        assert _queued() - before == 3  # the other three wait
         provider.release.set()
         results = await asyncio.gather(*tasks)
         assert [r.outcome for r in results] == ["delivered"] * 5
         assert _queued() == before
+        assert counting.increments == 3  # the two that found a slot free were never counted
 
         # A delivery cancelled while it waits for a slot leaves the count too.
         provider.release.clear()
