@@ -19,7 +19,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pushsvc import metrics
 from pushsvc.config import DispatchSettings
@@ -79,7 +78,6 @@ class _ProviderSlot:
         self.inflight = metrics.INFLIGHT.labels(name)
         self.end_to_end = {lane: metrics.END_TO_END_LATENCY.labels(name, lane) for lane in metrics.LANES}
         self.guard_trips = metrics.MISCONFIG_GUARD_TRIPS.labels(provider.app_id, name)
-        self.latency: dict[Outcome, Any] = {}  # by outcome, filled on first use
         # The quota scope's gate (shared with every app of the scope), if the provider has a quota.
         self.gate: QuotaGate | None = None
 
@@ -326,10 +324,7 @@ class DeliverySender:
             result = SendResult(Outcome.RETRYABLE, "adapter_error")
         finally:
             slot.inflight.dec()
-        latency = slot.latency.get(result.outcome)
-        if latency is None:
-            latency = slot.latency[result.outcome] = metrics.PROVIDER_LATENCY.labels(name, str(result.outcome))
-        latency.observe(time.perf_counter() - started)
+        metrics.child(metrics.PROVIDER_LATENCY, name, str(result.outcome)).observe(time.perf_counter() - started)
         if result.status is not None and not delivery.options.dry_run:  # the provider answered (not a timeout,
             self._watch(slot, result)  # nor a request refused locally); a dry run's answers judge nothing
         return result, sent_at

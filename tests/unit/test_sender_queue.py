@@ -47,6 +47,13 @@ def _queued() -> float:
     return metrics.QUEUE_DEPTH.labels("apns")._value.get()
 
 
+def _timed() -> float:
+    sample = metrics.REGISTRY.get_sample_value(
+        "pushsvc_provider_request_duration_seconds_count", {"provider": "apns", "outcome": "delivered"}
+    )
+    return sample or 0.0
+
+
 class CountingGauge:
     """The slot's gauge child, with every change it is given recorded."""
 
@@ -70,6 +77,7 @@ def test_only_deliveries_waiting_for_a_slot_are_counted_queued() -> None:
         slot = sender._slots[("demo", "apns")]
         slot.queue_depth = counting = CountingGauge(slot.queue_depth)
         before = _queued()
+        timed_before = _timed()
         tasks = [asyncio.ensure_future(sender.deliver(_delivery(n), time.time())) for n in range(5)]
         for _ in range(20):
             await asyncio.sleep(0)
@@ -80,6 +88,7 @@ def test_only_deliveries_waiting_for_a_slot_are_counted_queued() -> None:
         assert [r.outcome for r in results] == ["delivered"] * 5
         assert _queued() == before
         assert counting.increments == 3  # the two that found a slot free were never counted
+        assert _timed() - timed_before == 5  # every answer's round trip observed, under its outcome
 
         # A delivery cancelled while it waits for a slot leaves the count too.
         provider.release.clear()
