@@ -1,5 +1,6 @@
-"""What a provider's HTTP transport gives back, shared by the adapters and the transports they use, and the
-HTTP/2 connection both transports (APNs over aioapns, FCM over h2client.py) are built on.
+"""What a provider's HTTP transport gives back, shared by the adapters and the transports they use, and the h2
+connection APNs's transport (aioapns's pool, apns_connection.py) is built on. (FCM's and Huawei's, h2client.py,
+frame HTTP/2 themselves.)
 
 Its own module so that an adapter (fcm.py) and a transport (h2client.py) can both depend on it without
 depending on each other.
@@ -21,7 +22,7 @@ from h2.exceptions import H2Error
 # from a protocol error. h2 keeps the last 65,536 per connection: ~4-5 MB each once that many pushes went
 # through it, ~100 MB over 20 provider connections (a 1M-device campaign grew RSS from 86 to 188 MB). Late
 # frames concern the last few round trips' streams: at most the server's concurrent-stream limit (APNs:
-# 1,000; our FCM connections open 128) per round trip, so a few thousand is ample.
+# 1,000) per round trip, so a few thousand is ample.
 CLOSED_STREAMS_KEPT = 4096
 # The most streams a connection holds before h2's walk counts them exactly (and forgets the closed ones), when
 # the server allows more or set no limit (h2 then assumes 2**32 + 1): APNs allows 1,000.
