@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -14,29 +12,15 @@ from pushsvc.providers.h2client import H2Transport
 from pushsvc.providers.transport import TransportFailure
 from pushsvc.simulators import tls
 from tests.peers.h2_scripted import ScriptedH2Server as Server
+from tests.peers.h2_scripted import client_context, serving
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tls.TestPki:
-    return tls.make_test_pki(Path(tmp_path_factory.mktemp("h2pki")))
-
-
-def client_context(pki: tls.TestPki) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.load_verify_locations(pki.ca_file)
-    return ctx
-
-
 @pytest_asyncio.fixture
 async def server(pki: tls.TestPki) -> AsyncIterator[Server]:
-    s = Server(window=16_384, max_streams=4)
-    await s.start(pki.server_context(["h2"]))
-    try:
+    async with serving(pki, window=16_384, max_streams=4) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 async def test_large_body_waits_for_flow_control_windows(server: Server, pki: tls.TestPki) -> None:

@@ -12,10 +12,8 @@ import asyncio
 import base64
 import hashlib
 import math
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -25,31 +23,16 @@ from pushsvc.providers.h2client import _MAX_ANSWER_BODY as MAX_ANSWER_BODY
 from pushsvc.providers.h2client import H2Pool, H2Transport
 from pushsvc.providers.transport import HttpReply, TransportFailure
 from pushsvc.simulators import tls
-from tests.peers.h2_scripted import CONTINUATION, DATA, HEADERS, PING, RST_STREAM, answer_body
+from tests.peers.h2_scripted import CONTINUATION, DATA, HEADERS, PING, RST_STREAM, answer_body, client_context, serving
 from tests.peers.h2_scripted import ScriptedH2Server as Server
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tls.TestPki:
-    return tls.make_test_pki(Path(tmp_path_factory.mktemp("h2pki")))
-
-
-def client_context(pki: tls.TestPki) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.load_verify_locations(pki.ca_file)
-    return ctx
-
-
 @pytest_asyncio.fixture
 async def server(pki: tls.TestPki) -> AsyncIterator[Server]:
-    s = Server(window=16_384, max_streams=4)
-    await s.start(pki.server_context(["h2"]))
-    try:
+    async with serving(pki, window=16_384, max_streams=4) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 @pytest_asyncio.fixture
@@ -74,6 +57,20 @@ async def until(condition: Callable[[], bool], within: float = 2.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
+
+
+async def answered_then_served_on(server: Server, client: H2Transport, mode: str, body: bytes) -> HttpReply:
+    """`body` posted with the server in `mode`, then another in "ok": the first is the server's 200 for `body`,
+    the second is answered on the same connection, and the server refused nothing. Returns the first answer."""
+    server.mode = mode
+    reply = await client.post(url(server), {}, body)
+    server.mode = "ok"
+    again = await client.post(url(server), {}, b"next")
+    assert_answers(reply, body)
+    assert (again.status, again.headers["x-size"]) == (200, "4")
+    assert server.connections == 1
+    assert server.protocol_errors == []
+    return reply
 
 
 def assert_answers(reply: HttpReply, body: bytes) -> None:
@@ -129,47 +126,26 @@ async def test_padded_answers_are_read_exactly_and_their_padding_is_given_back(
 
 
 async def test_an_informational_103_before_the_answer_is_skipped(server: Server, client: H2Transport) -> None:
-    server.mode = "early_hints"
-    reply = await client.post(url(server), {}, b"hinted")
-    server.mode = "ok"
-    again = await client.post(url(server), {}, b"next")
-    assert_answers(reply, b"hinted")
+    reply = await answered_then_served_on(server, client, "early_hints", b"hinted")
     assert reply.body == b'{"received":6}'
     assert "link" not in reply.headers  # the 103's header is not the answer's
     assert server.frames_sent[HEADERS] == 3  # 103, 200, and the next answer's
-    assert (again.status, again.headers["x-size"]) == (200, "4")
-    assert server.connections == 1
-    assert server.protocol_errors == []
 
 
 async def test_trailers_after_the_body_end_the_answer_and_the_connection_serves_on(
     server: Server, client: H2Transport
 ) -> None:
-    server.mode = "trailers"
-    reply = await client.post(url(server), {}, b"with trailers")
-    server.mode = "ok"
-    again = await client.post(url(server), {}, b"next")
-    assert_answers(reply, b"with trailers")
+    reply = await answered_then_served_on(server, client, "trailers", b"with trailers")
     assert reply.body == b"trailed body"
-    assert (again.status, again.headers["x-size"]) == (200, "4")
-    assert server.connections == 1
-    assert server.protocol_errors == []
 
 
 async def test_an_answer_in_one_byte_data_frames_cut_anywhere_is_read_whole(
     server: Server, client: H2Transport
 ) -> None:
     # One DATA frame per body byte, and the bytes written 7 at a time: frames (and frame headers) arrive in pieces.
-    server.mode = "dribble"
-    reply = await client.post(url(server), {}, b"dribble")
-    server.mode = "ok"
-    again = await client.post(url(server), {}, b"next")
-    assert_answers(reply, b"dribble")
+    reply = await answered_then_served_on(server, client, "dribble", b"dribble")
     assert reply.body == b"dribbled, one byte a frame"
     assert server.frames_sent[DATA] >= len(reply.body) + 1
-    assert (again.status, again.headers["x-size"]) == (200, "4")
-    assert server.connections == 1
-    assert server.protocol_errors == []
 
 
 async def test_a_headers_only_answer_with_end_stream_has_an_empty_body(server: Server, client: H2Transport) -> None:
@@ -186,31 +162,18 @@ async def test_a_headers_only_answer_with_end_stream_has_an_empty_body(server: S
 async def test_unknown_frame_types_and_priority_frames_are_ignored(server: Server, client: H2Transport) -> None:
     # Unknown types on stream 0 and between the answer's HEADERS and DATA; PRIORITY for the stream and for the next
     # stream, still idle (RFC 9113 section 6.3 allows it in any state), which the next request then opens.
-    server.mode = "extension_frames"
-    reply = await client.post(url(server), {}, b"extended")
-    server.mode = "ok"
-    again = await client.post(url(server), {}, b"next")
-    assert_answers(reply, b"extended")
+    reply = await answered_then_served_on(server, client, "extension_frames", b"extended")
     assert reply.body == b"extended"
-    assert (again.status, again.headers["x-size"]) == (200, "4")
-    assert server.connections == 1
-    assert server.protocol_errors == []
 
 
 # ------------------------------------------------------------------------------------ answering the server
 
 
 async def test_a_server_ping_is_acknowledged_with_its_data(server: Server, client: H2Transport) -> None:
-    server.mode = "ping"
-    reply = await client.post(url(server), {}, b"ping")
+    await answered_then_served_on(server, client, "ping", b"ping")
     await until(lambda: server.ping_acks != [])
-    server.mode = "ok"
-    again = await client.post(url(server), {}, b"next")
-    assert_answers(reply, b"ping")
     assert server.frames_sent[PING] == 1
     assert server.ping_acks == [b"pushsvc!"]
-    assert (again.status, again.headers["x-size"]) == (200, "4")
-    assert server.protocol_errors == []
 
 
 async def test_a_body_in_flight_follows_the_initial_window_down_to_1000_and_back_up(

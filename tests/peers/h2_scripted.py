@@ -11,10 +11,12 @@ connection is only drained (``_Link.raw``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import struct
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from h2.config import H2Configuration
@@ -32,11 +34,30 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 from h2.stream import StreamState
 
+from pushsvc.simulators.tls import TestPki
+
 # Frame types (RFC 9113 section 6) and flags used by the raw frames.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
 
 _OLD_MODES = ("ok", "goaway", "reset", "hold", "early", "latin1")
+
+
+@contextlib.asynccontextmanager
+async def serving(pki: TestPki, window: int, max_streams: int) -> AsyncIterator[ScriptedH2Server]:
+    """A ScriptedH2Server on the test PKI's certificate (ALPN h2), stopped on the way out."""
+    server = ScriptedH2Server(window=window, max_streams=max_streams)
+    await server.start(pki.server_context(["h2"]))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def client_context(pki: TestPki) -> ssl.SSLContext:
+    """A client's TLS context trusting the test CA (the session's `pki` fixture) and no other."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    return ctx
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
