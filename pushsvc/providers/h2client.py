@@ -101,6 +101,11 @@ class _Stream:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
 
+    def fail(self, detail: str) -> None:
+        """The request gets no answer: a connection error (retryable) for its caller, unless it has its outcome."""
+        if not self.future.done():
+            self.future.set_exception(TransportFailure("connection_error", detail))
+
 
 @dataclass(slots=True)
 class _HeaderBlock:
@@ -164,11 +169,11 @@ class _Connection(asyncio.Protocol):
         self._window_open.set()
         self._pool._forget(self)
 
-    def close(self) -> None:
-        """Close politely (GOAWAY, then the TCP/TLS close); open requests fail as the connection is lost."""
+    def close(self, code: int = _NO_ERROR) -> None:
+        """Close with GOAWAY carrying `code`, then the TCP/TLS close; open requests fail as the connection is lost."""
         self.usable = False
         if self.transport is not None and not self.transport.is_closing():
-            self._outbound += _frame(_GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(_NO_ERROR))
+            self._outbound += _frame(_GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code))
             self._flush_now()
             self.transport.close()
 
@@ -419,8 +424,7 @@ class _Connection(asyncio.Protocol):
         reset, the connection lives on."""
         del self.streams[stream_id]
         self._reset(stream_id, code)
-        if not stream.future.done():
-            stream.future.set_exception(TransportFailure("connection_error", f"protocol error on the stream: {detail}"))
+        stream.fail(f"protocol error on the stream: {detail}")
         self._pool._stream_freed()
 
     def _receive_reset(self, stream_id: int, payload: bytes) -> None:
@@ -428,10 +432,9 @@ class _Connection(asyncio.Protocol):
         if len(payload) != 4:
             raise _ProtocolError(_FRAME_SIZE_ERROR, "a malformed RST_STREAM")
         stream = self.streams.pop(stream_id, None)
-        if stream is not None and not stream.future.done():
-            (code,) = _U32.unpack(payload)
-            stream.future.set_exception(TransportFailure("connection_error", f"stream reset by server (code {code})"))
-        self._pool._stream_freed()
+        if stream is not None:  # (else one we gave up or that ended already: its slot was freed then)
+            stream.fail(f"stream reset by server (code {_U32.unpack(payload)[0]})")
+            self._pool._stream_freed()
 
     def _receive_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
@@ -513,25 +516,19 @@ class _Connection(asyncio.Protocol):
         # Streams above last_stream_id were not processed: they fail now, to be sent again elsewhere. Those at
         # or below it may still be answered; the connection closes once they are done.
         for sid in [sid for sid in self.streams if sid > last_stream_id]:
-            stream = self.streams.pop(sid)
-            if not stream.future.done():
-                stream.future.set_exception(TransportFailure("connection_error", f"GOAWAY (code {code})"))
+            self.streams.pop(sid).fail(f"GOAWAY (code {code})")
         self._retire()
 
     def _connection_error(self, code: int, detail: str) -> None:
         self.usable = False
         self._fail_all(f"protocol error: {detail}")
         self._pool._wake_all()  # now, not when the TLS close completes: waiters may open a new connection
-        if self.transport is not None and not self.transport.is_closing():
-            self._outbound += _frame(_GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code))
-            self._flush_now()
-            self.transport.close()
+        self.close(code)
 
     def _fail_all(self, detail: str) -> None:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            if not stream.future.done():
-                stream.future.set_exception(TransportFailure("connection_error", detail))
+            stream.fail(detail)
 
 
 class H2Pool:
