@@ -454,3 +454,22 @@ async def test_a_header_hpack_cannot_encode_fails_its_post_and_no_request_follow
     assert server.requests[-1]["x-new"] == "indexed"
     assert server.connections == 2
     assert server.protocol_errors == []
+
+
+async def test_a_connection_dropped_mid_answer_fails_its_requests_at_once_and_the_next_goes_on_a_new_one(
+    server: Server, client: H2Transport
+) -> None:
+    # No GOAWAY, no TLS close: the peer's socket is reset with two requests in flight. They fail as connection
+    # errors (retryable) well within the 5 s timeout, and the next request opens a new connection.
+    server.mode = "answer"
+    assert (await client.post(url(server), {}, b"first")).status == 200
+    parked = [asyncio.create_task(client.post(url(server), {"x-mode": "park"}, b"parked")) for _ in range(2)]
+    await until(lambda: server.parked == 2)
+    started = time.monotonic()
+    server.abort_connections()
+    results = await asyncio.gather(*parked, return_exceptions=True)
+    assert time.monotonic() - started < 1.0
+    assert [getattr(result, "reason", result) for result in results] == ["connection_error"] * 2
+    assert_answers(await client.post(url(server), {}, b"after"), b"after")
+    assert server.connections == 2
+    assert server.protocol_errors == []

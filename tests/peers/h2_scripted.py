@@ -195,6 +195,13 @@ class ScriptedH2Server:
                 await asyncio.sleep(0.05)
                 self._write(link, answers)
 
+    def abort_connections(self) -> None:
+        """Drop every live connection at the TCP level (a reset, no GOAWAY, no TLS close): a crashed or
+        unplugged peer."""
+        for link in list(self._links):
+            link.raw = True
+            link.writer.transport.abort()
+
     def break_connections(self) -> None:
         """A frame header announcing 16 MiB (the client allows 16 KiB) on every live connection, then silence: the
         socket is no longer read, so the client's TLS close_notify is never answered (its close then takes up to
